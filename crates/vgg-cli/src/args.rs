@@ -1,0 +1,76 @@
+//! Parsers for the command line's values; each error names the problem and what would work.
+
+use clap::ValueEnum;
+use vgg_model::VggConfig;
+
+pub fn model(s: &str) -> Result<VggConfig, String> {
+    s.parse().map_err(|e: vgg_model::SpecError| e.to_string())
+}
+
+/// `224x224`, `224X200` or `224` (square).
+pub fn input_size(s: &str) -> Result<(usize, usize), String> {
+    let bad =
+        || format!("'{s}' is not a size: write HxW with positive integers, e.g. 224x224 (or 224)");
+    let (h, w) = match s.trim().split_once(['x', 'X']) {
+        Some((h, w)) => (h.trim(), w.trim()),
+        None => (s.trim(), s.trim()),
+    };
+    let h: usize = h.parse().map_err(|_| bad())?;
+    let w: usize = w.parse().map_err(|_| bad())?;
+    if h == 0 || w == 0 {
+        return Err(format!(
+            "input size {h}x{w} has a zero side: use positive sizes, e.g. 224x224"
+        ));
+    }
+    Ok((h, w))
+}
+
+/// A count that must be at least 1 (batch, classes, channels, steps).
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a positive integer")),
+    }
+}
+
+/// A width multiplier in (0, 16].
+pub fn width_mult(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 && m <= 16.0 => Ok(m),
+        _ => Err(format!(
+            "'{s}' is not a width multiplier: use a number in (0, 16], e.g. 0.125"
+        )),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+    Markdown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(input_size("224x200"), Ok((224, 200)));
+        assert_eq!(input_size("32"), Ok((32, 32)));
+        assert!(input_size("0x224").unwrap_err().contains("zero"));
+        assert!(input_size("axb").unwrap_err().contains("HxW"));
+        assert!(input_size("-3x3").is_err());
+    }
+
+    #[test]
+    fn counts() {
+        assert_eq!(positive("3"), Ok(3));
+        assert!(positive("0").unwrap_err().contains("at least 1"));
+        assert!(positive("x").is_err());
+        assert!(width_mult("0").is_err());
+        assert_eq!(width_mult("0.125"), Ok(0.125));
+    }
+}

@@ -1,0 +1,167 @@
+//! One table, rendered as aligned text, Markdown or CSV, so every report shares its columns.
+
+use std::fmt::Write;
+
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+    /// Leading columns of text, left-aligned; the rest are numbers, right-aligned.
+    text_columns: usize,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Table {
+        Table {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+            text_columns: 1,
+        }
+    }
+
+    pub fn with_text_columns(mut self, n: usize) -> Table {
+        self.text_columns = n;
+        self
+    }
+
+    pub fn push(&mut self, row: Vec<String>) {
+        debug_assert_eq!(row.len(), self.headers.len());
+        self.rows.push(row);
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        (0..self.headers.len())
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .map(|r| r[c].chars().count())
+                    .chain([self.headers[c].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// Aligned text: text columns to the left, numbers to the right.
+    pub fn text(&self) -> String {
+        let widths = self.widths();
+        let line = |cells: &[String]| {
+            let mut out = String::new();
+            for (c, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+                let gap = if c == 0 { "" } else { "  " };
+                if c < self.text_columns {
+                    let _ = write!(out, "{gap}{cell:<w$}");
+                } else {
+                    let _ = write!(out, "{gap}{cell:>w$}");
+                }
+            }
+            out.trim_end().to_string()
+        };
+        let mut out = line(&self.headers);
+        let rule = "-".repeat(out.chars().count());
+        out = format!("{out}\n{rule}\n");
+        for row in &self.rows {
+            out.push_str(&line(row));
+            out.push('\n');
+        }
+        out.push_str(&rule);
+        out.push('\n');
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = format!("| {} |\n", self.headers.join(" | "));
+        let align: Vec<&str> = (0..self.headers.len())
+            .map(|c| if c < self.text_columns { "---" } else { "---:" })
+            .collect();
+        let _ = writeln!(out, "|{}|", align.join("|"));
+        for row in &self.rows {
+            let _ = writeln!(out, "| {} |", row.join(" | "));
+        }
+        out
+    }
+
+    /// RFC 4180 CSV; numbers carry no thousands separators there.
+    pub fn csv(&self) -> String {
+        let quote = |s: &String| {
+            if s.contains([',', '"', '\n']) {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.clone()
+            }
+        };
+        let mut out = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let cells: Vec<String> = row.iter().map(quote).collect();
+            let _ = writeln!(out, "{}", cells.join(","));
+        }
+        out
+    }
+}
+
+/// 138357544 -> "138,357,544".
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Bytes in binary units: "527.79 MiB".
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+/// Large counts with an SI suffix: "15.47 G".
+pub fn si(n: u64) -> String {
+    let v = n as f64;
+    match v {
+        v if v >= 1e12 => format!("{:.2} T", v / 1e12),
+        v if v >= 1e9 => format!("{:.2} G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2} M", v / 1e6),
+        v if v >= 1e3 => format!("{:.2} k", v / 1e3),
+        v => format!("{v}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(138_357_544), "138,357,544");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(553_430_176), "527.79 MiB");
+        assert_eq!(si(15_470_264_320), "15.47 G");
+    }
+
+    #[test]
+    fn renders_three_ways() {
+        let mut t = Table::new(["name", "n"]);
+        t.push(vec!["a,b".into(), "1".into()]);
+        assert_eq!(t.csv(), "name,n\n\"a,b\",1\n");
+        assert!(t
+            .markdown()
+            .starts_with("| name | n |\n|---|---:|\n| a,b | 1 |"));
+        assert!(t.text().contains("a,b   1"), "{}", t.text());
+    }
+}

@@ -1,0 +1,36 @@
+//! VGG configurations (Simonyan & Zisserman 2014, Table 1), the static layer spec and
+//! receptive-field arithmetic.
+
+pub mod config;
+pub mod rf;
+pub mod spec;
+
+pub use config::{Stage, VggConfig};
+pub use rf::{
+    parse_stack, stack_fields, stack_weights_per_c2, ReceptiveField, StackKind, StackLayer,
+};
+pub use spec::{
+    smallest_input, Chw, LayerOp, LayerSpec, MemoryEstimate, ModelSpec, SpecOptions, F32_BYTES,
+};
+
+/// Why a spec could not be computed. Each message names the problem and what would work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("unknown model '{given}': choose one of {choices}")]
+    UnknownModel { given: String, choices: String },
+    #[error("{what} must be at least 1")]
+    Zero { what: &'static str },
+    #[error("width multiplier {0} is out of range: use a number in (0, 16], e.g. 0.125")]
+    BadWidthMult(f64),
+    #[error(
+        "input {height}x{width} is too small for {model}: its five 2x2 pools need at least {min}x{min}"
+    )]
+    InputTooSmall {
+        model: &'static str,
+        height: usize,
+        width: usize,
+        min: usize,
+    },
+    #[error("bad layer '{item}' in the stack: expected {grammar}")]
+    BadLayerStack { item: String, grammar: &'static str },
+}

@@ -1,0 +1,546 @@
+//! The static layer spec: every layer's op, shapes, parameter counts, MACs and receptive field,
+//! computed from a configuration and an input size. The runtime model is built from this, so
+//! `vgg summary` and the network that runs can never disagree.
+
+use serde::Serialize;
+
+use crate::config::{Stage, VggConfig};
+use crate::rf::ReceptiveField;
+use crate::SpecError;
+
+/// Bytes of one f32.
+pub const F32_BYTES: u64 = 4;
+
+/// What a spec is computed for. `width_mult` and `hidden` exist for small experiments and fixtures.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SpecOptions {
+    pub height: usize,
+    pub width: usize,
+    pub in_channels: usize,
+    pub classes: usize,
+    /// Multiplies every convolution's channel count (rounded, at least 1).
+    pub width_mult: f64,
+    /// Width of fc6 and fc7.
+    pub hidden: usize,
+}
+
+impl Default for SpecOptions {
+    fn default() -> Self {
+        SpecOptions {
+            height: 224,
+            width: 224,
+            in_channels: 3,
+            classes: 1000,
+            width_mult: 1.0,
+            hidden: 4096,
+        }
+    }
+}
+
+/// What a layer computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum LayerOp {
+    /// Convolution (OIHW weights) followed by bias and ReLU.
+    Conv {
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    },
+    /// Max-pool; sizes are floored.
+    MaxPool { kernel: usize, stride: usize },
+    /// Fully connected ([out, in] weights) with bias; ReLU and dropout on fc6 and fc7 only.
+    Linear,
+}
+
+/// Channels, height, width of one image's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Chw {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Chw {
+    pub fn elements(&self) -> u64 {
+        (self.channels * self.height * self.width) as u64
+    }
+}
+
+/// One row of the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub op: LayerOp,
+    /// ReLU after this layer (all convolutions, fc6 and fc7; fc8 is linear).
+    pub relu: bool,
+    /// Dropout after this layer (fc6 and fc7).
+    pub dropout: bool,
+    pub input: Chw,
+    pub output: Chw,
+    pub weights: u64,
+    pub biases: u64,
+    pub params: u64,
+    /// Multiply-accumulates for one image.
+    pub macs: u64,
+    /// None for the fully connected layers, which see the whole image.
+    pub receptive_field: Option<ReceptiveField>,
+    /// A pool that dropped the last row or column of an odd-sized input.
+    pub floored: bool,
+    /// Index of this layer's module in torchvision's `features` or `classifier` Sequential.
+    pub torch_index: usize,
+}
+
+impl LayerSpec {
+    pub fn is_conv(&self) -> bool {
+        matches!(self.op, LayerOp::Conv { .. })
+    }
+
+    pub fn is_linear(&self) -> bool {
+        matches!(self.op, LayerOp::Linear)
+    }
+
+    pub fn has_params(&self) -> bool {
+        self.params > 0
+    }
+
+    /// The torchvision state-dict prefix of this layer's parameters (`features.0`, `classifier.6`).
+    pub fn torch_prefix(&self) -> Option<String> {
+        match self.op {
+            LayerOp::Conv { .. } => Some(format!("features.{}", self.torch_index)),
+            LayerOp::Linear => Some(format!("classifier.{}", self.torch_index)),
+            LayerOp::MaxPool { .. } => None,
+        }
+    }
+
+    /// Shape of the weight tensor: OIHW for convolutions, [out, in] for linear layers.
+    pub fn weight_shape(&self) -> Option<Vec<usize>> {
+        match self.op {
+            LayerOp::Conv { kernel, .. } => Some(vec![
+                self.output.channels,
+                self.input.channels,
+                kernel,
+                kernel,
+            ]),
+            LayerOp::Linear => Some(vec![self.output.channels, self.input.elements() as usize]),
+            LayerOp::MaxPool { .. } => None,
+        }
+    }
+}
+
+/// Activation and parameter memory for a batch, in bytes (f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryEstimate {
+    pub batch: usize,
+    pub input_bytes: u64,
+    /// Every layer's output for the batch (torchinfo's "forward pass size").
+    pub forward_activation_bytes: u64,
+    /// Inference keeps only one layer's input and output at a time: the largest such pair.
+    pub inference_peak_activation_bytes: u64,
+    /// What a forward-backward pass keeps for backward: the input, every layer's output
+    /// (ReLU outputs double as their masks) and one index per pooled output.
+    pub saved_for_backward_bytes: u64,
+    pub param_bytes: u64,
+    /// Parameters plus one gradient per parameter.
+    pub params_and_grads_bytes: u64,
+    /// Saved activations + params and grads + the two largest activation gradients alive at once.
+    pub estimated_forward_backward_bytes: u64,
+}
+
+/// The whole network's spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelSpec {
+    pub model: VggConfig,
+    pub options: SpecOptions,
+    pub layers: Vec<LayerSpec>,
+}
+
+impl ModelSpec {
+    /// Computes the spec, refusing sizes that would shrink to nothing.
+    pub fn new(model: VggConfig, options: SpecOptions) -> Result<ModelSpec, SpecError> {
+        validate_options(&options)?;
+        let layers = build_layers(model, &options).ok_or_else(|| SpecError::InputTooSmall {
+            model: model.name(),
+            height: options.height,
+            width: options.width,
+            min: smallest_input(model),
+        })?;
+        Ok(ModelSpec {
+            model,
+            options,
+            layers,
+        })
+    }
+
+    pub fn input(&self) -> Chw {
+        Chw {
+            channels: self.options.in_channels,
+            height: self.options.height,
+            width: self.options.width,
+        }
+    }
+
+    pub fn layer(&self, name: &str) -> Option<&LayerSpec> {
+        self.layers.iter().find(|l| l.name == name)
+    }
+
+    pub fn params(&self) -> u64 {
+        self.layers.iter().map(|l| l.params).sum()
+    }
+
+    pub fn weights(&self) -> u64 {
+        self.layers.iter().map(|l| l.weights).sum()
+    }
+
+    pub fn biases(&self) -> u64 {
+        self.layers.iter().map(|l| l.biases).sum()
+    }
+
+    /// Multiply-accumulates of one image's forward pass.
+    pub fn macs(&self) -> u64 {
+        self.layers.iter().map(|l| l.macs).sum()
+    }
+
+    /// FLOPs of one image's forward pass (1 MAC = 2 FLOPs).
+    pub fn flops(&self) -> u64 {
+        2 * self.macs()
+    }
+
+    /// True when some pool floored an odd size.
+    pub fn any_floored(&self) -> bool {
+        self.layers.iter().any(|l| l.floored)
+    }
+
+    /// Memory for a batch; saturates rather than overflowing on absurd batches.
+    pub fn memory(&self, batch: usize) -> MemoryEstimate {
+        let b = batch as u64;
+        let bytes = |elements: u64| elements.saturating_mul(b).saturating_mul(F32_BYTES);
+        let input_bytes = bytes(self.input().elements());
+        let outputs: u64 = self.layers.iter().map(|l| l.output.elements()).sum();
+        let pooled: u64 = self
+            .layers
+            .iter()
+            .filter(|l| matches!(l.op, LayerOp::MaxPool { .. }))
+            .map(|l| l.output.elements())
+            .sum();
+        let largest_pair = self
+            .layers
+            .iter()
+            .map(|l| l.input.elements() + l.output.elements())
+            .max()
+            .unwrap_or(0);
+        let largest_output = self
+            .layers
+            .iter()
+            .map(|l| l.output.elements().max(l.input.elements()))
+            .max()
+            .unwrap_or(0);
+        let saved = input_bytes
+            .saturating_add(bytes(outputs))
+            .saturating_add(bytes(pooled));
+        let param_bytes = self.params() * F32_BYTES;
+        let params_and_grads = 2 * param_bytes;
+        MemoryEstimate {
+            batch,
+            input_bytes,
+            forward_activation_bytes: bytes(outputs),
+            inference_peak_activation_bytes: bytes(largest_pair),
+            saved_for_backward_bytes: saved,
+            param_bytes,
+            params_and_grads_bytes: params_and_grads,
+            estimated_forward_backward_bytes: saved
+                .saturating_add(params_and_grads)
+                .saturating_add(bytes(2 * largest_output)),
+        }
+    }
+}
+
+fn validate_options(o: &SpecOptions) -> Result<(), SpecError> {
+    let positive = [
+        ("input height", o.height),
+        ("input width", o.width),
+        ("channels", o.in_channels),
+        ("classes", o.classes),
+        ("hidden width", o.hidden),
+    ];
+    if let Some((what, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(SpecError::Zero { what });
+    }
+    if !(o.width_mult.is_finite() && o.width_mult > 0.0 && o.width_mult <= 16.0) {
+        return Err(SpecError::BadWidthMult(o.width_mult));
+    }
+    Ok(())
+}
+
+/// Channels after the width multiplier: rounded, never zero.
+fn scaled(channels: usize, width_mult: f64) -> usize {
+    ((channels as f64 * width_mult).round() as usize).max(1)
+}
+
+/// The layers, or None when some activation would shrink to zero.
+fn build_layers(model: VggConfig, o: &SpecOptions) -> Option<Vec<LayerSpec>> {
+    let mut layers = Vec::new();
+    let mut shape = Chw {
+        channels: o.in_channels,
+        height: o.height,
+        width: o.width,
+    };
+    let mut rf = ReceptiveField::INPUT;
+    let mut torch_index = 0;
+    for (block, stages) in model.stages().iter().enumerate() {
+        let mut conv_in_block = 0;
+        for stage in stages {
+            let input = shape;
+            let layer = match *stage {
+                Stage::Conv {
+                    out_channels,
+                    kernel,
+                } => {
+                    conv_in_block += 1;
+                    let padding = (kernel - 1) / 2;
+                    let out = Chw {
+                        channels: scaled(out_channels, o.width_mult),
+                        height: window_out(input.height, kernel, 1, padding)?,
+                        width: window_out(input.width, kernel, 1, padding)?,
+                    };
+                    let weights = (out.channels * input.channels * kernel * kernel) as u64;
+                    rf = rf.then(kernel, 1, padding);
+                    let layer = LayerSpec {
+                        name: format!("conv{}_{}", block + 1, conv_in_block),
+                        op: LayerOp::Conv {
+                            kernel,
+                            stride: 1,
+                            padding,
+                        },
+                        relu: true,
+                        dropout: false,
+                        input,
+                        output: out,
+                        weights,
+                        biases: out.channels as u64,
+                        params: weights + out.channels as u64,
+                        macs: weights * (out.height * out.width) as u64,
+                        receptive_field: Some(rf),
+                        floored: false,
+                        torch_index,
+                    };
+                    torch_index += 2; // Conv2d, ReLU
+                    layer
+                }
+                Stage::Pool => {
+                    let (kernel, stride) = (2, 2);
+                    let out = Chw {
+                        channels: input.channels,
+                        height: window_out(input.height, kernel, stride, 0)?,
+                        width: window_out(input.width, kernel, stride, 0)?,
+                    };
+                    rf = rf.then(kernel, stride, 0);
+                    let layer = LayerSpec {
+                        name: format!("pool{}", block + 1),
+                        op: LayerOp::MaxPool { kernel, stride },
+                        relu: false,
+                        dropout: false,
+                        input,
+                        output: out,
+                        weights: 0,
+                        biases: 0,
+                        params: 0,
+                        macs: 0,
+                        receptive_field: Some(rf),
+                        floored: (input.height - kernel) % stride != 0
+                            || (input.width - kernel) % stride != 0,
+                        torch_index,
+                    };
+                    torch_index += 1;
+                    layer
+                }
+            };
+            shape = layer.output;
+            layers.push(layer);
+        }
+    }
+    // The classifier reads pool5 flattened, whatever its spatial size (as the reference computes it).
+    let fcs = [
+        ("fc6", o.hidden, true),
+        ("fc7", o.hidden, true),
+        ("fc8", o.classes, false),
+    ];
+    for (i, (name, out_features, hidden)) in fcs.into_iter().enumerate() {
+        let input = shape;
+        let in_features = input.elements();
+        let weights = in_features * out_features as u64;
+        let output = Chw {
+            channels: out_features,
+            height: 1,
+            width: 1,
+        };
+        layers.push(LayerSpec {
+            name: name.to_string(),
+            op: LayerOp::Linear,
+            relu: hidden,
+            dropout: hidden,
+            input,
+            output,
+            weights,
+            biases: out_features as u64,
+            params: weights + out_features as u64,
+            macs: weights,
+            receptive_field: None,
+            floored: false,
+            // torchvision: Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear.
+            torch_index: 3 * i,
+        });
+        shape = output;
+    }
+    Some(layers)
+}
+
+/// Output length of a sliding window, None when nothing fits.
+fn window_out(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    let padded = len + 2 * padding;
+    (padded >= kernel).then(|| (padded - kernel) / stride + 1)
+}
+
+/// The smallest square input the model accepts (every pool keeps at least one pixel).
+pub fn smallest_input(model: VggConfig) -> usize {
+    let o = SpecOptions::default();
+    (1..=4096)
+        .find(|&s| {
+            build_layers(
+                model,
+                &SpecOptions {
+                    height: s,
+                    width: s,
+                    ..o
+                },
+            )
+            .is_some()
+        })
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(model: VggConfig) -> ModelSpec {
+        ModelSpec::new(model, SpecOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn vgg16_totals() {
+        let s = spec(VggConfig::Vgg16);
+        assert_eq!(s.params(), 138_357_544);
+        assert_eq!(s.macs(), 15_470_264_320);
+        assert_eq!(s.params() * F32_BYTES, 553_430_176);
+        assert_eq!(s.layers.len(), 21);
+    }
+
+    #[test]
+    fn torchvision_module_indices() {
+        let s = spec(VggConfig::Vgg16);
+        let prefixes: Vec<String> = s.layers.iter().filter_map(|l| l.torch_prefix()).collect();
+        assert_eq!(prefixes[0], "features.0");
+        assert_eq!(prefixes[1], "features.2");
+        assert_eq!(prefixes[2], "features.5");
+        assert_eq!(prefixes[12], "features.28");
+        assert_eq!(
+            prefixes[13..],
+            ["classifier.0", "classifier.3", "classifier.6"]
+        );
+    }
+
+    #[test]
+    fn odd_sizes_floor_and_say_so() {
+        let s = ModelSpec::new(
+            VggConfig::Vgg11,
+            SpecOptions {
+                height: 225,
+                width: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let pool1 = s.layer("pool1").unwrap();
+        assert_eq!((pool1.output.height, pool1.output.width), (112, 50));
+        assert!(pool1.floored);
+        let pool5 = s.layer("pool5").unwrap();
+        assert_eq!((pool5.output.height, pool5.output.width), (7, 3));
+        assert_eq!(s.layer("fc6").unwrap().weights, 7 * 3 * 512 * 4096);
+        assert!(s.any_floored());
+    }
+
+    #[test]
+    fn too_small_names_the_minimum() {
+        let err = ModelSpec::new(
+            VggConfig::Vgg16,
+            SpecOptions {
+                height: 16,
+                width: 16,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 32x32"), "{err}");
+        assert_eq!(smallest_input(VggConfig::Vgg16), 32);
+    }
+
+    #[test]
+    fn width_multiplier_and_hidden_width() {
+        let s = ModelSpec::new(
+            VggConfig::Vgg11,
+            SpecOptions {
+                height: 32,
+                width: 32,
+                classes: 10,
+                width_mult: 0.125,
+                hidden: 256,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.layer("conv1_1").unwrap().output.channels, 8);
+        assert_eq!(s.layer("conv5_2").unwrap().output.channels, 64);
+        assert_eq!(
+            s.layer("fc6").unwrap().weight_shape().unwrap(),
+            vec![256, 64]
+        );
+        assert_eq!(s.layer("fc8").unwrap().params, 256 * 10 + 10);
+    }
+
+    #[test]
+    fn zero_sizes_are_refused() {
+        for o in [
+            SpecOptions {
+                height: 0,
+                ..Default::default()
+            },
+            SpecOptions {
+                classes: 0,
+                ..Default::default()
+            },
+            SpecOptions {
+                width_mult: f64::NAN,
+                ..Default::default()
+            },
+        ] {
+            assert!(ModelSpec::new(VggConfig::Vgg16, o).is_err());
+        }
+    }
+
+    #[test]
+    fn memory_scales_with_batch() {
+        let s = spec(VggConfig::Vgg16);
+        let one = s.memory(1);
+        let eight = s.memory(8);
+        assert_eq!(
+            eight.forward_activation_bytes,
+            8 * one.forward_activation_bytes
+        );
+        assert_eq!(one.param_bytes, 553_430_176);
+        assert!(eight.estimated_forward_backward_bytes > eight.saved_for_backward_bytes);
+        // Saturates instead of overflowing.
+        assert_eq!(s.memory(usize::MAX).input_bytes, u64::MAX);
+    }
+}
