@@ -1,0 +1,410 @@
+//! Convolution by tiled im2col and GEMM. Each worker's column buffer holds one tile of output rows
+//! of one image (at most `TILE_BYTES`), never the whole batch, so scratch memory is bounded by
+//! tile x threads whatever the batch. 1x1 stride-1 unpadded convolutions read the input directly.
+
+use rayon::prelude::*;
+use vgg_tensor::ConvGeometry;
+
+use crate::gemm::{sgemm, Mat, MatMut};
+
+/// Upper bound of the column scratch of one convolution call (one tile of one image), unless a
+/// single output row needs more.
+pub const TILE_BYTES: usize = 2 << 20;
+
+/// Rows (K = Cin*KH*KW) of the column matrix.
+fn col_rows(g: &ConvGeometry) -> usize {
+    g.in_channels * g.kernel_h * g.kernel_w
+}
+
+/// Output rows per tile so that the column buffer stays within `tile_bytes`.
+pub fn tile_rows(g: &ConvGeometry, tile_bytes: usize) -> usize {
+    let row_bytes = col_rows(g) * g.out_w * std::mem::size_of::<f32>();
+    (tile_bytes / row_bytes.max(1)).clamp(1, g.out_h)
+}
+
+/// Elements of column scratch one call allocates (0 on the 1x1 fast path).
+pub fn scratch_elements(g: &ConvGeometry, tile_bytes: usize) -> usize {
+    if is_pointwise(g) {
+        0
+    } else {
+        col_rows(g) * tile_rows(g, tile_bytes) * g.out_w
+    }
+}
+
+fn is_pointwise(g: &ConvGeometry) -> bool {
+    g.kernel_h == 1 && g.kernel_w == 1 && g.stride == 1 && g.padding == 0
+}
+
+/// Output rows [r0, r1) of one image as tiles.
+fn tiles(g: &ConvGeometry, tile_bytes: usize) -> impl Iterator<Item = (usize, usize)> {
+    let step = tile_rows(g, tile_bytes);
+    let out_h = g.out_h;
+    (0..out_h)
+        .step_by(step)
+        .map(move |r0| (r0, (r0 + step).min(out_h)))
+}
+
+/// Input column `iw` read by output column `ow` through kernel column `kx`, if inside the image.
+#[inline]
+fn source(o: usize, k: usize, stride: usize, padding: usize, len: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(padding).filter(|&i| i < len)
+}
+
+/// For stride 1: the output columns [lo, hi) whose source column ow + kx - pad is inside the image.
+#[inline]
+fn valid_span(kx: usize, padding: usize, in_w: usize, out_w: usize) -> (usize, usize) {
+    let lo = padding.saturating_sub(kx).min(out_w);
+    let hi = (in_w + padding).saturating_sub(kx).min(out_w).max(lo);
+    (lo, hi)
+}
+
+/// Fills `col` ([K, (r1-r0)*out_w], row-major) with the patches of output rows [r0, r1) of `image`.
+/// Split across workers only when the GEMM is too; otherwise a worker builds its own tile, which
+/// then sits in its own cache for its GEMM.
+fn im2col(image: &[f32], g: &ConvGeometry, r0: usize, r1: usize, col: &mut [f32], parallel: bool) {
+    let tile = (r1 - r0) * g.out_w;
+    let plane_len = g.in_h * g.in_w;
+    let fill_row = |(row, dst): (usize, &mut [f32])| {
+        let ci = row / (g.kernel_h * g.kernel_w);
+        let ky = (row / g.kernel_w) % g.kernel_h;
+        let kx = row % g.kernel_w;
+        let plane = &image[ci * plane_len..(ci + 1) * plane_len];
+        for (oh, d) in (r0..r1).zip(dst.chunks_exact_mut(g.out_w)) {
+            let Some(ih) = source(oh, ky, g.stride, g.padding, g.in_h) else {
+                d.fill(0.0);
+                continue;
+            };
+            let src = &plane[ih * g.in_w..(ih + 1) * g.in_w];
+            if g.stride == 1 {
+                let (lo, hi) = valid_span(kx, g.padding, g.in_w, g.out_w);
+                d[..lo].fill(0.0);
+                d[hi..].fill(0.0);
+                d[lo..hi].copy_from_slice(&src[lo + kx - g.padding..hi + kx - g.padding]);
+            } else {
+                for (ow, v) in d.iter_mut().enumerate() {
+                    *v = source(ow, kx, g.stride, g.padding, g.in_w).map_or(0.0, |iw| src[iw]);
+                }
+            }
+        }
+    };
+    let rows = &mut col[..col_rows(g) * tile];
+    if parallel {
+        rows.par_chunks_mut(tile).enumerate().for_each(fill_row);
+    } else {
+        rows.chunks_mut(tile).enumerate().for_each(fill_row);
+    }
+}
+
+/// Adds the columns of `col` (as laid out by `im2col`) back into `image`: the adjoint of `im2col`.
+fn col2im(col: &[f32], g: &ConvGeometry, r0: usize, r1: usize, image: &mut [f32]) {
+    let tile = (r1 - r0) * g.out_w;
+    let plane_len = g.in_h * g.in_w;
+    let taps = g.kernel_h * g.kernel_w;
+    // Each task owns one input channel's plane, so no two tasks write the same element.
+    image
+        .par_chunks_mut(plane_len)
+        .enumerate()
+        .for_each(|(ci, plane)| {
+            for tap in 0..taps {
+                let (ky, kx) = (tap / g.kernel_w, tap % g.kernel_w);
+                let src_rows = &col[(ci * taps + tap) * tile..][..tile];
+                for (oh, s) in (r0..r1).zip(src_rows.chunks_exact(g.out_w)) {
+                    let Some(ih) = source(oh, ky, g.stride, g.padding, g.in_h) else {
+                        continue;
+                    };
+                    let dst = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
+                    if g.stride == 1 {
+                        let (lo, hi) = valid_span(kx, g.padding, g.in_w, g.out_w);
+                        let d = &mut dst[lo + kx - g.padding..hi + kx - g.padding];
+                        for (d, &v) in d.iter_mut().zip(&s[lo..hi]) {
+                            *d += v;
+                        }
+                    } else {
+                        for (ow, &v) in s.iter().enumerate() {
+                            if let Some(iw) = source(ow, kx, g.stride, g.padding, g.in_w) {
+                                dst[iw] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The column matrix of output rows [r0, r1) of one image: the input itself on the 1x1 path.
+fn columns<'a>(
+    image: &'a [f32],
+    g: &ConvGeometry,
+    r0: usize,
+    r1: usize,
+    col: &'a mut [f32],
+    parallel: bool,
+) -> Mat<'a> {
+    let tile = (r1 - r0) * g.out_w;
+    if is_pointwise(g) {
+        Mat {
+            data: image,
+            offset: r0 * g.out_w,
+            rows: g.in_channels,
+            cols: tile,
+            row_stride: g.in_h * g.in_w,
+            col_stride: 1,
+        }
+    } else {
+        im2col(image, g, r0, r1, col, parallel);
+        Mat::row_major(&col[..col_rows(g) * tile], col_rows(g), tile)
+    }
+}
+
+/// Output rows [r0, r1) of one image's [Cout, H*W] output as a [Cout, tile] matrix.
+fn output_tile<'a>(y: &'a mut [f32], g: &ConvGeometry, r0: usize, r1: usize) -> MatMut<'a> {
+    MatMut {
+        data: y,
+        offset: r0 * g.out_w,
+        rows: g.out_channels,
+        cols: (r1 - r0) * g.out_w,
+        row_stride: g.out_h * g.out_w,
+    }
+}
+
+/// The same tile of one image's output gradient, read-only.
+fn output_tile_ref<'a>(dy: &'a [f32], g: &ConvGeometry, r0: usize, r1: usize) -> Mat<'a> {
+    Mat {
+        data: dy,
+        offset: r0 * g.out_w,
+        rows: g.out_channels,
+        cols: (r1 - r0) * g.out_w,
+        row_stride: g.out_h * g.out_w,
+        col_stride: 1,
+    }
+}
+
+/// Runs `f(n, image_out, gemm_threads)` for every image. Whole images go one per worker with a
+/// single-threaded GEMM (no synchronisation inside the GEMM, each worker's tile in its own cache);
+/// the images left over when the batch does not divide by the threads get a parallel GEMM.
+fn per_image(
+    out: &mut [f32],
+    batch: usize,
+    threads: usize,
+    f: impl Fn(usize, &mut [f32], usize) + Sync,
+) {
+    let image_len = out.len() / batch;
+    let spread = batch - batch % threads;
+    out[..spread * image_len]
+        .par_chunks_mut(image_len)
+        .enumerate()
+        .for_each(|(n, image)| f(n, image, 1));
+    for n in spread..batch {
+        f(n, &mut out[n * image_len..(n + 1) * image_len], threads);
+    }
+}
+
+fn image(t: &[f32], n: usize, len: usize) -> &[f32] {
+    &t[n * len..(n + 1) * len]
+}
+
+/// y = conv(x, w): per tile, Y[Cout, tile] = W[Cout, K] x col[K, tile].
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    g: &ConvGeometry,
+    threads: usize,
+    tile_bytes: usize,
+    y: &mut [f32],
+) {
+    assert_eq!(
+        y.len(),
+        g.batch * g.out_channels * g.out_h * g.out_w,
+        "conv output length"
+    );
+    let weights = Mat::row_major(w, g.out_channels, col_rows(g));
+    let in_image = g.in_channels * g.in_h * g.in_w;
+    per_image(y, g.batch, threads, |n, y, gemm_threads| {
+        let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
+        for (r0, r1) in tiles(g, tile_bytes) {
+            let cols = columns(image(x, n, in_image), g, r0, r1, &mut col, gemm_threads > 1);
+            sgemm(
+                output_tile(y, g, r0, r1),
+                weights,
+                cols,
+                false,
+                gemm_threads,
+            );
+        }
+    });
+}
+
+/// For stride 1, the input gradient is a forward convolution of dy with the kernel flipped in
+/// space and transposed in channels, padded by k-1-p: a GEMM with no col2im scatter.
+fn flipped_geometry(g: &ConvGeometry) -> Option<ConvGeometry> {
+    let pad = g.kernel_h.checked_sub(1 + g.padding)?;
+    (g.stride == 1 && g.kernel_h == g.kernel_w).then_some(ConvGeometry {
+        batch: g.batch,
+        in_channels: g.out_channels,
+        in_h: g.out_h,
+        in_w: g.out_w,
+        out_channels: g.in_channels,
+        kernel_h: g.kernel_h,
+        kernel_w: g.kernel_w,
+        out_h: g.in_h,
+        out_w: g.in_w,
+        stride: 1,
+        padding: pad,
+    })
+}
+
+/// W[o, i, ky, kx] -> W'[i, o, k-1-ky, k-1-kx].
+fn flip_kernel(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let (kh, kw) = (g.kernel_h, g.kernel_w);
+    let mut flipped = vec![0.0; w.len()];
+    for o in 0..g.out_channels {
+        for i in 0..g.in_channels {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let src = ((o * g.in_channels + i) * kh + ky) * kw + kx;
+                    let dst = ((i * g.out_channels + o) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx);
+                    flipped[dst] = w[src];
+                }
+            }
+        }
+    }
+    flipped
+}
+
+/// dx: the flipped-kernel convolution for stride 1; otherwise per tile
+/// dcol[K, tile] = W^T[K, Cout] x dY[Cout, tile], then col2im.
+pub fn backward_input(
+    dy: &[f32],
+    w: &[f32],
+    g: &ConvGeometry,
+    threads: usize,
+    tile_bytes: usize,
+    dx: &mut [f32],
+) {
+    let in_image = g.in_channels * g.in_h * g.in_w;
+    assert_eq!(dx.len(), g.batch * in_image, "conv input-gradient length");
+    if let Some(flipped) = flipped_geometry(g) {
+        return forward(dy, &flip_kernel(w, g), &flipped, threads, tile_bytes, dx);
+    }
+    dx.fill(0.0);
+    let out_image = g.out_channels * g.out_h * g.out_w;
+    let weights_t = Mat::row_major(w, g.out_channels, col_rows(g)).t();
+    per_image(dx, g.batch, threads, |n, dx, gemm_threads| {
+        let dy = image(dy, n, out_image);
+        let mut dcol = vec![0.0; col_rows(g) * tile_rows(g, tile_bytes) * g.out_w];
+        for (r0, r1) in tiles(g, tile_bytes) {
+            let tile = (r1 - r0) * g.out_w;
+            let dst = MatMut {
+                data: &mut dcol,
+                offset: 0,
+                rows: col_rows(g),
+                cols: tile,
+                row_stride: tile,
+            };
+            sgemm(
+                dst,
+                weights_t,
+                output_tile_ref(dy, g, r0, r1),
+                false,
+                gemm_threads,
+            );
+            col2im(&dcol, g, r0, r1, dx);
+        }
+    });
+}
+
+/// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
+/// many images as threads, each worker sums a contiguous group of images into its own dW.
+pub fn backward_weight(
+    x: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    threads: usize,
+    tile_bytes: usize,
+) -> Vec<f32> {
+    let k = col_rows(g);
+    let in_image = g.in_channels * g.in_h * g.in_w;
+    let out_image = g.out_channels * g.out_h * g.out_w;
+    let groups = if g.batch >= threads { threads } else { 1 };
+    let gemm_threads = if groups == 1 { threads } else { 1 };
+    let partials: Vec<Vec<f32>> = (0..groups)
+        .into_par_iter()
+        .map(|group| {
+            let mut dw = vec![0.0; g.out_channels * k];
+            let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
+            let images = group * g.batch / groups..(group + 1) * g.batch / groups;
+            for (i, n) in images.enumerate() {
+                for (t, (r0, r1)) in tiles(g, tile_bytes).enumerate() {
+                    let cols =
+                        columns(image(x, n, in_image), g, r0, r1, &mut col, gemm_threads > 1);
+                    let dst = MatMut {
+                        data: &mut dw,
+                        offset: 0,
+                        rows: g.out_channels,
+                        cols: k,
+                        row_stride: k,
+                    };
+                    let accumulate = i > 0 || t > 0;
+                    sgemm(
+                        dst,
+                        output_tile_ref(image(dy, n, out_image), g, r0, r1),
+                        cols.t(),
+                        accumulate,
+                        gemm_threads,
+                    );
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dw = partials.next().expect("at least one group");
+    for p in partials {
+        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgg_tensor::{random, Conv2dParams, Shape};
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = vec![0.0; n];
+        random::fill_normal(&mut v, seed, 0, 0.0, 1.0);
+        v
+    }
+
+    /// Splitting the image into one-row tiles must not change any result.
+    #[test]
+    fn tiles_do_not_change_results() {
+        for (stride, padding) in [(1, 1), (2, 0), (1, 0)] {
+            let x_shape = Shape::from([2, 3, 9, 7]);
+            let w_shape = Shape::from([4, 3, 3, 3]);
+            let g =
+                ConvGeometry::new(&x_shape, &w_shape, Conv2dParams { stride, padding }).unwrap();
+            let one_row = 1;
+            assert_eq!(tile_rows(&g, one_row), 1);
+            let (x, w) = (values(x_shape.elements(), 1), values(w_shape.elements(), 2));
+            let dy = values(g.output_shape().elements(), 3);
+            let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
+            let run = |f: &dyn Fn(&mut [f32]), len: usize| {
+                let mut out = vec![f32::NAN; len];
+                f(&mut out);
+                out
+            };
+            let (ylen, xlen) = (g.output_shape().elements(), x.len());
+            let y1 = run(&|y| forward(&x, &w, &g, 1, one_row, y), ylen);
+            let y2 = run(&|y| forward(&x, &w, &g, 2, TILE_BYTES, y), ylen);
+            assert!(close(&y1, &y2));
+            let dx1 = run(&|dx| backward_input(&dy, &w, &g, 1, one_row, dx), xlen);
+            let dx2 = run(&|dx| backward_input(&dy, &w, &g, 2, TILE_BYTES, dx), xlen);
+            assert!(close(&dx1, &dx2));
+            assert!(close(
+                &backward_weight(&x, &dy, &g, 1, one_row),
+                &backward_weight(&x, &dy, &g, 2, TILE_BYTES)
+            ));
+        }
+    }
+}

@@ -1,0 +1,658 @@
+//! The CPU backend. Tensors are shared, recycled host buffers with a shape (`buffer`): clones
+//! share the buffer, writes copy it only when shared, and ndarray views expose them. Every op runs
+//! on the backend's own rayon pool, so `--threads N` bounds all the parallelism, the GEMM's included.
+
+mod buffer;
+pub mod conv;
+pub mod gemm;
+pub mod pool;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use vgg_tensor::{
+    check_labels, check_scalar, random, same_shape, Backend, Conv2dParams, ConvGeometry,
+    DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape, TensorError,
+};
+
+pub use crate::buffer::MemoryStats;
+use crate::buffer::{Buffer, Pool};
+use crate::gemm::{sgemm, Mat, MatMut};
+
+/// Elements per parallel task in elementwise kernels and reductions. Reductions sum their
+/// chunks in order, so results do not depend on the thread count.
+const CHUNK: usize = 1 << 15;
+
+/// A tensor in host memory.
+#[derive(Clone, Debug)]
+pub struct CpuTensor {
+    shape: Shape,
+    buf: Arc<Buffer>,
+}
+
+impl CpuTensor {
+    /// The values in row-major order.
+    pub fn as_slice(&self) -> &[f32] {
+        self.buf.as_slice()
+    }
+
+    /// Mutable values; copies the buffer first if another tensor shares it.
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        if Arc::get_mut(&mut self.buf).is_none() {
+            let mut copy = Buffer::uninit(self.buf.pool(), self.shape.elements());
+            copy.as_mut_slice().copy_from_slice(self.buf.as_slice());
+            self.buf = Arc::new(copy);
+        }
+        Arc::get_mut(&mut self.buf)
+            .expect("unique after the copy")
+            .as_mut_slice()
+    }
+
+    /// The buffer as an ndarray view of this tensor's shape.
+    pub fn view(&self) -> ndarray::ArrayViewD<'_, f32> {
+        ndarray::ArrayViewD::from_shape(self.shape.dims(), self.as_slice())
+            .expect("shape matches the buffer")
+    }
+}
+
+impl DeviceTensor for CpuTensor {
+    fn shape(&self) -> &Shape {
+        &self.shape
+    }
+}
+
+/// Pool argmax positions (within each input plane) and the shapes they belong to.
+#[derive(Clone, Debug)]
+pub struct CpuPoolIndices {
+    geometry: PoolGeometry,
+    indices: Arc<Vec<u32>>,
+}
+
+/// The CPU backend: a rayon pool of `threads` workers and a pool of recycled buffers.
+#[derive(Clone)]
+pub struct CpuBackend {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+    buffers: Arc<Pool>,
+}
+
+/// Default bound of the bytes of freed buffers kept for reuse.
+pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 2 << 30;
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl CpuBackend {
+    /// A backend with `threads` workers; 0 means one per available core.
+    pub fn new(threads: usize) -> Result<CpuBackend> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("vgg-cpu-{i}"))
+            .build()
+            .map_err(|e| TensorError::Device(format!("cannot start {threads} CPU threads: {e}")))?;
+        Ok(CpuBackend {
+            pool: Arc::new(pool),
+            threads,
+            buffers: Pool::new(DEFAULT_CACHE_LIMIT_BYTES),
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Live, peak and cached bytes of this backend's tensors.
+    pub fn memory_stats(&self) -> MemoryStats {
+        self.buffers.stats()
+    }
+
+    /// Starts a new peak measurement from the bytes alive now.
+    pub fn reset_peak_memory(&self) {
+        self.buffers.reset_peak()
+    }
+
+    /// Frees the buffers kept for reuse.
+    pub fn trim_cache(&self) {
+        self.buffers.trim()
+    }
+
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.pool.install(f)
+    }
+
+    /// A tensor of `shape` whose values `fill` writes, all of them.
+    fn build(&self, shape: Shape, fill: impl FnOnce(&mut [f32]) + Send) -> CpuTensor {
+        let mut buf = Buffer::uninit(&self.buffers, shape.elements());
+        self.run(|| fill(buf.as_mut_slice()));
+        CpuTensor {
+            shape,
+            buf: Arc::new(buf),
+        }
+    }
+
+    fn adopt(&self, shape: Shape, data: Vec<f32>) -> CpuTensor {
+        debug_assert_eq!(shape.elements(), data.len());
+        CpuTensor {
+            shape,
+            buf: Arc::new(Buffer::from_vec(&self.buffers, data)),
+        }
+    }
+
+    fn map(&self, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync + Send) -> CpuTensor {
+        self.build(x.shape.clone(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(x.as_slice().par_chunks(CHUNK))
+                .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = f(x)))
+        })
+    }
+
+    fn zip_map(
+        &self,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        f: impl Fn(f32, f32) -> f32 + Sync + Send,
+    ) -> CpuTensor {
+        self.build(a.shape.clone(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .zip(
+                    a.as_slice()
+                        .par_chunks(CHUNK)
+                        .zip(b.as_slice().par_chunks(CHUNK)),
+                )
+                .for_each(|(o, (a, b))| {
+                    for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                        *o = f(a, b);
+                    }
+                })
+        })
+    }
+}
+
+/// Sum of f(x) in f64, chunk by chunk in a fixed order.
+fn sum_f64(x: &[f32], f: impl Fn(f32) -> f64 + Sync) -> f64 {
+    let partial: Vec<f64> = x
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&v| f(v)).sum::<f64>())
+        .collect();
+    partial.iter().sum()
+}
+
+/// Dropout: x/keep where element i is kept, 0 where dropped.
+fn dropout_apply(x: &[f32], keep_prob: f32, seed: u64, out: &mut [f32]) {
+    let scale = 1.0 / keep_prob;
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .enumerate()
+        .for_each(|(c, (o, x))| {
+            let base = (c * CHUNK) as u64;
+            for (i, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                *o = if random::dropout_keeps(seed, base + i as u64, keep_prob) {
+                    x * scale
+                } else {
+                    0.0
+                };
+            }
+        });
+}
+
+fn check_keep_prob(op: &'static str, keep_prob: f32) -> Result<()> {
+    if keep_prob > 0.0 && keep_prob <= 1.0 {
+        Ok(())
+    } else {
+        Err(TensorError::InvalidArgument {
+            op,
+            message: format!("keep_prob {keep_prob} must be in (0, 1]"),
+        })
+    }
+}
+
+/// Checks an [N, F] tensor against a bias of [F].
+fn check_row_bias(op: &'static str, x: &Shape, b: &Shape) -> Result<(usize, usize)> {
+    let (n, f) = x.matrix(op)?;
+    if b.dims() != [f] {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            what: "bias must be [features]",
+            lhs: x.clone(),
+            rhs: b.clone(),
+        });
+    }
+    Ok((n, f))
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type PoolIndices = CpuPoolIndices;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+
+    fn upload(&self, shape: &Shape, data: &[f32]) -> Result<CpuTensor> {
+        let n = shape.checked_elements()?;
+        if n != data.len() {
+            return Err(TensorError::InvalidArgument {
+                op: "upload",
+                message: format!(
+                    "{} values given for shape {shape}, which holds {n}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(self.build(shape.clone(), |out| out.copy_from_slice(data)))
+    }
+
+    fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.as_slice().to_vec())
+    }
+
+    fn full(&self, shape: &Shape, value: f32) -> Result<CpuTensor> {
+        shape.checked_elements()?;
+        Ok(self.build(shape.clone(), |out| {
+            out.par_chunks_mut(CHUNK).for_each(|c| c.fill(value))
+        }))
+    }
+
+    fn random_normal(&self, shape: &Shape, mean: f32, std: f32, seed: u64) -> Result<CpuTensor> {
+        shape.checked_elements()?;
+        Ok(self.build(shape.clone(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    random::fill_normal(chunk, seed, (c * CHUNK) as u64, mean, std)
+                })
+        }))
+    }
+
+    fn random_uniform(&self, shape: &Shape, low: f32, high: f32, seed: u64) -> Result<CpuTensor> {
+        shape.checked_elements()?;
+        Ok(self.build(shape.clone(), |out| {
+            out.par_chunks_mut(CHUNK)
+                .enumerate()
+                .for_each(|(c, chunk)| {
+                    random::fill_uniform(chunk, seed, (c * CHUNK) as u64, low, high)
+                })
+        }))
+    }
+
+    fn reshape(&self, t: &CpuTensor, shape: &Shape) -> Result<CpuTensor> {
+        if shape.checked_elements()? != t.shape.elements() {
+            return Err(TensorError::ShapeMismatch {
+                op: "reshape",
+                what: "the new shape must hold as many elements",
+                lhs: t.shape.clone(),
+                rhs: shape.clone(),
+            });
+        }
+        Ok(CpuTensor {
+            shape: shape.clone(),
+            buf: t.buf.clone(),
+        })
+    }
+
+    fn conv2d(&self, x: &CpuTensor, w: &CpuTensor, p: Conv2dParams) -> Result<CpuTensor> {
+        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
+        Ok(self.build(g.output_shape(), |y| {
+            conv::forward(
+                x.as_slice(),
+                w.as_slice(),
+                &g,
+                self.threads,
+                conv::TILE_BYTES,
+                y,
+            )
+        }))
+    }
+
+    fn conv2d_backward_input(
+        &self,
+        dy: &CpuTensor,
+        w: &CpuTensor,
+        input_shape: &Shape,
+        p: Conv2dParams,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new(input_shape, &w.shape, p)?;
+        g.check_output("conv2d_backward_input", &dy.shape)?;
+        Ok(self.build(input_shape.clone(), |dx| {
+            conv::backward_input(
+                dy.as_slice(),
+                w.as_slice(),
+                &g,
+                self.threads,
+                conv::TILE_BYTES,
+                dx,
+            )
+        }))
+    }
+
+    fn conv2d_backward_weight(
+        &self,
+        x: &CpuTensor,
+        dy: &CpuTensor,
+        weight_shape: &Shape,
+        p: Conv2dParams,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new(&x.shape, weight_shape, p)?;
+        g.check_output("conv2d_backward_weight", &dy.shape)?;
+        let dw = self.run(|| {
+            conv::backward_weight(
+                x.as_slice(),
+                dy.as_slice(),
+                &g,
+                self.threads,
+                conv::TILE_BYTES,
+            )
+        });
+        Ok(self.adopt(weight_shape.clone(), dw))
+    }
+
+    fn add_channel_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let (_, c, h, w) = x.shape.nchw("add_channel_bias")?;
+        if b.shape.dims() != [c] {
+            return Err(TensorError::ShapeMismatch {
+                op: "add_channel_bias",
+                what: "bias must be [channels]",
+                lhs: x.shape.clone(),
+                rhs: b.shape.clone(),
+            });
+        }
+        let plane = (h * w).max(1);
+        let bias = b.as_slice();
+        Ok(self.build(x.shape.clone(), |y| {
+            y.par_chunks_mut(plane)
+                .zip(x.as_slice().par_chunks(plane))
+                .enumerate()
+                .for_each(|(i, (y, x))| {
+                    let b = bias[i % c];
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x + b);
+                })
+        }))
+    }
+
+    fn channel_bias_grad(&self, dy: &CpuTensor) -> Result<CpuTensor> {
+        let (n, c, h, w) = dy.shape.nchw("channel_bias_grad")?;
+        let plane = h * w;
+        let data = dy.as_slice();
+        Ok(self.build(Shape::from([c]), |db| {
+            db.par_iter_mut().enumerate().for_each(|(ch, db)| {
+                *db = (0..n)
+                    .map(|img| {
+                        let start = (img * c + ch) * plane;
+                        data[start..start + plane]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>() as f32
+            })
+        }))
+    }
+
+    fn max_pool2d(&self, x: &CpuTensor, p: Pool2dParams) -> Result<(CpuTensor, CpuPoolIndices)> {
+        let g = PoolGeometry::new(&x.shape, p)?;
+        if g.in_h * g.in_w > u32::MAX as usize {
+            return Err(TensorError::TooLarge {
+                shape: x.shape.clone(),
+            });
+        }
+        let mut indices = Vec::new();
+        let y = self.build(g.output_shape(), |y| {
+            indices = pool::forward(x.as_slice(), &g, y)
+        });
+        Ok((
+            y,
+            CpuPoolIndices {
+                geometry: g,
+                indices: Arc::new(indices),
+            },
+        ))
+    }
+
+    fn max_pool2d_backward(
+        &self,
+        dy: &CpuTensor,
+        indices: &CpuPoolIndices,
+        input_shape: &Shape,
+    ) -> Result<CpuTensor> {
+        let g = &indices.geometry;
+        same_shape("max_pool2d_backward", &g.input_shape(), input_shape)?;
+        same_shape("max_pool2d_backward", &dy.shape, &g.output_shape())?;
+        Ok(self.build(input_shape.clone(), |dx| {
+            pool::backward(dy.as_slice(), &indices.indices, g, dx)
+        }))
+    }
+
+    fn matmul(&self, a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor> {
+        let (ar, ac) = a.shape.matrix("matmul")?;
+        let (br, bc) = b.shape.matrix("matmul")?;
+        let lhs = Mat::row_major(a.as_slice(), ar, ac);
+        let rhs = Mat::row_major(b.as_slice(), br, bc);
+        let lhs = if ta { lhs.t() } else { lhs };
+        let rhs = if tb { rhs.t() } else { rhs };
+        if lhs.cols != rhs.rows {
+            return Err(TensorError::ShapeMismatch {
+                op: "matmul",
+                what: "inner dimensions (after the transpose flags) differ",
+                lhs: a.shape.clone(),
+                rhs: b.shape.clone(),
+            });
+        }
+        let (m, n) = (lhs.rows, rhs.cols);
+        Ok(self.build(Shape::from([m, n]), |c| {
+            let dst = MatMut {
+                data: c,
+                offset: 0,
+                rows: m,
+                cols: n,
+                row_stride: n,
+            };
+            sgemm(dst, lhs, rhs, false, self.threads)
+        }))
+    }
+
+    fn add_row_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let (_, f) = check_row_bias("add_row_bias", &x.shape, &b.shape)?;
+        let bias = b.as_slice();
+        Ok(self.build(x.shape.clone(), |y| {
+            if f > 0 {
+                y.par_chunks_mut(f)
+                    .zip(x.as_slice().par_chunks(f))
+                    .for_each(|(y, x)| {
+                        for ((y, &x), &b) in y.iter_mut().zip(x).zip(bias) {
+                            *y = x + b;
+                        }
+                    })
+            }
+        }))
+    }
+
+    fn sum_rows(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let (n, f) = x.shape.matrix("sum_rows")?;
+        let data = x.as_slice();
+        Ok(self.build(Shape::from([f]), |sums| {
+            sums.par_iter_mut()
+                .enumerate()
+                .for_each(|(j, s)| *s = (0..n).map(|i| data[i * f + j] as f64).sum::<f64>() as f32)
+        }))
+    }
+
+    fn relu(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        Ok(self.map(x, |v| v.max(0.0)))
+    }
+
+    fn relu_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
+        same_shape("relu_backward", &dy.shape, &y.shape)?;
+        Ok(self.zip_map(dy, y, |d, y| if y > 0.0 { d } else { 0.0 }))
+    }
+
+    fn dropout(&self, x: &CpuTensor, keep_prob: f32, seed: u64) -> Result<CpuTensor> {
+        check_keep_prob("dropout", keep_prob)?;
+        if keep_prob == 1.0 {
+            return Ok(x.clone());
+        }
+        Ok(self.build(x.shape.clone(), |out| {
+            dropout_apply(x.as_slice(), keep_prob, seed, out)
+        }))
+    }
+
+    fn dropout_backward(&self, dy: &CpuTensor, keep_prob: f32, seed: u64) -> Result<CpuTensor> {
+        // Dropout is linear in its input with a fixed mask, so its backward is itself.
+        self.dropout(dy, keep_prob, seed)
+    }
+
+    fn softmax_rows(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let (_, f) = x.shape.matrix("softmax_rows")?;
+        Ok(self.build(x.shape.clone(), |y| {
+            y.copy_from_slice(x.as_slice());
+            if f > 0 {
+                y.par_chunks_mut(f).for_each(softmax_in_place);
+            }
+        }))
+    }
+
+    fn argmax_rows(&self, x: &CpuTensor) -> Result<Vec<usize>> {
+        let (_, f) = x.shape.matrix("argmax_rows")?;
+        if f == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "argmax_rows",
+                message: format!("rows of {} are empty", x.shape),
+            });
+        }
+        Ok(x.as_slice()
+            .chunks(f)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+                        if v > best.1 {
+                            (i, v)
+                        } else {
+                            best
+                        }
+                    })
+                    .0
+            })
+            .collect())
+    }
+
+    fn l2_loss(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let s = self.run(|| sum_f64(x.as_slice(), |v| (v as f64) * (v as f64)));
+        Ok(self.adopt(Shape::scalar(), vec![(s / 2.0) as f32]))
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &CpuTensor,
+        labels: &[usize],
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        let (n, f) = check_labels("cross_entropy", &logits.shape, labels)?;
+        let mut losses = Vec::new();
+        // Per row: log(sum exp(x - max)) + max - x[label], computed before the softmax overwrites x.
+        let probs = self.build(logits.shape.clone(), |probs| {
+            probs.copy_from_slice(logits.as_slice());
+            losses = probs
+                .par_chunks_mut(f)
+                .zip(labels.par_iter())
+                .map(|(row, &label)| {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let log_sum = row
+                        .iter()
+                        .map(|&v| ((v - max) as f64).exp())
+                        .sum::<f64>()
+                        .ln();
+                    let loss = log_sum + max as f64 - row[label] as f64;
+                    softmax_in_place(row);
+                    loss
+                })
+                .collect::<Vec<f64>>();
+        });
+        let mean = losses.iter().sum::<f64>() / n as f64;
+        Ok((self.adopt(Shape::scalar(), vec![mean as f32]), probs))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        probs: &CpuTensor,
+        labels: &[usize],
+        g: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        let (n, f) = check_labels("cross_entropy_backward", &probs.shape, labels)?;
+        check_scalar("cross_entropy_backward", &g.shape)?;
+        let scale = g.as_slice()[0] / n as f32;
+        Ok(self.build(probs.shape.clone(), |d| {
+            d.copy_from_slice(probs.as_slice());
+            for (row, &label) in d.chunks_mut(f).zip(labels) {
+                row[label] -= 1.0;
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }))
+    }
+
+    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        same_shape("add", &a.shape, &b.shape)?;
+        Ok(self.zip_map(a, b, |a, b| a + b))
+    }
+
+    fn sub(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        same_shape("sub", &a.shape, &b.shape)?;
+        Ok(self.zip_map(a, b, |a, b| a - b))
+    }
+
+    fn mul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        same_shape("mul", &a.shape, &b.shape)?;
+        Ok(self.zip_map(a, b, |a, b| a * b))
+    }
+
+    fn scale(&self, x: &CpuTensor, alpha: f32) -> Result<CpuTensor> {
+        Ok(self.map(x, |v| v * alpha))
+    }
+
+    fn axpy(&self, y: &mut CpuTensor, alpha: f32, x: &CpuTensor) -> Result<()> {
+        same_shape("axpy", &y.shape, &x.shape)?;
+        let pool = self.pool.clone();
+        let ys = y.as_mut_slice();
+        pool.install(|| {
+            ys.par_chunks_mut(CHUNK)
+                .zip(x.as_slice().par_chunks(CHUNK))
+                .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x))
+        });
+        Ok(())
+    }
+
+    fn sum_all(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let s = self.run(|| sum_f64(x.as_slice(), |v| v as f64));
+        Ok(self.adopt(Shape::scalar(), vec![s as f32]))
+    }
+
+    fn broadcast_scalar(&self, s: &CpuTensor, shape: &Shape) -> Result<CpuTensor> {
+        check_scalar("broadcast_scalar", &s.shape)?;
+        self.full(shape, s.as_slice()[0])
+    }
+
+    fn mul_scalar(&self, x: &CpuTensor, s: &CpuTensor) -> Result<CpuTensor> {
+        check_scalar("mul_scalar", &s.shape)?;
+        self.scale(x, s.as_slice()[0])
+    }
+}
+
+/// Numerically stable softmax of one row, in place.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+}

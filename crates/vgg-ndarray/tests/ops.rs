@@ -1,0 +1,547 @@
+//! Every op and backward kernel of the CPU backend against naive f64 loops (`naive/`), and the
+//! gradient kernels against finite differences.
+
+mod naive;
+
+use naive::Dims4;
+use proptest::prelude::*;
+use vgg_ndarray::{CpuBackend, CpuTensor};
+use vgg_tensor::{random, Backend, Conv2dParams, DeviceTensor, Pool2dParams, Shape, TensorError};
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(2).unwrap()
+}
+
+fn data(n: usize, seed: u64) -> Vec<f64> {
+    let mut v = vec![0.0f32; n];
+    random::fill_normal(&mut v, seed, 0, 0.0, 1.0);
+    v.into_iter().map(f64::from).collect()
+}
+
+fn tensor(b: &CpuBackend, dims: &[usize], v: &[f64]) -> CpuTensor {
+    let f: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+    b.upload(&Shape::from(dims), &f).unwrap()
+}
+
+fn host(b: &CpuBackend, t: &CpuTensor) -> Vec<f64> {
+    b.download(t).unwrap().into_iter().map(f64::from).collect()
+}
+
+/// f32 results against f64 references: |got - want| <= tol * max(1, |want|).
+#[track_caller]
+fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * w.abs().max(1.0),
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+}
+
+fn dims4(d: Dims4) -> [usize; 4] {
+    [d.0, d.1, d.2, d.3]
+}
+
+/// The combinations the issue asks for: odd sizes, stride 1 and 2, padding 0 and 1, batch 1 and 3, kernel 1 and 3.
+fn conv_cases() -> Vec<(Dims4, Dims4, usize, usize)> {
+    let mut cases = Vec::new();
+    for batch in [1, 3] {
+        for k in [1, 3] {
+            for s in [1, 2] {
+                for p in [0, 1] {
+                    cases.push(((batch, 3, 7, 5), (4, 3, k, k), s, p));
+                }
+            }
+        }
+    }
+    cases
+}
+
+#[test]
+fn conv2d_and_its_gradients_match_naive_loops() {
+    let b = cpu();
+    for (seed, (xd, wd, s, p)) in conv_cases().into_iter().enumerate() {
+        let params = Conv2dParams {
+            stride: s,
+            padding: p,
+        };
+        let x = data(xd.0 * xd.1 * xd.2 * xd.3, seed as u64);
+        let w = data(wd.0 * wd.1 * wd.2 * wd.3, 100 + seed as u64);
+        let (want, yd) = naive::conv(&x, xd, &w, wd, s, p);
+        let (xt, wt) = (tensor(&b, &dims4(xd), &x), tensor(&b, &dims4(wd), &w));
+        let y = b.conv2d(&xt, &wt, params).unwrap();
+        assert_eq!(y.shape().dims(), dims4(yd));
+        let case = format!("x {xd:?} w {wd:?} s{s} p{p}");
+        assert_close(&host(&b, &y), &want, 1e-5, &format!("conv2d {case}"));
+
+        let dy = data(want.len(), 200 + seed as u64);
+        let dyt = tensor(&b, &dims4(yd), &dy);
+        let dx = b
+            .conv2d_backward_input(&dyt, &wt, xt.shape(), params)
+            .unwrap();
+        let want_dx = naive::conv_backward_input(&dy, yd, &w, wd, xd, s, p);
+        assert_close(&host(&b, &dx), &want_dx, 1e-5, &format!("dx {case}"));
+        let dw = b
+            .conv2d_backward_weight(&xt, &dyt, wt.shape(), params)
+            .unwrap();
+        let want_dw = naive::conv_backward_weight(&x, xd, &dy, yd, wd, s, p);
+        assert_close(&host(&b, &dw), &want_dw, 1e-5, &format!("dw {case}"));
+
+        // Finite differences of L = <dy, conv(x, w)> in f64.
+        let fd_dx = naive::finite_difference(&x, 1e-3, |x| {
+            naive::dot(&dy, &naive::conv(x, xd, &w, wd, s, p).0)
+        });
+        assert_close(
+            &host(&b, &dx),
+            &fd_dx,
+            1e-4,
+            &format!("dx vs finite differences {case}"),
+        );
+        let fd_dw = naive::finite_difference(&w, 1e-3, |w| {
+            naive::dot(&dy, &naive::conv(&x, xd, w, wd, s, p).0)
+        });
+        assert_close(
+            &host(&b, &dw),
+            &fd_dw,
+            1e-4,
+            &format!("dw vs finite differences {case}"),
+        );
+    }
+}
+
+#[test]
+fn channel_bias_and_its_gradient() {
+    let b = cpu();
+    let (n, c, h, w) = (3, 4, 5, 3);
+    let x = data(n * c * h * w, 1);
+    let bias = data(c, 2);
+    let y = b
+        .add_channel_bias(&tensor(&b, &[n, c, h, w], &x), &tensor(&b, &[c], &bias))
+        .unwrap();
+    let want: Vec<f64> = x
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + bias[(i / (h * w)) % c])
+        .collect();
+    assert_close(&host(&b, &y), &want, 1e-6, "add_channel_bias");
+    let dy = data(x.len(), 3);
+    let db = b
+        .channel_bias_grad(&tensor(&b, &[n, c, h, w], &dy))
+        .unwrap();
+    let mut want_db = vec![0.0; c];
+    for (i, v) in dy.iter().enumerate() {
+        want_db[(i / (h * w)) % c] += v;
+    }
+    assert_close(&host(&b, &db), &want_db, 1e-5, "channel_bias_grad");
+}
+
+#[test]
+fn fused_conv_bias_relu_equals_its_parts() {
+    let b = cpu();
+    let x = tensor(&b, &[2, 3, 6, 5], &data(180, 1));
+    let w = tensor(&b, &[4, 3, 3, 3], &data(108, 2));
+    let bias = tensor(&b, &[4], &data(4, 3));
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let fused = b.conv2d_bias_act(&x, &w, &bias, p, true).unwrap();
+    let parts = b
+        .relu(
+            &b.add_channel_bias(&b.conv2d(&x, &w, p).unwrap(), &bias)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_close(
+        &host(&b, &fused),
+        &host(&b, &parts),
+        1e-6,
+        "conv2d_bias_act",
+    );
+}
+
+#[test]
+fn max_pool_and_its_gradient_match_naive_loops() {
+    let b = cpu();
+    for (xd, k, s) in [
+        ((1, 2, 7, 5), 2, 2),
+        ((3, 3, 8, 8), 2, 2),
+        ((2, 1, 9, 6), 3, 2),
+        ((1, 2, 5, 5), 3, 1),
+    ] {
+        let x = data(xd.0 * xd.1 * xd.2 * xd.3, 7);
+        let (want, arg, yd) = naive::max_pool(&x, xd, k, s);
+        let (y, idx) = b
+            .max_pool2d(
+                &tensor(&b, &dims4(xd), &x),
+                Pool2dParams {
+                    kernel: k,
+                    stride: s,
+                },
+            )
+            .unwrap();
+        assert_eq!(y.shape().dims(), dims4(yd));
+        assert_close(&host(&b, &y), &want, 0.0, "max_pool2d");
+        let dy = data(want.len(), 8);
+        let dx = b
+            .max_pool2d_backward(&tensor(&b, &dims4(yd), &dy), &idx, &Shape::from(dims4(xd)))
+            .unwrap();
+        let mut want_dx = vec![0.0; x.len()];
+        for (d, &i) in dy.iter().zip(&arg) {
+            want_dx[i] += d;
+        }
+        assert_close(&host(&b, &dx), &want_dx, 1e-6, "max_pool2d_backward");
+        // Finite differences (random inputs have no ties, so the max is differentiable there).
+        let fd = naive::finite_difference(&x, 1e-4, |x| {
+            naive::dot(&dy, &naive::max_pool(x, xd, k, s).0)
+        });
+        assert_close(
+            &host(&b, &dx),
+            &fd,
+            1e-4,
+            "max_pool2d_backward vs finite differences",
+        );
+    }
+}
+
+#[test]
+fn pool_ties_go_to_the_first_maximum() {
+    let b = cpu();
+    let x = b.full(&Shape::from([1, 1, 2, 2]), 1.0).unwrap();
+    let (_, idx) = b
+        .max_pool2d(
+            &x,
+            Pool2dParams {
+                kernel: 2,
+                stride: 2,
+            },
+        )
+        .unwrap();
+    let dx = b
+        .max_pool2d_backward(
+            &b.full(&Shape::from([1, 1, 1, 1]), 5.0).unwrap(),
+            &idx,
+            x.shape(),
+        )
+        .unwrap();
+    assert_eq!(b.download(&dx).unwrap(), [5.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn matmul_with_every_transpose_and_row_bias() {
+    let b = cpu();
+    let (m, k, n) = (5, 7, 3);
+    let a = data(m * k, 1);
+    let bm = data(k * n, 2);
+    let want = naive::matmul(&a, &bm, m, k, n);
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let at = if ta {
+            tensor(&b, &[k, m], &naive::transpose(&a, m, k))
+        } else {
+            tensor(&b, &[m, k], &a)
+        };
+        let bt = if tb {
+            tensor(&b, &[n, k], &naive::transpose(&bm, k, n))
+        } else {
+            tensor(&b, &[k, n], &bm)
+        };
+        let c = b.matmul(&at, &bt, ta, tb).unwrap();
+        assert_eq!(c.shape().dims(), [m, n]);
+        assert_close(
+            &host(&b, &c),
+            &want,
+            1e-5,
+            &format!("matmul ta={ta} tb={tb}"),
+        );
+    }
+    let bias = data(n, 3);
+    let c = tensor(&b, &[m, n], &want);
+    let y = b.add_row_bias(&c, &tensor(&b, &[n], &bias)).unwrap();
+    let want_y: Vec<f64> = want
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + bias[i % n])
+        .collect();
+    assert_close(&host(&b, &y), &want_y, 1e-6, "add_row_bias");
+    let sums = b.sum_rows(&c).unwrap();
+    let want_sums: Vec<f64> = (0..n)
+        .map(|j| (0..m).map(|i| want[i * n + j]).sum())
+        .collect();
+    assert_close(&host(&b, &sums), &want_sums, 1e-5, "sum_rows");
+}
+
+#[test]
+fn relu_and_its_gradient() {
+    let b = cpu();
+    let x = data(101, 1);
+    let y = b.relu(&tensor(&b, &[101], &x)).unwrap();
+    assert_close(
+        &host(&b, &y),
+        &x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>(),
+        0.0,
+        "relu",
+    );
+    let dy = data(101, 2);
+    let dx = b.relu_backward(&tensor(&b, &[101], &dy), &y).unwrap();
+    let want: Vec<f64> = dy
+        .iter()
+        .zip(&x)
+        .map(|(d, v)| if *v > 0.0 { *d } else { 0.0 })
+        .collect();
+    assert_close(&host(&b, &dx), &want, 0.0, "relu_backward");
+}
+
+#[test]
+fn dropout_is_seeded_scaled_and_its_own_backward() {
+    let b = cpu();
+    let n = 100_000;
+    let ones = b.full(&Shape::from([n]), 1.0).unwrap();
+    let y = b.download(&b.dropout(&ones, 0.5, 9).unwrap()).unwrap();
+    let kept = y.iter().filter(|&&v| v != 0.0).count();
+    assert!((48_500..51_500).contains(&kept), "{kept}");
+    assert!(y.iter().all(|&v| v == 0.0 || v == 2.0));
+    assert_eq!(
+        y,
+        b.download(&b.dropout(&ones, 0.5, 9).unwrap()).unwrap(),
+        "same seed, same mask"
+    );
+    assert_ne!(y, b.download(&b.dropout(&ones, 0.5, 10).unwrap()).unwrap());
+    let back = b
+        .download(&b.dropout_backward(&ones, 0.5, 9).unwrap())
+        .unwrap();
+    assert_eq!(y, back, "backward uses the same mask");
+    // Thread count does not change the mask.
+    let one_thread = CpuBackend::new(1).unwrap();
+    let y1 = one_thread
+        .download(
+            &one_thread
+                .dropout(&one_thread.full(&Shape::from([n]), 1.0).unwrap(), 0.5, 9)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(y, y1);
+    assert_eq!(
+        b.download(&b.dropout(&ones, 1.0, 9).unwrap()).unwrap(),
+        vec![1.0; n]
+    );
+    assert!(b.dropout(&ones, 0.0, 9).is_err());
+}
+
+#[test]
+fn softmax_argmax_and_losses() {
+    let b = cpu();
+    let (n, f) = (3, 5);
+    let mut x = data(n * f, 1);
+    x[7] = 1000.0; // stability: a huge logit must not overflow
+    let xt = tensor(&b, &[n, f], &x);
+    let p = host(&b, &b.softmax_rows(&xt).unwrap());
+    for i in 0..n {
+        let row = &x[i * f..(i + 1) * f];
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = row.iter().map(|v| (v - max).exp()).sum();
+        let want: Vec<f64> = row.iter().map(|v| (v - max).exp() / z).collect();
+        assert_close(&p[i * f..(i + 1) * f], &want, 1e-6, "softmax");
+    }
+    assert_eq!(b.argmax_rows(&xt).unwrap()[1], 2);
+
+    let l2 = b.scalar_value(&b.l2_loss(&xt).unwrap()).unwrap() as f64;
+    let want_l2: f64 = x.iter().map(|v| v * v).sum::<f64>() / 2.0;
+    assert!((l2 - want_l2).abs() <= 1e-6 * want_l2);
+
+    let x = data(n * f, 2);
+    let xt = tensor(&b, &[n, f], &x);
+    let labels = [4, 0, 2];
+    let (loss, probs) = b.cross_entropy(&xt, &labels).unwrap();
+    let ce = |x: &[f64]| {
+        (0..n)
+            .map(|i| {
+                let row = &x[i * f..(i + 1) * f];
+                let z: f64 = row.iter().map(|v| v.exp()).sum();
+                z.ln() - row[labels[i]]
+            })
+            .sum::<f64>()
+            / n as f64
+    };
+    assert!((b.scalar_value(&loss).unwrap() as f64 - ce(&x)).abs() < 1e-6);
+    let g = b.full(&Shape::scalar(), 2.0).unwrap();
+    let d = host(&b, &b.cross_entropy_backward(&probs, &labels, &g).unwrap());
+    let fd: Vec<f64> = naive::finite_difference(&x, 1e-4, ce)
+        .iter()
+        .map(|v| 2.0 * v)
+        .collect();
+    assert_close(
+        &d,
+        &fd,
+        1e-5,
+        "cross_entropy_backward vs finite differences",
+    );
+    assert!(b.cross_entropy(&xt, &[0, 1]).is_err());
+    assert!(b
+        .cross_entropy(&xt, &[0, 1, 5])
+        .unwrap_err()
+        .to_string()
+        .contains("label 5"));
+}
+
+#[test]
+fn elementwise_and_reductions() {
+    let b = cpu();
+    let (x, y) = (data(70_001, 1), data(70_001, 2));
+    let (xt, yt) = (tensor(&b, &[70_001], &x), tensor(&b, &[70_001], &y));
+    let check = |t: CpuTensor, f: &dyn Fn(f64, f64) -> f64, what: &str| {
+        let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| f(*a, *b)).collect();
+        assert_close(&host(&b, &t), &want, 1e-6, what);
+    };
+    check(b.add(&xt, &yt).unwrap(), &|a, b| a + b, "add");
+    check(b.sub(&xt, &yt).unwrap(), &|a, b| a - b, "sub");
+    check(b.mul(&xt, &yt).unwrap(), &|a, b| a * b, "mul");
+    check(b.scale(&xt, 3.0).unwrap(), &|a, _| 3.0 * a, "scale");
+    let mut acc = xt.clone();
+    b.axpy(&mut acc, -0.5, &yt).unwrap();
+    check(acc, &|a, b| a - 0.5 * b, "axpy");
+    assert_close(
+        &host(&b, &xt),
+        &x,
+        1e-7,
+        "axpy leaves a shared buffer alone",
+    );
+    let s = b.scalar_value(&b.sum_all(&xt).unwrap()).unwrap() as f64;
+    assert!((s - x.iter().sum::<f64>()).abs() < 1e-3);
+    let two = b.full(&Shape::scalar(), 2.0).unwrap();
+    assert_eq!(
+        b.download(&b.broadcast_scalar(&two, &Shape::from([2, 2])).unwrap())
+            .unwrap(),
+        [2.0; 4]
+    );
+    check(
+        b.mul_scalar(&xt, &two).unwrap(),
+        &|a, _| 2.0 * a,
+        "mul_scalar",
+    );
+    let r = b.reshape(&xt, &Shape::from([1, 70_001])).unwrap();
+    assert_eq!(r.shape().dims(), [1, 70_001]);
+    assert!(b.reshape(&xt, &Shape::from([2, 70_001])).is_err());
+}
+
+#[test]
+fn random_values_do_not_depend_on_threads() {
+    let shape = Shape::from([3, 100_000]);
+    let one = CpuBackend::new(1).unwrap();
+    let two = cpu();
+    let a = one
+        .download(&one.random_normal(&shape, 0.0, 0.1, 5).unwrap())
+        .unwrap();
+    let b = two
+        .download(&two.random_normal(&shape, 0.0, 0.1, 5).unwrap())
+        .unwrap();
+    assert_eq!(a, b);
+    let u = two
+        .download(&two.random_uniform(&shape, -2.0, 2.0, 5).unwrap())
+        .unwrap();
+    assert!(u.iter().all(|v| (-2.0..2.0).contains(v)));
+}
+
+#[test]
+fn shape_errors_name_both_shapes() {
+    let b = cpu();
+    let t = |dims: &[usize]| b.zeros(&Shape::from(dims)).unwrap();
+    let msg = |e: TensorError| e.to_string();
+    let e = msg(b.add(&t(&[2, 3]), &t(&[3, 2])).unwrap_err());
+    assert!(e.contains("[2, 3]") && e.contains("[3, 2]"), "{e}");
+    let e = msg(b
+        .matmul(&t(&[2, 3]), &t(&[2, 3]), false, false)
+        .unwrap_err());
+    assert!(e.contains("[2, 3]") && e.contains("inner"), "{e}");
+    let e = msg(b
+        .conv2d(
+            &t(&[1, 2, 5, 5]),
+            &t(&[4, 3, 3, 3]),
+            Conv2dParams::default(),
+        )
+        .unwrap_err());
+    assert!(
+        e.contains("[1, 2, 5, 5]") && e.contains("[4, 3, 3, 3]"),
+        "{e}"
+    );
+    let e = msg(b
+        .conv2d(&t(&[2, 5, 5]), &t(&[4, 3, 3, 3]), Conv2dParams::default())
+        .unwrap_err());
+    assert!(e.contains("rank-4") && e.contains("[2, 5, 5]"), "{e}");
+    let params = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let e = msg(b
+        .conv2d_backward_input(
+            &t(&[1, 4, 4, 4]),
+            &t(&[4, 3, 3, 3]),
+            &Shape::from([1, 3, 5, 5]),
+            params,
+        )
+        .unwrap_err());
+    assert!(
+        e.contains("[1, 4, 4, 4]") && e.contains("[1, 4, 5, 5]"),
+        "{e}"
+    );
+    assert!(b.add_channel_bias(&t(&[1, 3, 2, 2]), &t(&[4])).is_err());
+    assert!(b.add_row_bias(&t(&[2, 3]), &t(&[2])).is_err());
+    assert!(b
+        .max_pool2d(
+            &t(&[1, 1, 1, 1]),
+            Pool2dParams {
+                kernel: 2,
+                stride: 2
+            }
+        )
+        .is_err());
+    assert!(b.upload(&Shape::from([2, 2]), &[1.0; 3]).is_err());
+    assert!(b.scalar_value(&t(&[2])).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any geometry either errors or gives the formula's shape and the naive loops' values; never a panic.
+    #[test]
+    fn conv_shapes(n in 1usize..3, c in 1usize..4, h in 1usize..9, w in 1usize..9,
+                   o in 1usize..4, k in 1usize..5, s in 1usize..3, p in 0usize..3) {
+        let b = cpu();
+        let (xd, wd) = ((n, c, h, w), (o, c, k, k));
+        let x = data(n * c * h * w, 1);
+        let wv = data(o * c * k * k, 2);
+        let params = Conv2dParams { stride: s, padding: p };
+        let result = b.conv2d(&tensor(&b, &dims4(xd), &x), &tensor(&b, &dims4(wd), &wv), params);
+        if h + 2 * p < k || w + 2 * p < k {
+            prop_assert!(result.is_err());
+        } else {
+            let (want, yd) = naive::conv(&x, xd, &wv, wd, s, p);
+            let y = result.unwrap();
+            prop_assert_eq!(y.shape().dims(), &dims4(yd)[..]);
+            let got = host(&b, &y);
+            for (g, w) in got.iter().zip(&want) {
+                prop_assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn elementwise_shape_mismatches_are_errors(a in proptest::collection::vec(1usize..4, 1..4),
+                                               c in proptest::collection::vec(1usize..4, 1..4)) {
+        let b = cpu();
+        let x = b.zeros(&Shape::from(a.clone())).unwrap();
+        let y = b.zeros(&Shape::from(c.clone())).unwrap();
+        prop_assert_eq!(b.add(&x, &y).is_ok(), a == c);
+        prop_assert_eq!(b.mul(&x, &y).is_ok(), a == c);
+    }
+
+    #[test]
+    fn pool_shapes(h in 1usize..10, w in 1usize..10, k in 1usize..4, s in 1usize..4) {
+        let b = cpu();
+        let x = b.zeros(&Shape::from([1, 2, h, w])).unwrap();
+        match b.max_pool2d(&x, Pool2dParams { kernel: k, stride: s }) {
+            Ok((y, _)) => prop_assert_eq!(y.shape().dims(), &[1, 2, (h - k) / s + 1, (w - k) / s + 1][..]),
+            Err(_) => prop_assert!(h < k || w < k),
+        }
+    }
+}
