@@ -238,6 +238,10 @@ impl Backend for CpuBackend {
         format!("cpu ({} threads)", self.threads)
     }
 
+    fn execute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
     fn upload(&self, shape: &Shape, data: &[f32]) -> Result<CpuTensor> {
         let n = shape.checked_elements()?;
         if n != data.len() {
@@ -516,6 +520,23 @@ impl Backend for CpuBackend {
             y.copy_from_slice(x.as_slice());
             if f > 0 {
                 y.par_chunks_mut(f).for_each(softmax_in_place);
+            }
+        }))
+    }
+
+    fn softmax_rows_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
+        same_shape("softmax_rows_backward", &dy.shape, &y.shape)?;
+        let (_, f) = y.shape.matrix("softmax_rows_backward")?;
+        Ok(self.build(y.shape.clone(), |dx| {
+            if f > 0 {
+                dx.par_chunks_mut(f)
+                    .zip(dy.as_slice().par_chunks(f).zip(y.as_slice().par_chunks(f)))
+                    .for_each(|(dx, (dy, y))| {
+                        let dot: f64 = dy.iter().zip(y).map(|(&d, &y)| d as f64 * y as f64).sum();
+                        for ((dx, &d), &y) in dx.iter_mut().zip(dy).zip(y) {
+                            *dx = y * (d - dot as f32);
+                        }
+                    })
             }
         }))
     }

@@ -344,6 +344,32 @@ fn softmax_argmax_and_losses() {
         assert_close(&p[i * f..(i + 1) * f], &want, 1e-6, "softmax");
     }
     assert_eq!(b.argmax_rows(&xt).unwrap()[1], 2);
+    // softmax backward against finite differences of <r, softmax(x)>.
+    let xs = data(n * f, 5);
+    let rs = data(n * f, 6);
+    let softmax = |x: &[f64]| -> f64 {
+        (0..n)
+            .map(|i| {
+                let row = &x[i * f..(i + 1) * f];
+                let z: f64 = row.iter().map(|v| v.exp()).sum();
+                row.iter()
+                    .zip(&rs[i * f..])
+                    .map(|(v, r)| r * v.exp() / z)
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let y = b.softmax_rows(&tensor(&b, &[n, f], &xs)).unwrap();
+    let dx = b
+        .softmax_rows_backward(&tensor(&b, &[n, f], &rs), &y)
+        .unwrap();
+    let fd = naive::finite_difference(&xs, 1e-4, softmax);
+    assert_close(
+        &host(&b, &dx),
+        &fd,
+        1e-5,
+        "softmax_rows_backward vs finite differences",
+    );
 
     let l2 = b.scalar_value(&b.l2_loss(&xt).unwrap()).unwrap() as f64;
     let want_l2: f64 = x.iter().map(|v| v * v).sum::<f64>() / 2.0;

@@ -75,6 +75,13 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
     /// A human-readable description: "cpu (2 threads)", the GPU's name.
     fn name(&self) -> String;
 
+    /// Runs `f` where this backend's ops are cheapest to start: wrap loops of many ops (a training
+    /// step, a benchmark) in it. The CPU backend runs `f` on its own worker threads, so its ops do
+    /// not hand work across threads (6x faster on loops of small ops).
+    fn execute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     /// Waits until all queued work is done (a no-op where ops are synchronous).
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -223,6 +230,9 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
 
     /// Softmax over each row of an [N, F] tensor.
     fn softmax_rows(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+
+    /// Gradient of `softmax_rows` given its output y: dx = y (dy - sum(dy y)) per row.
+    fn softmax_rows_backward(&self, dy: &Self::Tensor, y: &Self::Tensor) -> Result<Self::Tensor>;
 
     /// Index of the largest value of each row (the first, on ties).
     fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<usize>>;

@@ -1,0 +1,54 @@
+//! Reverse-mode automatic differentiation over any [`vgg_tensor::Backend`].
+//!
+//! A [`Tape`] records each op on tracked values (a Wengert list) together with a backward closure
+//! that owns exactly what its gradient needs. [`Tape::backward`] walks the list once in reverse,
+//! running and then dropping each closure, so saved activations are released as soon as their
+//! backward step has run; it consumes the tape, so nothing of it is left afterwards.
+//!
+//! ```
+//! use vgg_autodiff::Tape;
+//! use vgg_ndarray::CpuBackend;
+//! use vgg_tensor::{Backend, Shape};
+//!
+//! let backend = CpuBackend::new(1).unwrap();
+//! let tape = Tape::new(backend.clone());
+//! let w = tape.param("w", backend.upload(&Shape::from([2]), &[3.0, -1.0]).unwrap());
+//! let x = tape.constant(backend.upload(&Shape::from([2]), &[2.0, 5.0]).unwrap());
+//! let loss = tape.sum(&tape.mul(&w, &x).unwrap()).unwrap(); // 3*2 - 1*5
+//! let grads = tape.backward(&loss).unwrap();
+//! assert_eq!(backend.download(&grads.get(&w).unwrap()).unwrap(), [2.0, 5.0]);
+//! ```
+
+mod check;
+mod ops;
+mod tape;
+
+pub use check::{check_gradients, GradCheck, GradCheckReport};
+pub use tape::{BackwardStep, Gradients, Tape, Var};
+
+use vgg_tensor::{Shape, TensorError};
+
+/// What can go wrong building or differentiating a computation.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AutodiffError {
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    #[error("backward needs a scalar loss, got shape {0}: reduce it first (sum, mean, l2_loss)")]
+    NotScalar(Shape),
+    #[error(
+        "{op}: a value from another tape (tape {found}, this is tape {expected}); build one computation on one tape"
+    )]
+    ForeignValue {
+        op: &'static str,
+        found: u64,
+        expected: u64,
+    },
+    #[error("the loss depends on no tracked value: register parameters with Tape::param on a recording tape")]
+    LossUntracked,
+    #[error("no gradient for {0}: it was not tracked (a constant, or a value from an inference-mode tape)")]
+    Untracked(String),
+    #[error("gradient check failed: {0}")]
+    GradientMismatch(String),
+}
+
+pub type Result<T, E = AutodiffError> = std::result::Result<T, E>;

@@ -1,0 +1,365 @@
+//! The tape, its values and the backward walk.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use vgg_tensor::{Backend, DeviceTensor, Shape};
+
+use crate::{AutodiffError, Result};
+
+/// A backward step: given the output gradient and which inputs need one, the input gradients.
+pub(crate) type BackwardFn<B> = Box<
+    dyn FnOnce(&B, &<B as Backend>::Tensor, &[bool]) -> Result<Vec<Option<<B as Backend>::Tensor>>>,
+>;
+
+static NEXT_TAPE: AtomicU64 = AtomicU64::new(1);
+
+/// Marks values that have no node on the tape.
+const UNTRACKED: usize = usize::MAX;
+
+/// A value computed on a tape. Cloning shares the tensor.
+pub struct Var<B: Backend> {
+    pub(crate) id: usize,
+    pub(crate) tape: u64,
+    pub(crate) value: B::Tensor,
+}
+
+impl<B: Backend> Clone for Var<B> {
+    fn clone(&self) -> Self {
+        Var {
+            id: self.id,
+            tape: self.tape,
+            value: self.value.clone(),
+        }
+    }
+}
+
+impl<B: Backend> fmt::Debug for Var<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Var")
+            .field("tape", &self.tape)
+            .field("tracked", &self.is_tracked())
+            .field("shape", self.shape())
+            .finish()
+    }
+}
+
+impl<B: Backend> Var<B> {
+    pub fn value(&self) -> &B::Tensor {
+        &self.value
+    }
+
+    pub fn into_value(self) -> B::Tensor {
+        self.value
+    }
+
+    pub fn shape(&self) -> &Shape {
+        self.value.shape()
+    }
+
+    /// Whether gradients flow to or through this value.
+    pub fn is_tracked(&self) -> bool {
+        self.id != UNTRACKED
+    }
+}
+
+struct Node<B: Backend> {
+    inputs: Vec<usize>,
+    backward: Option<BackwardFn<B>>,
+    saved_bytes: usize,
+}
+
+struct State<B: Backend> {
+    nodes: Vec<Node<B>>,
+    /// Parameters by node id, with their names.
+    params: HashMap<usize, String>,
+    saved_bytes: usize,
+}
+
+/// A Wengert list of ops on one backend. A recording tape keeps what backward needs; an
+/// inference tape (`Tape::inference`) keeps nothing, so values live only as long as their `Var`s.
+pub struct Tape<B: Backend> {
+    backend: B,
+    id: u64,
+    recording: bool,
+    state: RefCell<State<B>>,
+}
+
+/// Progress of a backward walk, for observers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackwardStep {
+    /// Node just processed, counting down to 0.
+    pub node: usize,
+    /// Bytes still held by backward closures not yet run.
+    pub saved_bytes_left: usize,
+}
+
+impl<B: Backend> Tape<B> {
+    /// A tape that records for backward.
+    pub fn new(backend: B) -> Tape<B> {
+        Self::with_mode(backend, true)
+    }
+
+    /// A tape that records nothing: forward values only, no gradients.
+    pub fn inference(backend: B) -> Tape<B> {
+        Self::with_mode(backend, false)
+    }
+
+    fn with_mode(backend: B, recording: bool) -> Tape<B> {
+        Tape {
+            backend,
+            id: NEXT_TAPE.fetch_add(1, Ordering::Relaxed),
+            recording,
+            state: RefCell::new(State {
+                nodes: Vec::new(),
+                params: HashMap::new(),
+                saved_bytes: 0,
+            }),
+        }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Ops recorded so far (leaves included).
+    pub fn len(&self) -> usize {
+        self.state.borrow().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of tensors held for backward.
+    pub fn saved_bytes(&self) -> usize {
+        self.state.borrow().saved_bytes
+    }
+
+    /// A value that needs no gradient: inputs, targets, frozen parameters.
+    pub fn constant(&self, value: B::Tensor) -> Var<B> {
+        Var {
+            id: UNTRACKED,
+            tape: self.id,
+            value,
+        }
+    }
+
+    /// A parameter whose gradient `backward` returns under `name` (untracked on an inference tape).
+    pub fn param(&self, name: impl Into<String>, value: B::Tensor) -> Var<B> {
+        if !self.recording {
+            return self.constant(value);
+        }
+        let mut state = self.state.borrow_mut();
+        let id = state.nodes.len();
+        state.nodes.push(Node {
+            inputs: Vec::new(),
+            backward: None,
+            saved_bytes: 0,
+        });
+        state.params.insert(id, name.into());
+        Var {
+            id,
+            tape: self.id,
+            value,
+        }
+    }
+
+    pub(crate) fn check(&self, op: &'static str, v: &Var<B>) -> Result<()> {
+        if v.tape == self.id {
+            Ok(())
+        } else {
+            Err(AutodiffError::ForeignValue {
+                op,
+                found: v.tape,
+                expected: self.id,
+            })
+        }
+    }
+
+    /// Records an op's result. `backward` owns what it saved (`saved_bytes` of it) and is dropped
+    /// at once when no input is tracked or the tape does not record.
+    pub(crate) fn record(
+        &self,
+        op: &'static str,
+        inputs: &[&Var<B>],
+        value: B::Tensor,
+        saved_bytes: usize,
+        backward: BackwardFn<B>,
+    ) -> Result<Var<B>> {
+        for v in inputs {
+            self.check(op, v)?;
+        }
+        if !self.recording || !inputs.iter().any(|v| v.is_tracked()) {
+            return Ok(self.constant(value));
+        }
+        let mut state = self.state.borrow_mut();
+        let id = state.nodes.len();
+        state.saved_bytes += saved_bytes;
+        state.nodes.push(Node {
+            inputs: inputs.iter().map(|v| v.id).collect(),
+            backward: Some(backward),
+            saved_bytes,
+        });
+        Ok(Var {
+            id,
+            tape: self.id,
+            value,
+        })
+    }
+
+    /// Gradients of the scalar `loss` with respect to every parameter, walking the tape once in
+    /// reverse. Consumes the tape: each backward closure, and what it saved, is dropped as soon
+    /// as it has run.
+    pub fn backward(self, loss: &Var<B>) -> Result<Gradients<B>> {
+        self.backward_observed(loss, |_| {})
+    }
+
+    /// `backward`, calling `observe` after each node.
+    pub fn backward_observed(
+        self,
+        loss: &Var<B>,
+        mut observe: impl FnMut(BackwardStep),
+    ) -> Result<Gradients<B>> {
+        self.check("backward", loss)?;
+        if loss.shape().elements() != 1 {
+            return Err(AutodiffError::NotScalar(loss.shape().clone()));
+        }
+        if !loss.is_tracked() {
+            return Err(AutodiffError::LossUntracked);
+        }
+        let State {
+            mut nodes,
+            params,
+            mut saved_bytes,
+        } = self.state.into_inner();
+        let backend = self.backend;
+        // Ops recorded after the loss cannot influence it.
+        for dropped in nodes.drain(loss.id + 1..) {
+            saved_bytes -= dropped.saved_bytes;
+        }
+        let mut grads: Vec<Option<B::Tensor>> = (0..nodes.len()).map(|_| None).collect();
+        grads[loss.id] = Some(backend.full(loss.shape(), 1.0)?);
+        let mut param_grads = HashMap::new();
+        while let Some(node) = nodes.pop() {
+            let id = nodes.len();
+            saved_bytes -= node.saved_bytes;
+            let grad = grads[id].take();
+            match (node.backward, grad) {
+                (Some(backward), Some(grad)) => {
+                    // Every node is tracked; untracked inputs (constants) have no node and get no gradient.
+                    let needs: Vec<bool> = node.inputs.iter().map(|&i| i != UNTRACKED).collect();
+                    let input_grads = backward(&backend, &grad, &needs)?;
+                    drop(grad);
+                    for ((&input, g), need) in node.inputs.iter().zip(input_grads).zip(needs) {
+                        if let (Some(g), true) = (g, need) {
+                            accumulate(&backend, &mut grads[input], g)?;
+                        }
+                    }
+                }
+                (None, Some(grad)) if params.contains_key(&id) => {
+                    param_grads.insert(id, grad);
+                }
+                // A closure whose output got no gradient is dropped unrun.
+                _ => {}
+            }
+            observe(BackwardStep {
+                node: id,
+                saved_bytes_left: saved_bytes,
+            });
+        }
+        Ok(Gradients {
+            backend,
+            tape: self.id,
+            grads: param_grads,
+            names: params,
+        })
+    }
+}
+
+/// Adds `g` into an accumulated gradient (a value used twice gets both contributions).
+fn accumulate<B: Backend>(backend: &B, slot: &mut Option<B::Tensor>, g: B::Tensor) -> Result<()> {
+    match slot {
+        Some(acc) => backend.axpy(acc, 1.0, &g)?,
+        None => *slot = Some(g),
+    }
+    Ok(())
+}
+
+/// The gradients of one backward pass, by parameter.
+pub struct Gradients<B: Backend> {
+    backend: B,
+    tape: u64,
+    grads: HashMap<usize, B::Tensor>,
+    names: HashMap<usize, String>,
+}
+
+impl<B: Backend> fmt::Debug for Gradients<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&String> = self
+            .grads
+            .keys()
+            .filter_map(|id| self.names.get(id))
+            .collect();
+        names.sort();
+        f.debug_struct("Gradients")
+            .field("tape", &self.tape)
+            .field("params", &names)
+            .finish()
+    }
+}
+
+impl<B: Backend> Gradients<B> {
+    /// The gradient of a parameter; zeros if the loss did not depend on it.
+    pub fn get(&self, param: &Var<B>) -> Result<B::Tensor> {
+        if param.tape != self.tape {
+            return Err(AutodiffError::ForeignValue {
+                op: "Gradients::get",
+                found: param.tape,
+                expected: self.tape,
+            });
+        }
+        if !self.names.contains_key(&param.id) {
+            return Err(AutodiffError::Untracked(format!(
+                "a value of shape {}",
+                param.shape()
+            )));
+        }
+        match self.grads.get(&param.id) {
+            Some(g) => Ok(g.clone()),
+            None => Ok(self.backend.zeros(param.shape())?),
+        }
+    }
+
+    /// The gradient of the parameter registered as `name`, if the loss depended on it.
+    pub fn by_name(&self, name: &str) -> Option<&B::Tensor> {
+        let id = self.names.iter().find(|(_, n)| n.as_str() == name)?.0;
+        self.grads.get(id)
+    }
+
+    /// Every parameter's (name, gradient), the untouched ones left out, sorted by name.
+    pub fn into_named(self) -> Vec<(String, B::Tensor)> {
+        let mut names = self.names;
+        let mut out: Vec<(String, B::Tensor)> = self
+            .grads
+            .into_iter()
+            .filter_map(|(id, g)| Some((names.remove(&id)?, g)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.grads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grads.is_empty()
+    }
+}
