@@ -1,16 +1,19 @@
 //! `vgg`: explain, run, differentiate and benchmark the VGG networks.
 
 mod args;
+mod net;
 mod rf;
 mod summary;
 mod table;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vgg_model::{ModelSpec, SpecOptions, VggConfig};
+use vgg_tensor::Backend as _;
 
 use args::Format;
 
@@ -77,6 +80,51 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Writes a freshly initialised network's weights (safetensors, torchvision names).
+    Init {
+        #[command(flatten)]
+        net: NetArgs,
+        #[arg(long, default_value = "0")]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "reference")]
+        init: net::InitChoice,
+        /// Where to write the weights (.safetensors).
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Logits of images (an N x C x H x W float32 .npy) and each image's top classes.
+    Forward {
+        #[command(flatten)]
+        model: net::ModelFlags,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Weights (.safetensors, torchvision names), e.g. from `vgg init` or torchvision's state_dict().
+        #[arg(long)]
+        weights: PathBuf,
+        /// Images, N x C x H x W float32 .npy.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the logits (.npy).
+        #[arg(long)]
+        output: PathBuf,
+        /// How many classes to print per image.
+        #[arg(long, default_value = "5", value_parser = args::positive)]
+        top: usize,
+    },
+    /// Gradients of l2_loss(logits) = sum(logits^2)/2 for every parameter (dropout off).
+    Backward {
+        #[command(flatten)]
+        model: net::ModelFlags,
+        #[command(flatten)]
+        device: DeviceArgs,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the gradients (.safetensors, under the parameters' names).
+        #[arg(long)]
+        output: PathBuf,
+    },
     /// Receptive field, jump and start per layer of a model, or of an ad-hoc stack.
     Rf {
         #[command(flatten)]
@@ -89,8 +137,79 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BackendChoice {
+    Cpu,
+}
+
+/// Where the network runs.
+#[derive(clap::Args, Clone, Debug)]
+struct DeviceArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendChoice,
+    /// CPU threads (0: one per core).
+    #[arg(long, default_value = "0")]
+    threads: usize,
+}
+
+impl DeviceArgs {
+    fn cpu(&self) -> Result<vgg_ndarray::CpuBackend> {
+        Ok(vgg_ndarray::CpuBackend::new(self.threads)?)
+    }
+}
+
+/// Runs `$body` with `$b` bound to the chosen backend, inside its execution context.
+macro_rules! with_backend {
+    ($device:expr, |$b:ident| $body:expr) => {{
+        use vgg_tensor::Backend as _;
+        match $device.backend {
+            BackendChoice::Cpu => {
+                let $b = $device.cpu()?;
+                let backend = $b.clone();
+                backend.execute(|| $body)
+            }
+        }
+    }};
+}
+
 fn run(cli: Cli) -> Result<()> {
     let output = match cli.command {
+        Command::Init {
+            net,
+            seed,
+            init,
+            output,
+        } => {
+            let spec = net.spec()?;
+            let b = vgg_ndarray::CpuBackend::new(0)?;
+            let args = net::InitArgs {
+                model: spec.model,
+                options: spec.options,
+                seed,
+                init,
+                output,
+            };
+            b.clone().execute(|| net::init(&b, &args))?
+        }
+        Command::Forward {
+            model,
+            device,
+            weights,
+            input,
+            output,
+            top,
+        } => with_backend!(device, |b| net::forward(
+            &b, &model, &weights, &input, &output, top
+        ))?,
+        Command::Backward {
+            model,
+            device,
+            weights,
+            input,
+            output,
+        } => with_backend!(device, |b| net::backward(
+            &b, &model, &weights, &input, &output
+        ))?,
         Command::Summary { net, batch, format } => summary::render(&net.spec()?, batch, format),
         Command::Rf {
             layers: Some(layers),

@@ -1,11 +1,13 @@
-//! VGG configurations (Simonyan & Zisserman 2014, Table 1), the static layer spec and
-//! receptive-field arithmetic.
+//! VGG configurations (Simonyan & Zisserman 2014, Table 1), the static layer spec,
+//! receptive-field arithmetic, and the network at run time built from that spec.
 
 pub mod config;
+pub mod model;
 pub mod rf;
 pub mod spec;
 
 pub use config::{Stage, VggConfig};
+pub use model::{ModelError, PartialOptions, Prediction, Vgg};
 pub use rf::{
     parse_stack, stack_fields, stack_weights_per_c2, ReceptiveField, StackKind, StackLayer,
 };

@@ -1,0 +1,378 @@
+//! The VGG network at run time, built from the static spec (the single source of truth for its
+//! shapes), with torchvision's parameter names: `features.{i}` counts every Conv2d, ReLU and
+//! MaxPool2d module, `classifier.{0,3,6}` are fc6-fc8. fc8 is linear: the reference program's ReLU
+//! on fc8 is a slip that would zero every negative logit.
+
+use std::collections::{BTreeMap, HashMap};
+
+use vgg_autodiff::{AutodiffError, Tape, Var};
+use vgg_nn::io::{HostTensor, TensorFile};
+use vgg_nn::{init, InitScheme, Layer, RunOptions, Sequential};
+use vgg_tensor::{Backend, Conv2dParams, DeviceTensor, Pool2dParams, Shape, TensorError};
+
+use crate::spec::{LayerOp, ModelSpec, SpecOptions};
+use crate::{SpecError, VggConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Autodiff(#[from] AutodiffError),
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    #[error("the weights do not fit {model}: {}{hint}", problems.join("; "))]
+    Weights {
+        model: String,
+        problems: Vec<String>,
+        hint: String,
+    },
+    #[error("bad input: {0}")]
+    Input(String),
+}
+
+/// Keys of the metadata written into weight files.
+pub mod meta {
+    pub const MODEL: &str = "vgg.model";
+    pub const CLASSES: &str = "vgg.classes";
+    pub const HIDDEN: &str = "vgg.hidden";
+    pub const WIDTH_MULT: &str = "vgg.width_mult";
+    pub const IN_CHANNELS: &str = "vgg.in_channels";
+    pub const INPUT: &str = "vgg.input";
+}
+
+/// Softmax probabilities and the most likely class of each image.
+pub struct Prediction<B: Backend> {
+    pub probabilities: B::Tensor,
+    pub classes: Vec<usize>,
+}
+
+pub struct Vgg<B: Backend> {
+    spec: ModelSpec,
+    features: Sequential<B>,
+    classifier: Sequential<B>,
+}
+
+impl<B: Backend> Vgg<B> {
+    /// A freshly initialised network; each layer's tensors get their own stream of `seed`.
+    pub fn init(
+        backend: &B,
+        spec: ModelSpec,
+        scheme: &InitScheme,
+        seed: u64,
+    ) -> Result<Vgg<B>, ModelError> {
+        let mut features = Vec::new();
+        let mut classifier = Vec::new();
+        for (index, l) in spec.layers.iter().enumerate() {
+            let layer_seed = init::param_seed(seed, index);
+            match l.op {
+                LayerOp::Conv {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let p = Conv2dParams { stride, padding };
+                    let (cin, cout) = (l.input.channels, l.output.channels);
+                    features.push(Layer::conv2d(
+                        backend, cin, cout, kernel, p, scheme, layer_seed,
+                    )?);
+                    features.push(Layer::Relu);
+                }
+                LayerOp::MaxPool { kernel, stride } => {
+                    features.push(Layer::MaxPool2d(Pool2dParams { kernel, stride }))
+                }
+                LayerOp::Linear => {
+                    let fan_in = l.input.elements() as usize;
+                    classifier.push(Layer::linear(
+                        backend,
+                        fan_in,
+                        l.output.channels,
+                        scheme,
+                        layer_seed,
+                    )?);
+                    if l.relu {
+                        classifier.push(Layer::Relu);
+                    }
+                    if l.dropout {
+                        classifier.push(Layer::Dropout);
+                    }
+                }
+            }
+        }
+        let vgg = Vgg {
+            spec,
+            features: Sequential::new("features", features),
+            classifier: Sequential::new("classifier", classifier),
+        };
+        debug_assert!(vgg
+            .spec
+            .layers
+            .iter()
+            .filter_map(|l| l.torch_prefix())
+            .all(|p| vgg
+                .named_params()
+                .iter()
+                .any(|(n, _)| n.starts_with(&format!("{p}.")))));
+        Ok(vgg)
+    }
+
+    /// A network holding the given tensors. Every name, shape and the set of names is checked
+    /// against the spec first, and every problem is reported at once.
+    pub fn from_tensors(
+        backend: &B,
+        spec: ModelSpec,
+        file: &TensorFile,
+    ) -> Result<Vgg<B>, ModelError> {
+        let expected = expected_params(&spec);
+        let given: HashMap<&str, &HostTensor> =
+            file.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut problems = Vec::new();
+        for (name, shape) in &expected {
+            match given.get(name.as_str()) {
+                None => problems.push(format!("missing {name} {shape:?}")),
+                Some(t) if &t.shape != shape => problems.push(format!(
+                    "{name} has shape {:?}, expected {shape:?}",
+                    t.shape
+                )),
+                Some(_) => {}
+            }
+        }
+        let mut unexpected: Vec<&str> = given
+            .keys()
+            .filter(|n| !expected.contains_key(**n))
+            .copied()
+            .collect();
+        unexpected.sort();
+        problems.extend(unexpected.iter().map(|n| format!("unexpected {n}")));
+        if !problems.is_empty() {
+            return Err(ModelError::Weights {
+                model: describe(&spec),
+                problems,
+                hint: mismatch_hint(&spec, &file.metadata),
+            });
+        }
+        let mut vgg = Vgg::init(backend, spec, &InitScheme::REFERENCE, 0)?;
+        for (name, param) in vgg.named_params_mut() {
+            let t = given[name.as_str()];
+            *param = backend.upload(&Shape::from(t.shape.clone()), &t.data)?;
+        }
+        Ok(vgg)
+    }
+
+    /// Every parameter as host tensors, with metadata describing the network.
+    pub fn to_tensor_file(&self, backend: &B) -> Result<TensorFile, ModelError> {
+        let tensors = self
+            .named_params()
+            .into_iter()
+            .map(|(name, t)| {
+                Ok((
+                    name,
+                    HostTensor {
+                        shape: t.shape().dims().to_vec(),
+                        data: backend.download(t)?,
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>, TensorError>>()?;
+        Ok(TensorFile {
+            tensors,
+            metadata: metadata(&self.spec),
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// (torchvision name, tensor) of every parameter: features first, then the classifier.
+    pub fn named_params(&self) -> Vec<(String, &B::Tensor)> {
+        let mut p = self.features.named_params();
+        p.extend(self.classifier.named_params());
+        p
+    }
+
+    pub fn named_params_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
+        let mut p = self.features.named_params_mut();
+        p.extend(self.classifier.named_params_mut());
+        p
+    }
+
+    pub fn param_count(&self) -> u64 {
+        self.named_params()
+            .iter()
+            .map(|(_, t)| t.shape().elements() as u64)
+            .sum()
+    }
+
+    /// Checks an NCHW input against the network: rank, channels and spatial size.
+    pub fn check_input(&self, shape: &Shape) -> Result<(), ModelError> {
+        let o = &self.spec.options;
+        let [_, c, h, w] = shape.dims() else {
+            return Err(ModelError::Input(format!(
+                "expected images as N x C x H x W, got shape {shape}"
+            )));
+        };
+        if *c != o.in_channels {
+            return Err(ModelError::Input(format!(
+                "the images have {c} channels, the network takes {} (NCHW layout: is the input NHWC?)",
+                o.in_channels
+            )));
+        }
+        if (*h, *w) != (o.height, o.width) {
+            return Err(ModelError::Input(format!(
+                "the images are {h}x{w}, the network was built for {}x{}",
+                o.height, o.width
+            )));
+        }
+        Ok(())
+    }
+
+    /// Logits [N, classes]. `run.keep_prob` < 1 turns dropout on (after fc6 and fc7).
+    pub fn forward(
+        &self,
+        tape: &Tape<B>,
+        x: &Var<B>,
+        run: RunOptions,
+    ) -> Result<Var<B>, ModelError> {
+        self.check_input(x.shape())?;
+        let features = self.features.forward(tape, x.clone(), run)?;
+        let flat = tape.flatten(&features)?;
+        drop(features);
+        Ok(self.classifier.forward(tape, flat, run)?)
+    }
+
+    /// Softmax and argmax of each image's logits, without recording anything (the reference's
+    /// `inference_op` with keep_prob 1.0).
+    pub fn predict(&self, backend: &B, x: &B::Tensor) -> Result<Prediction<B>, ModelError> {
+        let tape = Tape::inference(backend.clone());
+        let logits = self.forward(&tape, &tape.constant(x.clone()), RunOptions::EVAL)?;
+        let probabilities = backend.softmax_rows(logits.value())?;
+        let classes = backend.argmax_rows(&probabilities)?;
+        Ok(Prediction {
+            probabilities,
+            classes,
+        })
+    }
+}
+
+/// torchvision name -> shape of every parameter of a spec.
+pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
+    spec.layers
+        .iter()
+        .filter_map(|l| Some((l.torch_prefix()?, l.weight_shape()?, l.output.channels)))
+        .flat_map(|(prefix, w, out)| {
+            [
+                (format!("{prefix}.weight"), w),
+                (format!("{prefix}.bias"), vec![out]),
+            ]
+        })
+        .collect()
+}
+
+fn describe(spec: &ModelSpec) -> String {
+    let o = &spec.options;
+    format!(
+        "{} ({}x{}x{} input, {} classes, hidden {}, width x{})",
+        spec.model, o.height, o.width, o.in_channels, o.classes, o.hidden, o.width_mult
+    )
+}
+
+/// What a weight file's metadata says that the chosen network does not match.
+fn mismatch_hint(spec: &ModelSpec, metadata: &HashMap<String, String>) -> String {
+    let o = &spec.options;
+    let ours = [
+        (meta::MODEL, spec.model.name().to_string(), "--model"),
+        (meta::CLASSES, o.classes.to_string(), "--classes"),
+        (meta::HIDDEN, o.hidden.to_string(), "--hidden"),
+        (meta::WIDTH_MULT, o.width_mult.to_string(), "--width-mult"),
+        (
+            meta::INPUT,
+            format!("{}x{}", o.height, o.width),
+            "an input of that size",
+        ),
+    ];
+    let differ: Vec<String> = ours
+        .iter()
+        .filter_map(|(key, value, flag)| {
+            let theirs = metadata.get(*key)?;
+            (theirs != value).then(|| format!("{key}={theirs} (use {flag})"))
+        })
+        .collect();
+    if differ.is_empty() {
+        String::new()
+    } else {
+        format!(". The file says it was made with {}", differ.join(", "))
+    }
+}
+
+/// The metadata written with a network's weights.
+pub fn metadata(spec: &ModelSpec) -> HashMap<String, String> {
+    let o = &spec.options;
+    HashMap::from([
+        (meta::MODEL.to_string(), spec.model.name().to_string()),
+        (meta::CLASSES.to_string(), o.classes.to_string()),
+        (meta::HIDDEN.to_string(), o.hidden.to_string()),
+        (meta::WIDTH_MULT.to_string(), o.width_mult.to_string()),
+        (meta::IN_CHANNELS.to_string(), o.in_channels.to_string()),
+        (meta::INPUT.to_string(), format!("{}x{}", o.height, o.width)),
+    ])
+}
+
+/// Spec options read back from metadata, for the keys present and valid.
+pub fn options_from_metadata(
+    metadata: &HashMap<String, String>,
+) -> (Option<VggConfig>, PartialOptions) {
+    let get = |k: &str| metadata.get(k);
+    let model = get(meta::MODEL).and_then(|m| m.parse().ok());
+    let input = get(meta::INPUT).and_then(|s| {
+        let (h, w) = s.split_once('x')?;
+        Some((h.parse().ok()?, w.parse().ok()?))
+    });
+    (
+        model,
+        PartialOptions {
+            input,
+            in_channels: get(meta::IN_CHANNELS).and_then(|v| v.parse().ok()),
+            classes: get(meta::CLASSES).and_then(|v| v.parse().ok()),
+            width_mult: get(meta::WIDTH_MULT).and_then(|v| v.parse().ok()),
+            hidden: get(meta::HIDDEN).and_then(|v| v.parse().ok()),
+        },
+    )
+}
+
+/// Spec options of which some are unknown: filled from flags, then metadata, then defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PartialOptions {
+    pub input: Option<(usize, usize)>,
+    pub in_channels: Option<usize>,
+    pub classes: Option<usize>,
+    pub width_mult: Option<f64>,
+    pub hidden: Option<usize>,
+}
+
+impl PartialOptions {
+    /// Fields of `self`, else of `fallback`.
+    pub fn or(self, fallback: PartialOptions) -> PartialOptions {
+        PartialOptions {
+            input: self.input.or(fallback.input),
+            in_channels: self.in_channels.or(fallback.in_channels),
+            classes: self.classes.or(fallback.classes),
+            width_mult: self.width_mult.or(fallback.width_mult),
+            hidden: self.hidden.or(fallback.hidden),
+        }
+    }
+
+    /// Fills what is still unknown with the defaults (224x224x3, 1000 classes, width 1, hidden 4096).
+    pub fn resolve(self) -> SpecOptions {
+        let d = SpecOptions::default();
+        let (height, width) = self.input.unwrap_or((d.height, d.width));
+        SpecOptions {
+            height,
+            width,
+            in_channels: self.in_channels.unwrap_or(d.in_channels),
+            classes: self.classes.unwrap_or(d.classes),
+            width_mult: self.width_mult.unwrap_or(d.width_mult),
+            hidden: self.hidden.unwrap_or(d.hidden),
+        }
+    }
+}

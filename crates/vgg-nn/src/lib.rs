@@ -1,0 +1,206 @@
+//! Layers over `vgg-autodiff`, generic over the backend: Conv2d, Linear, MaxPool2d, ReLU, Dropout,
+//! Flatten in a `Sequential` whose parameter names follow PyTorch's (`{prefix}.{index}.weight`),
+//! seeded initialisers, and named-tensor files (safetensors, .npy).
+
+pub mod init;
+pub mod io;
+
+use vgg_autodiff::{Tape, Var};
+use vgg_tensor::{Backend, Conv2dParams, Pool2dParams, Shape};
+
+pub use init::{Init, InitScheme};
+
+/// Per-call settings of a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunOptions {
+    /// Probability that dropout keeps a unit; 1.0 turns dropout off (as in the reference, it is
+    /// given at run time, not fixed in the layer).
+    pub keep_prob: f32,
+    /// Seeds the dropout masks; give each step its own.
+    pub seed: u64,
+}
+
+impl RunOptions {
+    /// No dropout.
+    pub const EVAL: RunOptions = RunOptions {
+        keep_prob: 1.0,
+        seed: 0,
+    };
+}
+
+pub struct Conv2d<B: Backend> {
+    /// [out, in, kh, kw]
+    pub weight: B::Tensor,
+    /// [out]
+    pub bias: B::Tensor,
+    pub params: Conv2dParams,
+}
+
+pub struct Linear<B: Backend> {
+    /// [out, in]
+    pub weight: B::Tensor,
+    /// [out]
+    pub bias: B::Tensor,
+}
+
+/// One module of a `Sequential`.
+pub enum Layer<B: Backend> {
+    Conv2d(Conv2d<B>),
+    Linear(Linear<B>),
+    MaxPool2d(Pool2dParams),
+    Relu,
+    Dropout,
+    /// [N, ...] to [N, rest].
+    Flatten,
+}
+
+impl<B: Backend> Layer<B> {
+    pub fn conv2d(
+        backend: &B,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        params: Conv2dParams,
+        scheme: &InitScheme,
+        seed: u64,
+    ) -> vgg_tensor::Result<Layer<B>> {
+        let shape = Shape::from([out_channels, in_channels, kernel, kernel]);
+        Ok(Layer::Conv2d(Conv2d {
+            weight: scheme
+                .conv_weight
+                .tensor(backend, &shape, init::param_seed(seed, 0))?,
+            bias: scheme.conv_bias.tensor(
+                backend,
+                &Shape::from([out_channels]),
+                init::param_seed(seed, 1),
+            )?,
+            params,
+        }))
+    }
+
+    pub fn linear(
+        backend: &B,
+        in_features: usize,
+        out_features: usize,
+        scheme: &InitScheme,
+        seed: u64,
+    ) -> vgg_tensor::Result<Layer<B>> {
+        let shape = Shape::from([out_features, in_features]);
+        Ok(Layer::Linear(Linear {
+            weight: scheme
+                .linear_weight
+                .tensor(backend, &shape, init::param_seed(seed, 0))?,
+            bias: scheme.linear_bias.tensor(
+                backend,
+                &Shape::from([out_features]),
+                init::param_seed(seed, 1),
+            )?,
+        }))
+    }
+
+    /// (weight, bias) of a layer that has parameters.
+    pub fn params(&self) -> Option<(&B::Tensor, &B::Tensor)> {
+        match self {
+            Layer::Conv2d(c) => Some((&c.weight, &c.bias)),
+            Layer::Linear(l) => Some((&l.weight, &l.bias)),
+            _ => None,
+        }
+    }
+
+    pub fn params_mut(&mut self) -> Option<(&mut B::Tensor, &mut B::Tensor)> {
+        match self {
+            Layer::Conv2d(c) => Some((&mut c.weight, &mut c.bias)),
+            Layer::Linear(l) => Some((&mut l.weight, &mut l.bias)),
+            _ => None,
+        }
+    }
+}
+
+/// Modules applied in order; parameters are named `{prefix}.{index}.weight` and `.bias`.
+pub struct Sequential<B: Backend> {
+    pub prefix: String,
+    pub layers: Vec<Layer<B>>,
+}
+
+impl<B: Backend> Sequential<B> {
+    pub fn new(prefix: impl Into<String>, layers: Vec<Layer<B>>) -> Sequential<B> {
+        Sequential {
+            prefix: prefix.into(),
+            layers,
+        }
+    }
+
+    /// (name, tensor) of every parameter, in order.
+    pub fn named_params(&self) -> Vec<(String, &B::Tensor)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.params().map(|p| (i, p)))
+            .flat_map(|(i, (w, b))| {
+                [
+                    (format!("{}.{i}.weight", self.prefix), w),
+                    (format!("{}.{i}.bias", self.prefix), b),
+                ]
+            })
+            .collect()
+    }
+
+    pub fn named_params_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
+        let prefix = &self.prefix;
+        self.layers
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, l)| l.params_mut().map(|p| (i, p)))
+            .flat_map(|(i, (w, b))| {
+                [
+                    (format!("{prefix}.{i}.weight"), w),
+                    (format!("{prefix}.{i}.bias"), b),
+                ]
+            })
+            .collect()
+    }
+
+    /// Runs every layer, fusing a convolution with the ReLU after it. Each intermediate value is
+    /// dropped as soon as the next exists, so an inference tape holds one layer's input and output.
+    pub fn forward(
+        &self,
+        tape: &Tape<B>,
+        x: Var<B>,
+        run: RunOptions,
+    ) -> vgg_autodiff::Result<Var<B>> {
+        let mut h = x;
+        let mut i = 0;
+        while i < self.layers.len() {
+            let next_is_relu = matches!(self.layers.get(i + 1), Some(Layer::Relu));
+            h = match &self.layers[i] {
+                Layer::Conv2d(c) => {
+                    let w = tape.param(format!("{}.{i}.weight", self.prefix), c.weight.clone());
+                    let b = tape.param(format!("{}.{i}.bias", self.prefix), c.bias.clone());
+                    if next_is_relu {
+                        i += 1;
+                    }
+                    tape.conv2d_bias_act(&h, &w, &b, c.params, next_is_relu)?
+                }
+                Layer::Linear(l) => {
+                    let w = tape.param(format!("{}.{i}.weight", self.prefix), l.weight.clone());
+                    let b = tape.param(format!("{}.{i}.bias", self.prefix), l.bias.clone());
+                    let h = if h.shape().rank() == 2 {
+                        h
+                    } else {
+                        tape.flatten(&h)?
+                    };
+                    tape.linear(&h, &w, &b)?
+                }
+                Layer::MaxPool2d(p) => tape.max_pool2d(&h, *p)?,
+                Layer::Relu => tape.relu(&h)?,
+                Layer::Dropout if run.keep_prob < 1.0 => {
+                    tape.dropout(&h, run.keep_prob, init::param_seed(run.seed, i))?
+                }
+                Layer::Dropout => h,
+                Layer::Flatten => tape.flatten(&h)?,
+            };
+            i += 1;
+        }
+        Ok(h)
+    }
+}

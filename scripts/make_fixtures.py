@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Parity fixtures made by PyTorch, an independent framework, for tests/fixtures/.
+
+    python3 scripts/make_fixtures.py tests/fixtures/vgg11-w8
+        VGG-11 at width 1/8 (8..64 channels), hidden width 256, 10 classes, 32x32, batch 2:
+        weights.safetensors (torchvision names), input.npy, logits.npy, and grads.safetensors,
+        the gradients of l2_loss(logits) = sum(logits^2)/2 for every parameter (dropout off).
+
+    python3 scripts/make_fixtures.py --torchvision-vgg16 DIR
+        torchvision's own vgg16() (random init) exported unchanged from state_dict(), with an
+        input and its logits: checks that such a file loads without conversion (528 MB, not committed).
+
+Needs torch, torchvision, numpy and safetensors (pip install torch torchvision numpy safetensors).
+"""
+import argparse
+import os
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+# VGG-11 (config A) at width 1/8: 64, M, 128, M, 256, 256, M, 512, 512, M, 512, 512, M.
+CFG_A_W8 = [8, "M", 16, "M", 32, 32, "M", 64, 64, "M", 64, 64, "M"]
+
+
+class SmallVgg(nn.Module):
+    """torchvision's VGG layout (features / flatten / classifier, same module indices) without the
+    adaptive average pool, so fc6 reads pool5 as it is, as the reference program does."""
+
+    def __init__(self, cfg, hidden, classes, size):
+        super().__init__()
+        layers, channels = [], 3
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+                size //= 2
+            else:
+                layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=True)]
+                channels = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(channels * size * size, hidden), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
+            nn.Linear(hidden, classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def small_fixture(out):
+    torch.manual_seed(0)
+    model = SmallVgg(CFG_A_W8, hidden=256, classes=10, size=32).eval()
+    # Larger than PyTorch's default init so that every layer's gradient is well above rounding.
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.uniform_(m.bias, -0.1, 0.1)
+    x = torch.randn(2, 3, 32, 32)
+    logits = model(x)
+    (logits.pow(2).sum() / 2).backward()
+    os.makedirs(out, exist_ok=True)
+    meta = {"vgg.model": "vgg11", "vgg.classes": "10", "vgg.hidden": "256", "vgg.width_mult": "0.125",
+            "vgg.in_channels": "3", "vgg.input": "32x32", "made_by": f"torch {torch.__version__}"}
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
+              os.path.join(out, "weights.safetensors"), metadata=meta)
+    save_file({n: p.grad.contiguous() for n, p in model.named_parameters()},
+              os.path.join(out, "grads.safetensors"), metadata={"made_by": meta["made_by"]})
+    np.save(os.path.join(out, "input.npy"), x.numpy().astype(np.float32))
+    np.save(os.path.join(out, "logits.npy"), logits.detach().numpy().astype(np.float32))
+    print(f"wrote {out}: logits {logits.shape}, loss {(logits.pow(2).sum() / 2).item():.6f}")
+
+
+def torchvision_vgg16(out):
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16().eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        logits = model(x)
+    os.makedirs(out, exist_ok=True)
+    save_file({n: t.contiguous() for n, t in model.state_dict().items()}, os.path.join(out, "vgg16.safetensors"))
+    np.save(os.path.join(out, "input.npy"), x.numpy())
+    np.save(os.path.join(out, "logits.npy"), logits.numpy())
+    print(f"wrote {out}: torchvision {torchvision.__version__} vgg16, top-5 {logits.topk(5).indices.tolist()}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", default="tests/fixtures/vgg11-w8")
+    parser.add_argument("--torchvision-vgg16", metavar="DIR")
+    args = parser.parse_args()
+    if args.torchvision_vgg16:
+        torchvision_vgg16(args.torchvision_vgg16)
+    else:
+        small_fixture(args.out)
