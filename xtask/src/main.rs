@@ -1,10 +1,22 @@
 //! `cargo xtask <task>`: the project's chores, in Rust so they run wherever cargo does.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
 
-const USAGE: &str = "usage: cargo xtask <task>\n\ntasks:\n  ci    the checks of .ci/run: fmt, clippy -D warnings, tests";
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  ci                 the checks of .ci/run: fmt, clippy -D warnings, tests
+  bench [options]    `vgg bench` in release mode with the reference's settings (VGG-16, batch 32,
+                     10 burn-in + 100 timed steps, forward and forward-backward)
+      --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps
+      --peers              also run the same protocol in PyTorch and TensorFlow (bench/peers/) where
+                           $PYTHON (default python3) imports them, and print one side-by-side table
+      --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
+      --mode forward|forward-backward|both";
 
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
@@ -33,10 +45,188 @@ fn ci() -> Result<()> {
     cargo(&["test", "--workspace"])
 }
 
+/// Settings shared by every framework of a run.
+struct Settings {
+    batch: String,
+    num_batches: String,
+    burn_in: String,
+    image_size: String,
+    threads: String,
+    mode: String,
+}
+
+impl Settings {
+    fn args(&self) -> Vec<String> {
+        [
+            ("--batch-size", &self.batch),
+            ("--num-batches", &self.num_batches),
+            ("--burn-in", &self.burn_in),
+            ("--image-size", &self.image_size),
+            ("--threads", &self.threads),
+            ("--mode", &self.mode),
+        ]
+        .iter()
+        .flat_map(|(k, v)| [k.to_string(), v.to_string()])
+        .collect()
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// (mode, mean s, median s, peak RSS bytes) of our JSON record or a peer's.
+fn summaries(json: &Value) -> Vec<(String, f64, f64, Option<f64>)> {
+    match &json["modes"] {
+        // vgg-bench/1: a list of mode reports.
+        Value::Array(modes) => modes
+            .iter()
+            .map(|m| {
+                (
+                    m["mode"].as_str().unwrap_or("?").to_string(),
+                    m["stats"]["mean"].as_f64().unwrap_or(f64::NAN),
+                    m["stats"]["median"].as_f64().unwrap_or(f64::NAN),
+                    m["peak_rss_bytes"].as_f64(),
+                )
+            })
+            .collect(),
+        // The peers': a map from mode to its summary.
+        Value::Object(modes) => modes
+            .iter()
+            .map(|(mode, m)| {
+                (
+                    mode.clone(),
+                    m["mean"].as_f64().unwrap_or(f64::NAN),
+                    m["median"].as_f64().unwrap_or(f64::NAN),
+                    m["peak_rss_bytes"].as_f64(),
+                )
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let mut s = Settings {
+        batch: "32".into(),
+        num_batches: "100".into(),
+        burn_in: "10".into(),
+        image_size: "224".into(),
+        threads: "0".into(),
+        mode: "both".into(),
+    };
+    let mut peers = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--quick" => {
+                s.batch = "2".into();
+                s.num_batches = "3".into();
+                s.burn_in = "1".into();
+            }
+            "--peers" => peers = true,
+            "--batch-size" => s.batch = value()?,
+            "--num-batches" => s.num_batches = value()?,
+            "--burn-in" => s.burn_in = value()?,
+            "--image-size" => s.image_size = value()?,
+            "--threads" => s.threads = value()?,
+            "--mode" => s.mode = value()?,
+            other => bail!("unknown option '{other}'\n{USAGE}"),
+        }
+    }
+    cargo(&["build", "--release", "--quiet", "-p", "vgg-cli"])?;
+    let out_dir = root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let ours_json = out_dir.join("vgg.json");
+    let vgg = root().join("target/release/vgg");
+    let mut cmd = Command::new(&vgg);
+    cmd.arg("bench")
+        .args(s.args())
+        .arg("--json")
+        .arg(&ours_json);
+    eprintln!("$ {cmd:?}");
+    if !cmd.status().context("running vgg bench")?.success() {
+        bail!("vgg bench failed");
+    }
+    let mut results = vec![("vgg (ours)".to_string(), read_json(&ours_json)?)];
+    if peers {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
+        for (name, module, script) in [
+            ("PyTorch", "torch", "pytorch_bench.py"),
+            ("TensorFlow", "tensorflow", "tensorflow_bench.py"),
+        ] {
+            let importable = Command::new(&python)
+                .args(["-c", &format!("import {module}")])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !importable {
+                eprintln!("{name}: `{python} -c 'import {module}'` fails; skipped (set PYTHON to an interpreter that has it)");
+                continue;
+            }
+            let json = out_dir.join(format!("{module}.json"));
+            let mut cmd = Command::new(&python);
+            cmd.arg(root().join("bench/peers").join(script))
+                .args(s.args())
+                .arg("--json")
+                .arg(&json);
+            eprintln!("$ {cmd:?}");
+            if !cmd
+                .status()
+                .with_context(|| format!("running {script}"))?
+                .success()
+            {
+                bail!("{script} failed");
+            }
+            let record = read_json(&json)?;
+            let label = format!("{name} {}", record["version"].as_str().unwrap_or("?"));
+            results.push((label, record));
+        }
+    }
+    print_comparison(&s, &results);
+    Ok(())
+}
+
+fn print_comparison(s: &Settings, results: &[(String, Value)]) {
+    println!(
+        "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all); seconds per batch",
+        s.batch, s.image_size, s.image_size, s.burn_in, s.num_batches, s.threads
+    );
+    println!(
+        "{:<24} {:<17} {:>9} {:>9} {:>12} {:>10}",
+        "framework", "mode", "mean", "median", "ours/this", "peak RSS"
+    );
+    let ours = summaries(&results[0].1);
+    for (name, record) in results {
+        for (mode, mean, median, rss) in summaries(record) {
+            let ratio = ours
+                .iter()
+                .find(|o| o.0 == mode)
+                .map_or("-".to_string(), |o| format!("{:.2}x", o.2 / median));
+            let rss = rss.map_or("-".to_string(), |b| {
+                format!("{:.2} GiB", b / (1u64 << 30) as f64)
+            });
+            println!("{name:<24} {mode:<17} {mean:>9.3} {median:>9.3} {ratio:>12} {rss:>10}");
+        }
+    }
+    println!("ours/this: our median over this framework's median (below 1: we are faster).");
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -3,6 +3,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use vgg_tensor::{Backend, DeviceTensor, Shape};
@@ -69,6 +70,7 @@ struct Node<B: Backend> {
     inputs: Vec<usize>,
     backward: Option<BackwardFn<B>>,
     saved_bytes: usize,
+    label: Option<Rc<str>>,
 }
 
 struct State<B: Backend> {
@@ -85,15 +87,19 @@ pub struct Tape<B: Backend> {
     id: u64,
     recording: bool,
     state: RefCell<State<B>>,
+    /// Attached to the nodes recorded while it is set (per-layer profiles).
+    label: RefCell<Option<Rc<str>>>,
 }
 
 /// Progress of a backward walk, for observers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackwardStep {
     /// Node just processed, counting down to 0.
     pub node: usize,
     /// Bytes still held by backward closures not yet run.
     pub saved_bytes_left: usize,
+    /// The label that was set when the node was recorded.
+    pub label: Option<Rc<str>>,
 }
 
 impl<B: Backend> Tape<B> {
@@ -117,7 +123,13 @@ impl<B: Backend> Tape<B> {
                 params: HashMap::new(),
                 saved_bytes: 0,
             }),
+            label: RefCell::new(None),
         }
+    }
+
+    /// Labels the ops recorded from now on (None: no label), e.g. with the layer they belong to.
+    pub fn set_label(&self, label: Option<&str>) {
+        *self.label.borrow_mut() = label.map(Rc::from);
     }
 
     pub fn backend(&self) -> &B {
@@ -162,6 +174,7 @@ impl<B: Backend> Tape<B> {
             inputs: Vec::new(),
             backward: None,
             saved_bytes: 0,
+            label: None,
         });
         state.params.insert(id, name.into());
         Var {
@@ -206,6 +219,7 @@ impl<B: Backend> Tape<B> {
             inputs: inputs.iter().map(|v| v.id).collect(),
             backward: Some(backward),
             saved_bytes,
+            label: self.label.borrow().clone(),
         });
         Ok(Var {
             id,
@@ -272,6 +286,7 @@ impl<B: Backend> Tape<B> {
             observe(BackwardStep {
                 node: id,
                 saved_bytes_left: saved_bytes,
+                label: node.label,
             });
         }
         Ok(Gradients {

@@ -1,6 +1,7 @@
 //! `vgg`: explain, run, differentiate and benchmark the VGG networks.
 
 mod args;
+mod bench;
 mod net;
 mod rf;
 mod summary;
@@ -125,6 +126,45 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// The reference's benchmark: VGG forward and forward-backward seconds per batch.
+    Bench {
+        /// vgg11 (A), vgg13 (B), vgg16c (C), vgg16 (D) or vgg19 (E).
+        #[arg(long, default_value = "vgg16", value_parser = args::model)]
+        model: VggConfig,
+        #[arg(long, default_value = "32", value_parser = args::positive)]
+        batch_size: usize,
+        /// Timed steps per mode.
+        #[arg(long, default_value = "100", value_parser = args::positive)]
+        num_batches: usize,
+        /// Untimed steps before them.
+        #[arg(long, default_value = "10")]
+        burn_in: usize,
+        /// Image size, HxW or one number for square images.
+        #[arg(long, default_value = "224", value_parser = args::input_size)]
+        image_size: (usize, usize),
+        #[arg(long, value_enum, default_value = "both")]
+        mode: BenchMode,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Seeds the weights, the images and the dropout masks.
+        #[arg(long, default_value = "0")]
+        seed: u64,
+        /// Also write every step's time and the summary as JSON (schema vgg-bench/1, see the README).
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Break the time down by layer, forward and backward.
+        #[arg(long)]
+        per_layer: bool,
+        /// Output classes (fc8's width).
+        #[arg(long, default_value = "1000", value_parser = args::positive)]
+        classes: usize,
+        /// Channel width multiplier, for quick runs.
+        #[arg(long, default_value = "1", value_parser = args::width_mult)]
+        width_mult: f64,
+        /// Width of fc6 and fc7.
+        #[arg(long, default_value = "4096", value_parser = args::positive)]
+        hidden: usize,
+    },
     /// Receptive field, jump and start per layer of a model, or of an ad-hoc stack.
     Rf {
         #[command(flatten)]
@@ -140,6 +180,25 @@ enum Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum BackendChoice {
     Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMode {
+    Forward,
+    ForwardBackward,
+    Both,
+}
+
+impl BenchMode {
+    fn modes(self) -> Vec<vgg_bench::Mode> {
+        use vgg_bench::Mode;
+        match self {
+            BenchMode::Forward => vec![Mode::Forward],
+            BenchMode::ForwardBackward => vec![Mode::ForwardBackward],
+            BenchMode::Both => vec![Mode::Forward, Mode::ForwardBackward],
+        }
+    }
 }
 
 /// Where the network runs.
@@ -168,6 +227,9 @@ macro_rules! with_backend {
                 let backend = $b.clone();
                 backend.execute(|| $body)
             }
+            BackendChoice::Cuda => Err(anyhow::anyhow!(
+                "backend unavailable: this build has no CUDA backend yet; use --backend cpu"
+            )),
         }
     }};
 }
@@ -210,6 +272,46 @@ fn run(cli: Cli) -> Result<()> {
         } => with_backend!(device, |b| net::backward(
             &b, &model, &weights, &input, &output
         ))?,
+        Command::Bench {
+            model,
+            batch_size,
+            num_batches,
+            burn_in,
+            image_size,
+            mode,
+            device,
+            seed,
+            json,
+            per_layer,
+            classes,
+            width_mult,
+            hidden,
+        } => {
+            let config = vgg_bench::BenchConfig {
+                model,
+                batch: batch_size,
+                num_batches,
+                burn_in,
+                height: image_size.0,
+                width: image_size.1,
+                classes,
+                width_mult,
+                hidden,
+                seed,
+                per_layer,
+            };
+            let threads = match device.backend {
+                BackendChoice::Cpu => Some(device.cpu()?.threads()),
+                BackendChoice::Cuda => None,
+            };
+            with_backend!(device, |b| bench::run(
+                b,
+                threads,
+                config,
+                &mode.modes(),
+                json
+            ))?
+        }
         Command::Summary { net, batch, format } => summary::render(&net.spec()?, batch, format),
         Command::Rf {
             layers: Some(layers),

@@ -234,11 +234,63 @@ impl<B: Backend> Vgg<B> {
         x: &Var<B>,
         run: RunOptions,
     ) -> Result<Var<B>, ModelError> {
+        self.forward_observed(tape, x, run, &mut |_| {})
+    }
+
+    /// `forward`, calling `after_layer` with the spec's name of each layer (conv1_1 ... fc8) as it
+    /// completes; the tape's labels name the same layers (see `layer_of_label`).
+    pub fn forward_observed(
+        &self,
+        tape: &Tape<B>,
+        x: &Var<B>,
+        run: RunOptions,
+        after_layer: &mut dyn FnMut(&str),
+    ) -> Result<Var<B>, ModelError> {
         self.check_input(x.shape())?;
-        let features = self.features.forward(tape, x.clone(), run)?;
+        let names = |seq: &Sequential<B>| -> Vec<String> {
+            (0..seq.layers.len())
+                .map(|i| {
+                    self.layer_of_label(&format!("{}.{i}", seq.prefix))
+                        .unwrap_or("?")
+                        .to_string()
+                })
+                .collect()
+        };
+        let (feature_names, classifier_names) = (names(&self.features), names(&self.classifier));
+        let features = self
+            .features
+            .forward_observed(tape, x.clone(), run, &mut |_, last| {
+                after_layer(&feature_names[last])
+            })?;
         let flat = tape.flatten(&features)?;
         drop(features);
-        Ok(self.classifier.forward(tape, flat, run)?)
+        // ReLU and dropout modules count towards the fully connected layer before them.
+        Ok(self
+            .classifier
+            .forward_observed(tape, flat, run, &mut |first, last| {
+                if last + 1 == classifier_names.len()
+                    || classifier_names[last + 1] != classifier_names[first]
+                {
+                    after_layer(&classifier_names[first])
+                }
+            })?)
+    }
+
+    /// The spec layer (conv1_1 ... pool5, fc6 ... fc8) of a tape label (`features.3`,
+    /// `classifier.4`): ReLU and dropout modules belong to the layer before them.
+    pub fn layer_of_label(&self, label: &str) -> Option<&str> {
+        let (prefix, index) = label.rsplit_once('.')?;
+        let index: usize = index.parse().ok()?;
+        let in_features = prefix == "features";
+        if !in_features && prefix != "classifier" {
+            return None;
+        }
+        self.spec
+            .layers
+            .iter()
+            .filter(|l| l.is_linear() != in_features && l.torch_index <= index)
+            .max_by_key(|l| l.torch_index)
+            .map(|l| l.name.as_str())
     }
 
     /// Softmax and argmax of each image's logits, without recording anything (the reference's

@@ -168,9 +168,23 @@ impl<B: Backend> Sequential<B> {
         x: Var<B>,
         run: RunOptions,
     ) -> vgg_autodiff::Result<Var<B>> {
+        self.forward_observed(tape, x, run, &mut |_, _| {})
+    }
+
+    /// `forward`, labelling each module's ops `{prefix}.{index}` on the tape and calling
+    /// `after(first, last)` with the module indices each step covered (a fused pair covers two).
+    pub fn forward_observed(
+        &self,
+        tape: &Tape<B>,
+        x: Var<B>,
+        run: RunOptions,
+        after: &mut dyn FnMut(usize, usize),
+    ) -> vgg_autodiff::Result<Var<B>> {
         let mut h = x;
         let mut i = 0;
         while i < self.layers.len() {
+            let first = i;
+            tape.set_label(Some(&format!("{}.{i}", self.prefix)));
             let next_is_relu = matches!(self.layers.get(i + 1), Some(Layer::Relu));
             h = match &self.layers[i] {
                 Layer::Conv2d(c) => {
@@ -199,6 +213,8 @@ impl<B: Backend> Sequential<B> {
                 Layer::Dropout => h,
                 Layer::Flatten => tape.flatten(&h)?,
             };
+            tape.set_label(None);
+            after(first, i);
             i += 1;
         }
         Ok(h)

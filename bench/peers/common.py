@@ -1,0 +1,72 @@
+"""The reference's timing loop and output, shared by the peer benchmarks."""
+import argparse
+import json
+import math
+import statistics
+import time
+from datetime import datetime
+
+
+def parse_args(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-batches", type=int, default=100)
+    p.add_argument("--burn-in", type=int, default=10)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--mode", choices=["forward", "forward-backward", "both"], default="both")
+    p.add_argument("--threads", type=int, default=0, help="0: the framework's default")
+    p.add_argument("--json", help="write the summary here")
+    return p.parse_args()
+
+
+def modes(args):
+    return ["forward", "forward-backward"] if args.mode == "both" else [args.mode]
+
+
+def time_run(step, label, args):
+    """The reference's loop: burn-in, then timed steps; every timed step counts."""
+    durations = []
+    for i in range(args.num_batches + args.burn_in):
+        start = time.time()
+        step()
+        duration = time.time() - start
+        if i >= args.burn_in:
+            if not (i - args.burn_in) % 10:
+                print("%s: step %d, duration = %.3f" % (datetime.now(), i - args.burn_in, duration), flush=True)
+            durations.append(duration)
+    mean = sum(durations) / len(durations)
+    sd = math.sqrt(max(sum(d * d for d in durations) / len(durations) - mean * mean, 0.0))
+    print("%s: %s across %d steps, %.3f +/- %.3f sec/batch" % (datetime.now(), label, len(durations), mean, sd), flush=True)
+    ordered = sorted(durations)
+    p90_at = 0.9 * (len(ordered) - 1)
+    lo, hi = math.floor(p90_at), math.ceil(p90_at)
+    return {
+        "steps": len(durations), "mean": mean, "sd": sd, "median": statistics.median(durations),
+        "min": ordered[0], "max": ordered[-1], "p90": ordered[lo] + (ordered[hi] - ordered[lo]) * (p90_at - lo),
+        "step_seconds": durations,
+    }
+
+
+def peak_rss_bytes():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def write(args, framework, version, threads, results):
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"framework": framework, "version": version, "threads": threads, "batch": args.batch_size,
+                       "modes": results}, f, indent=2)

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""The reference's VGG-16 benchmark in PyTorch: same protocol, init, dropout and loss as `vgg bench`.
+Forward: eval mode, no autograd, softmax and argmax. Forward-backward: train mode (dropout 0.5), gradients of
+sum(fc8^2)/2 for every parameter, no optimiser step."""
+import torch
+import torch.nn as nn
+
+import common
+
+
+def vgg16():
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+    layers, c = [], 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+    model = nn.Sequential(*layers, nn.Flatten(),
+                          nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(0.5),
+                          nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(0.5),
+                          nn.Linear(4096, 1000))
+    for m in model.modules():  # the reference's init: Xavier weights, conv biases 0, fc biases 0.1
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.constant_(m.bias, 0.0 if isinstance(m, nn.Conv2d) else 0.1)
+    return model
+
+
+def main():
+    args = common.parse_args(__doc__)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = vgg16()
+    params = list(model.parameters())
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1
+    results = {}
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            torch.argmax(torch.softmax(model(images), 1), 1)
+
+    def forward_backward():
+        model.train()
+        loss = model(images).pow(2).sum() / 2
+        torch.autograd.grad(loss, params)
+
+    for mode in common.modes(args):
+        common.reset_peak_rss()
+        step, label = (forward, "Forward") if mode == "forward" else (forward_backward, "Forward-backward")
+        results[mode] = common.time_run(step, label, args)
+        results[mode]["peak_rss_bytes"] = common.peak_rss_bytes()
+    common.write(args, "PyTorch", torch.__version__, torch.get_num_threads(), results)
+
+
+if __name__ == "__main__":
+    main()

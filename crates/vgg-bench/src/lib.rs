@@ -1,0 +1,390 @@
+//! The reference's benchmark, generic over the backend: batch 32 of random-normal (stddev 0.1)
+//! 224x224x3 images, seeded Xavier init, 10 burn-in steps, 100 timed steps. **Forward** is the
+//! prediction (softmax and argmax) with keep_prob 1.0 on an inference tape; **forward-backward** is
+//! the gradient of `l2_loss(fc8)` for every parameter with keep_prob 0.5, no optimiser step.
+//! Every timed step counts toward the statistics, and each step's clock stops only after the
+//! device has finished its work.
+
+mod stats;
+pub mod system;
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use serde::Serialize;
+use vgg_autodiff::Tape;
+use vgg_model::{ModelError, ModelSpec, SpecOptions, Vgg, VggConfig};
+use vgg_nn::{InitScheme, RunOptions};
+use vgg_tensor::{Backend, Shape};
+
+pub use stats::Stats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Forward,
+    ForwardBackward,
+}
+
+impl Mode {
+    /// The reference's label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Forward => "Forward",
+            Mode::ForwardBackward => "Forward-backward",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchConfig {
+    pub model: VggConfig,
+    pub batch: usize,
+    pub num_batches: usize,
+    pub burn_in: usize,
+    pub height: usize,
+    pub width: usize,
+    pub classes: usize,
+    pub width_mult: f64,
+    pub hidden: usize,
+    pub seed: u64,
+    pub per_layer: bool,
+}
+
+impl Default for BenchConfig {
+    /// The reference's settings.
+    fn default() -> Self {
+        BenchConfig {
+            model: VggConfig::Vgg16,
+            batch: 32,
+            num_batches: 100,
+            burn_in: 10,
+            height: 224,
+            width: 224,
+            classes: 1000,
+            width_mult: 1.0,
+            hidden: 4096,
+            seed: 0,
+            per_layer: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Spec(#[from] vgg_model::SpecError),
+    #[error(transparent)]
+    Autodiff(#[from] vgg_autodiff::AutodiffError),
+    #[error(transparent)]
+    Tensor(#[from] vgg_tensor::TensorError),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error(
+        "batch {batch} needs an estimated {needed} of memory (from the spec), but {available} is available: \
+         the largest batch that fits is {largest}; use --batch-size {largest} or less"
+    )]
+    TooLarge {
+        batch: usize,
+        needed: String,
+        available: String,
+        largest: usize,
+    },
+}
+
+impl BenchConfig {
+    pub fn spec(&self) -> Result<ModelSpec, BenchError> {
+        if self.batch == 0 {
+            return Err(BenchError::Zero("the batch size"));
+        }
+        if self.num_batches == 0 {
+            return Err(BenchError::Zero("the number of timed steps"));
+        }
+        Ok(ModelSpec::new(
+            self.model,
+            SpecOptions {
+                height: self.height,
+                width: self.width,
+                in_channels: 3,
+                classes: self.classes,
+                width_mult: self.width_mult,
+                hidden: self.hidden,
+            },
+        )?)
+    }
+}
+
+/// Bytes a run of `modes` needs at `batch`: parameters, images and, with forward-backward, what
+/// the tape keeps plus the gradients; otherwise the largest live pair of activations.
+pub fn estimated_bytes(spec: &ModelSpec, batch: usize, modes: &[Mode]) -> u64 {
+    let m = spec.memory(batch);
+    if modes.contains(&Mode::ForwardBackward) {
+        m.estimated_forward_backward_bytes
+            .saturating_add(m.input_bytes)
+    } else {
+        m.param_bytes
+            .saturating_add(m.input_bytes)
+            .saturating_add(m.inference_peak_activation_bytes)
+    }
+}
+
+/// Refuses, before allocating anything, a batch whose estimate exceeds `available` bytes.
+pub fn check_memory(
+    spec: &ModelSpec,
+    batch: usize,
+    modes: &[Mode],
+    available: u64,
+) -> Result<(), BenchError> {
+    let needed = estimated_bytes(spec, batch, modes);
+    if needed <= available {
+        return Ok(());
+    }
+    // The estimate grows with the batch, so the largest batch that fits is found by bisection.
+    let (mut lo, mut hi) = (0usize, batch);
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if estimated_bytes(spec, mid, modes) <= available {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Err(BenchError::TooLarge {
+        batch,
+        needed: system::gib(needed),
+        available: system::gib(available),
+        largest: lo,
+    })
+}
+
+/// One step as it finishes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepEvent {
+    pub mode: Mode,
+    /// Burn-in steps count from 0, and so do timed steps.
+    pub index: usize,
+    pub burn_in: bool,
+    pub seconds: f64,
+}
+
+/// Time spent in one layer, per timed step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerTime {
+    pub layer: String,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModeReport {
+    pub mode: Mode,
+    pub burn_in_seconds: Vec<f64>,
+    /// Every timed step, in order.
+    pub step_seconds: Vec<f64>,
+    pub stats: Stats,
+    /// FLOPs of one step (see `step_flops`).
+    pub flops_per_step: u64,
+    pub images_per_second: f64,
+    pub gflops_per_second: f64,
+    /// The process's peak resident memory during this mode, where the OS reports it.
+    pub peak_rss_bytes: Option<u64>,
+    /// Stopped early (Ctrl-C): the statistics cover the steps measured.
+    pub interrupted: bool,
+    pub per_layer: Vec<LayerTime>,
+}
+
+/// FLOPs of one step: forward is the spec's (1 MAC = 2 FLOPs) times the batch; backward costs two
+/// forwards (input and weight gradients) for each convolution and linear layer, less the first
+/// convolution's input gradient, which is never computed.
+pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> u64 {
+    let forward = spec.flops();
+    let per_image = match mode {
+        Mode::Forward => forward,
+        Mode::ForwardBackward => {
+            let first_conv = spec
+                .layers
+                .iter()
+                .find(|l| l.is_conv())
+                .map_or(0, |l| 2 * l.macs);
+            3 * forward - first_conv
+        }
+    };
+    per_image * batch as u64
+}
+
+/// The model and images of a benchmark, built once for all modes.
+pub struct Bench<B: Backend> {
+    pub backend: B,
+    pub config: BenchConfig,
+    pub model: Vgg<B>,
+    images: B::Tensor,
+}
+
+impl<B: Backend> Bench<B> {
+    pub fn new(backend: B, config: BenchConfig) -> Result<Bench<B>, BenchError> {
+        let spec = config.spec()?;
+        let model = Vgg::init(&backend, spec, &InitScheme::REFERENCE, config.seed)?;
+        let images = backend.random_normal(
+            &Shape::from([config.batch, 3, config.height, config.width]),
+            0.0,
+            0.1,
+            vgg_nn::init::param_seed(config.seed, usize::MAX),
+        )?;
+        Ok(Bench {
+            backend,
+            config,
+            model,
+            images,
+        })
+    }
+
+    /// One step; per-layer times are added to `layers` when given.
+    fn step(
+        &self,
+        mode: Mode,
+        step: usize,
+        layers: Option<&mut BTreeMap<String, (f64, f64)>>,
+    ) -> Result<(), BenchError> {
+        let b = &self.backend;
+        let mut layers = layers;
+        let mut clock = Instant::now();
+        let mut forward_timer = |name: &str| {
+            if let Some(layers) = layers.as_deref_mut() {
+                let _ = b.synchronize();
+                layers.entry(name.to_string()).or_default().0 += clock.elapsed().as_secs_f64();
+                clock = Instant::now();
+            }
+        };
+        match mode {
+            Mode::Forward => {
+                let tape = Tape::inference(b.clone());
+                let x = tape.constant(self.images.clone());
+                let logits =
+                    self.model
+                        .forward_observed(&tape, &x, RunOptions::EVAL, &mut forward_timer)?;
+                // The reference's target: predictions = argmax(softmax(fc8)).
+                let probabilities = b.softmax_rows(logits.value())?;
+                drop(logits);
+                let _predictions = b.argmax_rows(&probabilities)?;
+            }
+            Mode::ForwardBackward => {
+                let tape = Tape::new(b.clone());
+                let x = tape.constant(self.images.clone());
+                let run = RunOptions {
+                    keep_prob: 0.5,
+                    seed: vgg_nn::init::param_seed(self.config.seed, step),
+                };
+                let logits = self
+                    .model
+                    .forward_observed(&tape, &x, run, &mut forward_timer)?;
+                let loss = tape.l2_loss(&logits)?;
+                drop(logits);
+                let per_layer = layers.is_some();
+                let mut backward_clock = Instant::now();
+                let mut backward_times: Vec<(Option<String>, f64)> = Vec::new();
+                let grads = tape.backward_observed(&loss, |s| {
+                    if per_layer {
+                        let _ = b.synchronize();
+                        let layer = s
+                            .label
+                            .as_deref()
+                            .and_then(|l| self.model.layer_of_label(l))
+                            .map(str::to_string);
+                        backward_times.push((layer, backward_clock.elapsed().as_secs_f64()));
+                        backward_clock = Instant::now();
+                    }
+                })?;
+                if let Some(layers) = layers {
+                    for (layer, seconds) in backward_times {
+                        let name = layer.unwrap_or_else(|| "loss and other".to_string());
+                        layers.entry(name).or_default().1 += seconds;
+                    }
+                }
+                drop(grads);
+            }
+        }
+        b.synchronize()?;
+        Ok(())
+    }
+
+    /// Runs `burn_in` then `num_batches` steps of `mode`, reporting each to `on_step`, which can
+    /// stop the run early (the report then covers the steps measured).
+    pub fn run(
+        &self,
+        mode: Mode,
+        on_step: &mut dyn FnMut(StepEvent) -> ControlFlow<()>,
+    ) -> Result<ModeReport, BenchError> {
+        system::reset_peak_rss();
+        let mut burn_in_seconds = Vec::new();
+        let mut step_seconds = Vec::new();
+        let mut layers: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+        let mut interrupted = false;
+        let total = self.config.burn_in + self.config.num_batches;
+        for i in 0..total {
+            let burn_in = i < self.config.burn_in;
+            let per_layer = (self.config.per_layer && !burn_in).then_some(&mut layers);
+            let start = Instant::now();
+            self.step(mode, i, per_layer)?;
+            let seconds = start.elapsed().as_secs_f64();
+            let index = if burn_in { i } else { i - self.config.burn_in };
+            if burn_in {
+                burn_in_seconds.push(seconds);
+            } else {
+                step_seconds.push(seconds);
+            }
+            if on_step(StepEvent {
+                mode,
+                index,
+                burn_in,
+                seconds,
+            })
+            .is_break()
+            {
+                interrupted = true;
+                break;
+            }
+        }
+        let spec = self.model.spec();
+        let flops = step_flops(spec, self.config.batch, mode);
+        let stats = Stats::of(&step_seconds);
+        let steps = step_seconds.len().max(1) as f64;
+        let order: Vec<String> = spec.layers.iter().map(|l| l.name.clone()).collect();
+        let mut per_layer: Vec<LayerTime> = layers
+            .into_iter()
+            .map(|(layer, (f, bw))| LayerTime {
+                layer,
+                forward_ms: 1e3 * f / steps,
+                backward_ms: 1e3 * bw / steps,
+            })
+            .collect();
+        per_layer.sort_by_key(|t| {
+            order
+                .iter()
+                .position(|n| *n == t.layer)
+                .unwrap_or(usize::MAX)
+        });
+        Ok(ModeReport {
+            mode,
+            burn_in_seconds,
+            images_per_second: if stats.mean > 0.0 {
+                self.config.batch as f64 / stats.mean
+            } else {
+                0.0
+            },
+            gflops_per_second: if stats.mean > 0.0 {
+                flops as f64 / stats.mean / 1e9
+            } else {
+                0.0
+            },
+            step_seconds,
+            stats,
+            flops_per_step: flops,
+            peak_rss_bytes: system::peak_rss_bytes(),
+            interrupted,
+            per_layer,
+        })
+    }
+}

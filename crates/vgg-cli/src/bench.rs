@@ -1,0 +1,213 @@
+//! `vgg bench`: the reference's benchmark, with its output lines, a summary and a JSON record.
+
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use vgg_bench::{check_memory, system, Bench, BenchConfig, Mode, ModeReport, StepEvent};
+use vgg_tensor::Backend;
+
+use crate::table::{bytes, Table};
+
+/// Set by Ctrl-C: finish the current step, then report what was measured.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// JSON schema version of `--json`; bump it when a field changes meaning or disappears.
+pub const BENCH_SCHEMA: &str = "vgg-bench/1";
+
+#[derive(Serialize)]
+struct BenchJson<'a> {
+    schema: &'static str,
+    started: String,
+    backend: String,
+    threads: Option<usize>,
+    config: &'a BenchConfig,
+    modes: &'a [ModeReport],
+}
+
+/// Like Python's datetime.now(), as the reference prints it.
+fn now() -> String {
+    chrono::Local::now()
+        .format("%Y-%m-%d %H:%M:%S%.6f")
+        .to_string()
+}
+
+fn install_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C: the user does not want to wait for the step to finish.
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing this step, then reporting what was measured (Ctrl-C again to quit now)");
+    });
+}
+
+pub fn run<B: Backend>(
+    backend: B,
+    threads: Option<usize>,
+    config: BenchConfig,
+    modes: &[Mode],
+    json: Option<PathBuf>,
+) -> Result<String> {
+    let spec = config.spec()?;
+    if let Some(available) = system::available_bytes() {
+        check_memory(&spec, config.batch, modes, available)?;
+    }
+    install_ctrl_c();
+    let interactive = std::io::stdout().is_terminal();
+    let say = |bar: &ProgressBar, line: String| {
+        if interactive {
+            bar.println(line);
+        } else {
+            println!("{line}");
+        }
+    };
+    println!(
+        "{} ({}x{}, batch {}) on {}: {} burn-in + {} timed steps per mode",
+        config.model,
+        config.height,
+        config.width,
+        config.batch,
+        backend.name(),
+        config.burn_in,
+        config.num_batches
+    );
+    let bench = Bench::new(backend.clone(), config.clone())?;
+    let mut reports = Vec::new();
+    for &mode in modes {
+        if STOP.load(Ordering::SeqCst) {
+            break;
+        }
+        let total = (config.burn_in + config.num_batches) as u64;
+        let bar = if interactive {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix:>16} [{bar:30}] {pos}/{len} steps, {msg} (eta {eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(mode.label());
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut on_step = |e: StepEvent| {
+            bar.inc(1);
+            bar.set_message(format!(
+                "last {:.3} s{}",
+                e.seconds,
+                if e.burn_in { " (burn-in)" } else { "" }
+            ));
+            if !e.burn_in && e.index % 10 == 0 {
+                say(
+                    &bar,
+                    format!("{}: step {}, duration = {:.3}", now(), e.index, e.seconds),
+                );
+            }
+            if STOP.load(Ordering::SeqCst) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        let report = bench.run(mode, &mut on_step)?;
+        bar.finish_and_clear();
+        let s = &report.stats;
+        println!(
+            "{}: {} across {} steps, {:.3} +/- {:.3} sec/batch{}",
+            now(),
+            mode.label(),
+            s.steps,
+            s.mean,
+            s.sd,
+            if report.interrupted {
+                " (interrupted)"
+            } else {
+                ""
+            }
+        );
+        reports.push(report);
+    }
+    if let Some(path) = &json {
+        let record = BenchJson {
+            schema: BENCH_SCHEMA,
+            started: now(),
+            backend: backend.name(),
+            threads,
+            config: &config,
+            modes: &reports,
+        };
+        let text = serde_json::to_string_pretty(&record).expect("the report serialises");
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(summary(&backend.name(), threads, &config, &reports))
+}
+
+fn summary(
+    backend: &str,
+    threads: Option<usize>,
+    config: &BenchConfig,
+    reports: &[ModeReport],
+) -> String {
+    let mut t = Table::new([
+        "mode", "steps", "mean s", "sd s", "median s", "min s", "p90 s", "images/s", "GFLOP/s",
+        "peak RSS",
+    ]);
+    for r in reports {
+        let s = &r.stats;
+        t.push(vec![
+            r.mode.label().to_string(),
+            s.steps.to_string(),
+            format!("{:.3}", s.mean),
+            format!("{:.3}", s.sd),
+            format!("{:.3}", s.median),
+            format!("{:.3}", s.min),
+            format!("{:.3}", s.p90),
+            format!("{:.2}", r.images_per_second),
+            format!("{:.1}", r.gflops_per_second),
+            r.peak_rss_bytes.map_or("-".to_string(), bytes),
+        ]);
+    }
+    let mut out = format!("\n{}", t.text());
+    let _ = threads;
+    out.push_str(&format!(
+        "model {}, batch {}, {}x{}, backend {backend}\n",
+        config.model, config.batch, config.height, config.width
+    ));
+    out.push_str(
+        "GFLOP/s counts 2 FLOPs per MAC of the spec; forward-backward counts the forward pass plus two more \
+         (input and weight gradients) for every conv and linear layer, less conv1_1's input gradient, which is \
+         never computed.\n",
+    );
+    for r in reports.iter().filter(|r| !r.per_layer.is_empty()) {
+        let mut t = Table::new(["layer", "forward ms", "backward ms", "share"]);
+        let total: f64 = r
+            .per_layer
+            .iter()
+            .map(|l| l.forward_ms + l.backward_ms)
+            .sum();
+        for l in &r.per_layer {
+            t.push(vec![
+                l.layer.clone(),
+                format!("{:.2}", l.forward_ms),
+                format!("{:.2}", l.backward_ms),
+                format!(
+                    "{:.1}%",
+                    100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
+                ),
+            ]);
+        }
+        out.push_str(&format!(
+            "\n{} by layer (per timed step):\n{}",
+            r.mode.label(),
+            t.text()
+        ));
+    }
+    out
+}

@@ -1,0 +1,181 @@
+//! `vgg bench` on a tiny setting: the reference's line formats, the JSON record, statistics that
+//! match the per-step times, and refusals of invalid settings.
+
+mod common;
+
+use common::{ok, refused};
+
+const TINY: [&str; 15] = [
+    "bench",
+    "--model",
+    "vgg11",
+    "--width-mult",
+    "0.125",
+    "--hidden",
+    "64",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "2",
+    "--num-batches",
+    "3",
+    "--burn-in",
+    "1",
+];
+
+fn tiny(extra: &[&str]) -> Vec<String> {
+    TINY.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+/// "YYYY-MM-DD HH:MM:SS.ffffff: rest" -> rest, checking the timestamp's shape.
+fn after_timestamp(line: &str) -> &str {
+    let (stamp, rest) = line.split_at(26);
+    let digits = |r: std::ops::Range<usize>| stamp[r].chars().all(|c| c.is_ascii_digit());
+    assert!(
+        digits(0..4)
+            && &stamp[4..5] == "-"
+            && digits(11..13)
+            && &stamp[19..20] == "."
+            && digits(20..26),
+        "bad timestamp in {line:?}"
+    );
+    rest.strip_prefix(": ")
+        .unwrap_or_else(|| panic!("no ': ' after the timestamp in {line:?}"))
+}
+
+#[test]
+fn prints_the_reference_lines_and_a_consistent_json_record() {
+    let json = std::env::temp_dir().join(format!("vgg-bench-{}.json", std::process::id()));
+    let args = tiny(&["--json", json.to_str().unwrap()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&args);
+    let lines: Vec<&str> = out.lines().collect();
+    let step_lines: Vec<&&str> = lines.iter().filter(|l| l.contains(": step ")).collect();
+    assert_eq!(
+        step_lines.len(),
+        2,
+        "one step line per mode (step 0): {out}"
+    );
+    for l in step_lines {
+        let rest = after_timestamp(l);
+        assert!(rest.starts_with("step 0, duration = "), "{l}");
+        let secs = rest.trim_start_matches("step 0, duration = ");
+        assert!(
+            secs.len() >= 5
+                && secs.parse::<f64>().is_ok()
+                && secs.split('.').nth(1).unwrap().len() == 3
+        );
+    }
+    let summaries: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.contains(" across "))
+        .map(|l| after_timestamp(l))
+        .collect();
+    assert_eq!(summaries.len(), 2, "{out}");
+    assert!(
+        summaries[0].starts_with("Forward across 3 steps, ")
+            && summaries[0].ends_with(" sec/batch")
+    );
+    assert!(summaries[1].starts_with("Forward-backward across 3 steps, "));
+    assert!(
+        out.contains("GFLOP/s") && out.contains("peak RSS") && out.contains("images/s"),
+        "{out}"
+    );
+
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(record["schema"], "vgg-bench/1");
+    assert_eq!(record["config"]["model"], "vgg11");
+    assert_eq!(record["config"]["batch"], 2);
+    let modes = record["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 2);
+    for (mode, summary) in modes.iter().zip(&summaries) {
+        let steps: Vec<f64> = mode["step_seconds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(steps.len(), 3);
+        assert_eq!(mode["burn_in_seconds"].as_array().unwrap().len(), 1);
+        let mean = steps.iter().sum::<f64>() / 3.0;
+        let sd = (steps.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / 3.0).sqrt();
+        let stats = &mode["stats"];
+        assert!((stats["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+        assert!((stats["sd"].as_f64().unwrap() - sd).abs() < 1e-12);
+        let mut sorted = steps.clone();
+        sorted.sort_by(f64::total_cmp);
+        assert_eq!(stats["median"].as_f64().unwrap(), sorted[1]);
+        assert_eq!(stats["min"].as_f64().unwrap(), sorted[0]);
+        // The printed line shows the same mean and sd.
+        assert!(
+            summary.contains(&format!("{mean:.3} +/- {sd:.3} sec/batch")),
+            "{summary} vs {mean} {sd}"
+        );
+        assert!(mode["flops_per_step"].as_u64().unwrap() > 0);
+        assert_eq!(mode["interrupted"], false);
+    }
+    assert_eq!(modes[0]["mode"], "forward");
+    assert_eq!(modes[1]["mode"], "forward-backward");
+}
+
+#[test]
+fn per_layer_breaks_time_down_by_layer() {
+    let args = tiny(&["--per-layer", "--mode", "forward-backward"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&args);
+    assert!(out.contains("Forward-backward by layer"), "{out}");
+    for layer in ["conv1_1", "conv5_2", "pool5", "fc6", "fc8"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(layer)),
+            "{layer} missing: {out}"
+        );
+    }
+    assert!(
+        !out.contains("Forward across"),
+        "only the chosen mode runs: {out}"
+    );
+}
+
+#[test]
+fn invalid_settings_are_refused() {
+    refused(
+        &["bench", "--batch-size", "0"],
+        &["--batch-size", "at least 1"],
+    );
+    refused(
+        &["bench", "--num-batches", "0"],
+        &["--num-batches", "at least 1"],
+    );
+    refused(
+        &["bench", "--image-size", "16"],
+        &["16x16", "at least 32x32"],
+    );
+    refused(&["bench", "--backend", "tpu"], &["tpu", "cpu, cuda"]);
+    refused(
+        &["bench", "--backend", "cuda", "--num-batches", "1"],
+        &["backend unavailable", "--backend cpu"],
+    );
+    refused(
+        &["bench", "--mode", "sideways"],
+        &["sideways", "forward, forward-backward, both"],
+    );
+}
+
+#[test]
+fn a_batch_that_cannot_fit_is_refused_before_allocating() {
+    let out = common::vgg(&["bench", "--batch-size", "100000"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("batch 100000 needs an estimated") && err.contains("GiB"),
+        "{err}"
+    );
+    let largest: usize = err
+        .split("the largest batch that fits is ")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no largest batch in: {err}"));
+    assert!(largest > 0 && largest < 100_000, "{err}");
+}
