@@ -6,6 +6,7 @@ mod buffer;
 pub mod conv;
 pub mod gemm;
 pub mod pool;
+pub mod skinny;
 
 use std::sync::Arc;
 
@@ -61,11 +62,11 @@ impl DeviceTensor for CpuTensor {
     }
 }
 
-/// Pool argmax positions (within each input plane) and the shapes they belong to.
+/// Each pool output's maximum's position within its window, and the geometry it belongs to.
 #[derive(Clone, Debug)]
 pub struct CpuPoolIndices {
     geometry: PoolGeometry,
-    indices: Arc<Vec<u32>>,
+    indices: Arc<Vec<u8>>,
 }
 
 /// The CPU backend: a rayon pool of `threads` workers and a pool of recycled buffers.
@@ -404,14 +405,18 @@ impl Backend for CpuBackend {
 
     fn max_pool2d(&self, x: &CpuTensor, p: Pool2dParams) -> Result<(CpuTensor, CpuPoolIndices)> {
         let g = PoolGeometry::new(&x.shape, p)?;
-        if g.in_h * g.in_w > u32::MAX as usize {
-            return Err(TensorError::TooLarge {
-                shape: x.shape.clone(),
+        if g.kernel > pool::MAX_WINDOW {
+            return Err(TensorError::InvalidArgument {
+                op: "max_pool2d",
+                message: format!(
+                    "{0}x{0} windows are not supported; the largest is 16x16",
+                    g.kernel
+                ),
             });
         }
-        let mut indices = Vec::new();
+        let mut indices = vec![0u8; g.output_shape().elements()];
         let y = self.build(g.output_shape(), |y| {
-            indices = pool::forward(x.as_slice(), &g, y)
+            pool::forward(x.as_slice(), &g, y, &mut indices)
         });
         Ok((
             y,
@@ -452,7 +457,13 @@ impl Backend for CpuBackend {
             });
         }
         let (m, n) = (lhs.rows, rhs.cols);
+        let k = lhs.cols;
         Ok(self.build(Shape::from([m, n]), |c| {
+            // A linear layer's forward on a small batch reads a large weight once; its own
+            // kernel does that faster than the GEMM.
+            if m <= skinny::MAX_ROWS && !ta && tb && k > 0 {
+                return skinny::a_bt(a.as_slice(), b.as_slice(), m, n, k, c);
+            }
             let dst = MatMut {
                 data: c,
                 offset: 0,

@@ -1,50 +1,113 @@
-//! Max-pooling with the argmax captured in the same pass, and its backward.
+//! Max-pooling with the argmax captured in the same pass, and its backward. Each output keeps the
+//! position of its maximum within its window (one byte), a quarter of a u32 index's memory.
 
 use rayon::prelude::*;
 use vgg_tensor::PoolGeometry;
 
-/// Fills `y` and, per output, the index of its maximum within its input plane.
-pub fn forward(x: &[f32], g: &PoolGeometry, y: &mut [f32]) -> Vec<u32> {
+/// Windows up to 16x16: a window position fits in a byte.
+pub const MAX_WINDOW: usize = 16;
+
+/// The first maximum of a window wins; NaN wins so that it propagates.
+#[inline]
+fn better(v: f32, best: f32) -> bool {
+    v > best || (v.is_nan() && !best.is_nan())
+}
+
+/// Fills `y` and `arg` (each output's maximum's position within its window) from NCHW `x`.
+pub fn forward(x: &[f32], g: &PoolGeometry, y: &mut [f32], arg: &mut [u8]) {
     let in_plane = g.in_h * g.in_w;
     let out_plane = g.out_h * g.out_w;
-    let mut idx = vec![0u32; y.len()];
     y.par_chunks_mut(out_plane)
-        .zip(idx.par_chunks_mut(out_plane))
+        .zip(arg.par_chunks_mut(out_plane))
         .zip(x.par_chunks(in_plane))
-        .for_each(|((y, idx), plane)| {
+        .for_each(|((y, arg), plane)| {
+            if g.kernel == 2 && g.stride == 2 {
+                // VGG's pools: two input rows make one output row.
+                for (oh, (y, arg)) in y
+                    .chunks_exact_mut(g.out_w)
+                    .zip(arg.chunks_exact_mut(g.out_w))
+                    .enumerate()
+                {
+                    let top = &plane[2 * oh * g.in_w..][..2 * g.out_w];
+                    let bottom = &plane[(2 * oh + 1) * g.in_w..][..2 * g.out_w];
+                    for (((y, arg), t), b) in y
+                        .iter_mut()
+                        .zip(arg)
+                        .zip(top.chunks_exact(2))
+                        .zip(bottom.chunks_exact(2))
+                    {
+                        let (mut best, mut at) = (t[0], 0u8);
+                        for (v, i) in [(t[1], 1u8), (b[0], 2), (b[1], 3)] {
+                            if better(v, best) {
+                                best = v;
+                                at = i;
+                            }
+                        }
+                        *y = best;
+                        *arg = at;
+                    }
+                }
+                return;
+            }
             for oh in 0..g.out_h {
                 for ow in 0..g.out_w {
-                    let (mut best, mut best_at) = (f32::NEG_INFINITY, usize::MAX);
+                    let (mut best, mut at) = (f32::NAN, 0u8);
                     for ky in 0..g.kernel {
-                        let row = (oh * g.stride + ky) * g.in_w;
-                        for kx in 0..g.kernel {
-                            let at = row + ow * g.stride + kx;
-                            let v = plane[at];
-                            // `>` keeps the first maximum; NaN wins so that it propagates.
-                            if v > best || best_at == usize::MAX || v.is_nan() && !best.is_nan() {
+                        let row =
+                            &plane[(oh * g.stride + ky) * g.in_w + ow * g.stride..][..g.kernel];
+                        for (kx, &v) in row.iter().enumerate() {
+                            let pos = (ky * g.kernel + kx) as u8;
+                            if pos == 0 || better(v, best) {
                                 best = v;
-                                best_at = at;
+                                at = pos;
                             }
                         }
                     }
                     y[oh * g.out_w + ow] = best;
-                    idx[oh * g.out_w + ow] = best_at as u32;
+                    arg[oh * g.out_w + ow] = at;
                 }
             }
         });
-    idx
 }
 
 /// dx: each output gradient added at its maximum's position.
-pub fn backward(dy: &[f32], idx: &[u32], g: &PoolGeometry, dx: &mut [f32]) {
+pub fn backward(dy: &[f32], arg: &[u8], g: &PoolGeometry, dx: &mut [f32]) {
     let in_plane = g.in_h * g.in_w;
     let out_plane = g.out_h * g.out_w;
     dx.par_chunks_mut(in_plane)
-        .zip(dy.par_chunks(out_plane).zip(idx.par_chunks(out_plane)))
-        .for_each(|(dx, (dy, idx))| {
+        .zip(dy.par_chunks(out_plane).zip(arg.par_chunks(out_plane)))
+        .for_each(|(dx, (dy, arg))| {
+            if g.kernel == 2 && g.stride == 2 {
+                // Each input of a 2x2/2 window is written once: the gradient or zero. Rows and
+                // columns a floored size left out are zeroed here too.
+                if g.in_h % 2 == 1 || g.in_w % 2 == 1 {
+                    dx.fill(0.0);
+                }
+                for (oh, (dy, arg)) in dy
+                    .chunks_exact(g.out_w)
+                    .zip(arg.chunks_exact(g.out_w))
+                    .enumerate()
+                {
+                    let (top, bottom) = dx[2 * oh * g.in_w..][..2 * g.in_w].split_at_mut(g.in_w);
+                    let pairs = top[..2 * g.out_w]
+                        .chunks_exact_mut(2)
+                        .zip(bottom[..2 * g.out_w].chunks_exact_mut(2));
+                    for (((t, b), &d), &at) in pairs.zip(dy).zip(arg) {
+                        t[0] = if at == 0 { d } else { 0.0 };
+                        t[1] = if at == 1 { d } else { 0.0 };
+                        b[0] = if at == 2 { d } else { 0.0 };
+                        b[1] = if at == 3 { d } else { 0.0 };
+                    }
+                }
+                return;
+            }
             dx.fill(0.0);
-            for (&d, &i) in dy.iter().zip(idx) {
-                dx[i as usize] += d;
+            for oh in 0..g.out_h {
+                for ow in 0..g.out_w {
+                    let at = arg[oh * g.out_w + ow] as usize;
+                    let (ky, kx) = (at / g.kernel, at % g.kernel);
+                    dx[(oh * g.stride + ky) * g.in_w + ow * g.stride + kx] += dy[oh * g.out_w + ow];
+                }
             }
         });
 }
