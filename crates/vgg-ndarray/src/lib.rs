@@ -77,8 +77,9 @@ pub struct CpuBackend {
     buffers: Arc<Pool>,
 }
 
-/// Default bound of the bytes of freed buffers kept for reuse.
-pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 2 << 30;
+/// Default bound of the bytes of freed buffers kept for reuse. Measured on VGG-16 forward-backward
+/// at batch 32: 2 GiB kept 4.52 GiB resident at 10.03 s/step, 512 MiB 3.30 GiB at 10.30 s/step.
+pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 512 << 20;
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
