@@ -8,7 +8,7 @@ use vgg_model::model::options_from_metadata;
 use vgg_model::{ModelSpec, PartialOptions, SpecOptions, Vgg, VggConfig};
 use vgg_nn::io::{self, HostTensor, TensorFile};
 use vgg_nn::{InitScheme, RunOptions};
-use vgg_tensor::{Backend, DeviceTensor, Shape};
+use vgg_tensor::{Backend, Shape};
 
 /// The network's options as given on the command line; unset ones come from the weight file's
 /// metadata, then the defaults.
@@ -135,10 +135,7 @@ pub fn forward<B: Backend>(
     let logits = vgg.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
     let probs = backend.softmax_rows(logits.value())?;
     let classes = vgg.spec().options.classes;
-    let host = HostTensor {
-        shape: logits.shape().dims().to_vec(),
-        data: backend.download(logits.value())?,
-    };
+    let host = HostTensor::download(backend, logits.value())?;
     io::save_npy(output, &host)?;
     let mut out = format!("wrote {} (logits {:?})\n", output.display(), host.shape);
     for (i, row) in backend.download(&probs)?.chunks(classes).enumerate() {
@@ -171,15 +168,7 @@ pub fn backward<B: Backend>(
     let tensors = grads
         .into_named()
         .into_iter()
-        .map(|(name, g)| {
-            Ok((
-                name,
-                HostTensor {
-                    shape: g.shape().dims().to_vec(),
-                    data: backend.download(&g)?,
-                },
-            ))
-        })
+        .map(|(name, g)| Ok((name, HostTensor::download(backend, &g)?)))
         .collect::<Result<Vec<_>>>()?;
     let count = tensors.len();
     let file = TensorFile {

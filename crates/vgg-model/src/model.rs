@@ -164,15 +164,7 @@ impl<B: Backend> Vgg<B> {
         let tensors = self
             .named_params()
             .into_iter()
-            .map(|(name, t)| {
-                Ok((
-                    name,
-                    HostTensor {
-                        shape: t.shape().dims().to_vec(),
-                        data: backend.download(t)?,
-                    },
-                ))
-            })
+            .map(|(name, t)| Ok((name, HostTensor::download(backend, t)?)))
             .collect::<Result<Vec<_>, TensorError>>()?;
         Ok(TensorFile {
             tensors,

@@ -13,6 +13,20 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+impl HostTensor {
+    /// A device tensor's values, copied to the host.
+    pub fn download<B: vgg_tensor::Backend>(
+        backend: &B,
+        t: &B::Tensor,
+    ) -> vgg_tensor::Result<HostTensor> {
+        use vgg_tensor::DeviceTensor;
+        Ok(HostTensor {
+            shape: t.shape().dims().to_vec(),
+            data: backend.download(t)?,
+        })
+    }
+}
+
 /// Named tensors with the file's free-form metadata.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TensorFile {
