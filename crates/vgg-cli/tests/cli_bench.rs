@@ -179,3 +179,54 @@ fn a_batch_that_cannot_fit_is_refused_before_allocating() {
         .unwrap_or_else(|| panic!("no largest batch in: {err}"));
     assert!(largest > 0 && largest < 100_000, "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_reports_what_was_measured() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let args = tiny(&[]);
+    let mut args: Vec<String> = args.into_iter().collect();
+    // Far more steps than can run before the interrupt.
+    let at = args.iter().position(|a| a == "--num-batches").unwrap();
+    args[at + 1] = "1000000".into();
+    let child = Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "it stops promptly"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("Forward across"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.ends_with("sec/batch (interrupted)"), "{line}");
+    assert!(
+        !stdout.contains("Forward-backward across"),
+        "the next mode does not start: {stdout}"
+    );
+    assert!(
+        stdout.contains("mode ") && stdout.contains("Forward "),
+        "the summary is printed: {stdout}"
+    );
+}
