@@ -69,6 +69,8 @@ impl Backend for Spy {
         mul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor>;
         scale(x: &CpuTensor, a: f32) -> Result<CpuTensor>;
         axpy(y: &mut CpuTensor, a: f32, x: &CpuTensor) -> Result<()>;
+        sgd_step(p: &mut CpuTensor, v: &mut CpuTensor, g: &CpuTensor, lr: f32, m: f32, wd: f32) -> Result<()>;
+        adam_step(p: &mut CpuTensor, m: &mut CpuTensor, v: &mut CpuTensor, g: &CpuTensor, hp: vgg_tensor::AdamParams) -> Result<()>;
         sum_all(x: &CpuTensor) -> Result<CpuTensor>;
         broadcast_scalar(s: &CpuTensor, shape: &Shape) -> Result<CpuTensor>;
         mul_scalar(x: &CpuTensor, s: &CpuTensor) -> Result<CpuTensor>;

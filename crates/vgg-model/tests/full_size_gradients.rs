@@ -2,11 +2,13 @@
 //! central differences for sampled coordinates, from the first convolution to fc8.
 //!
 //! Resolution: the forward pass runs in f32, so the loss moves by rounding noise as well as by the
-//! perturbation. With the loss summed in f64 from the logits, later layers agree within 1%; the
-//! first convolution's weights feed 50,176 ReLUs each, so steps large enough to beat the noise
-//! also flip some of them, and agreement there is a few percent at any step (measured 1.5-3.7% for
-//! steps 1e-3 to 5e-3). Exactness is shown elsewhere: small networks pass `check_gradients` and
-//! the PyTorch fixtures agree to ~1e-6.
+//! perturbation. With the loss summed in f64 from the logits, later layers' single coordinates
+//! agree within 1%. A single weight of the first convolution feeds 50,176 ReLUs, so steps large
+//! enough to beat the noise also flip some of them: its single coordinates agreed only to 2-9%
+//! (depending on the GEMM's rounding). For that layer the test takes the derivative along the
+//! whole tensor's gradient direction instead, whose exact value is the gradient's norm: a signal
+//! many times larger against the same noise (measured: 0.3% off with step 1e-3). Exactness is shown elsewhere: small networks pass
+//! `check_gradients` and the PyTorch fixtures agree to ~1e-6.
 
 use vgg_autodiff::Tape;
 use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
@@ -36,33 +38,66 @@ fn sampled_gradients_agree_with_finite_differences() {
         let spec = ModelSpec::new(VggConfig::Vgg16, SpecOptions::default()).unwrap();
         let mut vgg = Vgg::init(&b, spec, &InitScheme::REFERENCE, 1).unwrap();
         // The reference's images: normal with stddev 0.1.
-        let x = b.random_normal(&Shape::from([1, 3, 224, 224]), 0.0, 0.1, 2).unwrap();
+        let x = b
+            .random_normal(&Shape::from([1, 3, 224, 224]), 0.0, 0.1, 2)
+            .unwrap();
 
         let tape = Tape::new(b.clone());
-        let logits = vgg.forward(&tape, &tape.constant(x.clone()), RunOptions::EVAL).unwrap();
+        let logits = vgg
+            .forward(&tape, &tape.constant(x.clone()), RunOptions::EVAL)
+            .unwrap();
         let loss_var = tape.l2_loss(&logits).unwrap();
         let grads = tape.backward(&loss_var).unwrap();
 
-        // (parameter, step, relative tolerance)
+        // (parameter, step, relative tolerance, along the gradient direction rather than one coordinate)
+        // Conv coordinates feed every position of a channel (many ReLUs); an fc6 weight feeds one
+        // ReLU, so a larger step is safe there and beats the noise.
         let samples = [
-            ("features.0.weight", 2e-3, 0.05),
-            ("features.14.weight", 1e-2, 0.02),
-            ("features.28.weight", 1e-2, 0.02),
-            ("classifier.0.weight", 1e-2, 0.02),
-            ("classifier.6.weight", 1e-2, 0.02),
-            ("classifier.6.bias", 1e-2, 0.02),
+            ("features.0.weight", 1e-3, 0.02, true),
+            ("features.14.weight", 1e-2, 0.03, false),
+            ("features.28.weight", 1e-2, 0.03, false),
+            ("classifier.0.weight", 5e-2, 0.02, false),
+            ("classifier.6.weight", 1e-2, 0.02, false),
+            ("classifier.6.bias", 1e-2, 0.02, false),
         ];
-        for (name, h, rtol) in samples {
+        for (name, h, rtol, directional) in samples {
             let g = b.download(grads.by_name(name).unwrap()).unwrap();
-            // The coordinate with the largest gradient: the one finite differences resolve best.
-            let (coord, &analytic) = g.iter().enumerate().max_by(|a, b| a.1.abs().total_cmp(&b.1.abs())).unwrap();
+            // A unit direction and the exact derivative along it: the gradient's own direction
+            // (derivative |g|), or the coordinate with the largest gradient.
+            let (direction, analytic, what): (Vec<f64>, f64, String) = if directional {
+                let norm = g.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+                (
+                    g.iter().map(|&v| v as f64 / norm).collect(),
+                    norm,
+                    "along its gradient".into(),
+                )
+            } else {
+                let (coord, &value) = g
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                    .unwrap();
+                let mut d = vec![0.0; g.len()];
+                d[coord] = 1.0;
+                (d, value as f64, format!("[{coord}]"))
+            };
             let original = {
                 let params = vgg.named_params();
-                b.download(params.iter().find(|(n, _)| n == name).unwrap().1).unwrap()
+                b.download(params.iter().find(|(n, _)| n == name).unwrap().1)
+                    .unwrap()
             };
             let mut at = |delta: f64| {
-                let mut values = original.clone();
-                values[coord] = (original[coord] as f64 + delta) as f32;
+                let values: Vec<f32> = original
+                    .iter()
+                    .zip(&direction)
+                    .map(|(&w, &d)| {
+                        if d == 0.0 {
+                            w
+                        } else {
+                            (w as f64 + delta * d) as f32
+                        }
+                    })
+                    .collect();
                 let mut params = vgg.named_params_mut();
                 let param = &mut params.iter_mut().find(|(n, _)| n == name).unwrap().1;
                 let shape = param.shape().clone();
@@ -72,11 +107,10 @@ fn sampled_gradients_agree_with_finite_differences() {
             };
             let numeric = (8.0 * at(h) - 8.0 * at(-h) - at(2.0 * h) + at(-2.0 * h)) / (12.0 * h);
             at(0.0);
-            let analytic = analytic as f64;
-            eprintln!("{name}[{coord}]: analytic {analytic:.6e}, numeric {numeric:.6e}");
+            eprintln!("{name} {what}: analytic {analytic:.6e}, numeric {numeric:.6e}");
             assert!(
                 (analytic - numeric).abs() <= rtol * numeric.abs(),
-                "{name}[{coord}]: analytic {analytic:.6e} vs numeric {numeric:.6e} (tolerance {rtol})"
+                "{name} {what}: analytic {analytic:.6e} vs numeric {numeric:.6e} (tolerance {rtol})"
             );
         }
     });

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use vgg_tensor::{
-    check_labels, check_scalar, random, same_shape, Backend, Conv2dParams, ConvGeometry,
-    DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape, TensorError,
+    check_labels, check_scalar, random, same_shape, AdamParams, Backend, Conv2dParams,
+    ConvGeometry, DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape, TensorError,
 };
 
 pub use crate::buffer::MemoryStats;
@@ -658,6 +658,72 @@ impl Backend for CpuBackend {
             ys.par_chunks_mut(CHUNK)
                 .zip(x.as_slice().par_chunks(CHUNK))
                 .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x))
+        });
+        Ok(())
+    }
+
+    fn sgd_step(
+        &self,
+        param: &mut CpuTensor,
+        velocity: &mut CpuTensor,
+        grad: &CpuTensor,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()> {
+        same_shape("sgd_step", &param.shape, &grad.shape)?;
+        same_shape("sgd_step", &velocity.shape, &grad.shape)?;
+        let pool = self.pool.clone();
+        let (p, v) = (param.as_mut_slice(), velocity.as_mut_slice());
+        pool.install(|| {
+            p.par_chunks_mut(CHUNK)
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(grad.as_slice().par_chunks(CHUNK))
+                .for_each(|((p, v), g)| {
+                    for ((p, v), &g) in p.iter_mut().zip(v).zip(g) {
+                        *v = momentum * *v + g + weight_decay * *p;
+                        *p -= lr * *v;
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn adam_step(
+        &self,
+        param: &mut CpuTensor,
+        m: &mut CpuTensor,
+        v: &mut CpuTensor,
+        grad: &CpuTensor,
+        hp: AdamParams,
+    ) -> Result<()> {
+        for t in [&param.shape, &m.shape, &v.shape] {
+            same_shape("adam_step", t, &grad.shape)?;
+        }
+        if hp.step == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "adam_step",
+                message: "steps count from 1".into(),
+            });
+        }
+        let correction1 = 1.0 - hp.beta1.powi(hp.step.min(i32::MAX as u64) as i32);
+        let correction2 = 1.0 - hp.beta2.powi(hp.step.min(i32::MAX as u64) as i32);
+        let pool = self.pool.clone();
+        let (p, m, v) = (param.as_mut_slice(), m.as_mut_slice(), v.as_mut_slice());
+        pool.install(|| {
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .zip(grad.as_slice().par_chunks(CHUNK))
+                .for_each(|((p, (m, v)), g)| {
+                    for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                        let g = g + hp.weight_decay * *p;
+                        *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+                        *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+                        let m_hat = *m / correction1;
+                        let v_hat = *v / correction2;
+                        *p -= hp.lr * m_hat / (v_hat.sqrt() + hp.eps);
+                    }
+                })
         });
         Ok(())
     }

@@ -451,6 +451,65 @@ fn elementwise_and_reductions() {
 }
 
 #[test]
+fn optimiser_steps_match_their_formulas() {
+    let b = cpu();
+    let (p0, g) = (data(5, 1), data(5, 2));
+    let (mut p, mut v) = (tensor(&b, &[5], &p0), b.zeros(&Shape::from([5])).unwrap());
+    let gt = tensor(&b, &[5], &g);
+    // Two SGD steps with momentum 0.9 and weight decay 0.01, by hand in f64.
+    let (lr, mu, wd) = (0.1, 0.9, 0.01);
+    let (mut pw, mut vw) = (p0.clone(), vec![0.0; 5]);
+    for _ in 0..2 {
+        b.sgd_step(&mut p, &mut v, &gt, lr as f32, mu as f32, wd as f32)
+            .unwrap();
+        for i in 0..5 {
+            vw[i] = mu * vw[i] + g[i] + wd * pw[i];
+            pw[i] -= lr * vw[i];
+        }
+    }
+    assert_close(&host(&b, &p), &pw, 1e-6, "sgd_step");
+    // Two Adam steps.
+    let hp = |step| vgg_tensor::AdamParams {
+        lr: 0.01,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        step,
+    };
+    let mut p = tensor(&b, &[5], &p0);
+    let (mut m, mut v) = (
+        b.zeros(&Shape::from([5])).unwrap(),
+        b.zeros(&Shape::from([5])).unwrap(),
+    );
+    let (mut pw, mut mw, mut vw) = (p0.clone(), vec![0.0; 5], vec![0.0; 5]);
+    for step in 1..=2u64 {
+        b.adam_step(&mut p, &mut m, &mut v, &gt, hp(step)).unwrap();
+        for i in 0..5 {
+            mw[i] = 0.9 * mw[i] + 0.1 * g[i];
+            vw[i] = 0.999 * vw[i] + 0.001 * g[i] * g[i];
+            let (mh, vh) = (
+                mw[i] / (1.0 - 0.9f64.powi(step as i32)),
+                vw[i] / (1.0 - 0.999f64.powi(step as i32)),
+            );
+            pw[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
+        }
+    }
+    assert_close(&host(&b, &p), &pw, 1e-5, "adam_step");
+    assert!(b.adam_step(&mut p, &mut m, &mut v, &gt, hp(0)).is_err());
+    assert!(b
+        .sgd_step(
+            &mut p,
+            &mut v,
+            &b.zeros(&Shape::from([4])).unwrap(),
+            0.1,
+            0.0,
+            0.0
+        )
+        .is_err());
+}
+
+#[test]
 fn random_values_do_not_depend_on_threads() {
     let shape = Shape::from([3, 100_000]);
     let one = CpuBackend::new(1).unwrap();

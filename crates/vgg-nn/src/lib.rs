@@ -4,6 +4,7 @@
 
 pub mod init;
 pub mod io;
+pub mod optim;
 
 use vgg_autodiff::{Tape, Var};
 use vgg_tensor::{Backend, Conv2dParams, Pool2dParams, Shape};

@@ -41,6 +41,19 @@ pub enum TensorError {
 
 pub type Result<T, E = TensorError> = std::result::Result<T, E>;
 
+/// Hyper-parameters of one Adam step (Kingma & Ba 2015).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamParams {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// L2 penalty added to the gradient (as PyTorch's Adam does).
+    pub weight_decay: f32,
+    /// The step being taken, counting from 1 (for the bias corrections).
+    pub step: u64,
+}
+
 /// Fails with both shapes unless `a` and `b` are equal.
 pub fn same_shape(op: &'static str, a: &Shape, b: &Shape) -> Result<()> {
     if a == b {
@@ -264,6 +277,27 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
 
     /// y += alpha x, in place: gradient accumulation and optimiser steps.
     fn axpy(&self, y: &mut Self::Tensor, alpha: f32, x: &Self::Tensor) -> Result<()>;
+
+    /// One SGD step in place: v = momentum v + g + weight_decay p; p -= lr v.
+    fn sgd_step(
+        &self,
+        param: &mut Self::Tensor,
+        velocity: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()>;
+
+    /// One Adam step in place: m and v are the first and second moment estimates.
+    fn adam_step(
+        &self,
+        param: &mut Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        hp: AdamParams,
+    ) -> Result<()>;
 
     /// Sum of all elements as a scalar tensor.
     fn sum_all(&self, x: &Self::Tensor) -> Result<Self::Tensor>;

@@ -1,0 +1,216 @@
+//! Optimisers (SGD with momentum and weight decay, Adam) and learning-rate schedules. Each step
+//! is one fused in-place pass per parameter on the backend; the state can be saved and restored.
+
+use std::collections::{BTreeMap, HashMap};
+
+use vgg_tensor::{AdamParams, Backend, DeviceTensor, Result, Shape, TensorError};
+
+use crate::io::HostTensor;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OptimizerKind {
+    Sgd {
+        momentum: f32,
+        weight_decay: f32,
+    },
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    },
+}
+
+impl OptimizerKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd { .. } => "sgd",
+            OptimizerKind::Adam { .. } => "adam",
+        }
+    }
+
+    /// Names of the per-parameter state tensors.
+    fn slots(&self) -> &'static [&'static str] {
+        match self {
+            OptimizerKind::Sgd { .. } => &["velocity"],
+            OptimizerKind::Adam { .. } => &["m", "v"],
+        }
+    }
+}
+
+/// How the learning rate changes with the epoch (counted from 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        every: usize,
+        gamma: f32,
+    },
+    /// Cosine decay from the base rate to 0 over `epochs`.
+    Cosine {
+        epochs: usize,
+    },
+}
+
+impl Schedule {
+    pub fn lr(&self, base: f32, epoch: usize) -> f32 {
+        match *self {
+            Schedule::Constant => base,
+            Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
+            Schedule::Cosine { epochs } => {
+                let t = (epoch as f32 / epochs.max(1) as f32).min(1.0);
+                0.5 * base * (1.0 + (std::f32::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+/// An optimiser and its state (one set of slots per parameter, created on first use).
+pub struct Optimizer<B: Backend> {
+    pub kind: OptimizerKind,
+    /// Steps taken so far.
+    pub steps: u64,
+    state: BTreeMap<String, Vec<B::Tensor>>,
+}
+
+impl<B: Backend> Optimizer<B> {
+    pub fn new(kind: OptimizerKind) -> Optimizer<B> {
+        Optimizer {
+            kind,
+            steps: 0,
+            state: BTreeMap::new(),
+        }
+    }
+
+    /// One step on every parameter that has a gradient.
+    pub fn step(
+        &mut self,
+        backend: &B,
+        params: Vec<(String, &mut B::Tensor)>,
+        grads: &HashMap<String, B::Tensor>,
+        lr: f32,
+    ) -> Result<()> {
+        self.steps += 1;
+        for (name, param) in params {
+            let Some(grad) = grads.get(&name) else {
+                continue;
+            };
+            if !self.state.contains_key(&name) {
+                let zeros = self
+                    .kind
+                    .slots()
+                    .iter()
+                    .map(|_| backend.zeros(param.shape()))
+                    .collect::<Result<Vec<_>>>()?;
+                self.state.insert(name.clone(), zeros);
+            }
+            let slots = self.state.get_mut(&name).expect("inserted above");
+            match self.kind {
+                OptimizerKind::Sgd {
+                    momentum,
+                    weight_decay,
+                } => backend.sgd_step(param, &mut slots[0], grad, lr, momentum, weight_decay)?,
+                OptimizerKind::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => {
+                    let (m, v) = slots.split_at_mut(1);
+                    let hp = AdamParams {
+                        lr,
+                        beta1,
+                        beta2,
+                        eps,
+                        weight_decay,
+                        step: self.steps,
+                    };
+                    backend.adam_step(param, &mut m[0], &mut v[0], grad, hp)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The state as named host tensors: `optimizer.{param}.{slot}`.
+    pub fn state_tensors(&self, backend: &B) -> Result<Vec<(String, HostTensor)>> {
+        let mut out = Vec::new();
+        for (name, slots) in &self.state {
+            for (slot, t) in self.kind.slots().iter().zip(slots) {
+                out.push((
+                    format!("optimizer.{name}.{slot}"),
+                    HostTensor::download(backend, t)?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Restores the state written by `state_tensors` (other names are ignored).
+    pub fn load_state(
+        &mut self,
+        backend: &B,
+        tensors: &[(String, HostTensor)],
+        steps: u64,
+    ) -> Result<()> {
+        self.steps = steps;
+        self.state.clear();
+        let slots = self.kind.slots();
+        let mut by_param: BTreeMap<String, Vec<Option<B::Tensor>>> = BTreeMap::new();
+        for (name, t) in tensors {
+            let Some(rest) = name.strip_prefix("optimizer.") else {
+                continue;
+            };
+            let Some((param, slot)) = rest.rsplit_once('.') else {
+                continue;
+            };
+            let Some(index) = slots.iter().position(|s| *s == slot) else {
+                return Err(TensorError::InvalidArgument {
+                    op: "Optimizer::load_state",
+                    message: format!("'{name}' is not state of a {} optimiser", self.kind.name()),
+                });
+            };
+            let tensor = backend.upload(&Shape::from(t.shape.clone()), &t.data)?;
+            by_param
+                .entry(param.to_string())
+                .or_insert_with(|| vec![None; slots.len()])[index] = Some(tensor);
+        }
+        for (param, tensors) in by_param {
+            let complete: Option<Vec<B::Tensor>> = tensors.into_iter().collect();
+            let complete = complete.ok_or_else(|| TensorError::InvalidArgument {
+                op: "Optimizer::load_state",
+                message: format!("the optimiser state of {param} is incomplete"),
+            })?;
+            self.state.insert(param, complete);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules() {
+        assert_eq!(Schedule::Constant.lr(0.1, 7), 0.1);
+        let step = Schedule::Step {
+            every: 2,
+            gamma: 0.5,
+        };
+        assert_eq!(
+            [
+                step.lr(1.0, 0),
+                step.lr(1.0, 1),
+                step.lr(1.0, 2),
+                step.lr(1.0, 5)
+            ],
+            [1.0, 1.0, 0.5, 0.25]
+        );
+        let cos = Schedule::Cosine { epochs: 4 };
+        assert_eq!(cos.lr(1.0, 0), 1.0);
+        assert!((cos.lr(1.0, 2) - 0.5).abs() < 1e-6);
+        assert!(cos.lr(1.0, 4).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,261 @@
+//! Training VGG networks on labelled images: seeded mini-batches, cross-entropy, an optimiser, a
+//! held-out test set, per-epoch reports and checkpoints (weights and optimiser state) that resume
+//! to the same result as an uninterrupted run.
+
+pub mod data;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use vgg_autodiff::Tape;
+use vgg_model::model::{metadata, options_from_metadata};
+use vgg_model::{ModelError, ModelSpec, Vgg};
+use vgg_nn::init::param_seed;
+use vgg_nn::io::TensorFile;
+use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
+use vgg_nn::RunOptions;
+use vgg_tensor::{Backend, Shape};
+
+pub use data::{DataError, Dataset};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Autodiff(#[from] vgg_autodiff::AutodiffError),
+    #[error(transparent)]
+    Tensor(#[from] vgg_tensor::TensorError),
+    #[error(
+        "the loss became {value} at epoch {epoch}, step {step}: lower the learning rate (--lr) or try another optimiser"
+    )]
+    NonFinite { value: f32, epoch: usize, step: u64 },
+    #[error("bad checkpoint: {0}")]
+    Checkpoint(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f32,
+    pub schedule: Schedule,
+    pub optimizer: OptimizerKind,
+    /// Dropout's keep probability after fc6 and fc7 while training.
+    pub keep_prob: f32,
+    /// Seeds the shuffling and the dropout masks.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// Counted from 1.
+    pub epoch: usize,
+    pub lr: f32,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// What a checkpoint holds: the network, the optimiser and how many epochs are done.
+pub struct TrainState<B: Backend> {
+    pub model: Vgg<B>,
+    pub optimizer: Optimizer<B>,
+    pub epochs_done: usize,
+}
+
+/// What training reports as it goes.
+pub trait Observer<B: Backend> {
+    fn batch(&mut self, _done: usize, _total: usize) {}
+    /// After each epoch; a checkpoint can be written from here.
+    fn epoch(&mut self, _report: &EpochReport, _state: &TrainState<B>) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+impl<B: Backend> Observer<B> for () {}
+
+/// (mean loss, accuracy) of `model` on `data`, in batches, without dropout or a tape.
+pub fn evaluate<B: Backend>(
+    backend: &B,
+    model: &Vgg<B>,
+    data: &Dataset,
+    batch: usize,
+) -> Result<(f64, f64), TrainError> {
+    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let order: Vec<usize> = (0..data.len()).collect();
+    for chunk in order.chunks(batch.max(1)) {
+        let (images, labels) = data.gather(chunk);
+        let x = backend.upload(
+            &Shape::from([chunk.len(), data.channels, data.height, data.width]),
+            &images,
+        )?;
+        let tape = Tape::inference(backend.clone());
+        let logits = model.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
+        let (l, _) = backend.cross_entropy(logits.value(), &labels)?;
+        loss += backend.scalar_value(&l)? as f64 * chunk.len() as f64;
+        let predicted = backend.argmax_rows(logits.value())?;
+        correct += predicted
+            .iter()
+            .zip(&labels)
+            .filter(|(p, l)| p == l)
+            .count();
+    }
+    let n = data.len().max(1) as f64;
+    Ok((loss / n, correct as f64 / n))
+}
+
+/// Trains from `state.epochs_done` up to `config.epochs`, shuffling each epoch with a seed of its
+/// own so that a resumed run sees the same batches as an uninterrupted one.
+pub fn train<B: Backend>(
+    backend: &B,
+    state: &mut TrainState<B>,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    config: &TrainConfig,
+    observer: &mut dyn Observer<B>,
+) -> Result<Vec<EpochReport>, TrainError> {
+    let mut reports = Vec::new();
+    let shape = |n: usize| Shape::from([n, train_set.channels, train_set.height, train_set.width]);
+    for epoch in state.epochs_done..config.epochs {
+        let TrainState {
+            model, optimizer, ..
+        } = state;
+        let start = Instant::now();
+        let lr = config.schedule.lr(config.lr, epoch);
+        let order = data::permutation(train_set.len(), param_seed(config.seed, epoch));
+        let batches: Vec<&[usize]> = order.chunks(config.batch_size.max(1)).collect();
+        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
+        for (b, chunk) in batches.iter().enumerate() {
+            let (images, labels) = train_set.gather(chunk);
+            let x = backend.upload(&shape(chunk.len()), &images)?;
+            let tape = Tape::new(backend.clone());
+            let run = RunOptions {
+                keep_prob: config.keep_prob,
+                seed: param_seed(config.seed ^ 0xd50, optimizer.steps as usize),
+            };
+            let logits = model.forward(&tape, &tape.constant(x), run)?;
+            correct += backend
+                .argmax_rows(logits.value())?
+                .iter()
+                .zip(&labels)
+                .filter(|(p, l)| p == l)
+                .count();
+            let loss = tape.cross_entropy(&logits, &labels)?;
+            let value = backend.scalar_value(loss.value())?;
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite {
+                    value,
+                    epoch: epoch + 1,
+                    step: optimizer.steps + 1,
+                });
+            }
+            loss_sum += value as f64 * chunk.len() as f64;
+            drop(logits);
+            let grads: HashMap<String, B::Tensor> =
+                tape.backward(&loss)?.into_named().into_iter().collect();
+            optimizer.step(backend, model.named_params_mut(), &grads, lr)?;
+            observer.batch(b + 1, batches.len());
+        }
+        let (test_loss, test_accuracy) =
+            evaluate(backend, &state.model, test_set, config.batch_size)?;
+        state.epochs_done = epoch + 1;
+        let n = train_set.len().max(1) as f64;
+        let report = EpochReport {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / n,
+            train_accuracy: correct as f64 / n,
+            test_loss,
+            test_accuracy,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        observer.epoch(&report, state)?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// Metadata keys of a checkpoint, besides the model's own.
+pub mod meta {
+    pub const EPOCH: &str = "train.epoch";
+    pub const STEPS: &str = "train.steps";
+    pub const OPTIMIZER: &str = "train.optimizer";
+}
+
+/// Weights, optimiser state and how far training got, as one safetensors file.
+pub fn checkpoint<B: Backend>(
+    backend: &B,
+    model: &Vgg<B>,
+    optimizer: &Optimizer<B>,
+    epoch: usize,
+) -> Result<TensorFile, TrainError> {
+    let mut file = model.to_tensor_file(backend)?;
+    file.tensors.extend(optimizer.state_tensors(backend)?);
+    file.metadata.insert(meta::EPOCH.into(), epoch.to_string());
+    file.metadata
+        .insert(meta::STEPS.into(), optimizer.steps.to_string());
+    file.metadata
+        .insert(meta::OPTIMIZER.into(), optimizer.kind.name().into());
+    Ok(file)
+}
+
+/// The state saved by `checkpoint`.
+pub fn resume<B: Backend>(
+    backend: &B,
+    spec: ModelSpec,
+    kind: OptimizerKind,
+    file: &TensorFile,
+) -> Result<TrainState<B>, TrainError> {
+    let get = |key: &str| -> Result<u64, TrainError> {
+        file.metadata
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                TrainError::Checkpoint(format!(
+                    "no '{key}' in its metadata: was it written by vgg train?"
+                ))
+            })
+    };
+    let (epoch, steps) = (get(meta::EPOCH)? as usize, get(meta::STEPS)?);
+    if file.metadata.get(meta::OPTIMIZER).map(String::as_str) != Some(kind.name()) {
+        return Err(TrainError::Checkpoint(format!(
+            "it was made with the {} optimiser, not {}",
+            file.metadata
+                .get(meta::OPTIMIZER)
+                .map_or("?", String::as_str),
+            kind.name()
+        )));
+    }
+    let weights = TensorFile {
+        tensors: file
+            .tensors
+            .iter()
+            .filter(|(n, _)| !n.starts_with("optimizer."))
+            .cloned()
+            .collect(),
+        metadata: file.metadata.clone(),
+    };
+    let model = Vgg::from_tensors(backend, spec, &weights)?;
+    let mut optimizer = Optimizer::new(kind);
+    optimizer.load_state(backend, &file.tensors, steps)?;
+    Ok(TrainState {
+        model,
+        optimizer,
+        epochs_done: epoch,
+    })
+}
+
+/// Re-exported for callers that build a spec from a checkpoint's metadata.
+pub fn checkpoint_options(
+    file: &TensorFile,
+) -> (Option<vgg_model::VggConfig>, vgg_model::PartialOptions) {
+    options_from_metadata(&file.metadata)
+}
+
+/// The metadata a model's checkpoint starts from.
+pub fn model_metadata(spec: &ModelSpec) -> HashMap<String, String> {
+    metadata(spec)
+}
