@@ -107,7 +107,7 @@ fn require(
 /// five pools need at least 32x32.
 pub const DIGITS_SIZE: usize = 32;
 
-/// The 1,797 digits, grey levels scaled to [0, 1] and enlarged to 32x32.
+/// The 1,797 digits, grey levels 0..16 mapped to [-1, 1] and enlarged to 32x32.
 pub fn load_digits(dir: &Path) -> Result<Dataset, DataError> {
     const FILES: [&str; 2] = ["digits-images.npy", "digits-labels.npy"];
     require(
@@ -144,7 +144,7 @@ pub fn load_digits(dir: &Path) -> Result<Dataset, DataError> {
     for img in images.data.chunks_exact(64) {
         for y in 0..DIGITS_SIZE {
             for x in 0..DIGITS_SIZE {
-                big.push(img[(y / scale) * 8 + x / scale] / 16.0);
+                big.push(img[(y / scale) * 8 + x / scale] / 8.0 - 1.0);
             }
         }
     }

@@ -188,13 +188,13 @@ pub mod meta {
 /// Weights, optimiser state and how far training got, as one safetensors file.
 pub fn checkpoint<B: Backend>(
     backend: &B,
-    model: &Vgg<B>,
-    optimizer: &Optimizer<B>,
-    epoch: usize,
+    state: &TrainState<B>,
 ) -> Result<TensorFile, TrainError> {
-    let mut file = model.to_tensor_file(backend)?;
-    file.tensors.extend(optimizer.state_tensors(backend)?);
-    file.metadata.insert(meta::EPOCH.into(), epoch.to_string());
+    let mut file = state.model.to_tensor_file(backend)?;
+    file.tensors.extend(state.optimizer.state_tensors(backend)?);
+    let optimizer = &state.optimizer;
+    file.metadata
+        .insert(meta::EPOCH.into(), state.epochs_done.to_string());
     file.metadata
         .insert(meta::STEPS.into(), optimizer.steps.to_string());
     file.metadata
