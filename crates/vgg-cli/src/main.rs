@@ -6,6 +6,7 @@ mod net;
 mod rf;
 mod summary;
 mod table;
+mod train;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -165,6 +166,13 @@ enum Command {
         #[arg(long, default_value = "4096", value_parser = args::positive)]
         hidden: usize,
     },
+    /// Trains a VGG on the digits (shipped) or CIFAR-10, with a checkpoint every epoch.
+    Train {
+        #[command(flatten)]
+        args: train::TrainArgs,
+        #[command(flatten)]
+        device: DeviceArgs,
+    },
     /// Receptive field, jump and start per layer of a model, or of an ad-hoc stack.
     Rf {
         #[command(flatten)]
@@ -272,6 +280,7 @@ fn run(cli: Cli) -> Result<()> {
         } => with_backend!(device, |b| net::backward(
             &b, &model, &weights, &input, &output
         ))?,
+        Command::Train { args, device } => with_backend!(device, |b| train::run(&b, &args))?,
         Command::Bench {
             model,
             batch_size,

@@ -1,0 +1,375 @@
+//! `vgg train`: a VGG on the digits (shipped) or CIFAR-10 (the user's copy), with per-epoch
+//! reports, checkpoints, resuming, a JSON log and an SVG plot of the curves.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
+use vgg_nn::io;
+use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
+use vgg_nn::InitScheme;
+use vgg_tensor::Backend;
+use vgg_train::{
+    checkpoint, data, resume, EpochReport, Observer, TrainConfig, TrainError, TrainState,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatasetChoice {
+    /// scikit-learn's 1,797 8x8 digits, shipped in data/digits (enlarged to 32x32).
+    Digits,
+    /// CIFAR-10's binary version (the cifar-10-batches-bin directory), 32x32 colour.
+    Cifar10,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerChoice {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleChoice {
+    Constant,
+    Step,
+    Cosine,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[arg(long, value_enum, default_value = "digits")]
+    pub dataset: DatasetChoice,
+    /// The data's directory [default for digits: data/digits].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "vgg11", value_parser = crate::args::model)]
+    pub model: VggConfig,
+    #[arg(long, default_value = "0.25", value_parser = crate::args::width_mult)]
+    pub width_mult: f64,
+    /// Width of fc6 and fc7.
+    #[arg(long, default_value = "128", value_parser = crate::args::positive)]
+    pub hidden: usize,
+    #[arg(long, default_value = "10", value_parser = crate::args::positive)]
+    pub epochs: usize,
+    #[arg(long, default_value = "32", value_parser = crate::args::positive)]
+    pub batch_size: usize,
+    /// Base learning rate.
+    #[arg(long, default_value = "0.002")]
+    pub lr: f32,
+    #[arg(long, value_enum, default_value = "adam")]
+    pub optimizer: OptimizerChoice,
+    /// SGD momentum.
+    #[arg(long, default_value = "0.9")]
+    pub momentum: f32,
+    #[arg(long, default_value = "0")]
+    pub weight_decay: f32,
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleChoice,
+    /// With --schedule step: multiply the rate by --gamma every this many epochs.
+    #[arg(long, default_value = "10", value_parser = crate::args::positive)]
+    pub step_every: usize,
+    #[arg(long, default_value = "0.1")]
+    pub gamma: f32,
+    /// Dropout's keep probability after fc6 and fc7 (1: no dropout).
+    #[arg(long, default_value = "1")]
+    pub keep_prob: f32,
+    /// Fraction of the digits held out for testing (CIFAR-10 has its own test set).
+    #[arg(long, default_value = "0.2")]
+    pub test_fraction: f64,
+    #[arg(long, default_value = "1")]
+    pub seed: u64,
+    /// Checkpoint written after every epoch (weights with torchvision names + optimiser state).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Continue from a checkpoint of this command, with the same settings.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Write the per-epoch log here (JSON).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the loss and accuracy curves here (SVG).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    fn config(&self) -> Result<TrainConfig> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("--lr {} must be a positive number", self.lr);
+        }
+        if !(self.keep_prob > 0.0 && self.keep_prob <= 1.0) {
+            bail!("--keep-prob {} must be in (0, 1]", self.keep_prob);
+        }
+        if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
+            bail!(
+                "--test-fraction {} must be between 0 and 1",
+                self.test_fraction
+            );
+        }
+        Ok(TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            schedule: match self.schedule {
+                ScheduleChoice::Constant => Schedule::Constant,
+                ScheduleChoice::Step => Schedule::Step {
+                    every: self.step_every,
+                    gamma: self.gamma,
+                },
+                ScheduleChoice::Cosine => Schedule::Cosine {
+                    epochs: self.epochs,
+                },
+            },
+            optimizer: match self.optimizer {
+                OptimizerChoice::Sgd => OptimizerKind::Sgd {
+                    momentum: self.momentum,
+                    weight_decay: self.weight_decay,
+                },
+                OptimizerChoice::Adam => OptimizerKind::Adam {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: self.weight_decay,
+                },
+            },
+            keep_prob: self.keep_prob,
+            seed: self.seed,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct EpochJson {
+    epoch: usize,
+    lr: f32,
+    train_loss: f64,
+    train_accuracy: f64,
+    test_loss: f64,
+    test_accuracy: f64,
+    seconds: f64,
+}
+
+/// Prints each epoch, writes the checkpoint, the log and the plot as it goes.
+struct Reporter<'a, B: Backend> {
+    backend: &'a B,
+    args: &'a TrainArgs,
+    bar: ProgressBar,
+    log: Vec<EpochJson>,
+}
+
+impl<B: Backend> Observer<B> for Reporter<'_, B> {
+    fn batch(&mut self, done: usize, total: usize) {
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
+    }
+
+    fn epoch(&mut self, r: &EpochReport, state: &TrainState<B>) -> Result<(), TrainError> {
+        self.bar.set_position(0);
+        let line = format!(
+            "epoch {}/{}: lr {:.3e}, train loss {:.4}, train accuracy {:.2}%, test loss {:.4}, test accuracy {:.2}% ({:.1} s)",
+            r.epoch,
+            self.args.epochs,
+            r.lr,
+            r.train_loss,
+            100.0 * r.train_accuracy,
+            r.test_loss,
+            100.0 * r.test_accuracy,
+            r.seconds
+        );
+        self.bar.suspend(|| println!("{line}"));
+        self.log.push(EpochJson {
+            epoch: r.epoch,
+            lr: r.lr,
+            train_loss: r.train_loss,
+            train_accuracy: r.train_accuracy,
+            test_loss: r.test_loss,
+            test_accuracy: r.test_accuracy,
+            seconds: r.seconds,
+        });
+        let file = checkpoint(self.backend, state)?;
+        io::save_safetensors(&self.args.output, &file)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
+        let written = (|| -> Result<()> {
+            if let Some(path) = &self.args.json {
+                let text = serde_json::to_string_pretty(&self.log).expect("the log serialises");
+                std::fs::write(path, text + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = &self.args.plot {
+                std::fs::write(path, plot_svg(&self.log))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        })();
+        written.map_err(|e| TrainError::Checkpoint(format!("{e:#}")))
+    }
+}
+
+fn load_data(args: &TrainArgs) -> Result<(data::Dataset, data::Dataset)> {
+    Ok(match args.dataset {
+        DatasetChoice::Digits => {
+            let dir = args
+                .data
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("data/digits"));
+            data::load_digits(&dir)?.split(args.test_fraction, args.seed)
+        }
+        DatasetChoice::Cifar10 => {
+            let Some(dir) = &args.data else {
+                bail!("--dataset cifar10 needs --data DIR, the cifar-10-batches-bin directory of CIFAR-10's binary version");
+            };
+            data::load_cifar10(dir)?
+        }
+    })
+}
+
+pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
+    let config = args.config()?;
+    let (train_set, test_set) = load_data(args)?;
+    let spec = ModelSpec::new(
+        args.model,
+        SpecOptions {
+            height: train_set.height,
+            width: train_set.width,
+            in_channels: train_set.channels,
+            classes: train_set.classes,
+            width_mult: args.width_mult,
+            hidden: args.hidden,
+        },
+    )?;
+    let mut state = match &args.resume {
+        Some(path) => {
+            let file = io::load_safetensors(path)?;
+            resume(backend, spec, config.optimizer, &file)
+                .with_context(|| format!("resuming from {}", path.display()))?
+        }
+        None => TrainState {
+            model: Vgg::init(backend, spec, &InitScheme::REFERENCE, args.seed)?,
+            optimizer: Optimizer::new(config.optimizer),
+            epochs_done: 0,
+        },
+    };
+    println!(
+        "{} (width x{}, hidden {}) on {}: {} training and {} test images, {} parameters, from epoch {}",
+        args.model,
+        args.width_mult,
+        args.hidden,
+        backend.name(),
+        train_set.len(),
+        test_set.len(),
+        state.model.param_count(),
+        state.epochs_done + 1
+    );
+    let bar = if std::io::stdout().is_terminal() {
+        let bar = ProgressBar::new(1);
+        bar.set_style(
+            ProgressStyle::with_template("  [{bar:30}] {pos}/{len} batches")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut reporter = Reporter {
+        backend,
+        args,
+        bar,
+        log: Vec::new(),
+    };
+    let reports = vgg_train::train(
+        backend,
+        &mut state,
+        &train_set,
+        &test_set,
+        &config,
+        &mut reporter,
+    )?;
+    reporter.bar.finish_and_clear();
+    let summary = match reports.last() {
+        Some(r) => format!(
+            "test accuracy {:.2}% after {} epochs",
+            100.0 * r.test_accuracy,
+            r.epoch
+        ),
+        None => format!(
+            "nothing to do: the checkpoint has {} epochs already",
+            state.epochs_done
+        ),
+    };
+    Ok(format!("{summary}; checkpoint {}\n", args.output.display()))
+}
+
+/// Loss and accuracy against the epoch, as two side-by-side panels.
+fn plot_svg(log: &[EpochJson]) -> String {
+    const W: f64 = 360.0;
+    const H: f64 = 240.0;
+    const PAD: f64 = 40.0;
+    let n = log.len().max(2) as f64;
+    let x = |epoch: usize| PAD + (epoch as f64 - 1.0) / (n - 1.0) * (W - 2.0 * PAD);
+    // The legend goes where the curves are not: top right for falling losses, bottom right for
+    // rising accuracy.
+    let panel = |offset: f64,
+                 title: &str,
+                 series: &[(&str, &str, Vec<f64>)],
+                 max: f64,
+                 legend_low: bool| {
+        let y = |v: f64| H - PAD - (v / max.max(1e-12)) * (H - 2.0 * PAD);
+        let mut out = format!(
+            "<g transform=\"translate({offset},0)\"><rect x=\"{PAD}\" y=\"{PAD}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\
+             <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"11\">epoch</text>\
+             <text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">{max:.3}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">0</text>",
+            W - 2.0 * PAD,
+            H - 2.0 * PAD,
+            W / 2.0,
+            W / 2.0,
+            H - 10.0,
+            PAD - 4.0,
+            PAD + 4.0,
+            PAD - 4.0,
+            H - PAD
+        );
+        for (i, (name, colour, values)) in series.iter().enumerate() {
+            let points: Vec<String> = values
+                .iter()
+                .enumerate()
+                .map(|(e, v)| format!("{:.1},{:.1}", x(e + 1), y(*v)))
+                .collect();
+            out.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\
+                 <text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{colour}\">{name}</text>",
+                points.join(" "),
+                W - PAD - 70.0,
+                if legend_low {
+                    H - PAD - 26.0
+                } else {
+                    PAD + 16.0
+                } + 14.0 * i as f64
+            ));
+        }
+        out + "</g>"
+    };
+    let get = |f: fn(&EpochJson) -> f64| log.iter().map(f).collect::<Vec<f64>>();
+    let losses = [
+        ("train", "#1f77b4", get(|e| e.train_loss)),
+        ("test", "#d62728", get(|e| e.test_loss)),
+    ];
+    let max_loss = losses
+        .iter()
+        .flat_map(|s| s.2.iter().copied())
+        .fold(0.0, f64::max);
+    let accuracy = [
+        ("train", "#1f77b4", get(|e| e.train_accuracy)),
+        ("test", "#d62728", get(|e| e.test_accuracy)),
+    ];
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{H}\" font-family=\"sans-serif\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>{}{}</svg>\n",
+        2.0 * W,
+        panel(0.0, "cross-entropy loss", &losses, max_loss, false),
+        panel(W, "accuracy", &accuracy, 1.0, true)
+    )
+}
