@@ -6,6 +6,11 @@
         weights.safetensors (torchvision names), input.npy, logits.npy, and grads.safetensors,
         the gradients of l2_loss(logits) = sum(logits^2)/2 for every parameter (dropout off).
 
+    python3 scripts/make_fixtures.py --classify tests/fixtures/classify
+        A 300x240 PNG, a VGG-11 at width 1/8 with hidden width 64 and 1000 classes (224x224 inputs), and
+        expected.json: the top-5 classes and probabilities after torchvision's VGG preprocessing
+        (Resize(256), CenterCrop(224), ToTensor, Normalize with ImageNet's mean and std).
+
     python3 scripts/make_fixtures.py --torchvision-vgg16 DIR
         torchvision's own vgg16() (random init) exported unchanged from state_dict(), with an
         input and its logits: checks that such a file loads without conversion (528 MB, not committed).
@@ -72,6 +77,42 @@ def small_fixture(out):
     print(f"wrote {out}: logits {logits.shape}, loss {(logits.pow(2).sum() / 2).item():.6f}")
 
 
+def classify_fixture(out):
+    import json
+    from PIL import Image
+    from torchvision import transforms
+    torch.manual_seed(0)
+    # A seeded picture with gradients, stripes and noise, so that resizing and cropping matter.
+    rng = np.random.default_rng(0)
+    h, w = 240, 300
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // w), (yy * 255 // h), (128 + 100 * np.sin(xx / 7.0 + yy / 11.0))], axis=-1)
+    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    os.makedirs(out, exist_ok=True)
+    Image.fromarray(img).save(os.path.join(out, "image.png"))
+    model = SmallVgg(CFG_A_W8, hidden=64, classes=1000, size=224).eval()
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.uniform_(m.bias, -0.1, 0.1)
+    preprocess = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    x = preprocess(Image.open(os.path.join(out, "image.png")).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1)[0]
+    top = probs.topk(5)
+    meta = {"vgg.model": "vgg11", "vgg.classes": "1000", "vgg.hidden": "64", "vgg.width_mult": "0.125",
+            "vgg.in_channels": "3", "vgg.input": "224x224", "made_by": f"torch {torch.__version__}"}
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()},
+              os.path.join(out, "weights.safetensors"), metadata=meta)
+    with open(os.path.join(out, "expected.json"), "w") as f:
+        json.dump({"classes": top.indices.tolist(), "probabilities": top.values.tolist(),
+                   "input_mean": x.mean().item()}, f, indent=2)
+    print(f"wrote {out}: top-5 {top.indices.tolist()}")
+
+
 def torchvision_vgg16(out):
     import torchvision
     torch.manual_seed(0)
@@ -90,8 +131,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="tests/fixtures/vgg11-w8")
     parser.add_argument("--torchvision-vgg16", metavar="DIR")
+    parser.add_argument("--classify", metavar="DIR")
     args = parser.parse_args()
-    if args.torchvision_vgg16:
+    if args.classify:
+        classify_fixture(args.classify)
+    elif args.torchvision_vgg16:
         torchvision_vgg16(args.torchvision_vgg16)
     else:
         small_fixture(args.out)

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod classify;
 mod net;
 mod rf;
 mod summary;
@@ -166,6 +167,22 @@ enum Command {
         #[arg(long, default_value = "4096", value_parser = args::positive)]
         hidden: usize,
     },
+    /// ImageNet classes of images (PNG or JPEG), preprocessed as torchvision does.
+    Classify {
+        #[command(flatten)]
+        model: net::ModelFlags,
+        #[command(flatten)]
+        device: DeviceArgs,
+        /// Weights (.safetensors), e.g. torchvision's vgg16 state_dict() exported unchanged.
+        #[arg(long)]
+        weights: PathBuf,
+        /// How many classes to print per image.
+        #[arg(long, default_value = "5", value_parser = args::positive)]
+        top: usize,
+        /// The images.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Trains a VGG on the digits (shipped) or CIFAR-10, with a checkpoint every epoch.
     Train {
         #[command(flatten)]
@@ -279,6 +296,15 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => with_backend!(device, |b| net::backward(
             &b, &model, &weights, &input, &output
+        ))?,
+        Command::Classify {
+            model,
+            device,
+            weights,
+            top,
+            images,
+        } => with_backend!(device, |b| classify::run(
+            &b, &model, &weights, &images, top
         ))?,
         Command::Train { args, device } => with_backend!(device, |b| train::run(&b, &args))?,
         Command::Bench {

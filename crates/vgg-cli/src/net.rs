@@ -82,16 +82,36 @@ pub fn init<B: Backend>(backend: &B, a: &InitArgs) -> Result<String> {
 }
 
 /// The network for a weight file and an input file, and the input on the device.
+/// The network of a weight file, built for `size` (HxW) images; options come from the flags, then
+/// the file's metadata, then the defaults.
+pub fn load_model<B: Backend>(
+    backend: &B,
+    flags: &ModelFlags,
+    weights: &Path,
+    size: (usize, usize),
+) -> Result<Vgg<B>> {
+    let file = io::load_safetensors(weights)?;
+    let (meta_model, meta_options) = options_from_metadata(&file.metadata);
+    let model = flags.model.or(meta_model).unwrap_or(VggConfig::Vgg16);
+    let from_input = PartialOptions {
+        input: Some(size),
+        ..Default::default()
+    };
+    let options = flags.partial().or(from_input).or(meta_options).resolve();
+    let spec =
+        ModelSpec::new(model, options).with_context(|| format!("{}x{} images", size.0, size.1))?;
+    Vgg::from_tensors(backend, spec, &file)
+        .with_context(|| format!("loading {}", weights.display()))
+}
+
+/// The network for a weight file and an input file, and the input on the device.
 fn load<B: Backend>(
     backend: &B,
     flags: &ModelFlags,
     weights: &Path,
     input: &Path,
 ) -> Result<(Vgg<B>, B::Tensor)> {
-    let file = io::load_safetensors(weights)?;
     let x = io::load_npy(input)?;
-    let (meta_model, meta_options) = options_from_metadata(&file.metadata);
-    let model = flags.model.or(meta_model).unwrap_or(VggConfig::Vgg16);
     let [_, _, h, w] = x.shape[..] else {
         anyhow::bail!(
             "{}: expected images as N x C x H x W, got shape {:?}",
@@ -100,15 +120,8 @@ fn load<B: Backend>(
         );
     };
     // The spatial size comes from the images; channels are checked against the network below.
-    let from_input = PartialOptions {
-        input: Some((h, w)),
-        ..Default::default()
-    };
-    let options = flags.partial().or(from_input).or(meta_options).resolve();
-    let spec =
-        ModelSpec::new(model, options).with_context(|| format!("images of {}", input.display()))?;
-    let vgg = Vgg::from_tensors(backend, spec, &file)
-        .with_context(|| format!("loading {}", weights.display()))?;
+    let vgg = load_model(backend, flags, weights, (h, w))
+        .with_context(|| format!("images of {}", input.display()))?;
     let shape = Shape::from(x.shape.clone());
     vgg.check_input(&shape)
         .with_context(|| input.display().to_string())?;
@@ -116,7 +129,7 @@ fn load<B: Backend>(
 }
 
 /// The `k` most probable classes of one row of probabilities.
-fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
+pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     let mut order: Vec<usize> = (0..probs.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
     order.into_iter().take(k).map(|i| (i, probs[i])).collect()
