@@ -212,6 +212,22 @@ pub fn forward(
     tile_bytes: usize,
     y: &mut [f32],
 ) {
+    forward_fused(x, w, None, false, g, threads, tile_bytes, y)
+}
+
+/// The output pass fused into the convolution: per tile, right after its GEMM and while the tile
+/// is in cache, add the bias (`[Cout]`) and apply ReLU, instead of two more passes over memory.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_fused(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &ConvGeometry,
+    threads: usize,
+    tile_bytes: usize,
+    y: &mut [f32],
+) {
     assert_eq!(
         y.len(),
         g.batch * g.out_channels * g.out_h * g.out_w,
@@ -219,6 +235,7 @@ pub fn forward(
     );
     let weights = Mat::row_major(w, g.out_channels, col_rows(g));
     let in_image = g.in_channels * g.in_h * g.in_w;
+    let hw = g.out_h * g.out_w;
     per_image(y, g.batch, threads, |n, y, gemm_threads| {
         let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
         for (r0, r1) in tiles(g, tile_bytes) {
@@ -230,6 +247,18 @@ pub fn forward(
                 false,
                 gemm_threads,
             );
+            if bias.is_none() && !relu {
+                continue;
+            }
+            for c in 0..g.out_channels {
+                let b = bias.map_or(0.0, |b| b[c]);
+                let row = &mut y[c * hw + r0 * g.out_w..c * hw + r1 * g.out_w];
+                if relu {
+                    row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                } else {
+                    row.iter_mut().for_each(|v| *v += b);
+                }
+            }
         }
     });
 }

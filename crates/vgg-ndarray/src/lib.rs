@@ -320,6 +320,37 @@ impl Backend for CpuBackend {
         }))
     }
 
+    fn conv2d_bias_act(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: &CpuTensor,
+        p: Conv2dParams,
+        relu: bool,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
+        if b.shape.dims() != [g.out_channels] {
+            return Err(TensorError::ShapeMismatch {
+                op: "conv2d_bias_act",
+                what: "bias must be [output channels]",
+                lhs: w.shape.clone(),
+                rhs: b.shape.clone(),
+            });
+        }
+        Ok(self.build(g.output_shape(), |y| {
+            conv::forward_fused(
+                x.as_slice(),
+                w.as_slice(),
+                Some(b.as_slice()),
+                relu,
+                &g,
+                self.threads,
+                conv::TILE_BYTES,
+                y,
+            )
+        }))
+    }
+
     fn conv2d_backward_input(
         &self,
         dy: &CpuTensor,
