@@ -252,9 +252,13 @@ macro_rules! with_backend {
                 let backend = $b.clone();
                 backend.execute(|| $body)
             }
-            BackendChoice::Cuda => Err(anyhow::anyhow!(
-                "backend unavailable: this build has no CUDA backend yet; use --backend cpu"
-            )),
+            BackendChoice::Cuda => match vgg_cuda::probe(0) {
+                Err(e) => Err(anyhow::Error::new(e)),
+                Ok(device) => Err(anyhow::anyhow!(
+                    "CUDA backend unavailable: found {}, but the CUDA backend's kernels are not written yet; use --backend cpu",
+                    device.name
+                )),
+            },
         }
     }};
 }
