@@ -146,15 +146,10 @@ pub fn run<B: Backend>(
         let text = serde_json::to_string_pretty(&record).expect("the report serialises");
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(summary(&backend.name(), threads, &config, &reports))
+    Ok(summary(&backend.name(), &config, &reports))
 }
 
-fn summary(
-    backend: &str,
-    threads: Option<usize>,
-    config: &BenchConfig,
-    reports: &[ModeReport],
-) -> String {
+fn summary(backend: &str, config: &BenchConfig, reports: &[ModeReport]) -> String {
     let mut t = Table::new([
         "mode", "steps", "mean s", "sd s", "median s", "min s", "p90 s", "images/s", "GFLOP/s",
         "peak RSS",
@@ -175,7 +170,6 @@ fn summary(
         ]);
     }
     let mut out = format!("\n{}", t.text());
-    let _ = threads;
     out.push_str(&format!(
         "model {}, batch {}, {}x{}, backend {backend}\n",
         config.model, config.batch, config.height, config.width

@@ -245,7 +245,6 @@ impl DeviceArgs {
 /// Runs `$body` with `$b` bound to the chosen backend, inside its execution context.
 macro_rules! with_backend {
     ($device:expr, |$b:ident| $body:expr) => {{
-        use vgg_tensor::Backend as _;
         match $device.backend {
             BackendChoice::Cpu => {
                 let $b = $device.cpu()?;

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use vgg_autodiff::Tape;
-use vgg_model::model::{metadata, options_from_metadata};
 use vgg_model::{ModelError, ModelSpec, Vgg};
 use vgg_nn::init::param_seed;
 use vgg_nn::io::TensorFile;
@@ -246,16 +245,4 @@ pub fn resume<B: Backend>(
         optimizer,
         epochs_done: epoch,
     })
-}
-
-/// Re-exported for callers that build a spec from a checkpoint's metadata.
-pub fn checkpoint_options(
-    file: &TensorFile,
-) -> (Option<vgg_model::VggConfig>, vgg_model::PartialOptions) {
-    options_from_metadata(&file.metadata)
-}
-
-/// The metadata a model's checkpoint starts from.
-pub fn model_metadata(spec: &ModelSpec) -> HashMap<String, String> {
-    metadata(spec)
 }
