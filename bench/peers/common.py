@@ -16,6 +16,7 @@ def parse_args(description):
     p.add_argument("--mode", choices=["forward", "forward-backward", "both"], default="both")
     p.add_argument("--threads", type=int, default=0, help="0: the framework's default")
     p.add_argument("--json", help="write the summary here")
+    p.add_argument("--device", default="cpu", help="PyTorch only: cpu or cuda")
     return p.parse_args()
 
 

@@ -33,20 +33,33 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = vgg16()
+    device = torch.device(args.device)
+    model = vgg16().to(device)
     params = list(model.parameters())
-    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1
+    images = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1).to(device)
     results = {}
+    if device.type == "cuda":
+        # PyTorch's defaults, stated: TF32 for cuDNN convolutions, full f32 for matrix products.
+        print("GPU %s, cudnn.allow_tf32=%s, matmul.allow_tf32=%s" % (
+            torch.cuda.get_device_name(device), torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32), flush=True)
+
+    def finish():
+        # GPU work is queued: a step ends when the device has done it.
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def forward():
         model.eval()
         with torch.no_grad():
             torch.argmax(torch.softmax(model(images), 1), 1)
+        finish()
 
     def forward_backward():
         model.train()
         loss = model(images).pow(2).sum() / 2
         torch.autograd.grad(loss, params)
+        finish()
 
     for mode in common.modes(args):
         common.reset_peak_rss()

@@ -16,7 +16,9 @@ tasks:
       --peers              also run the same protocol in PyTorch and TensorFlow (bench/peers/) where
                            $PYTHON (default python3) imports them, and print one side-by-side table
       --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
-      --mode forward|forward-backward|both";
+      --mode forward|forward-backward|both
+  gpu-bundle [DIR]   build what scripts/gpu-check.sh runs on a GPU machine without Rust into DIR
+                     (default .device-bin): the release `vgg` and vgg-cuda's test binaries";
 
 fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
@@ -222,11 +224,87 @@ fn print_comparison(s: &Settings, results: &[(String, Value)]) {
     println!("ours/this: our median over this framework's median (below 1: we are faster).");
 }
 
+/// The release `vgg` and the CUDA crate's test executables, copied into `dir` for a machine that
+/// has a GPU but no Rust toolchain (scripts/gpu-check.sh runs them).
+fn gpu_bundle(dir: &str) -> Result<()> {
+    let dir = Path::new(dir);
+    std::fs::create_dir_all(dir.join("tests"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    cargo(&["build", "--release", "--locked", "-p", "vgg-cli"])?;
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let args = [
+        "test",
+        "--release",
+        "--locked",
+        "-p",
+        "vgg-cuda",
+        "--no-run",
+        "--message-format=json",
+    ];
+    eprintln!("$ cargo {}", args.join(" "));
+    let out = Command::new(&cargo_bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cargo_bin}"))?;
+    if !out.status.success() {
+        bail!(
+            "building vgg-cuda's tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut copied = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if let (Some(exe), Some(name)) =
+            (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        {
+            let dest = dir.join("tests").join(format!(
+                "{}-{name}",
+                msg["target"]["kind"][0].as_str().unwrap_or("test")
+            ));
+            std::fs::copy(exe, &dest).with_context(|| format!("copying {exe}"))?;
+            eprintln!("{}", dest.display());
+            copied += 1;
+        }
+    }
+    if copied == 0 {
+        bail!("cargo built no test executables for vgg-cuda");
+    }
+    let vgg = Path::new("target/release/vgg");
+    std::fs::copy(vgg, dir.join("vgg")).with_context(|| format!("copying {}", vgg.display()))?;
+    // Debug info is most of their size; the GPU machine's upload limit is tens of MiB.
+    strip_all(dir)?;
+    println!(
+        "{}: vgg and {copied} test binaries; on the GPU machine run scripts/gpu-check.sh {}",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Strips the bundle's executables where `strip` exists; leaves them whole (and says so) where not.
+fn strip_all(dir: &Path) -> Result<()> {
+    let mut files = vec![dir.join("vgg")];
+    for entry in std::fs::read_dir(dir.join("tests"))? {
+        files.push(entry?.path());
+    }
+    for f in files {
+        match Command::new("strip").arg(&f).status() {
+            Ok(s) if s.success() => {}
+            _ => eprintln!("could not strip {} (left as is)", f.display()),
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
+        Some("gpu-bundle") => gpu_bundle(args.get(1).map(String::as_str).unwrap_or(".device-bin")),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -54,7 +54,7 @@ pub fn run<B: Backend>(
     json: Option<PathBuf>,
 ) -> Result<String> {
     let spec = config.spec()?;
-    if let Some(available) = system::available_bytes() {
+    if let Some(available) = backend.device_free_bytes().or_else(system::available_bytes) {
         check_memory(&spec, config.batch, modes, available)?;
     }
     install_ctrl_c();

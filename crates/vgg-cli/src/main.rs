@@ -234,11 +234,24 @@ struct DeviceArgs {
     /// CPU threads (0: one per core).
     #[arg(long, default_value = "0")]
     threads: usize,
+    /// CUDA: which GPU.
+    #[arg(long, default_value = "0")]
+    gpu: usize,
+    /// CUDA: keep convolutions in full f32 instead of TF32 tensor cores (PyTorch's default is TF32).
+    #[arg(long)]
+    no_tf32: bool,
 }
 
 impl DeviceArgs {
     fn cpu(&self) -> Result<vgg_ndarray::CpuBackend> {
         Ok(vgg_ndarray::CpuBackend::new(self.threads)?)
+    }
+
+    fn cuda(&self) -> Result<vgg_cuda::CudaBackend> {
+        Ok(vgg_cuda::CudaBackend::new(vgg_cuda::CudaOptions {
+            ordinal: self.gpu,
+            allow_tf32: !self.no_tf32,
+        })?)
     }
 }
 
@@ -251,13 +264,11 @@ macro_rules! with_backend {
                 let backend = $b.clone();
                 backend.execute(|| $body)
             }
-            BackendChoice::Cuda => match vgg_cuda::probe(0) {
-                Err(e) => Err(anyhow::Error::new(e)),
-                Ok(device) => Err(anyhow::anyhow!(
-                    "CUDA backend unavailable: found {}, but the CUDA backend's kernels are not written yet; use --backend cpu",
-                    device.name
-                )),
-            },
+            BackendChoice::Cuda => {
+                let $b = $device.cuda()?;
+                let backend = $b.clone();
+                backend.execute(|| $body)
+            }
         }
     }};
 }

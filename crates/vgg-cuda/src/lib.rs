@@ -1,13 +1,25 @@
-//! The CUDA backend's foundation: finding an NVIDIA GPU and the CUDA libraries at run time.
+//! The CUDA backend: `vgg_tensor::Backend` on an NVIDIA GPU through cudarc, with cuDNN
+//! convolutions, cuBLAS matrix products and NVRTC-compiled kernels.
 //!
-//! cudarc loads libcuda, cuBLAS, cuDNN and NVRTC with dlopen when first used and panics if one is
-//! missing, so every entry point probes them first and turns absence into [`CudaError`]. The
-//! `vgg_tensor::Backend` implementation (cuDNN convolutions, cuBLAS matmuls, NVRTC kernels) is
-//! not written yet; `probe` is what `--backend cuda` calls today.
+//! Nothing CUDA is needed to build it: cudarc loads libcuda, cuBLAS, cuDNN and NVRTC with dlopen
+//! when first used, and panics if one is missing, so every entry point probes them first and turns
+//! absence into [`CudaError`].
+
+mod backend;
+mod dnn;
+mod memory;
 
 use std::sync::Arc;
 
 use cudarc::driver::CudaContext;
+use vgg_tensor::TensorError;
+
+pub use backend::{compile_kernels, CudaBackend, CudaOptions, CudaPoolIndices, CudaTensor};
+
+/// Turns a CUDA library's error into the tensor error that says what was being done.
+pub(crate) fn device_error<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> TensorError + '_ {
+    move |e| TensorError::Device(format!("{what}: {e:?}"))
+}
 
 /// Why the CUDA backend cannot run here. Each message names what is missing and the fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +110,29 @@ mod tests {
                     assert!(!missing.is_empty());
                 }
             }
+        }
+    }
+
+    /// Every kernel the backend loads is in the PTX that NVRTC makes of `kernels.cu`.
+    #[test]
+    #[ignore = "needs NVRTC 13 (e.g. PyTorch's nvidia/cu13/lib on LD_LIBRARY_PATH)"]
+    fn the_kernels_compile() {
+        let ptx = compile_kernels().unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        for name in backend::KERNEL_NAMES {
+            assert!(
+                text.contains(&format!(".entry {name}(")),
+                "{name} is missing from the PTX"
+            );
+        }
+    }
+
+    /// Without a GPU, the backend says why instead of panicking.
+    #[test]
+    fn the_backend_names_what_is_missing() {
+        if let Err(e) = CudaBackend::new(CudaOptions::default()) {
+            let text = e.to_string();
+            assert!(text.starts_with("CUDA backend unavailable"), "{text}");
         }
     }
 

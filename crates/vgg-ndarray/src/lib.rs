@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use vgg_tensor::{
-    check_labels, check_scalar, random, same_shape, AdamParams, Backend, Conv2dParams,
-    ConvGeometry, DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape, TensorError,
+    adam_corrections, argmax, check_channel_bias, check_keep_prob, check_labels, check_row_bias,
+    check_scalar, matmul_dims, random, same_shape, AdamParams, Backend, Conv2dParams, ConvGeometry,
+    DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape, TensorError,
 };
 
 pub use crate::buffer::MemoryStats;
@@ -207,31 +208,6 @@ fn dropout_apply(x: &[f32], keep_prob: f32, seed: u64, out: &mut [f32]) {
         });
 }
 
-fn check_keep_prob(op: &'static str, keep_prob: f32) -> Result<()> {
-    if keep_prob > 0.0 && keep_prob <= 1.0 {
-        Ok(())
-    } else {
-        Err(TensorError::InvalidArgument {
-            op,
-            message: format!("keep_prob {keep_prob} must be in (0, 1]"),
-        })
-    }
-}
-
-/// Checks an [N, F] tensor against a bias of [F].
-fn check_row_bias(op: &'static str, x: &Shape, b: &Shape) -> Result<(usize, usize)> {
-    let (n, f) = x.matrix(op)?;
-    if b.dims() != [f] {
-        return Err(TensorError::ShapeMismatch {
-            op,
-            what: "bias must be [features]",
-            lhs: x.clone(),
-            rhs: b.clone(),
-        });
-    }
-    Ok((n, f))
-}
-
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type PoolIndices = CpuPoolIndices;
@@ -394,15 +370,7 @@ impl Backend for CpuBackend {
     }
 
     fn add_channel_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        let (_, c, h, w) = x.shape.nchw("add_channel_bias")?;
-        if b.shape.dims() != [c] {
-            return Err(TensorError::ShapeMismatch {
-                op: "add_channel_bias",
-                what: "bias must be [channels]",
-                lhs: x.shape.clone(),
-                rhs: b.shape.clone(),
-            });
-        }
+        let (_, c, h, w) = check_channel_bias("add_channel_bias", &x.shape, &b.shape)?;
         let plane = (h * w).max(1);
         let bias = b.as_slice();
         Ok(self.build(x.shape.clone(), |y| {
@@ -474,22 +442,13 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor> {
+        let (m, n, k) = matmul_dims(&a.shape, &b.shape, ta, tb)?;
         let (ar, ac) = a.shape.matrix("matmul")?;
         let (br, bc) = b.shape.matrix("matmul")?;
         let lhs = Mat::row_major(a.as_slice(), ar, ac);
         let rhs = Mat::row_major(b.as_slice(), br, bc);
         let lhs = if ta { lhs.t() } else { lhs };
         let rhs = if tb { rhs.t() } else { rhs };
-        if lhs.cols != rhs.rows {
-            return Err(TensorError::ShapeMismatch {
-                op: "matmul",
-                what: "inner dimensions (after the transpose flags) differ",
-                lhs: a.shape.clone(),
-                rhs: b.shape.clone(),
-            });
-        }
-        let (m, n) = (lhs.rows, rhs.cols);
-        let k = lhs.cols;
         Ok(self.build(Shape::from([m, n]), |c| {
             // A linear layer's forward on a small batch reads a large weight once; its own
             // kernel does that faster than the GEMM.
@@ -592,21 +551,7 @@ impl Backend for CpuBackend {
                 message: format!("rows of {} are empty", x.shape),
             });
         }
-        Ok(x.as_slice()
-            .chunks(f)
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-                        if v > best.1 {
-                            (i, v)
-                        } else {
-                            best
-                        }
-                    })
-                    .0
-            })
-            .collect())
+        Ok(x.as_slice().chunks(f).map(argmax).collect())
     }
 
     fn l2_loss(&self, x: &CpuTensor) -> Result<CpuTensor> {
@@ -731,14 +676,7 @@ impl Backend for CpuBackend {
         for t in [&param.shape, &m.shape, &v.shape] {
             same_shape("adam_step", t, &grad.shape)?;
         }
-        if hp.step == 0 {
-            return Err(TensorError::InvalidArgument {
-                op: "adam_step",
-                message: "steps count from 1".into(),
-            });
-        }
-        let correction1 = 1.0 - hp.beta1.powi(hp.step.min(i32::MAX as u64) as i32);
-        let correction2 = 1.0 - hp.beta2.powi(hp.step.min(i32::MAX as u64) as i32);
+        let (correction1, correction2) = adam_corrections(&hp)?;
         let pool = self.pool.clone();
         let (p, m, v) = (param.as_mut_slice(), m.as_mut_slice(), v.as_mut_slice());
         pool.install(|| {

@@ -4,11 +4,16 @@
 //!
 //! Layouts: activations NCHW, convolution weights OIHW and linear weights [out, in], as torchvision's.
 
+mod checks;
 pub mod random;
 mod shape;
 
 use std::fmt;
 
+pub use checks::{
+    adam_corrections, argmax, check_channel_bias, check_keep_prob, check_labels, check_row_bias,
+    check_scalar, matmul_dims, same_shape,
+};
 pub use shape::{window_len, Conv2dParams, ConvGeometry, Pool2dParams, PoolGeometry, Shape};
 
 /// Why an op failed. Messages name the op and, for shape errors, both shapes.
@@ -54,20 +59,6 @@ pub struct AdamParams {
     pub step: u64,
 }
 
-/// Fails with both shapes unless `a` and `b` are equal.
-pub fn same_shape(op: &'static str, a: &Shape, b: &Shape) -> Result<()> {
-    if a == b {
-        Ok(())
-    } else {
-        Err(TensorError::ShapeMismatch {
-            op,
-            what: "operands must have the same shape",
-            lhs: a.clone(),
-            rhs: b.clone(),
-        })
-    }
-}
-
 /// A tensor living on some device. Cloning is cheap (the buffer is shared).
 pub trait DeviceTensor: Clone + fmt::Debug + Send + Sync + 'static {
     fn shape(&self) -> &Shape;
@@ -93,6 +84,12 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
     /// not hand work across threads (6x faster on loops of small ops).
     fn execute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         f()
+    }
+
+    /// Free memory on a device with its own memory (a GPU's); None where tensors live in host
+    /// memory, whose availability the caller knows better.
+    fn device_free_bytes(&self) -> Option<u64> {
+        None
     }
 
     /// Waits until all queued work is done (a no-op where ops are synchronous).
@@ -307,34 +304,4 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
 
     /// x times the scalar tensor `s`.
     fn mul_scalar(&self, x: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor>;
-}
-
-/// Checks that `t` holds exactly one element.
-pub fn check_scalar(op: &'static str, t: &Shape) -> Result<()> {
-    if t.elements() == 1 {
-        Ok(())
-    } else {
-        Err(TensorError::InvalidArgument {
-            op,
-            message: format!("expected a scalar, got shape {t}"),
-        })
-    }
-}
-
-/// Checks class labels against an [N, F] logits shape.
-pub fn check_labels(op: &'static str, logits: &Shape, labels: &[usize]) -> Result<(usize, usize)> {
-    let (n, f) = logits.matrix(op)?;
-    if labels.len() != n {
-        return Err(TensorError::InvalidArgument {
-            op,
-            message: format!("{} labels for {n} rows of logits {logits}", labels.len()),
-        });
-    }
-    if let Some(&bad) = labels.iter().find(|&&l| l >= f) {
-        return Err(TensorError::InvalidArgument {
-            op,
-            message: format!("label {bad} is out of range for {f} classes"),
-        });
-    }
-    Ok((n, f))
 }
