@@ -215,6 +215,16 @@ pub fn forward(
     forward_fused(x, w, None, false, g, threads, tile_bytes, y)
 }
 
+/// Whether `forward_fused` takes the Winograd path.
+fn use_winograd(g: &ConvGeometry) -> bool {
+    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let mode = MODE.get_or_init(|| std::env::var("VGG_CONV").unwrap_or_default());
+    crate::winograd::applies(g)
+        && mode != "im2col"
+        && g.in_channels >= 16
+        && g.out_h * g.out_w >= 28 * 28
+}
+
 /// The output pass fused into the convolution: per tile, right after its GEMM and while the tile
 /// is in cache, add the bias (`[Cout]`) and apply ReLU, instead of two more passes over memory.
 #[allow(clippy::too_many_arguments)]
@@ -233,6 +243,9 @@ pub fn forward_fused(
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
+    if use_winograd(g) {
+        return crate::winograd::forward(x, w, bias, relu, g, threads, y);
+    }
     let weights = Mat::row_major(w, g.out_channels, col_rows(g));
     let in_image = g.in_channels * g.in_h * g.in_w;
     let hw = g.out_h * g.out_w;
@@ -351,6 +364,9 @@ pub fn backward_weight(
     threads: usize,
     tile_bytes: usize,
 ) -> Vec<f32> {
+    if use_winograd(g) {
+        return crate::winograd::backward_weight(x, dy, g, threads);
+    }
     let k = col_rows(g);
     let in_image = g.in_channels * g.in_h * g.in_w;
     let out_image = g.out_channels * g.out_h * g.out_w;

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod gemm;
 pub mod pool;
 pub mod skinny;
+pub mod winograd;
 
 use std::sync::Arc;
 

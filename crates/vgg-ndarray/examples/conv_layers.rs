@@ -1,0 +1,71 @@
+//! Times every VGG-16 convolution shape's forward, input gradient and weight gradient (batch 8
+//! by default), median of 5 runs each. Run once with `VGG_CONV=im2col` for the im2col path:
+//!   cargo run --release -p vgg-ndarray --example conv_layers [batch]
+
+use std::time::Instant;
+
+use vgg_ndarray::CpuBackend;
+use vgg_tensor::{Backend, Conv2dParams, ConvGeometry, Shape};
+
+fn median_ms(mut f: impl FnMut()) -> f64 {
+    f();
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[2]
+}
+
+fn main() {
+    let batch: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(8);
+    let b = CpuBackend::new(0).expect("a CPU backend");
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let layers = [
+        ("conv1_2", 64, 64, 224),
+        ("conv2_1", 64, 128, 112),
+        ("conv2_2", 128, 128, 112),
+        ("conv3_1", 128, 256, 56),
+        ("conv3_2", 256, 256, 56),
+        ("conv4_1", 256, 512, 28),
+        ("conv4_2", 512, 512, 28),
+        ("conv5_2", 512, 512, 14),
+    ];
+    println!(
+        "batch {batch}, VGG_CONV={}",
+        std::env::var("VGG_CONV").unwrap_or_default()
+    );
+    println!(
+        "layer     forward ms  input-grad ms  weight-grad ms   (GFLOP/s of the direct method)"
+    );
+    b.clone().execute(|| {
+        for (name, cin, cout, size) in layers {
+            let xs = Shape::from([batch, cin, size, size]);
+            let ws = Shape::from([cout, cin, 3, 3]);
+            let g = ConvGeometry::new(&xs, &ws, p).unwrap();
+            let x = b.random_normal(&xs, 0.0, 1.0, 1).unwrap();
+            let w = b.random_normal(&ws, 0.0, 0.05, 2).unwrap();
+            let bias = b.zeros(&Shape::from([cout])).unwrap();
+            let dy = b.random_normal(&g.output_shape(), 0.0, 1.0, 3).unwrap();
+            let fwd = median_ms(|| drop(b.conv2d_bias_act(&x, &w, &bias, p, true).unwrap()));
+            let dx = median_ms(|| drop(b.conv2d_backward_input(&dy, &w, &xs, p).unwrap()));
+            let dw = median_ms(|| drop(b.conv2d_backward_weight(&x, &dy, &ws, p).unwrap()));
+            let gflop = 2.0 * g.macs() as f64 / 1e9;
+            println!(
+                "{name:8} {fwd:10.1} {dx:14.1} {dw:15.1}   ({:.0} / {:.0} / {:.0})",
+                gflop / fwd * 1e3,
+                gflop / dx * 1e3,
+                gflop / dw * 1e3
+            );
+        }
+    });
+}

@@ -1,0 +1,990 @@
+//! Winograd convolution F(4x4, 3x3) for 3x3 stride-1 layers (Lavin & Gray 2015): each 4x4 block
+//! of outputs costs 36 multiplications per input-output channel pair instead of 144.
+//!
+//! Per chunk of tile rows: the input tiles (6x6, overlapping by 2) are transformed, V = Bt d B,
+//! into 36 matrices [C, tiles]; the weights were transformed once per call, U = G w Gt, into 36
+//! matrices [K, C]; 36 GEMMs make M = U V [K, tiles]; the output transform Y = At M A writes the
+//! 4x4 blocks, with the bias and ReLU applied on the way. Transforms run on 16 tiles at a time, one
+//! per SIMD lane, compiled for AVX-512 or AVX2 where the CPU has them.
+
+use rayon::prelude::*;
+use vgg_tensor::ConvGeometry;
+
+use crate::gemm::{sgemm, Mat, MatMut};
+
+/// Output block side.
+const M: usize = 4;
+/// Input tile side: M + 3 - 1.
+const A: usize = 6;
+/// Transformed positions per tile.
+const POSITIONS: usize = A * A;
+/// Tiles transformed together, one per lane.
+const LANES: usize = 16;
+
+#[cfg(test)]
+const BT: [[f32; A]; A] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+
+#[cfg(test)]
+const G: [[f32; 3]; A] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+#[cfg(test)]
+const AT: [[f32; A]; M] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+
+/// One SIMD register's worth of tiles.
+type Lanes = [f32; LANES];
+
+/// Bt d for six lane vectors (Bt's zeros skipped).
+#[inline(always)]
+fn bt6(d: &[Lanes; A]) -> [Lanes; A] {
+    let mut r = [[0.0f32; LANES]; A];
+    for l in 0..LANES {
+        let [d0, d1, d2, d3, d4, d5] = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
+        r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        r[1][l] = -4.0 * (d1 + d2) + d3 + d4;
+        r[2][l] = 4.0 * (d1 - d2) - d3 + d4;
+        r[3][l] = 2.0 * (d3 - d1) - d2 + d4;
+        r[4][l] = 2.0 * (d1 - d3) - d2 + d4;
+        r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    r
+}
+
+/// At s for six lane vectors.
+#[inline(always)]
+fn at6(s: &[Lanes; A]) -> [Lanes; M] {
+    let mut r = [[0.0f32; LANES]; M];
+    for l in 0..LANES {
+        let [s0, s1, s2, s3, s4, s5] = [s[0][l], s[1][l], s[2][l], s[3][l], s[4][l], s[5][l]];
+        let (p12, m12, p34, m34) = (s1 + s2, s1 - s2, s3 + s4, s3 - s4);
+        r[0][l] = s0 + p12 + p34;
+        r[1][l] = m12 + 2.0 * m34;
+        r[2][l] = p12 + 4.0 * p34;
+        r[3][l] = m12 + 8.0 * m34 + s5;
+    }
+    r
+}
+
+/// A y for four lane vectors (A = At transposed): an output gradient block into transform space.
+#[inline(always)]
+fn a4(y: &[Lanes; M]) -> [Lanes; A] {
+    let mut r = [[0.0f32; LANES]; A];
+    for l in 0..LANES {
+        let [y0, y1, y2, y3] = [y[0][l], y[1][l], y[2][l], y[3][l]];
+        let (even, odd) = (y0 + y2, y1 + y3);
+        let (even4, odd2) = (y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
+        r[0][l] = y0;
+        r[1][l] = even + odd;
+        r[2][l] = even - odd;
+        r[3][l] = even4 + odd2;
+        r[4][l] = even4 - odd2;
+        r[5][l] = y3;
+    }
+    r
+}
+
+/// Gt u for six lane vectors: a weight gradient out of transform space.
+#[inline(always)]
+fn gt6(u: &[Lanes; A]) -> [Lanes; 3] {
+    let mut r = [[0.0f32; LANES]; 3];
+    for l in 0..LANES {
+        let [u0, u1, u2, u3, u4, u5] = [u[0][l], u[1][l], u[2][l], u[3][l], u[4][l], u[5][l]];
+        let (p12, m12, p34, m34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
+        r[0][l] = u0 * (1.0 / 4.0) - p12 * (1.0 / 6.0) + p34 * (1.0 / 24.0);
+        r[1][l] = m12 * (1.0 / 6.0) + m34 * (1.0 / 12.0);
+        r[2][l] = -p12 * (1.0 / 6.0) + p34 * (1.0 / 6.0) + u5;
+    }
+    r
+}
+
+/// Bytes of transformed input and output one chunk aims at: enough tiles for efficient GEMMs,
+/// few enough to stay near the cache.
+const CHUNK_BYTES: usize = 3 << 19;
+/// Tiles a chunk's GEMMs need at least (see `chunking`).
+const MIN_TILES: usize = 64;
+
+/// Whether a convolution can run here: 3x3, stride 1, padding at most 2.
+pub fn applies(g: &ConvGeometry) -> bool {
+    g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.padding <= 2
+}
+
+/// G g for three lane vectors.
+#[inline(always)]
+fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
+    let mut r = [[0.0f32; LANES]; A];
+    for l in 0..LANES {
+        let [x0, x1, x2] = [x[0][l], x[1][l], x[2][l]];
+        let (outer, middle) = (x0 + x2, x1);
+        r[0][l] = x0 * (1.0 / 4.0);
+        r[1][l] = -(outer + middle) * (1.0 / 6.0);
+        r[2][l] = -(outer - middle) * (1.0 / 6.0);
+        r[3][l] = x0 * (1.0 / 24.0) + x1 * (1.0 / 12.0) + x2 * (1.0 / 6.0);
+        r[4][l] = x0 * (1.0 / 24.0) - x1 * (1.0 / 12.0) + x2 * (1.0 / 6.0);
+        r[5][l] = x2;
+    }
+    r
+}
+
+/// U[pos][k][c] = (G w[k][c] Gt)[pos] for OIHW 3x3 weights, 16 input channels at a time.
+fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
+    let mut u = vec![0.0f32; POSITIONS * k * c];
+    let out = OutPtr {
+        ptr: u.as_mut_ptr(),
+        len: u.len(),
+    };
+    (0..k).into_par_iter().for_each(|ko| {
+        let filters = &w[ko * c * 9..(ko + 1) * c * 9];
+        for c0 in (0..c).step_by(LANES) {
+            let lanes = LANES.min(c - c0);
+            let mut block = [0.0f32; LANES * 9];
+            block[..lanes * 9].copy_from_slice(&filters[c0 * 9..(c0 + lanes) * 9]);
+            // g[i][j][l]: tap (i, j) of input channel c0 + l.
+            let mut g = [[[0.0f32; LANES]; 3]; 3];
+            for (i, gi) in g.iter_mut().enumerate() {
+                for (j, gij) in gi.iter_mut().enumerate() {
+                    for (l, v) in gij.iter_mut().enumerate() {
+                        *v = block[l * 9 + i * 3 + j];
+                    }
+                }
+            }
+            let mut cols = [[[0.0f32; LANES]; 3]; A];
+            for j in 0..3 {
+                for (a, v) in g3(&[g[0][j], g[1][j], g[2][j]]).into_iter().enumerate() {
+                    cols[a][j] = v;
+                }
+            }
+            for (a, row) in cols.iter().enumerate() {
+                for (b, values) in g3(row).iter().enumerate() {
+                    // SAFETY: inside u; only this output channel's task writes row ko.
+                    unsafe { out.write_slice(((a * A + b) * k + ko) * c + c0, &values[..lanes]) };
+                }
+            }
+        }
+    });
+    u
+}
+
+/// Tiles of one image: (rows, columns) of 4x4 output blocks, the last ones cropped.
+fn tile_grid(g: &ConvGeometry) -> (usize, usize) {
+    (g.out_h.div_ceil(M), g.out_w.div_ceil(M))
+}
+
+/// V[pos][c][t] for the tile rows `rows` (global indices over batch x tile rows), t counting
+/// tiles in order across those rows.
+#[inline(always)]
+fn transform_input_generic(
+    x: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    v: &mut [f32],
+) {
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let tiles = rows.len() * tiles_w;
+    let c_count = g.in_channels;
+    let plane = g.in_h * g.in_w;
+    // A zero-padded copy of the A input rows one tile row reads, wide enough for every lane.
+    let width = tiles_w.next_multiple_of(LANES) * M + 2;
+    let mut strip = vec![0.0f32; A * width];
+    for (ri, row) in rows.clone().enumerate() {
+        let (n, th) = (row / tiles_h, row % tiles_h);
+        for ci in 0..c_count {
+            let src = &x[(n * c_count + ci) * plane..][..plane];
+            for i in 0..A {
+                let dst = &mut strip[i * width..(i + 1) * width];
+                dst.fill(0.0);
+                let ih = (th * M + i) as isize - g.padding as isize;
+                if ih < 0 || ih >= g.in_h as isize {
+                    continue;
+                }
+                let line = &src[ih as usize * g.in_w..][..g.in_w];
+                // Input column iw lands at strip column iw + padding.
+                let end = (g.padding + g.in_w).min(width);
+                dst[g.padding..end].copy_from_slice(&line[..end - g.padding]);
+            }
+            for t0 in (0..tiles_w).step_by(LANES) {
+                // d[i][j][l]: element (i, j) of tile t0 + l. Fixed-size rows: no bounds checks.
+                let mut d = [[[0.0f32; LANES]; A]; A];
+                for (i, di) in d.iter_mut().enumerate() {
+                    let row: &[f32; LANES * M + 2] = strip[i * width + t0 * M..][..LANES * M + 2]
+                        .try_into()
+                        .expect("the strip is wide enough for every lane");
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        for (l, v) in dij.iter_mut().enumerate() {
+                            *v = row[l * M + j];
+                        }
+                    }
+                }
+                // Bt d B: the columns, then the rows.
+                let mut cols = [[[0.0f32; LANES]; A]; A];
+                for j in 0..A {
+                    let column = [d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]];
+                    for (a, v) in bt6(&column).into_iter().enumerate() {
+                        cols[a][j] = v;
+                    }
+                }
+                let lanes = LANES.min(tiles_w - t0);
+                let base = ri * tiles_w + t0;
+                for (a, row) in cols.iter().enumerate() {
+                    for (b, out) in bt6(row).iter().enumerate() {
+                        let dst = &mut v[((a * A + b) * c_count + ci) * tiles + base..][..lanes];
+                        copy_lanes(dst, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dM[pos][k][t] = (A dY At)[pos] for the 4x4 output-gradient blocks of the tile rows `rows`
+/// (blocks cut by the output's edge read zeros beyond it).
+#[inline(always)]
+fn transform_output_grad_generic(
+    dy: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    dm: &mut [f32],
+) {
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let tiles = rows.len() * tiles_w;
+    let k_count = g.out_channels;
+    let plane = g.out_h * g.out_w;
+    let width = tiles_w.next_multiple_of(LANES) * M;
+    let mut strip = vec![0.0f32; M * width];
+    for (ri, row) in rows.clone().enumerate() {
+        let (n, th) = (row / tiles_h, row % tiles_h);
+        for ko in 0..k_count {
+            let src = &dy[(n * k_count + ko) * plane..][..plane];
+            for i in 0..M {
+                let dst = &mut strip[i * width..(i + 1) * width];
+                let oh = th * M + i;
+                if oh < g.out_h {
+                    dst[..g.out_w].copy_from_slice(&src[oh * g.out_w..(oh + 1) * g.out_w]);
+                    dst[g.out_w..].fill(0.0);
+                } else {
+                    dst.fill(0.0);
+                }
+            }
+            for t0 in (0..tiles_w).step_by(LANES) {
+                let mut d = [[[0.0f32; LANES]; M]; M];
+                for (i, di) in d.iter_mut().enumerate() {
+                    let row: &[f32; LANES * M] = strip[i * width + t0 * M..][..LANES * M]
+                        .try_into()
+                        .expect("the strip is wide enough for every lane");
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        for (l, v) in dij.iter_mut().enumerate() {
+                            *v = row[l * M + j];
+                        }
+                    }
+                }
+                let mut cols = [[[0.0f32; LANES]; M]; A];
+                for j in 0..M {
+                    for (a, v) in a4(&[d[0][j], d[1][j], d[2][j], d[3][j]])
+                        .into_iter()
+                        .enumerate()
+                    {
+                        cols[a][j] = v;
+                    }
+                }
+                let lanes = LANES.min(tiles_w - t0);
+                let base = ri * tiles_w + t0;
+                for (a, row) in cols.iter().enumerate() {
+                    for (b, out) in a4(row).iter().enumerate() {
+                        let dst = &mut dm[((a * A + b) * k_count + ko) * tiles + base..][..lanes];
+                        copy_lanes(dst, out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Y = At M A for the tile rows `rows`, plus bias and ReLU, into the output.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn transform_output_generic(
+    m: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: OutPtr,
+) {
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let tiles = rows.len() * tiles_w;
+    let k_count = g.out_channels;
+    let plane = g.out_h * g.out_w;
+    for (ri, row) in rows.clone().enumerate() {
+        let (n, th) = (row / tiles_h, row % tiles_h);
+        for ko in 0..k_count {
+            let b = bias.map_or(0.0, |b| b[ko]);
+            let out_plane = (n * k_count + ko) * plane;
+            for t0 in (0..tiles_w).step_by(LANES) {
+                let lanes = LANES.min(tiles_w - t0);
+                let base = ri * tiles_w + t0;
+                let mut s = [[[0.0f32; LANES]; A]; A];
+                for (pos, chunk) in s.iter_mut().flatten().enumerate() {
+                    let src = &m[(pos * k_count + ko) * tiles + base..][..lanes];
+                    copy_lanes(&mut chunk[..lanes], src);
+                }
+                // At s A: the columns, then the rows.
+                let mut cols = [[[0.0f32; LANES]; A]; M];
+                for j in 0..A {
+                    let column = [s[0][j], s[1][j], s[2][j], s[3][j], s[4][j], s[5][j]];
+                    for (a, v) in at6(&column).into_iter().enumerate() {
+                        cols[a][j] = v;
+                    }
+                }
+                let width = (g.out_w - t0 * M).min(LANES * M);
+                for (a, row) in cols.iter().enumerate() {
+                    let oh = th * M + a;
+                    if oh >= g.out_h {
+                        break;
+                    }
+                    let out = at6(row);
+                    // Interleave the lanes' 4 columns into one output row segment.
+                    let mut line = [0.0f32; LANES * M];
+                    for (bcol, ob) in out.iter().enumerate() {
+                        for (l, &v) in ob.iter().enumerate() {
+                            let v = v + b;
+                            line[l * M + bcol] = if relu { v.max(0.0) } else { v };
+                        }
+                    }
+                    // SAFETY: the segment lies inside row oh of plane (n, ko), and only the chunk
+                    // owning tile row `row` writes it.
+                    unsafe { y.write_slice(out_plane + oh * g.out_w + t0 * M, &line[..width]) };
+                }
+            }
+        }
+    }
+}
+
+/// dst = src[..dst.len()]. Full groups of lanes are copied as fixed-size arrays (vector moves);
+/// a runtime-length copy_from_slice calls memmove, which cost more than the transforms here.
+#[inline(always)]
+fn copy_lanes(dst: &mut [f32], src: &[f32]) {
+    let n = dst.len();
+    let mut d = dst.chunks_exact_mut(LANES);
+    let mut s = src[..n].chunks_exact(LANES);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let d: &mut Lanes = d.try_into().expect("LANES elements");
+        *d = *<&Lanes>::try_from(s).expect("LANES elements");
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
+/// The output, written by several chunks at disjoint positions.
+#[derive(Clone, Copy)]
+struct OutPtr {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: chunks write disjoint elements (their own tile rows), and the pointer outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    #[inline(always)]
+    unsafe fn write_slice(self, at: usize, values: &[f32]) {
+        assert!(at + values.len() <= self.len, "write inside the output");
+        // SAFETY: in bounds (checked above); the caller guarantees no other writer.
+        copy_lanes(
+            unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), values.len()) },
+            values,
+        );
+    }
+}
+
+/// The transforms compiled for the widest vector unit the CPU has (they are most of the
+/// non-GEMM time, and the default target only has SSE2).
+mod simd {
+    use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn input_avx512(
+        x: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        v: &mut [f32],
+    ) {
+        transform_input_generic(x, g, rows, v)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn input_avx2(x: &[f32], g: &ConvGeometry, rows: std::ops::Range<usize>, v: &mut [f32]) {
+        transform_input_generic(x, g, rows, v)
+    }
+
+    pub(super) fn input(x: &[f32], g: &ConvGeometry, rows: std::ops::Range<usize>, v: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { input_avx512(x, g, rows, v) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { input_avx2(x, g, rows, v) };
+            }
+        }
+        transform_input_generic(x, g, rows, v)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn output_avx512(
+        m: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        relu: bool,
+        y: OutPtr,
+    ) {
+        transform_output_generic(m, g, rows, bias, relu, y)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn output_avx2(
+        m: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        relu: bool,
+        y: OutPtr,
+    ) {
+        transform_output_generic(m, g, rows, bias, relu, y)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn output_grad_avx512(
+        dy: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        dm: &mut [f32],
+    ) {
+        transform_output_grad_generic(dy, g, rows, dm)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn output_grad_avx2(
+        dy: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        dm: &mut [f32],
+    ) {
+        transform_output_grad_generic(dy, g, rows, dm)
+    }
+
+    pub(super) fn output_grad(
+        dy: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        dm: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { output_grad_avx512(dy, g, rows, dm) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { output_grad_avx2(dy, g, rows, dm) };
+            }
+        }
+        transform_output_grad_generic(dy, g, rows, dm)
+    }
+
+    pub(super) fn output(
+        m: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        relu: bool,
+        y: OutPtr,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has the features the function is compiled for.
+                return unsafe { output_avx512(m, g, rows, bias, relu, y) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                return unsafe { output_avx2(m, g, rows, bias, relu, y) };
+            }
+        }
+        transform_output_generic(m, g, rows, bias, relu, y)
+    }
+}
+
+/// Tile rows per chunk and the number of chunks. A chunk's transformed input and output should
+/// stay in the core's L2 (the transforms read and write them as 36 streams), but its GEMMs need
+/// enough tiles to pay for packing the transformed weights: with many channels the latter wins.
+/// Every thread gets a chunk where there are enough rows.
+fn chunking(g: &ConvGeometry, threads: usize) -> (usize, usize) {
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let total_rows = g.batch * tiles_h;
+    let row_bytes = POSITIONS * (g.in_channels + g.out_channels) * tiles_w * 4;
+    let by_size = CHUNK_BYTES / row_bytes.max(1);
+    let by_gemm = MIN_TILES.div_ceil(tiles_w);
+    let by_threads = total_rows.div_ceil(threads.max(1));
+    let rows = by_size.max(by_gemm).min(by_threads).max(1);
+    (rows, total_rows.div_ceil(rows))
+}
+
+thread_local! {
+    /// Each worker's transformed input and output, kept between calls: allocating and faulting in
+    /// megabytes per chunk cost more than the transforms.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Scratch elements one chunk needs: transformed input and output.
+pub fn scratch_elements(g: &ConvGeometry, threads: usize) -> usize {
+    let (rows, _) = chunking(g, threads);
+    let tiles = rows * tile_grid(g).1;
+    POSITIONS * (g.in_channels + g.out_channels) * tiles
+}
+
+/// y = conv(x, w) (+ bias, ReLU) for a 3x3 stride-1 convolution (`applies`).
+#[allow(clippy::too_many_arguments)]
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &ConvGeometry,
+    threads: usize,
+    y: &mut [f32],
+) {
+    assert!(
+        applies(g),
+        "Winograd F(4x4, 3x3) needs a 3x3 stride-1 convolution"
+    );
+    assert_eq!(
+        y.len(),
+        g.batch * g.out_channels * g.out_h * g.out_w,
+        "conv output length"
+    );
+    assert_eq!(
+        x.len(),
+        g.batch * g.in_channels * g.in_h * g.in_w,
+        "conv input length"
+    );
+    let (k, c) = (g.out_channels, g.in_channels);
+    let u = transform_weights(w, k, c);
+    let (rows_per_chunk, chunks) = chunking(g, threads);
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let total_rows = g.batch * tiles_h;
+    let out = OutPtr {
+        ptr: y.as_mut_ptr(),
+        len: y.len(),
+    };
+    let scratch_len = scratch_elements(g, threads);
+    (0..chunks).into_par_iter().for_each(|chunk| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            // Every element is written before it is read (the input transform and the GEMMs
+            // fill their whole matrices), so stale values from an earlier call are harmless.
+            if scratch.len() < scratch_len {
+                scratch.resize(scratch_len, 0.0);
+            }
+            let rows = chunk * rows_per_chunk..((chunk + 1) * rows_per_chunk).min(total_rows);
+            let tiles = rows.len() * tiles_w;
+            let (v, mm) = scratch.split_at_mut(POSITIONS * c * tiles);
+            let mm = &mut mm[..POSITIONS * k * tiles];
+            simd::input(x, g, rows.clone(), v);
+            for pos in 0..POSITIONS {
+                sgemm(
+                    MatMut {
+                        data: &mut mm[pos * k * tiles..(pos + 1) * k * tiles],
+                        offset: 0,
+                        rows: k,
+                        cols: tiles,
+                        row_stride: tiles,
+                    },
+                    Mat::row_major(&u[pos * k * c..(pos + 1) * k * c], k, c),
+                    Mat::row_major(&v[pos * c * tiles..(pos + 1) * c * tiles], c, tiles),
+                    false,
+                    1,
+                );
+            }
+            simd::output(mm, g, rows, bias, relu, out);
+        })
+    });
+}
+
+/// dW for a 3x3 stride-1 convolution (`applies`): per chunk, dU[pos] += dM[pos] V[pos]^T with
+/// dM = A dY At and V = Bt x B as in the forward pass; then dW = Gt dU G. Each thread sums its
+/// own chunks (a fixed split, so the result does not depend on scheduling).
+pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) -> Vec<f32> {
+    assert!(
+        applies(g),
+        "Winograd F(4x4, 3x3) needs a 3x3 stride-1 convolution"
+    );
+    assert_eq!(
+        x.len(),
+        g.batch * g.in_channels * g.in_h * g.in_w,
+        "conv input length"
+    );
+    assert_eq!(
+        dy.len(),
+        g.batch * g.out_channels * g.out_h * g.out_w,
+        "conv output-gradient length"
+    );
+    let (k, c) = (g.out_channels, g.in_channels);
+    let (rows_per_chunk, chunks) = chunking(g, threads);
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let total_rows = g.batch * tiles_h;
+    let scratch_len = scratch_elements(g, threads);
+    let workers = threads.clamp(1, chunks.max(1));
+    let partials: Vec<Vec<f32>> = (0..workers)
+        .into_par_iter()
+        .map(|worker| {
+            let mut du = vec![0.0f32; POSITIONS * k * c];
+            let mine = worker * chunks / workers..(worker + 1) * chunks / workers;
+            SCRATCH.with_borrow_mut(|scratch| {
+                if scratch.len() < scratch_len {
+                    scratch.resize(scratch_len, 0.0);
+                }
+                for (i, chunk) in mine.enumerate() {
+                    let rows =
+                        chunk * rows_per_chunk..((chunk + 1) * rows_per_chunk).min(total_rows);
+                    let tiles = rows.len() * tiles_w;
+                    let (v, dm) = scratch.split_at_mut(POSITIONS * c * tiles);
+                    let dm = &mut dm[..POSITIONS * k * tiles];
+                    simd::input(x, g, rows.clone(), v);
+                    simd::output_grad(dy, g, rows, dm);
+                    for pos in 0..POSITIONS {
+                        let v_pos =
+                            Mat::row_major(&v[pos * c * tiles..(pos + 1) * c * tiles], c, tiles);
+                        sgemm(
+                            MatMut {
+                                data: &mut du[pos * k * c..(pos + 1) * k * c],
+                                offset: 0,
+                                rows: k,
+                                cols: c,
+                                row_stride: c,
+                            },
+                            Mat::row_major(&dm[pos * k * tiles..(pos + 1) * k * tiles], k, tiles),
+                            v_pos.t(),
+                            i > 0,
+                            1,
+                        );
+                    }
+                }
+            });
+            du
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut du = partials.next().expect("at least one worker");
+    for p in partials {
+        du.par_chunks_mut(1 << 15)
+            .zip(p.par_chunks(1 << 15))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+    }
+    // dW[k][c] = Gt dU[k][c] G, 16 input channels at a time.
+    let mut dw = vec![0.0f32; k * c * 9];
+    dw.par_chunks_mut(c * 9).enumerate().for_each(|(ko, dw_k)| {
+        for c0 in (0..c).step_by(LANES) {
+            let lanes = LANES.min(c - c0);
+            let mut u = [[[0.0f32; LANES]; A]; A];
+            for (pos, lane) in u.iter_mut().flatten().enumerate() {
+                let start = (pos * k + ko) * c + c0;
+                copy_lanes(&mut lane[..lanes], &du[start..start + lanes]);
+            }
+            let mut cols = [[[0.0f32; LANES]; A]; 3];
+            for b in 0..A {
+                let column = [u[0][b], u[1][b], u[2][b], u[3][b], u[4][b], u[5][b]];
+                for (i, v) in gt6(&column).into_iter().enumerate() {
+                    cols[i][b] = v;
+                }
+            }
+            let mut block = [0.0f32; LANES * 9];
+            for (i, row) in cols.iter().enumerate() {
+                for (j, values) in gt6(row).iter().enumerate() {
+                    for (l, &v) in values.iter().enumerate() {
+                        block[l * 9 + i * 3 + j] = v;
+                    }
+                }
+            }
+            dw_k[c0 * 9..(c0 + lanes) * 9].copy_from_slice(&block[..lanes * 9]);
+        }
+    });
+    dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgg_tensor::{random, Conv2dParams, Shape};
+
+    /// The closed forms (bt6, at6, g3) are the matrices of Lavin & Gray.
+    #[test]
+    fn closed_forms_equal_the_transform_matrices() {
+        let mut x = [[0.0f32; LANES]; A];
+        random::fill_normal(x.as_flattened_mut(), 1, 0, 0.0, 1.0);
+        let bt = bt6(&x);
+        let at = at6(&x);
+        let g = g3(&[x[0], x[1], x[2]]);
+        for l in 0..LANES {
+            for a in 0..A {
+                let want: f32 = (0..A).map(|i| BT[a][i] * x[i][l]).sum();
+                assert!((bt[a][l] - want).abs() < 1e-5, "Bt row {a}");
+                let want: f32 = (0..3).map(|i| G[a][i] * x[i][l]).sum();
+                assert!((g[a][l] - want).abs() < 1e-6, "G row {a}");
+            }
+            for a in 0..M {
+                let want: f32 = (0..A).map(|i| AT[a][i] * x[i][l]).sum();
+                assert!((at[a][l] - want).abs() < 1e-4, "At row {a}");
+            }
+        }
+    }
+
+    /// Direct convolution in f64, plus bias and optional ReLU.
+    fn direct(x: &[f32], w: &[f32], b: &[f32], relu: bool, g: &ConvGeometry) -> Vec<f64> {
+        let mut y = vec![0.0f64; g.batch * g.out_channels * g.out_h * g.out_w];
+        for n in 0..g.batch {
+            for k in 0..g.out_channels {
+                for oh in 0..g.out_h {
+                    for ow in 0..g.out_w {
+                        let mut acc = b[k] as f64;
+                        for c in 0..g.in_channels {
+                            for ky in 0..3 {
+                                let ih = (oh + ky) as isize - g.padding as isize;
+                                if ih < 0 || ih >= g.in_h as isize {
+                                    continue;
+                                }
+                                for kx in 0..3 {
+                                    let iw = (ow + kx) as isize - g.padding as isize;
+                                    if iw < 0 || iw >= g.in_w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((n * g.in_channels + c) * g.in_h + ih as usize)
+                                        * g.in_w
+                                        + iw as usize];
+                                    let wv = w[((k * g.in_channels + c) * 3 + ky) * 3 + kx];
+                                    acc += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((n * g.out_channels + k) * g.out_h + oh) * g.out_w + ow] =
+                            if relu { acc.max(0.0) } else { acc };
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Max |winograd - direct| over max |direct|.
+    fn relative_error(
+        dims: [usize; 4],
+        k: usize,
+        padding: usize,
+        relu: bool,
+        threads: usize,
+    ) -> f64 {
+        let [n, c, h, w] = dims;
+        let g = ConvGeometry::new(
+            &Shape::from(dims),
+            &Shape::from([k, c, 3, 3]),
+            Conv2dParams { stride: 1, padding },
+        )
+        .unwrap();
+        let mut x = vec![0.0; n * c * h * w];
+        random::fill_normal(&mut x, 1, 0, 0.0, 1.0);
+        let mut wt = vec![0.0; k * c * 9];
+        random::fill_normal(&mut wt, 2, 0, 0.0, (2.0 / (9.0 * c as f32)).sqrt());
+        let mut b = vec![0.0; k];
+        random::fill_normal(&mut b, 3, 0, 0.0, 0.1);
+        let mut y = vec![f32::NAN; g.batch * k * g.out_h * g.out_w];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| forward(&x, &wt, Some(&b), relu, &g, threads, &mut y));
+        let want = direct(&x, &wt, &b, relu, &g);
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let worst = y
+            .iter()
+            .zip(&want)
+            .map(|(&got, &want)| (got as f64 - want).abs())
+            .fold(0.0f64, |m, d| {
+                if d.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(d)
+                }
+            });
+        worst / scale
+    }
+
+    /// Odd sizes, partial tiles, every padding, channel counts off the lane width, one and two
+    /// threads (chunks split differently).
+    #[test]
+    fn matches_direct_convolution_on_awkward_shapes() {
+        for (dims, k, padding, relu) in [
+            ([1, 1, 3, 3], 1, 0, false),
+            ([2, 3, 9, 11], 5, 1, true),
+            ([3, 17, 5, 7], 20, 1, false),
+            ([1, 16, 4, 4], 16, 2, true),
+            ([2, 33, 13, 6], 7, 0, false),
+            ([1, 8, 70, 9], 3, 1, true),
+        ] {
+            for threads in [1, 2] {
+                let err = relative_error(dims, k, padding, relu, threads);
+                assert!(
+                    err < 1e-5,
+                    "{dims:?} k {k} pad {padding}: relative error {err:e}"
+                );
+            }
+        }
+    }
+
+    /// dW in f64 by the definition: dW[k][c][ky][kx] = sum over n, oh, ow of dy * x.
+    fn direct_weight_grad(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f64> {
+        let mut dw = vec![0.0f64; g.out_channels * g.in_channels * 9];
+        for n in 0..g.batch {
+            for k in 0..g.out_channels {
+                for c in 0..g.in_channels {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let mut acc = 0.0f64;
+                            for oh in 0..g.out_h {
+                                let ih = (oh + ky) as isize - g.padding as isize;
+                                if ih < 0 || ih >= g.in_h as isize {
+                                    continue;
+                                }
+                                for ow in 0..g.out_w {
+                                    let iw = (ow + kx) as isize - g.padding as isize;
+                                    if iw < 0 || iw >= g.in_w as isize {
+                                        continue;
+                                    }
+                                    acc += dy
+                                        [((n * g.out_channels + k) * g.out_h + oh) * g.out_w + ow]
+                                        as f64
+                                        * x[((n * g.in_channels + c) * g.in_h + ih as usize)
+                                            * g.in_w
+                                            + iw as usize]
+                                            as f64;
+                                }
+                            }
+                            dw[((k * g.in_channels + c) * 3 + ky) * 3 + kx] += acc;
+                        }
+                    }
+                }
+            }
+        }
+        dw
+    }
+
+    fn weight_grad_error(dims: [usize; 4], k: usize, padding: usize, threads: usize) -> f64 {
+        let [n, c, h, w] = dims;
+        let g = ConvGeometry::new(
+            &Shape::from(dims),
+            &Shape::from([k, c, 3, 3]),
+            Conv2dParams { stride: 1, padding },
+        )
+        .unwrap();
+        let mut x = vec![0.0; n * c * h * w];
+        random::fill_normal(&mut x, 4, 0, 0.0, 1.0);
+        let mut dy = vec![0.0; g.batch * k * g.out_h * g.out_w];
+        random::fill_normal(&mut dy, 5, 0, 0.0, 1.0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let got = pool.install(|| backward_weight(&x, &dy, &g, threads));
+        let want = direct_weight_grad(&x, &dy, &g);
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        got.iter()
+            .zip(&want)
+            .map(|(&a, &b)| (a as f64 - b).abs())
+            .fold(0.0f64, |m, d| {
+                if d.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(d)
+                }
+            })
+            / scale
+    }
+
+    #[test]
+    fn weight_gradient_matches_the_definition() {
+        for (dims, k, padding) in [
+            ([1, 1, 3, 3], 1, 0),
+            ([2, 3, 9, 11], 5, 1),
+            ([3, 17, 5, 7], 20, 1),
+            ([1, 16, 4, 4], 16, 2),
+            ([2, 33, 13, 6], 7, 0),
+            ([2, 64, 28, 28], 64, 1),
+            ([1, 256, 14, 14], 256, 1),
+            // Long sums: 25,088 outputs per weight.
+            ([2, 16, 112, 112], 16, 1),
+        ] {
+            for threads in [1, 2] {
+                let err = weight_grad_error(dims, k, padding, threads);
+                eprintln!(
+                    "{dims:?} k {k} pad {padding} threads {threads}: relative error {err:.2e}"
+                );
+                assert!(
+                    err < 1e-4,
+                    "{dims:?} k {k} pad {padding}: relative error {err:e}"
+                );
+            }
+        }
+    }
+
+    /// VGG-16's channel counts (spatial sizes reduced), where the error would grow with the
+    /// accumulation length: within 1e-4 of the direct method, relative to the output's scale.
+    #[test]
+    fn stays_within_1e_4_of_direct_on_vgg_channel_counts() {
+        for (c, k, side) in [
+            (64, 64, 32),
+            (64, 128, 24),
+            (128, 256, 16),
+            (256, 512, 14),
+            (512, 512, 14),
+        ] {
+            let err = relative_error([1, c, side, side], k, 1, true, 2);
+            eprintln!("{c}->{k} at {side}x{side}: relative error {err:.2e}");
+            assert!(
+                err < 1e-4,
+                "{c}->{k} at {side}x{side}: relative error {err:e}"
+            );
+        }
+    }
+}
