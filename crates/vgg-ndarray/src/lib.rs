@@ -80,8 +80,10 @@ pub struct CpuBackend {
 }
 
 /// Default bound of the bytes of freed buffers kept for reuse. Measured on VGG-16 forward-backward
-/// at batch 32: 2 GiB kept 4.52 GiB resident at 10.03 s/step, 512 MiB 3.30 GiB at 10.30 s/step.
-pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 512 << 20;
+/// at batch 32 before Winograd: 2 GiB kept 4.52 GiB resident at 10.03 s/step, 512 MiB 3.30 GiB at
+/// 10.30 s/step. With Winograd's transformed weights and gradient sums (up to ~110 MB more at the
+/// peak), 512 MiB kept 3.55 GiB at 6.80 s/step and 384 MiB 3.38 GiB at 6.83 s/step.
+pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 384 << 20;
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
