@@ -9,9 +9,10 @@ use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{CompileOptions, Ptx};
 use vgg_tensor::{
-    adam_corrections, argmax, check_channel_bias, check_keep_prob, check_labels, check_row_bias,
-    check_scalar, matmul_dims, same_shape, AdamParams, Backend, Conv2dParams, ConvGeometry,
-    DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape, TensorError,
+    adam_corrections, argmax, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
+    check_reshape, check_row_bias, check_scalar, check_upload, matmul_dims, same_shape, AdamParams,
+    Backend, Conv2dParams, ConvGeometry, DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape,
+    TensorError,
 };
 
 use crate::dnn::{ConvOp, Dnn};
@@ -356,16 +357,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, shape: &Shape, data: &[f32]) -> Result<CudaTensor> {
-        let n = shape.checked_elements()?;
-        if n != data.len() {
-            return Err(TensorError::InvalidArgument {
-                op: "upload",
-                message: format!(
-                    "{} values given for shape {shape}, which holds {n}",
-                    data.len()
-                ),
-            });
-        }
+        let n = check_upload(shape, data.len())?;
         self.build(shape.clone(), |out| {
             if n > 0 {
                 let mut dst = out.slice_mut(0..n);
@@ -401,14 +393,7 @@ impl Backend for CudaBackend {
     }
 
     fn reshape(&self, t: &CudaTensor, shape: &Shape) -> Result<CudaTensor> {
-        if shape.checked_elements()? != t.shape.elements() {
-            return Err(TensorError::ShapeMismatch {
-                op: "reshape",
-                what: "the new shape must hold as many elements",
-                lhs: t.shape.clone(),
-                rhs: shape.clone(),
-            });
-        }
+        check_reshape(&t.shape, shape)?;
         Ok(CudaTensor {
             shape: shape.clone(),
             buf: t.buf.clone(),
@@ -763,13 +748,7 @@ impl Backend for CudaBackend {
     }
 
     fn argmax_rows(&self, x: &CudaTensor) -> Result<Vec<usize>> {
-        let (_, f) = x.shape.matrix("argmax_rows")?;
-        if f == 0 {
-            return Err(TensorError::InvalidArgument {
-                op: "argmax_rows",
-                message: format!("rows of {} are empty", x.shape),
-            });
-        }
+        let (_, f) = check_argmax_rows(&x.shape)?;
         // Rows of logits are small: the host picks the maxima exactly as the CPU backend does.
         Ok(self.download(x)?.chunks(f).map(argmax).collect())
     }

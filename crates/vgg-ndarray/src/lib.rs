@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use vgg_tensor::{
-    adam_corrections, argmax, check_channel_bias, check_keep_prob, check_labels, check_row_bias,
-    check_scalar, matmul_dims, random, same_shape, AdamParams, Backend, Conv2dParams, ConvGeometry,
-    DeviceTensor, Pool2dParams, PoolGeometry, Result, Shape, TensorError,
+    adam_corrections, argmax, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
+    check_reshape, check_row_bias, check_scalar, check_upload, matmul_dims, random, same_shape,
+    AdamParams, Backend, Conv2dParams, ConvGeometry, DeviceTensor, Pool2dParams, PoolGeometry,
+    Result, Shape, TensorError,
 };
 
 pub use crate::buffer::MemoryStats;
@@ -224,16 +225,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, shape: &Shape, data: &[f32]) -> Result<CpuTensor> {
-        let n = shape.checked_elements()?;
-        if n != data.len() {
-            return Err(TensorError::InvalidArgument {
-                op: "upload",
-                message: format!(
-                    "{} values given for shape {shape}, which holds {n}",
-                    data.len()
-                ),
-            });
-        }
+        check_upload(shape, data.len())?;
         Ok(self.build(shape.clone(), |out| out.copy_from_slice(data)))
     }
 
@@ -271,14 +263,7 @@ impl Backend for CpuBackend {
     }
 
     fn reshape(&self, t: &CpuTensor, shape: &Shape) -> Result<CpuTensor> {
-        if shape.checked_elements()? != t.shape.elements() {
-            return Err(TensorError::ShapeMismatch {
-                op: "reshape",
-                what: "the new shape must hold as many elements",
-                lhs: t.shape.clone(),
-                rhs: shape.clone(),
-            });
-        }
+        check_reshape(&t.shape, shape)?;
         Ok(CpuTensor {
             shape: shape.clone(),
             buf: t.buf.clone(),
@@ -547,13 +532,7 @@ impl Backend for CpuBackend {
     }
 
     fn argmax_rows(&self, x: &CpuTensor) -> Result<Vec<usize>> {
-        let (_, f) = x.shape.matrix("argmax_rows")?;
-        if f == 0 {
-            return Err(TensorError::InvalidArgument {
-                op: "argmax_rows",
-                message: format!("rows of {} are empty", x.shape),
-            });
-        }
+        let (_, f) = check_argmax_rows(&x.shape)?;
         Ok(x.as_slice().chunks(f).map(argmax).collect())
     }
 

@@ -121,6 +121,23 @@ const CHUNK_BYTES: usize = 3 << 19;
 /// Tiles a chunk's GEMMs need at least (see `chunking`).
 const MIN_TILES: usize = 64;
 
+/// The 2-D transform F d Ft of N x N lane blocks, given F as `f` (N values in, P out): F applied
+/// to every column, then to every row of the result.
+#[inline(always)]
+fn transform_2d<const N: usize, const P: usize>(
+    d: &[[Lanes; N]; N],
+    f: impl Fn(&[Lanes; N]) -> [Lanes; P],
+) -> [[Lanes; P]; P] {
+    let mut cols = [[[0.0f32; LANES]; N]; P];
+    for j in 0..N {
+        let column: [Lanes; N] = std::array::from_fn(|i| d[i][j]);
+        for (a, v) in f(&column).into_iter().enumerate() {
+            cols[a][j] = v;
+        }
+    }
+    std::array::from_fn(|a| f(&cols[a]))
+}
+
 /// Whether a convolution can run here: 3x3, stride 1, padding at most 2.
 pub fn applies(g: &ConvGeometry) -> bool {
     g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.padding <= 2
@@ -165,14 +182,8 @@ fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
                     }
                 }
             }
-            let mut cols = [[[0.0f32; LANES]; 3]; A];
-            for j in 0..3 {
-                for (a, v) in g3(&[g[0][j], g[1][j], g[2][j]]).into_iter().enumerate() {
-                    cols[a][j] = v;
-                }
-            }
-            for (a, row) in cols.iter().enumerate() {
-                for (b, values) in g3(row).iter().enumerate() {
+            for (a, row) in transform_2d(&g, g3).iter().enumerate() {
+                for (b, values) in row.iter().enumerate() {
                     // SAFETY: inside u; only this output channel's task writes row ko.
                     unsafe { out.write_slice(((a * A + b) * k + ko) * c + c0, &values[..lanes]) };
                 }
@@ -232,22 +243,9 @@ fn transform_input_generic(
                         }
                     }
                 }
-                // Bt d B: the columns, then the rows.
-                let mut cols = [[[0.0f32; LANES]; A]; A];
-                for j in 0..A {
-                    let column = [d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j]];
-                    for (a, v) in bt6(&column).into_iter().enumerate() {
-                        cols[a][j] = v;
-                    }
-                }
                 let lanes = LANES.min(tiles_w - t0);
-                let base = ri * tiles_w + t0;
-                for (a, row) in cols.iter().enumerate() {
-                    for (b, out) in bt6(row).iter().enumerate() {
-                        let dst = &mut v[((a * A + b) * c_count + ci) * tiles + base..][..lanes];
-                        copy_lanes(dst, out);
-                    }
-                }
+                let at = ci * tiles + ri * tiles_w + t0;
+                store_positions(&transform_2d(&d, bt6), v, c_count * tiles, at, lanes);
             }
         }
     }
@@ -294,23 +292,9 @@ fn transform_output_grad_generic(
                         }
                     }
                 }
-                let mut cols = [[[0.0f32; LANES]; M]; A];
-                for j in 0..M {
-                    for (a, v) in a4(&[d[0][j], d[1][j], d[2][j], d[3][j]])
-                        .into_iter()
-                        .enumerate()
-                    {
-                        cols[a][j] = v;
-                    }
-                }
                 let lanes = LANES.min(tiles_w - t0);
-                let base = ri * tiles_w + t0;
-                for (a, row) in cols.iter().enumerate() {
-                    for (b, out) in a4(row).iter().enumerate() {
-                        let dst = &mut dm[((a * A + b) * k_count + ko) * tiles + base..][..lanes];
-                        copy_lanes(dst, out);
-                    }
-                }
+                let at = ko * tiles + ri * tiles_w + t0;
+                store_positions(&transform_2d(&d, a4), dm, k_count * tiles, at, lanes);
             }
         }
     }
@@ -339,26 +323,13 @@ fn transform_output_generic(
             for t0 in (0..tiles_w).step_by(LANES) {
                 let lanes = LANES.min(tiles_w - t0);
                 let base = ri * tiles_w + t0;
-                let mut s = [[[0.0f32; LANES]; A]; A];
-                for (pos, chunk) in s.iter_mut().flatten().enumerate() {
-                    let src = &m[(pos * k_count + ko) * tiles + base..][..lanes];
-                    copy_lanes(&mut chunk[..lanes], src);
-                }
-                // At s A: the columns, then the rows.
-                let mut cols = [[[0.0f32; LANES]; A]; M];
-                for j in 0..A {
-                    let column = [s[0][j], s[1][j], s[2][j], s[3][j], s[4][j], s[5][j]];
-                    for (a, v) in at6(&column).into_iter().enumerate() {
-                        cols[a][j] = v;
-                    }
-                }
+                let s = load_positions(m, k_count * tiles, ko * tiles + base, lanes);
                 let width = (g.out_w - t0 * M).min(LANES * M);
-                for (a, row) in cols.iter().enumerate() {
+                for (a, out) in transform_2d(&s, at6).iter().enumerate() {
                     let oh = th * M + a;
                     if oh >= g.out_h {
                         break;
                     }
-                    let out = at6(row);
                     // Interleave the lanes' 4 columns into one output row segment.
                     let mut line = [0.0f32; LANES * M];
                     for (bcol, ob) in out.iter().enumerate() {
@@ -374,6 +345,25 @@ fn transform_output_generic(
             }
         }
     }
+}
+
+/// Stores position (a, b) of `t` at dst[(a * A + b) * stride + at..][..lanes]: the transformed
+/// tiles' layout, one [rows, tiles] matrix per position.
+#[inline(always)]
+fn store_positions(t: &[[Lanes; A]; A], dst: &mut [f32], stride: usize, at: usize, lanes: usize) {
+    for (pos, values) in t.iter().flatten().enumerate() {
+        copy_lanes(&mut dst[pos * stride + at..][..lanes], values);
+    }
+}
+
+/// The inverse of `store_positions`: lanes beyond `lanes` are zero.
+#[inline(always)]
+fn load_positions(src: &[f32], stride: usize, at: usize, lanes: usize) -> [[Lanes; A]; A] {
+    let mut t = [[[0.0f32; LANES]; A]; A];
+    for (pos, values) in t.iter_mut().flatten().enumerate() {
+        copy_lanes(&mut values[..lanes], &src[pos * stride + at..][..lanes]);
+    }
+    t
 }
 
 /// dst = src[..dst.len()]. Full groups of lanes are copied as fixed-size arrays (vector moves);
@@ -757,21 +747,10 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
     dw.par_chunks_mut(c * 9).enumerate().for_each(|(ko, dw_k)| {
         for c0 in (0..c).step_by(LANES) {
             let lanes = LANES.min(c - c0);
-            let mut u = [[[0.0f32; LANES]; A]; A];
-            for (pos, lane) in u.iter_mut().flatten().enumerate() {
-                let start = (pos * k + ko) * c + c0;
-                copy_lanes(&mut lane[..lanes], &du[start..start + lanes]);
-            }
-            let mut cols = [[[0.0f32; LANES]; A]; 3];
-            for b in 0..A {
-                let column = [u[0][b], u[1][b], u[2][b], u[3][b], u[4][b], u[5][b]];
-                for (i, v) in gt6(&column).into_iter().enumerate() {
-                    cols[i][b] = v;
-                }
-            }
+            let u = load_positions(&du, k * c, ko * c + c0, lanes);
             let mut block = [0.0f32; LANES * 9];
-            for (i, row) in cols.iter().enumerate() {
-                for (j, values) in gt6(row).iter().enumerate() {
+            for (i, row) in transform_2d(&u, gt6).iter().enumerate() {
+                for (j, values) in row.iter().enumerate() {
                     for (l, &v) in values.iter().enumerate() {
                         block[l * 9 + i * 3 + j] = v;
                     }

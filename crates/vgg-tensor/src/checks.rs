@@ -47,6 +47,43 @@ pub fn check_labels(op: &'static str, logits: &Shape, labels: &[usize]) -> Resul
     Ok((n, f))
 }
 
+/// Host data for `upload` must fill the shape exactly; returns the element count.
+pub fn check_upload(shape: &Shape, values: usize) -> Result<usize> {
+    let n = shape.checked_elements()?;
+    if n != values {
+        return Err(TensorError::InvalidArgument {
+            op: "upload",
+            message: format!("{values} values given for shape {shape}, which holds {n}"),
+        });
+    }
+    Ok(n)
+}
+
+/// `reshape` keeps the element count.
+pub fn check_reshape(from: &Shape, to: &Shape) -> Result<()> {
+    if to.checked_elements()? != from.elements() {
+        return Err(TensorError::ShapeMismatch {
+            op: "reshape",
+            what: "the new shape must hold as many elements",
+            lhs: from.clone(),
+            rhs: to.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// `argmax_rows` needs rows of at least one element; returns (rows, row length).
+pub fn check_argmax_rows(x: &Shape) -> Result<(usize, usize)> {
+    let (n, f) = x.matrix("argmax_rows")?;
+    if f == 0 {
+        return Err(TensorError::InvalidArgument {
+            op: "argmax_rows",
+            message: format!("rows of {x} are empty"),
+        });
+    }
+    Ok((n, f))
+}
+
 /// Dropout's keep probability must lie in (0, 1].
 pub fn check_keep_prob(op: &'static str, keep_prob: f32) -> Result<()> {
     if keep_prob > 0.0 && keep_prob <= 1.0 {

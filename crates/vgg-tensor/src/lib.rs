@@ -11,8 +11,8 @@ mod shape;
 use std::fmt;
 
 pub use checks::{
-    adam_corrections, argmax, check_channel_bias, check_keep_prob, check_labels, check_row_bias,
-    check_scalar, matmul_dims, same_shape,
+    adam_corrections, argmax, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
+    check_reshape, check_row_bias, check_scalar, check_upload, matmul_dims, same_shape,
 };
 pub use shape::{window_len, Conv2dParams, ConvGeometry, Pool2dParams, PoolGeometry, Shape};
 
