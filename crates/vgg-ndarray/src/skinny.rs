@@ -10,7 +10,7 @@ pub const MAX_ROWS: usize = 16;
 const LANES: usize = 16;
 
 /// Dot product with 16 independent partial sums, which the compiler keeps in vector registers.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -24,6 +24,41 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// C^T rows for a block of B's rows.
+#[inline(always)]
+fn block_generic(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+    for (ct_row, b_row) in ct.chunks_exact_mut(m).zip(b.chunks_exact(k)) {
+        for (i, out) in ct_row.iter_mut().enumerate() {
+            *out = dot(&a[i * k..(i + 1) * k], b_row);
+        }
+    }
+}
+
+/// `block_generic` compiled for the widest vector unit the CPU has (the default target has SSE2).
+fn block(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+            block_generic(a, b, m, k, ct)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+            block_generic(a, b, m, k, ct)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { avx512(a, b, m, k, ct) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { avx2(a, b, m, k, ct) };
+        }
+    }
+    block_generic(a, b, m, k, ct)
+}
+
 /// C [m, n] = A [m, k] B^T, B given as [n, k] row-major (a linear layer's forward).
 pub fn a_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
     const ROWS_PER_TASK: usize = 32;
@@ -31,13 +66,7 @@ pub fn a_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
     let mut ct = vec![0.0f32; n * m];
     ct.par_chunks_mut(ROWS_PER_TASK * m)
         .zip(b.par_chunks(ROWS_PER_TASK * k))
-        .for_each(|(ct, b)| {
-            for (ct_row, b_row) in ct.chunks_exact_mut(m).zip(b.chunks_exact(k)) {
-                for (i, out) in ct_row.iter_mut().enumerate() {
-                    *out = dot(&a[i * k..(i + 1) * k], b_row);
-                }
-            }
-        });
+        .for_each(|(ct, b)| block(a, b, m, k, ct));
     for i in 0..m {
         for j in 0..n {
             c[i * n + j] = ct[j * m + i];

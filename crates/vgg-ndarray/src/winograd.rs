@@ -211,36 +211,36 @@ fn transform_input_generic(
     let tiles = rows.len() * tiles_w;
     let c_count = g.in_channels;
     let plane = g.in_h * g.in_w;
-    // A zero-padded copy of the A input rows one tile row reads, wide enough for every lane.
-    let width = tiles_w.next_multiple_of(LANES) * M + 2;
-    let mut strip = vec![0.0f32; A * width];
+    // The A input rows one tile row reads, zero-padded, split by column phase: column 4q + p at
+    // [p][q], so that column j of the tiles t0.. is one contiguous load at [j % 4][t0 + j / 4..].
+    let quads = tiles_w.next_multiple_of(LANES) + 1;
+    let mut padded = vec![0.0f32; M * quads];
+    let mut phases = vec![0.0f32; A * M * quads];
     for (ri, row) in rows.clone().enumerate() {
         let (n, th) = (row / tiles_h, row % tiles_h);
         for ci in 0..c_count {
             let src = &x[(n * c_count + ci) * plane..][..plane];
-            for i in 0..A {
-                let dst = &mut strip[i * width..(i + 1) * width];
-                dst.fill(0.0);
+            for (i, split) in phases.chunks_exact_mut(M * quads).enumerate() {
                 let ih = (th * M + i) as isize - g.padding as isize;
                 if ih < 0 || ih >= g.in_h as isize {
+                    split.fill(0.0);
                     continue;
                 }
                 let line = &src[ih as usize * g.in_w..][..g.in_w];
-                // Input column iw lands at strip column iw + padding.
-                let end = (g.padding + g.in_w).min(width);
-                dst[g.padding..end].copy_from_slice(&line[..end - g.padding]);
+                // Input column iw lands at padded column iw + padding.
+                let end = (g.padding + g.in_w).min(padded.len());
+                padded.fill(0.0);
+                padded[g.padding..end].copy_from_slice(&line[..end - g.padding]);
+                split_phases(&padded, split, quads);
             }
             for t0 in (0..tiles_w).step_by(LANES) {
-                // d[i][j][l]: element (i, j) of tile t0 + l. Fixed-size rows: no bounds checks.
+                // d[i][j][l]: element (i, j) of tile t0 + l.
                 let mut d = [[[0.0f32; LANES]; A]; A];
-                for (i, di) in d.iter_mut().enumerate() {
-                    let row: &[f32; LANES * M + 2] = strip[i * width + t0 * M..][..LANES * M + 2]
-                        .try_into()
-                        .expect("the strip is wide enough for every lane");
+                for (di, split) in d.iter_mut().zip(phases.chunks_exact(M * quads)) {
                     for (j, dij) in di.iter_mut().enumerate() {
-                        for (l, v) in dij.iter_mut().enumerate() {
-                            *v = row[l * M + j];
-                        }
+                        let start = (j % M) * quads + t0 + j / M;
+                        *dij = *<&Lanes>::try_from(&split[start..start + LANES])
+                            .expect("LANES values");
                     }
                 }
                 let lanes = LANES.min(tiles_w - t0);
@@ -264,32 +264,32 @@ fn transform_output_grad_generic(
     let tiles = rows.len() * tiles_w;
     let k_count = g.out_channels;
     let plane = g.out_h * g.out_w;
-    let width = tiles_w.next_multiple_of(LANES) * M;
-    let mut strip = vec![0.0f32; M * width];
+    // The 4 output-gradient rows of a tile row, zero beyond the edges, split by column phase
+    // (see `transform_input_generic`): column j of the tiles t0.. is at [j][t0..].
+    let quads = tiles_w.next_multiple_of(LANES);
+    let mut padded = vec![0.0f32; M * quads];
+    let mut phases = vec![0.0f32; M * M * quads];
     for (ri, row) in rows.clone().enumerate() {
         let (n, th) = (row / tiles_h, row % tiles_h);
         for ko in 0..k_count {
             let src = &dy[(n * k_count + ko) * plane..][..plane];
-            for i in 0..M {
-                let dst = &mut strip[i * width..(i + 1) * width];
+            for (i, split) in phases.chunks_exact_mut(M * quads).enumerate() {
                 let oh = th * M + i;
-                if oh < g.out_h {
-                    dst[..g.out_w].copy_from_slice(&src[oh * g.out_w..(oh + 1) * g.out_w]);
-                    dst[g.out_w..].fill(0.0);
-                } else {
-                    dst.fill(0.0);
+                if oh >= g.out_h {
+                    split.fill(0.0);
+                    continue;
                 }
+                padded[..g.out_w].copy_from_slice(&src[oh * g.out_w..(oh + 1) * g.out_w]);
+                padded[g.out_w..].fill(0.0);
+                split_phases(&padded, split, quads);
             }
             for t0 in (0..tiles_w).step_by(LANES) {
                 let mut d = [[[0.0f32; LANES]; M]; M];
-                for (i, di) in d.iter_mut().enumerate() {
-                    let row: &[f32; LANES * M] = strip[i * width + t0 * M..][..LANES * M]
-                        .try_into()
-                        .expect("the strip is wide enough for every lane");
+                for (di, split) in d.iter_mut().zip(phases.chunks_exact(M * quads)) {
                     for (j, dij) in di.iter_mut().enumerate() {
-                        for (l, v) in dij.iter_mut().enumerate() {
-                            *v = row[l * M + j];
-                        }
+                        let start = j * quads + t0;
+                        *dij = *<&Lanes>::try_from(&split[start..start + LANES])
+                            .expect("LANES values");
                     }
                 }
                 let lanes = LANES.min(tiles_w - t0);
@@ -344,6 +344,20 @@ fn transform_output_generic(
                 }
             }
         }
+    }
+}
+
+/// Splits a row into its 4 column phases: split[p * quads + q] = row[4 q + p].
+#[inline(always)]
+fn split_phases(row: &[f32], split: &mut [f32], quads: usize) {
+    let (p0, rest) = split.split_at_mut(quads);
+    let (p1, rest) = rest.split_at_mut(quads);
+    let (p2, p3) = rest.split_at_mut(quads);
+    for ((((q, a), b), c), d) in row.chunks_exact(M).zip(p0).zip(p1).zip(p2).zip(p3) {
+        *a = q[0];
+        *b = q[1];
+        *c = q[2];
+        *d = q[3];
     }
 }
 
