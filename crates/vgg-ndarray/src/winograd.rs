@@ -380,19 +380,35 @@ fn load_positions(src: &[f32], stride: usize, at: usize, lanes: usize) -> [[Lane
     t
 }
 
-/// dst = src[..dst.len()]. Full groups of lanes are copied as fixed-size arrays (vector moves);
-/// a runtime-length copy_from_slice calls memmove, which cost more than the transforms here.
+/// dst = src[..dst.len()]. Copied in fixed-size pieces (16, then 8, 4, 2, 1 values), which
+/// compile to vector moves: a runtime-length copy_from_slice calls memmove, and a plain loop over
+/// a partial group of lanes is scalar, each costing more than the transforms here.
 #[inline(always)]
 fn copy_lanes(dst: &mut [f32], src: &[f32]) {
-    let n = dst.len();
-    let mut d = dst.chunks_exact_mut(LANES);
-    let mut s = src[..n].chunks_exact(LANES);
-    for (d, s) in (&mut d).zip(&mut s) {
-        let d: &mut Lanes = d.try_into().expect("LANES elements");
-        *d = *<&Lanes>::try_from(s).expect("LANES elements");
+    #[inline(always)]
+    fn piece<const N: usize>(dst: &mut [f32], src: &[f32], at: &mut usize) {
+        let d: &mut [f32; N] = (&mut dst[*at..*at + N]).try_into().expect("N values");
+        *d = *<&[f32; N]>::try_from(&src[*at..*at + N]).expect("N values");
+        *at += N;
     }
-    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
-        *d = *s;
+    let n = dst.len();
+    let src = &src[..n];
+    let mut at = 0;
+    while n - at >= LANES {
+        piece::<LANES>(dst, src, &mut at);
+    }
+    let rest = n - at;
+    if rest & 8 != 0 {
+        piece::<8>(dst, src, &mut at);
+    }
+    if rest & 4 != 0 {
+        piece::<4>(dst, src, &mut at);
+    }
+    if rest & 2 != 0 {
+        piece::<2>(dst, src, &mut at);
+    }
+    if rest & 1 != 0 {
+        piece::<1>(dst, src, &mut at);
     }
 }
 
