@@ -72,9 +72,16 @@ impl<B: Backend> Tape<B> {
             y,
             saved,
             Box::new(move |b, dy, needs| {
-                let dz = match &yv {
-                    Some(y) => b.relu_backward(dy, y)?,
-                    None => dy.clone(),
+                // The bias gradient comes out of the same pass as the ReLU's mask.
+                let (dz, db) = if needs[2] {
+                    let (dz, db) = b.bias_act_backward(dy, yv.as_ref())?;
+                    (dz, Some(db))
+                } else {
+                    let dz = match &yv {
+                        Some(y) => b.relu_backward(dy, y)?,
+                        None => dy.clone(),
+                    };
+                    (dz, None)
                 };
                 drop(yv);
                 Ok(vec![
@@ -84,7 +91,7 @@ impl<B: Backend> Tape<B> {
                     when(needs[1], || {
                         b.conv2d_backward_weight(&xv, &dz, wv.shape(), p)
                     })?,
-                    when(needs[2], || b.channel_bias_grad(&dz))?,
+                    db,
                 ])
             }),
         )

@@ -161,6 +161,31 @@ fn fused_conv_bias_relu_equals_its_parts() {
     );
 }
 
+/// The fused backward of bias and ReLU gives exactly what its two parts give.
+#[test]
+fn fused_bias_relu_backward_equals_its_parts() {
+    let b = cpu();
+    let dy = tensor(&b, &[3, 4, 5, 7], &data(420, 4));
+    let y = b.relu(&tensor(&b, &[3, 4, 5, 7], &data(420, 5))).unwrap();
+    let (dz, db) = b.bias_act_backward(&dy, Some(&y)).unwrap();
+    let dz_parts = b.relu_backward(&dy, &y).unwrap();
+    assert_eq!(host(&b, &dz), host(&b, &dz_parts), "dz");
+    assert_eq!(
+        host(&b, &db),
+        host(&b, &b.channel_bias_grad(&dz_parts).unwrap()),
+        "db"
+    );
+    let (dz, db) = b.bias_act_backward(&dy, None).unwrap();
+    assert_eq!(host(&b, &dz), host(&b, &dy), "dz without ReLU");
+    assert_eq!(host(&b, &db), host(&b, &b.channel_bias_grad(&dy).unwrap()));
+    assert!(b.bias_act_backward(&dy, Some(&dz_parts.clone())).is_ok());
+    let other = b.zeros(&Shape::from([3, 4, 5, 6])).unwrap();
+    assert!(matches!(
+        b.bias_act_backward(&dy, Some(&other)),
+        Err(TensorError::ShapeMismatch { .. })
+    ));
+}
+
 #[test]
 fn max_pool_and_its_gradient_match_naive_loops() {
     let b = cpu();

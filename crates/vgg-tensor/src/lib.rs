@@ -169,6 +169,22 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
     /// The gradient of `add_channel_bias` with respect to the bias: sums over N, H and W.
     fn channel_bias_grad(&self, dy: &Self::Tensor) -> Result<Self::Tensor>;
 
+    /// The backward of the bias and ReLU of `conv2d_bias_act`: dz = dy where its output `y` is
+    /// positive (dy itself without ReLU), and the bias gradient, dz summed over N, H and W.
+    /// Backends fuse the two passes over dz where they can.
+    fn bias_act_backward(
+        &self,
+        dy: &Self::Tensor,
+        y: Option<&Self::Tensor>,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        let dz = match y {
+            Some(y) => self.relu_backward(dy, y)?,
+            None => dy.clone(),
+        };
+        let db = self.channel_bias_grad(&dz)?;
+        Ok((dz, db))
+    }
+
     /// Convolution, bias and optional ReLU in one pass. Backends fuse it where they can.
     fn conv2d_bias_act(
         &self,
