@@ -80,11 +80,12 @@ pub struct CpuBackend {
     buffers: Arc<Pool>,
 }
 
-/// Default bound of the bytes of freed buffers kept for reuse. Measured on VGG-16 forward-backward
-/// at batch 32 before Winograd: 2 GiB kept 4.52 GiB resident at 10.03 s/step, 512 MiB 3.30 GiB at
-/// 10.30 s/step. With Winograd's transformed weights and gradient sums (up to ~110 MB more at the
-/// peak), 512 MiB kept 3.55 GiB at 6.80 s/step and 384 MiB 3.38 GiB at 6.83 s/step.
-pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 384 << 20;
+/// Default bound of the bytes of freed buffers kept for reuse. It must hold fc6's weight gradient
+/// (411 MB, fresh and page-faulted every step otherwise: fc6's backward 52 -> 123 ms at batch 8)
+/// and keep VGG-16 forward-backward at batch 32 under 3.5 GiB resident. Measured there: 2 GiB
+/// kept 4.52 GiB (before Winograd); with Winograd's transformed weights and gradient sums, 512 MiB
+/// kept 3.55 GiB, 448 MiB 3.40 GiB at 6.13 s/step.
+pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 448 << 20;
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
