@@ -229,8 +229,9 @@ fn transform_input_generic(
                 let line = &src[ih as usize * g.in_w..][..g.in_w];
                 // Input column iw lands at padded column iw + padding.
                 let end = (g.padding + g.in_w).min(padded.len());
-                padded.fill(0.0);
+                padded[..g.padding].fill(0.0);
                 padded[g.padding..end].copy_from_slice(&line[..end - g.padding]);
+                padded[end..].fill(0.0);
                 split_phases(&padded, split, quads);
             }
             for t0 in (0..tiles_w).step_by(LANES) {
