@@ -198,7 +198,7 @@ fn tile_grid(g: &ConvGeometry) -> (usize, usize) {
     (g.out_h.div_ceil(M), g.out_w.div_ceil(M))
 }
 
-/// V[pos][c][t] for the tile rows `rows` (global indices over batch x tile rows), t counting
+/// V[c][pos][t] for the tile rows `rows` (global indices over batch x tile rows), t counting
 /// tiles in order across those rows.
 #[inline(always)]
 fn transform_input_generic(
@@ -245,14 +245,14 @@ fn transform_input_generic(
                     }
                 }
                 let lanes = LANES.min(tiles_w - t0);
-                let at = ci * tiles + ri * tiles_w + t0;
-                store_positions(&transform_2d(&d, bt6), v, c_count * tiles, at, lanes);
+                let at = ci * POSITIONS * tiles + ri * tiles_w + t0;
+                store_positions(&transform_2d(&d, bt6), v, tiles, at, lanes);
             }
         }
     }
 }
 
-/// dM[pos][k][t] = (A dY At)[pos] for the 4x4 output-gradient blocks of the tile rows `rows`
+/// dM[k][pos][t] = (A dY At)[pos] for the 4x4 output-gradient blocks of the tile rows `rows`
 /// (blocks cut by the output's edge read zeros beyond it).
 #[inline(always)]
 fn transform_output_grad_generic(
@@ -294,8 +294,8 @@ fn transform_output_grad_generic(
                     }
                 }
                 let lanes = LANES.min(tiles_w - t0);
-                let at = ko * tiles + ri * tiles_w + t0;
-                store_positions(&transform_2d(&d, a4), dm, k_count * tiles, at, lanes);
+                let at = ko * POSITIONS * tiles + ri * tiles_w + t0;
+                store_positions(&transform_2d(&d, a4), dm, tiles, at, lanes);
             }
         }
     }
@@ -324,7 +324,7 @@ fn transform_output_generic(
             for t0 in (0..tiles_w).step_by(LANES) {
                 let lanes = LANES.min(tiles_w - t0);
                 let base = ri * tiles_w + t0;
-                let s = load_positions(m, k_count * tiles, ko * tiles + base, lanes);
+                let s = load_positions(m, tiles, ko * POSITIONS * tiles + base, lanes);
                 let width = (g.out_w - t0 * M).min(LANES * M);
                 for (a, out) in transform_2d(&s, at6).iter().enumerate() {
                     let oh = th * M + a;
@@ -362,12 +362,25 @@ fn split_phases(row: &[f32], split: &mut [f32], quads: usize) {
     }
 }
 
-/// Stores position (a, b) of `t` at dst[(a * A + b) * stride + at..][..lanes]: the transformed
-/// tiles' layout, one [rows, tiles] matrix per position.
+/// Stores position (a, b) of `t` at dst[(a * A + b) * stride + at..][..lanes] (see `position`
+/// for the layout).
 #[inline(always)]
 fn store_positions(t: &[[Lanes; A]; A], dst: &mut [f32], stride: usize, at: usize, lanes: usize) {
     for (pos, values) in t.iter().flatten().enumerate() {
         copy_lanes(&mut dst[pos * stride + at..][..lanes], values);
+    }
+}
+
+/// Position `pos`'s [rows, tiles] matrix of transformed tiles stored as [rows][POSITIONS][tiles]
+/// (each row's 36 positions together, so a transform reads or writes one region, not 36 streams).
+fn position(data: &[f32], pos: usize, rows: usize, tiles: usize) -> Mat<'_> {
+    Mat {
+        data,
+        offset: pos * tiles,
+        rows,
+        cols: tiles,
+        row_stride: POSITIONS * tiles,
+        col_stride: 1,
     }
 }
 
@@ -684,14 +697,14 @@ pub fn forward(
             for pos in 0..POSITIONS {
                 sgemm(
                     MatMut {
-                        data: &mut mm[pos * k * tiles..(pos + 1) * k * tiles],
-                        offset: 0,
+                        data: mm,
+                        offset: pos * tiles,
                         rows: k,
                         cols: tiles,
-                        row_stride: tiles,
+                        row_stride: POSITIONS * tiles,
                     },
                     Mat::row_major(&u[pos * k * c..(pos + 1) * k * c], k, c),
-                    Mat::row_major(&v[pos * c * tiles..(pos + 1) * c * tiles], c, tiles),
+                    position(v, pos, c, tiles),
                     false,
                     1,
                 );
@@ -744,8 +757,6 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
                     simd::input(x, g, rows.clone(), v);
                     simd::output_grad(dy, g, rows, dm);
                     for pos in 0..POSITIONS {
-                        let v_pos =
-                            Mat::row_major(&v[pos * c * tiles..(pos + 1) * c * tiles], c, tiles);
                         sgemm(
                             MatMut {
                                 data: &mut du[pos * k * c..(pos + 1) * k * c],
@@ -754,8 +765,8 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
                                 cols: c,
                                 row_stride: c,
                             },
-                            Mat::row_major(&dm[pos * k * tiles..(pos + 1) * k * tiles], k, tiles),
-                            v_pos.t(),
+                            position(dm, pos, k, tiles),
+                            position(v, pos, c, tiles).t(),
                             i > 0,
                             1,
                         );
