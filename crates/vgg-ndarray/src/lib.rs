@@ -6,6 +6,7 @@ mod buffer;
 pub mod conv;
 pub mod gemm;
 pub mod pool;
+mod simd;
 pub mod skinny;
 pub mod winograd;
 

@@ -34,29 +34,9 @@ fn block_generic(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
     }
 }
 
-/// `block_generic` compiled for the widest vector unit the CPU has (the default target has SSE2).
-fn block(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx2,fma")]
-        unsafe fn avx512(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
-            block_generic(a, b, m, k, ct)
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
-            block_generic(a, b, m, k, ct)
-        }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { avx512(a, b, m, k, ct) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
-            return unsafe { avx2(a, b, m, k, ct) };
-        }
-    }
-    block_generic(a, b, m, k, ct)
+crate::simd::dispatch_simd! {
+    /// `block_generic` compiled for the widest vector unit the CPU has.
+    fn block(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic
 }
 
 /// C [m, n] = A [m, k] B^T, B given as [n, k] row-major (a linear layer's forward).

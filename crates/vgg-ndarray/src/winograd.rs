@@ -450,136 +450,37 @@ impl OutPtr {
 }
 
 /// The transforms compiled for the widest vector unit the CPU has (they are most of the
-/// non-GEMM time, and the default target only has SSE2).
+/// non-GEMM time).
 mod simd {
     use super::*;
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn input_avx512(
-        x: &[f32],
-        g: &ConvGeometry,
-        rows: std::ops::Range<usize>,
-        v: &mut [f32],
-    ) {
-        transform_input_generic(x, g, rows, v)
+    crate::simd::dispatch_simd! {
+        pub(super) fn input(
+            x: &[f32],
+            g: &ConvGeometry,
+            rows: std::ops::Range<usize>,
+            v: &mut [f32],
+        ) => transform_input_generic
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn input_avx2(x: &[f32], g: &ConvGeometry, rows: std::ops::Range<usize>, v: &mut [f32]) {
-        transform_input_generic(x, g, rows, v)
+    crate::simd::dispatch_simd! {
+        pub(super) fn output_grad(
+            dy: &[f32],
+            g: &ConvGeometry,
+            rows: std::ops::Range<usize>,
+            dm: &mut [f32],
+        ) => transform_output_grad_generic
     }
 
-    pub(super) fn input(x: &[f32], g: &ConvGeometry, rows: std::ops::Range<usize>, v: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { input_avx512(x, g, rows, v) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: as above.
-                return unsafe { input_avx2(x, g, rows, v) };
-            }
-        }
-        transform_input_generic(x, g, rows, v)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn output_avx512(
-        m: &[f32],
-        g: &ConvGeometry,
-        rows: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        relu: bool,
-        y: OutPtr,
-    ) {
-        transform_output_generic(m, g, rows, bias, relu, y)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn output_avx2(
-        m: &[f32],
-        g: &ConvGeometry,
-        rows: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        relu: bool,
-        y: OutPtr,
-    ) {
-        transform_output_generic(m, g, rows, bias, relu, y)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn output_grad_avx512(
-        dy: &[f32],
-        g: &ConvGeometry,
-        rows: std::ops::Range<usize>,
-        dm: &mut [f32],
-    ) {
-        transform_output_grad_generic(dy, g, rows, dm)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn output_grad_avx2(
-        dy: &[f32],
-        g: &ConvGeometry,
-        rows: std::ops::Range<usize>,
-        dm: &mut [f32],
-    ) {
-        transform_output_grad_generic(dy, g, rows, dm)
-    }
-
-    pub(super) fn output_grad(
-        dy: &[f32],
-        g: &ConvGeometry,
-        rows: std::ops::Range<usize>,
-        dm: &mut [f32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { output_grad_avx512(dy, g, rows, dm) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: as above.
-                return unsafe { output_grad_avx2(dy, g, rows, dm) };
-            }
-        }
-        transform_output_grad_generic(dy, g, rows, dm)
-    }
-
-    pub(super) fn output(
-        m: &[f32],
-        g: &ConvGeometry,
-        rows: std::ops::Range<usize>,
-        bias: Option<&[f32]>,
-        relu: bool,
-        y: OutPtr,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has the features the function is compiled for.
-                return unsafe { output_avx512(m, g, rows, bias, relu, y) };
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                // SAFETY: as above.
-                return unsafe { output_avx2(m, g, rows, bias, relu, y) };
-            }
-        }
-        transform_output_generic(m, g, rows, bias, relu, y)
+    crate::simd::dispatch_simd! {
+        pub(super) fn output(
+            m: &[f32],
+            g: &ConvGeometry,
+            rows: std::ops::Range<usize>,
+            bias: Option<&[f32]>,
+            relu: bool,
+            y: OutPtr,
+        ) => transform_output_generic
     }
 }
 
@@ -641,7 +542,7 @@ thread_local! {
 }
 
 /// Scratch elements one chunk needs: transformed input and output.
-pub fn scratch_elements(g: &ConvGeometry, threads: usize) -> usize {
+fn scratch_elements(g: &ConvGeometry, threads: usize) -> usize {
     let (rows, _) = chunking(g, threads);
     let tiles = rows * tile_grid(g).1;
     POSITIONS * (g.in_channels + g.out_channels) * tiles
