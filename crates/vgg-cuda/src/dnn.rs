@@ -9,8 +9,8 @@ use cudarc::cudnn::{
         cudnnConvolutionBwdDataAlgo_t, cudnnConvolutionBwdFilterAlgo_t, cudnnConvolutionFwdAlgo_t,
         cudnnConvolutionMode_t, cudnnMathType_t, cudnnTensorFormat_t,
     },
-    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, FilterDescriptor,
-    TensorDescriptor,
+    ConvBackwardData, ConvBackwardFilter, ConvDescriptor, ConvForward, Cudnn, CudnnError,
+    FilterDescriptor, TensorDescriptor,
 };
 use cudarc::driver::{CudaSlice, CudaStream};
 use vgg_tensor::{ConvGeometry, Result, TensorError};
@@ -173,15 +173,11 @@ impl Dnn {
                     w: &plan.w,
                     y: &plan.y,
                 };
-                let (algo, bytes) = match plan.forward {
-                    Some(chosen) => chosen,
-                    None => {
-                        let algo = conv.pick_algorithm().map_err(&err)?;
-                        let chosen = (algo, conv.get_workspace_size(algo).map_err(&err)?);
-                        plan.forward = Some(chosen);
-                        chosen
-                    }
-                };
+                let (algo, bytes) = chosen(
+                    &mut plan.forward,
+                    || conv.pick_algorithm(),
+                    |algo| conv.get_workspace_size(algo),
+                )?;
                 let ws = reserve(workspace, stream, bytes)?;
                 // SAFETY: the slices hold exactly the elements the descriptors describe (checked by
                 // ConvGeometry before the call) and the workspace is at least `bytes` long.
@@ -194,15 +190,11 @@ impl Dnn {
                     w: &plan.w,
                     dy: &plan.y,
                 };
-                let (algo, bytes) = match plan.backward_data {
-                    Some(chosen) => chosen,
-                    None => {
-                        let algo = conv.pick_algorithm().map_err(&err)?;
-                        let chosen = (algo, conv.get_workspace_size(algo).map_err(&err)?);
-                        plan.backward_data = Some(chosen);
-                        chosen
-                    }
-                };
+                let (algo, bytes) = chosen(
+                    &mut plan.backward_data,
+                    || conv.pick_algorithm(),
+                    |algo| conv.get_workspace_size(algo),
+                )?;
                 let ws = reserve(workspace, stream, bytes)?;
                 // SAFETY: as for the forward pass.
                 unsafe { conv.launch(algo, ws, (1.0, 0.0), dx, w, dy) }.map_err(&err)
@@ -214,21 +206,33 @@ impl Dnn {
                     dw: &plan.w,
                     dy: &plan.y,
                 };
-                let (algo, bytes) = match plan.backward_filter {
-                    Some(chosen) => chosen,
-                    None => {
-                        let algo = conv.pick_algorithm().map_err(&err)?;
-                        let chosen = (algo, conv.get_workspace_size(algo).map_err(&err)?);
-                        plan.backward_filter = Some(chosen);
-                        chosen
-                    }
-                };
+                let (algo, bytes) = chosen(
+                    &mut plan.backward_filter,
+                    || conv.pick_algorithm(),
+                    |algo| conv.get_workspace_size(algo),
+                )?;
                 let ws = reserve(workspace, stream, bytes)?;
                 // SAFETY: as for the forward pass.
                 unsafe { conv.launch(algo, ws, (1.0, 0.0), x, dw, dy) }.map_err(&err)
             }
         }
     }
+}
+
+/// The algorithm cached in `slot` and its workspace size, or, the first time, cuDNN's pick.
+fn chosen<A: Copy>(
+    slot: &mut Option<(A, usize)>,
+    pick: impl FnOnce() -> std::result::Result<A, CudnnError>,
+    workspace_size: impl FnOnce(A) -> std::result::Result<usize, CudnnError>,
+) -> Result<(A, usize)> {
+    if let Some(choice) = *slot {
+        return Ok(choice);
+    }
+    let err = device_error("choosing a cuDNN convolution algorithm");
+    let algo = pick().map_err(&err)?;
+    let choice = (algo, workspace_size(algo).map_err(&err)?);
+    *slot = Some(choice);
+    Ok(choice)
 }
 
 /// The shared workspace, grown to at least `bytes` (None when no workspace is needed).
