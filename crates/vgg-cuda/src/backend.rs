@@ -423,11 +423,12 @@ impl Backend for CudaBackend {
         relu: bool,
     ) -> Result<CudaTensor> {
         let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
-        let (_, c, h, wd) = check_channel_bias("conv2d_bias_act", &g.output_shape(), &b.shape)?;
+        g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
         let mut y = self.conv2d(x, w, p)?;
         // Bias and ReLU in place on the fresh output: one pass over it.
         let n = y.shape.elements() as i64;
-        let (plane, channels, relu) = ((h * wd) as i64, c as i64, relu as i32);
+        let plane = (g.out_h * g.out_w) as i64;
+        let (channels, relu) = (g.out_channels as i64, relu as i32);
         let out = self.unique(&mut y)?;
         launch!(
             self,

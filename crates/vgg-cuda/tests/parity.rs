@@ -383,6 +383,20 @@ fn bad_operands_get_the_same_errors_as_on_the_cpu() {
         p.cpu.dropout(&a.0, 1.5, 1).unwrap_err(),
         p.gpu.dropout(&a.1, 1.5, 1).unwrap_err()
     );
+    let x = p.normal(&[1, 2, 5, 5], 3);
+    let w = p.normal(&[4, 2, 3, 3], 4);
+    let conv = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    assert_eq!(
+        p.cpu
+            .conv2d_bias_act(&x.0, &w.0, &a.0, conv, true)
+            .unwrap_err(),
+        p.gpu
+            .conv2d_bias_act(&x.1, &w.1, &a.1, conv, true)
+            .unwrap_err()
+    );
     assert!(p.gpu.upload(&Shape::from([3]), &[1.0, 2.0]).is_err());
 }
 

@@ -295,14 +295,7 @@ impl Backend for CpuBackend {
         relu: bool,
     ) -> Result<CpuTensor> {
         let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
-        if b.shape.dims() != [g.out_channels] {
-            return Err(TensorError::ShapeMismatch {
-                op: "conv2d_bias_act",
-                what: "bias must be [output channels]",
-                lhs: w.shape.clone(),
-                rhs: b.shape.clone(),
-            });
-        }
+        g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
         Ok(self.build(g.output_shape(), |y| {
             conv::forward_fused(
                 x.as_slice(),

@@ -159,6 +159,15 @@ fn fused_conv_bias_relu_equals_its_parts() {
         1e-6,
         "conv2d_bias_act",
     );
+    // A bias that is not [output channels] is named, with the weight's shape beside it.
+    let wrong = tensor(&b, &[3], &data(3, 4));
+    match b.conv2d_bias_act(&x, &w, &wrong, p, true) {
+        Err(TensorError::ShapeMismatch { what, lhs, rhs, .. }) => {
+            assert_eq!(what, "bias must be [output channels]");
+            assert_eq!((lhs, rhs), (Shape::from([4, 3, 3, 3]), Shape::from([3])));
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
 }
 
 /// The fused backward of bias and ReLU gives exactly what its two parts give.

@@ -245,6 +245,19 @@ impl ConvGeometry {
         }
         Ok(())
     }
+
+    /// Checks a bias for this convolution's output: [output channels].
+    pub fn check_bias(&self, op: &'static str, weight: &Shape, bias: &Shape) -> Result<()> {
+        if bias.dims() != [self.out_channels] {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                what: "bias must be [output channels]",
+                lhs: weight.clone(),
+                rhs: bias.clone(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The validated geometry of one max-pool.
