@@ -162,7 +162,8 @@ fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
 
 /// U[pos][k][c] = (G w[k][c] Gt)[pos] for OIHW 3x3 weights, 16 input channels at a time.
 fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
-    let mut u = spare_zeroed(POSITIONS * k * c);
+    // Every (pos, k, c) is written below.
+    let mut u = spare(POSITIONS * k * c);
     let out = OutPtr {
         ptr: u.as_mut_ptr(),
         len: u.len(),
@@ -505,8 +506,10 @@ fn chunking(g: &ConvGeometry, threads: usize) -> (usize, usize) {
 static SPARES: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
 const SPARE_BYTES: usize = 40 << 20;
 
-/// `len` zeros, in a recycled vector where one is big enough.
-fn spare_zeroed(len: usize) -> Vec<f32> {
+/// A vector of `len` values whose contents are unspecified (stale values of an earlier call,
+/// or zeros): a recycled one where one is big enough. Both callers overwrite every element, so
+/// clearing a recycled 36 MiB vector first would only be another pass over it.
+fn spare(len: usize) -> Vec<f32> {
     let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
     let best = (0..spares.len())
         .filter(|&i| spares[i].capacity() >= len)
@@ -515,7 +518,8 @@ fn spare_zeroed(len: usize) -> Vec<f32> {
         Some(i) => {
             let mut v = spares.swap_remove(i);
             drop(spares);
-            v.clear();
+            // Only elements beyond the old length are written here.
+            v.truncate(len);
             v.resize(len, 0.0);
             v
         }
@@ -523,7 +527,7 @@ fn spare_zeroed(len: usize) -> Vec<f32> {
     }
 }
 
-/// Keeps `v` for `spare_zeroed`, dropping the smallest spares beyond the bound.
+/// Keeps `v` for `spare`, dropping the smallest spares beyond the bound.
 fn recycle(v: Vec<f32>) {
     let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
     spares.push(v);
@@ -639,11 +643,15 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
     let (tiles_h, tiles_w) = tile_grid(g);
     let total_rows = g.batch * tiles_h;
     let scratch_len = scratch_elements(g, threads);
-    let workers = threads.clamp(1, chunks.max(1));
+    // ConvGeometry rejects empty inputs, so there is at least one chunk, and every worker gets one.
+    assert!(chunks > 0, "a convolution has at least one tile");
+    let workers = threads.clamp(1, chunks);
     let partials: Vec<Vec<f32>> = (0..workers)
         .into_par_iter()
         .map(|worker| {
-            let mut du = spare_zeroed(POSITIONS * k * c);
+            // Each worker has at least one chunk (workers <= chunks), whose GEMMs (accumulate
+            // false) overwrite all of it.
+            let mut du = spare(POSITIONS * k * c);
             let mine = worker * chunks / workers..(worker + 1) * chunks / workers;
             SCRATCH.with_borrow_mut(|scratch| {
                 if scratch.len() < scratch_len {
