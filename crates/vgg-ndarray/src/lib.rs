@@ -485,32 +485,28 @@ impl Backend for CpuBackend {
         y: Option<&CpuTensor>,
     ) -> Result<(CpuTensor, CpuTensor)> {
         let (n, c, h, w) = dy.shape.nchw("bias_act_backward")?;
-        if let Some(y) = y {
-            same_shape("bias_act_backward", &dy.shape, &y.shape)?;
-        }
+        let Some(y) = y else {
+            // No ReLU: dz is dy itself, and one pass sums it.
+            return Ok((dy.clone(), self.channel_bias_grad(dy)?));
+        };
+        same_shape("bias_act_backward", &dy.shape, &y.shape)?;
         let plane = (h * w).max(1);
         let mut plane_sums = vec![0.0f64; n * c];
-        let dz = match y {
-            // One pass: mask each plane and sum it (in f64, in order, as channel_bias_grad does).
-            Some(y) => self.build(dy.shape.clone(), |dz| {
-                dz.par_chunks_mut(plane)
-                    .zip(dy.as_slice().par_chunks(plane))
-                    .zip(y.as_slice().par_chunks(plane))
-                    .zip(plane_sums.par_iter_mut())
-                    .for_each(|(((dz, dy), y), sum)| {
-                        let mut acc = 0.0f64;
-                        for ((dz, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
-                            *dz = if y > 0.0 { d } else { 0.0 };
-                            acc += *dz as f64;
-                        }
-                        *sum = acc;
-                    })
-            }),
-            None => dy.clone(),
-        };
-        if y.is_none() {
-            return Ok((dz.clone(), self.channel_bias_grad(&dz)?));
-        }
+        // One pass: mask each plane and sum it (in f64, in order, as channel_bias_grad does).
+        let dz = self.build(dy.shape.clone(), |dz| {
+            dz.par_chunks_mut(plane)
+                .zip(dy.as_slice().par_chunks(plane))
+                .zip(y.as_slice().par_chunks(plane))
+                .zip(plane_sums.par_iter_mut())
+                .for_each(|(((dz, dy), y), sum)| {
+                    let mut acc = 0.0f64;
+                    for ((dz, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
+                        *dz = if y > 0.0 { d } else { 0.0 };
+                        acc += *dz as f64;
+                    }
+                    *sum = acc;
+                })
+        });
         let db = self.build(Shape::from([c]), |db| {
             for (ch, db) in db.iter_mut().enumerate() {
                 *db = (0..n).map(|img| plane_sums[img * c + ch]).sum::<f64>() as f32;
