@@ -20,8 +20,13 @@ tasks:
   gpu-bundle [DIR]   build what scripts/gpu-check.sh runs on a GPU machine without Rust into DIR
                      (default .device-bin): the release `vgg` and vgg-cuda's test binaries";
 
+/// The cargo that runs this task (falling back to the one on PATH).
+fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
 fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let cargo = cargo_program();
     eprintln!("$ cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
@@ -231,7 +236,7 @@ fn gpu_bundle(dir: &str) -> Result<()> {
     std::fs::create_dir_all(dir.join("tests"))
         .with_context(|| format!("creating {}", dir.display()))?;
     cargo(&["build", "--release", "--locked", "-p", "vgg-cli"])?;
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let cargo_bin = cargo_program();
     let args = [
         "test",
         "--release",
@@ -272,8 +277,9 @@ fn gpu_bundle(dir: &str) -> Result<()> {
     if copied == 0 {
         bail!("cargo built no test executables for vgg-cuda");
     }
-    let vgg = Path::new("target/release/vgg");
-    std::fs::copy(vgg, dir.join("vgg")).with_context(|| format!("copying {}", vgg.display()))?;
+    // Where cargo built it, whatever directory the task runs from.
+    let vgg = root().join("target/release/vgg");
+    std::fs::copy(&vgg, dir.join("vgg")).with_context(|| format!("copying {}", vgg.display()))?;
     // Debug info is most of their size; the GPU machine's upload limit is tens of MiB.
     strip_all(dir)?;
     println!(
