@@ -10,9 +10,10 @@
 # The CUDA 13 libraries (cuBLAS, cuDNN 9, NVRTC) are taken from PyTorch's site-packages/nvidia/*/lib
 # when present. Everything is printed; record the log in docs/performance.md.
 set -uo pipefail
+# The bundle's path as given, from where the script was called; the script then runs at the repo root.
+BUNDLE=$(realpath -m "${1:-.device-bin}")
 cd "$(dirname "$0")/.."
 
-BUNDLE=${1:-.device-bin}
 QUICK=${2:-}
 PYTHON=${PYTHON:-python3}
 STEPS=(--burn-in 10 --num-batches 100)
