@@ -2,6 +2,7 @@
 //! share the buffer, writes copy it only when shared, and ndarray views expose them. Every op runs
 //! on the backend's own rayon pool, so `--threads N` bounds all the parallelism, the GEMM's included.
 
+mod arena;
 mod buffer;
 pub mod conv;
 pub mod gemm;
@@ -81,13 +82,6 @@ pub struct CpuBackend {
     buffers: Arc<Pool>,
 }
 
-/// Default bound of the bytes of freed buffers kept for reuse. It must hold fc6's weight gradient
-/// (411 MB, fresh and page-faulted every step otherwise: fc6's backward 52 -> 123 ms at batch 8)
-/// and keep VGG-16 forward-backward at batch 32 under 3.5 GiB resident. Measured there: 2 GiB
-/// kept 4.52 GiB (before Winograd); with Winograd's transformed weights and gradient sums, 512 MiB
-/// kept 3.55 GiB, 448 MiB 3.40 GiB at 6.13 s/step.
-pub const DEFAULT_CACHE_LIMIT_BYTES: usize = 448 << 20;
-
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuBackend")
@@ -112,7 +106,7 @@ impl CpuBackend {
         Ok(CpuBackend {
             pool: Arc::new(pool),
             threads,
-            buffers: Pool::new(DEFAULT_CACHE_LIMIT_BYTES),
+            buffers: Pool::new(),
         })
     }
 
@@ -130,7 +124,8 @@ impl CpuBackend {
         self.buffers.reset_peak()
     }
 
-    /// Frees the buffers kept for reuse.
+    /// Hands the freed memory kept for reuse back to the OS (the arena is shared by every CPU
+    /// backend in the process).
     pub fn trim_cache(&self) {
         self.buffers.trim()
     }

@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
+use crate::arena::Memory;
 use crate::gemm::{sgemm, Mat, MatMut};
 
 /// Output block side.
@@ -161,9 +162,9 @@ fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
 }
 
 /// U[pos][k][c] = (G w[k][c] Gt)[pos] for OIHW 3x3 weights, 16 input channels at a time.
-fn transform_weights(w: &[f32], k: usize, c: usize) -> Vec<f32> {
+fn transform_weights(w: &[f32], k: usize, c: usize) -> Memory {
     // Every (pos, k, c) is written below.
-    let mut u = spare(POSITIONS * k * c);
+    let mut u = Memory::uninit(POSITIONS * k * c);
     let out = OutPtr {
         ptr: u.as_mut_ptr(),
         len: u.len(),
@@ -500,45 +501,6 @@ fn chunking(g: &ConvGeometry, threads: usize) -> (usize, usize) {
     (rows, total_rows.div_ceil(rows))
 }
 
-/// Large vectors (transformed weights, each thread's weight-gradient sums: 36 MiB for 512x512
-/// channels) kept between calls: fresh ones are mmapped and fault in a page at a time, which
-/// cost about as much as the transforms. Bounded, so memory stays near the working set.
-static SPARES: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
-const SPARE_BYTES: usize = 40 << 20;
-
-/// A vector of `len` values whose contents are unspecified (stale values of an earlier call,
-/// or zeros): a recycled one where one is big enough. Both callers overwrite every element, so
-/// clearing a recycled 36 MiB vector first would only be another pass over it.
-fn spare(len: usize) -> Vec<f32> {
-    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
-    let best = (0..spares.len())
-        .filter(|&i| spares[i].capacity() >= len)
-        .min_by_key(|&i| spares[i].capacity());
-    match best {
-        Some(i) => {
-            let mut v = spares.swap_remove(i);
-            drop(spares);
-            // Only elements beyond the old length are written here.
-            v.truncate(len);
-            v.resize(len, 0.0);
-            v
-        }
-        None => vec![0.0; len],
-    }
-}
-
-/// Keeps `v` for `spare`, dropping the smallest spares beyond the bound.
-fn recycle(v: Vec<f32>) {
-    let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
-    spares.push(v);
-    spares.sort_by_key(|v| std::cmp::Reverse(v.capacity()));
-    let mut total = 0;
-    spares.retain(|v| {
-        total += v.capacity() * 4;
-        total <= SPARE_BYTES
-    });
-}
-
 thread_local! {
     /// Each worker's transformed input and output, kept between calls: allocating and faulting in
     /// megabytes per chunk cost more than the transforms.
@@ -617,7 +579,6 @@ pub fn forward(
             simd::output(mm, g, rows, bias, relu, out);
         })
     });
-    recycle(u);
 }
 
 /// dW for a 3x3 stride-1 convolution (`applies`): per chunk, dU[pos] += dM[pos] V[pos]^T with
@@ -646,12 +607,12 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
     // ConvGeometry rejects empty inputs, so there is at least one chunk, and every worker gets one.
     assert!(chunks > 0, "a convolution has at least one tile");
     let workers = threads.clamp(1, chunks);
-    let partials: Vec<Vec<f32>> = (0..workers)
+    let partials: Vec<Memory> = (0..workers)
         .into_par_iter()
         .map(|worker| {
             // Each worker has at least one chunk (workers <= chunks), whose GEMMs (accumulate
             // false) overwrite all of it.
-            let mut du = spare(POSITIONS * k * c);
+            let mut du = Memory::uninit(POSITIONS * k * c);
             let mine = worker * chunks / workers..(worker + 1) * chunks / workers;
             SCRATCH.with_borrow_mut(|scratch| {
                 if scratch.len() < scratch_len {
@@ -691,7 +652,6 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
         du.par_chunks_mut(1 << 15)
             .zip(p.par_chunks(1 << 15))
             .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
-        recycle(p);
     }
     // dW[k][c] = Gt dU[k][c] G, 16 input channels at a time.
     let mut dw = vec![0.0f32; k * c * 9];
@@ -710,7 +670,6 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
             dw_k[c0 * 9..(c0 + lanes) * 9].copy_from_slice(&block[..lanes * 9]);
         }
     });
-    recycle(du);
     dw
 }
 
