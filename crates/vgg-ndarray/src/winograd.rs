@@ -116,11 +116,13 @@ fn gt6(u: &[Lanes; A]) -> [Lanes; 3] {
     r
 }
 
-/// Bytes of transformed input and output one chunk aims at: enough tiles for efficient GEMMs,
-/// few enough to stay near the cache.
+/// Chunk sizes (see `chunking`): transformed input and output bytes per chunk where the
+/// transformed weights fit in cache, and where they do not; tiles a chunk's GEMMs need at least;
+/// transformed-weight bytes that still count as cached.
 const CHUNK_BYTES: usize = 3 << 19;
-/// Tiles a chunk's GEMMs need at least (see `chunking`).
+const LARGE_CHUNK_BYTES: usize = 32 << 20;
 const MIN_TILES: usize = 64;
+const CACHED_WEIGHT_BYTES: usize = 6 << 20;
 
 /// The 2-D transform F d Ft of N x N lane blocks, given F as `f` (N values in, P out): F applied
 /// to every column, then to every row of the result.
@@ -486,18 +488,27 @@ mod simd {
     }
 }
 
-/// Tile rows per chunk and the number of chunks. A chunk's transformed input and output should
-/// stay in the core's L2 (the transforms read and write them as 36 streams), but its GEMMs need
-/// enough tiles to pay for packing the transformed weights: with many channels the latter wins.
-/// Every thread gets a chunk where there are enough rows.
+/// Tile rows per chunk and the number of chunks. Every chunk's GEMMs read all the transformed
+/// weights (36 k x c values). Where those stay in cache (`CACHED_WEIGHT_BYTES`), chunks are small,
+/// so their transformed input and output (36 (c + k) values per tile) stay near the core's L2
+/// (`CHUNK_BYTES`, at least `MIN_TILES` for the GEMMs). Where they do not (256 channels and more:
+/// 9-36 MiB), each chunk streams them from memory, so chunks grow to `LARGE_CHUNK_BYTES` (the L3)
+/// to read them fewer times. The count is a multiple of the threads, so none waits on another's
+/// extra chunk. Measured per layer: docs/performance.md.
 fn chunking(g: &ConvGeometry, threads: usize) -> (usize, usize) {
     let (tiles_h, tiles_w) = tile_grid(g);
     let total_rows = g.batch * tiles_h;
-    let row_bytes = POSITIONS * (g.in_channels + g.out_channels) * tiles_w * 4;
-    let by_size = CHUNK_BYTES / row_bytes.max(1);
-    let by_gemm = MIN_TILES.div_ceil(tiles_w);
-    let by_threads = total_rows.div_ceil(threads.max(1));
-    let rows = by_size.max(by_gemm).min(by_threads).max(1);
+    let (c, k) = (g.in_channels, g.out_channels);
+    let row_bytes = (POSITIONS * (c + k) * tiles_w * 4).max(1);
+    let rows = if POSITIONS * k * c * 4 <= CACHED_WEIGHT_BYTES {
+        (CHUNK_BYTES / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
+    } else {
+        LARGE_CHUNK_BYTES / row_bytes
+    };
+    let chunks = total_rows
+        .div_ceil(rows.max(1))
+        .next_multiple_of(threads.max(1));
+    let rows = total_rows.div_ceil(chunks).max(1);
     (rows, total_rows.div_ceil(rows))
 }
 
