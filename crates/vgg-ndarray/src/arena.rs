@@ -223,6 +223,22 @@ impl Memory {
             .and_then(Block::new)
             .map_or_else(|| Memory::Heap(vec![0.0; len]), Memory::Arena)
     }
+
+    /// `len` zeros for a value that outlives many steps: from the allocator, because long-lived
+    /// blocks between the arena's short-lived ones would split its free space (measured: kept
+    /// transformed weights took batch-32 forward-backward from 3.10 to 3.96 GiB resident).
+    pub(crate) fn lasting(len: usize) -> Memory {
+        Memory::Heap(vec![0.0; len])
+    }
+
+    /// `Memory::lasting` or `Memory::uninit`.
+    pub(crate) fn new(len: usize, lasting: bool) -> Memory {
+        if lasting {
+            Memory::lasting(len)
+        } else {
+            Memory::uninit(len)
+        }
+    }
 }
 
 impl std::ops::Deref for Memory {

@@ -3,7 +3,7 @@
 //! counts live and peak bytes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::arena::{self, Memory};
 
@@ -58,11 +58,26 @@ impl Pool {
     }
 }
 
+/// A value computed from a buffer's contents (Winograd's transformed weights), kept with it.
+#[derive(Debug, Default)]
+enum Derived {
+    #[default]
+    None,
+    /// Asked for once (for this key) since the contents last changed, and not kept.
+    Asked(DerivedKey),
+    Kept(DerivedKey, Arc<Memory>),
+}
+
+/// What a derived value depends on besides the contents: the shape it was derived for (a buffer
+/// can be shared by tensors of different shapes, through reshape).
+pub(crate) type DerivedKey = (usize, usize);
+
 /// One tensor's storage; counted by its pool while alive.
 #[derive(Debug)]
 pub(crate) struct Buffer {
     data: Memory,
     pool: Arc<Pool>,
+    derived: Mutex<Derived>,
 }
 
 impl Buffer {
@@ -72,6 +87,7 @@ impl Buffer {
         Buffer {
             data: Memory::uninit(len),
             pool: pool.clone(),
+            derived: Mutex::default(),
         }
     }
 
@@ -81,6 +97,7 @@ impl Buffer {
         Buffer {
             data: Memory::Heap(data),
             pool: pool.clone(),
+            derived: Mutex::default(),
         }
     }
 
@@ -89,7 +106,37 @@ impl Buffer {
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [f32] {
+        // The contents may change: what was derived from them no longer holds.
+        *self.derived.get_mut().unwrap_or_else(|e| e.into_inner()) = Derived::None;
         &mut self.data
+    }
+
+    /// `make(lasting)`, a value derived from this buffer's contents for `key` (`lasting`: whether
+    /// it will be kept, see `Memory::lasting`). From the second request
+    /// with the same contents and key on, it is kept with the buffer and returned again: weights
+    /// that stay fixed across steps (inference, benchmarks) pay for it once, while weights updated
+    /// between steps (training) never hold the extra memory. Writing through `as_mut_slice`
+    /// forgets it.
+    pub(crate) fn derived(
+        &self,
+        key: DerivedKey,
+        make: impl FnOnce(bool) -> Memory,
+    ) -> Arc<Memory> {
+        let lock = || self.derived.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = match &*lock() {
+            Derived::Kept(k, value) if *k == key => return value.clone(),
+            Derived::Asked(k) => *k == key,
+            _ => false,
+        };
+        // Computed without the lock: `make` may run parallel work on this thread's pool, whose
+        // workers could meanwhile take up another request for this same buffer.
+        let value = Arc::new(make(keep));
+        *lock() = if keep {
+            Derived::Kept(key, value.clone())
+        } else {
+            Derived::Asked(key)
+        };
+        value
     }
 
     pub(crate) fn pool(&self) -> &Arc<Pool> {
@@ -123,5 +170,28 @@ mod tests {
         pool.reset_peak();
         assert_eq!(pool.stats().peak_live_bytes, 40);
         assert_eq!(b.as_slice(), &[1.0; 10]);
+    }
+
+    #[test]
+    fn derived_values_are_kept_from_the_second_request_until_a_write() {
+        let pool = Pool::new();
+        let mut buf = Buffer::from_vec(&pool, vec![2.0; 4]);
+        let calls = std::cell::Cell::new(0);
+        let sum = |b: &Buffer| {
+            b.derived((1, 4), |_| {
+                calls.set(calls.get() + 1);
+                Memory::Heap(vec![b.as_slice().iter().sum()])
+            })
+        };
+        assert_eq!(sum(&buf)[0], 8.0);
+        assert_eq!(sum(&buf)[0], 8.0);
+        assert_eq!(calls.get(), 2, "computed on the first two requests");
+        assert_eq!(sum(&buf)[0], 8.0);
+        assert_eq!(calls.get(), 2, "kept from the second on");
+        buf.as_mut_slice()[0] = 5.0;
+        assert_eq!(sum(&buf)[0], 11.0, "a write forgets the kept value");
+        assert_eq!(calls.get(), 3);
+        let other_key = buf.derived((4, 1), |_| Memory::Heap(vec![-1.0]));
+        assert_eq!(other_key[0], -1.0, "another key is another value");
     }
 }

@@ -220,7 +220,7 @@ pub fn forward(
 /// for the weight gradient not below 28x28 outputs, where each thread's sum over few tiles costs
 /// more than im2col (conv5 at batch 8: 42.9 vs 22.0 ms; the forward there: 17.5 vs 22.2).
 /// `VGG_CONV=im2col` turns it off, for comparisons.
-fn use_winograd(g: &ConvGeometry, weight_grad: bool) -> bool {
+pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool) -> bool {
     static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let mode = MODE.get_or_init(|| std::env::var("VGG_CONV").unwrap_or_default());
     let min_side = if weight_grad { 28 } else { 14 };

@@ -292,16 +292,33 @@ impl Backend for CpuBackend {
         let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
         g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
         Ok(self.build(g.output_shape(), |y| {
-            conv::forward_fused(
-                x.as_slice(),
-                w.as_slice(),
-                Some(b.as_slice()),
-                relu,
-                &g,
-                self.threads,
-                conv::TILE_BYTES,
-                y,
-            )
+            if conv::use_winograd(&g, false) {
+                // Fixed weights (inference, benchmarks) keep their transform between calls.
+                let u = w.buf.derived((g.out_channels, g.in_channels), |lasting| {
+                    let (k, c) = (g.out_channels, g.in_channels);
+                    winograd::transform_weights(w.as_slice(), k, c, lasting)
+                });
+                winograd::forward_transformed(
+                    x.as_slice(),
+                    &u,
+                    Some(b.as_slice()),
+                    relu,
+                    &g,
+                    self.threads,
+                    y,
+                )
+            } else {
+                conv::forward_fused(
+                    x.as_slice(),
+                    w.as_slice(),
+                    Some(b.as_slice()),
+                    relu,
+                    &g,
+                    self.threads,
+                    conv::TILE_BYTES,
+                    y,
+                )
+            }
         }))
     }
 

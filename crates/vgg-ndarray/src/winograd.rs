@@ -163,10 +163,11 @@ fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
     r
 }
 
-/// U[pos][k][c] = (G w[k][c] Gt)[pos] for OIHW 3x3 weights, 16 input channels at a time.
-fn transform_weights(w: &[f32], k: usize, c: usize) -> Memory {
+/// U[pos][k][c] = (G w[k][c] Gt)[pos] for OIHW 3x3 weights, 16 input channels at a time: the
+/// weights as `forward_transformed` takes them (`lasting`: see `Memory::new`).
+pub(crate) fn transform_weights(w: &[f32], k: usize, c: usize, lasting: bool) -> Memory {
     // Every (pos, k, c) is written below.
-    let mut u = Memory::uninit(POSITIONS * k * c);
+    let mut u = Memory::new(POSITIONS * k * c, lasting);
     let out = OutPtr {
         ptr: u.as_mut_ptr(),
         len: u.len(),
@@ -536,6 +537,26 @@ pub fn forward(
     threads: usize,
     y: &mut [f32],
 ) {
+    assert_eq!(
+        w.len(),
+        g.out_channels * g.in_channels * 9,
+        "conv weights length"
+    );
+    let u = transform_weights(w, g.out_channels, g.in_channels, false);
+    forward_transformed(x, &u, bias, relu, g, threads, y);
+}
+
+/// `forward` with the weights already transformed (`transform_weights`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_transformed(
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &ConvGeometry,
+    threads: usize,
+    y: &mut [f32],
+) {
     assert!(
         applies(g),
         "Winograd F(4x4, 3x3) needs a 3x3 stride-1 convolution"
@@ -551,7 +572,7 @@ pub fn forward(
         "conv input length"
     );
     let (k, c) = (g.out_channels, g.in_channels);
-    let u = transform_weights(w, k, c);
+    assert_eq!(u.len(), POSITIONS * k * c, "transformed weights length");
     let (rows_per_chunk, chunks) = chunking(g, threads);
     let (tiles_h, tiles_w) = tile_grid(g);
     let total_rows = g.batch * tiles_h;

@@ -170,6 +170,57 @@ fn fused_conv_bias_relu_equals_its_parts() {
     }
 }
 
+/// The Winograd path keeps fixed weights' transform between calls: repeated calls, a reshaped
+/// view of the same buffer, and an in-place update of the weights all give the direct result
+/// (to Winograd's f32 rounding; a stale transform is off by O(1)).
+#[test]
+fn kept_weight_transforms_follow_the_weights() {
+    let b = cpu();
+    let (xd, wd): (Dims4, Dims4) = ((2, 16, 14, 14), (32, 16, 3, 3));
+    let x = tensor(&b, &dims4(xd), &data(2 * 16 * 196, 11));
+    let mut w_values = data(32 * 16 * 9, 12);
+    let mut w = tensor(&b, &dims4(wd), &w_values);
+    let bias = b.zeros(&Shape::from([32])).unwrap();
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let want = |w: &[f64]| naive::conv(&host(&b, &x), xd, w, wd, 1, 1).0;
+    // The same buffer as [16, 32, 3, 3] weights (a reshape shares it) is another convolution.
+    let swapped = b.reshape(&w, &Shape::from([16, 32, 3, 3])).unwrap();
+    let x2 = tensor(&b, &[2, 32, 14, 14], &data(2 * 32 * 196, 13));
+    let bias2 = b.zeros(&Shape::from([16])).unwrap();
+    for _ in 0..2 {
+        let y = b.conv2d_bias_act(&x2, &swapped, &bias2, p, false).unwrap();
+        let direct = naive::conv(
+            &host(&b, &x2),
+            (2, 32, 14, 14),
+            &w_values,
+            (16, 32, 3, 3),
+            1,
+            1,
+        )
+        .0;
+        assert_close(&host(&b, &y), &direct, 1e-3, "reshaped weights");
+    }
+    drop(swapped);
+    for call in 0..3 {
+        let y = b.conv2d_bias_act(&x, &w, &bias, p, false).unwrap();
+        assert_close(
+            &host(&b, &y),
+            &want(&w_values),
+            1e-3,
+            &format!("call {call}"),
+        );
+    }
+    // An in-place update (w += 0.5 w) must not reuse the old transform.
+    let w_copy = tensor(&b, &dims4(wd), &w_values);
+    b.axpy(&mut w, 0.5, &w_copy).unwrap();
+    w_values.iter_mut().for_each(|v| *v *= 1.5);
+    let y = b.conv2d_bias_act(&x, &w, &bias, p, false).unwrap();
+    assert_close(&host(&b, &y), &want(&w_values), 1e-3, "after the update");
+}
+
 /// The fused backward of bias and ReLU gives exactly what its two parts give.
 #[test]
 fn fused_bias_relu_backward_equals_its_parts() {
