@@ -321,6 +321,8 @@ fn transform_output_generic(
     let tiles = rows.len() * tiles_w;
     let k_count = g.out_channels;
     let plane = g.out_h * g.out_w;
+    // An output far larger than the caches is not read back from them: store it around them.
+    let streaming = y.len * 4 > STREAMING_BYTES;
     for (ri, row) in rows.clone().enumerate() {
         let (n, th) = (row / tiles_h, row % tiles_h);
         for ko in 0..k_count {
@@ -346,7 +348,9 @@ fn transform_output_generic(
                     }
                     // SAFETY: the segment lies inside row oh of plane (n, ko), and only the chunk
                     // owning tile row `row` writes it.
-                    unsafe { y.write_slice(out_plane + oh * g.out_w + t0 * M, &line[..width]) };
+                    unsafe {
+                        y.write_row(out_plane + oh * g.out_w + t0 * M, &line[..width], streaming)
+                    };
                 }
             }
         }
@@ -442,7 +446,49 @@ struct OutPtr {
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+/// Orders this thread's non-temporal stores before its later stores (the chunk's completion,
+/// which the thread joining the chunks waits on).
+#[inline(always)]
+fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86_64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Outputs larger than this (half the L3) are written with non-temporal stores.
+const STREAMING_BYTES: usize = 16 << 20;
+
 impl OutPtr {
+    /// `write_slice`, with non-temporal stores when `streaming` and the row segment is 16-byte
+    /// aligned: no read of the destination lines first, and no eviction of the cached working
+    /// set. The caller fences (`store_fence`) before others read the output.
+    #[inline(always)]
+    unsafe fn write_row(self, at: usize, values: &[f32], streaming: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if streaming && values.len() % 4 == 0 {
+            assert!(at + values.len() <= self.len, "write inside the output");
+            // SAFETY: in bounds (checked above); the caller guarantees no other writer.
+            let dst = unsafe { self.ptr.add(at) };
+            if dst as usize % 16 == 0 {
+                for (i, quad) in values.chunks_exact(4).enumerate() {
+                    // SAFETY: SSE is part of x86_64; dst + 4i is 16-byte aligned and in bounds.
+                    unsafe {
+                        std::arch::x86_64::_mm_stream_ps(
+                            dst.add(4 * i),
+                            std::arch::x86_64::_mm_loadu_ps(quad.as_ptr()),
+                        )
+                    };
+                }
+                return;
+            }
+        }
+        let _ = streaming;
+        // SAFETY: forwarded to the caller.
+        unsafe { self.write_slice(at, values) }
+    }
+
     #[inline(always)]
     unsafe fn write_slice(self, at: usize, values: &[f32]) {
         assert!(at + values.len() <= self.len, "write inside the output");
@@ -609,6 +655,7 @@ pub(crate) fn forward_transformed(
                 );
             }
             simd::output(mm, g, rows, bias, relu, out);
+            store_fence();
         })
     });
 }
@@ -733,39 +780,93 @@ mod tests {
     }
 
     /// Direct convolution in f64, plus bias and optional ReLU.
-    fn direct(x: &[f32], w: &[f32], b: &[f32], relu: bool, g: &ConvGeometry) -> Vec<f64> {
-        let mut y = vec![0.0f64; g.batch * g.out_channels * g.out_h * g.out_w];
-        for n in 0..g.batch {
-            for k in 0..g.out_channels {
-                for oh in 0..g.out_h {
-                    for ow in 0..g.out_w {
-                        let mut acc = b[k] as f64;
-                        for c in 0..g.in_channels {
-                            for ky in 0..3 {
-                                let ih = (oh + ky) as isize - g.padding as isize;
-                                if ih < 0 || ih >= g.in_h as isize {
-                                    continue;
-                                }
-                                for kx in 0..3 {
-                                    let iw = (ow + kx) as isize - g.padding as isize;
-                                    if iw < 0 || iw >= g.in_w as isize {
-                                        continue;
-                                    }
-                                    let xv = x[((n * g.in_channels + c) * g.in_h + ih as usize)
-                                        * g.in_w
-                                        + iw as usize];
-                                    let wv = w[((k * g.in_channels + c) * 3 + ky) * 3 + kx];
-                                    acc += xv as f64 * wv as f64;
-                                }
-                            }
-                        }
-                        y[((n * g.out_channels + k) * g.out_h + oh) * g.out_w + ow] =
-                            if relu { acc.max(0.0) } else { acc };
+    /// Output (n, k, oh, ow) of the convolution, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_at(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        relu: bool,
+        g: &ConvGeometry,
+        [n, k, oh, ow]: [usize; 4],
+    ) -> f64 {
+        let mut acc = b[k] as f64;
+        for c in 0..g.in_channels {
+            for ky in 0..3 {
+                let ih = (oh + ky) as isize - g.padding as isize;
+                if ih < 0 || ih >= g.in_h as isize {
+                    continue;
+                }
+                for kx in 0..3 {
+                    let iw = (ow + kx) as isize - g.padding as isize;
+                    if iw < 0 || iw >= g.in_w as isize {
+                        continue;
                     }
+                    let xv =
+                        x[((n * g.in_channels + c) * g.in_h + ih as usize) * g.in_w + iw as usize];
+                    let wv = w[((k * g.in_channels + c) * 3 + ky) * 3 + kx];
+                    acc += xv as f64 * wv as f64;
                 }
             }
         }
-        y
+        if relu {
+            acc.max(0.0)
+        } else {
+            acc
+        }
+    }
+
+    fn direct(x: &[f32], w: &[f32], b: &[f32], relu: bool, g: &ConvGeometry) -> Vec<f64> {
+        let (k, h, w_out) = (g.out_channels, g.out_h, g.out_w);
+        (0..g.batch * k * h * w_out)
+            .map(|i| {
+                let at = [
+                    i / (k * h * w_out),
+                    i / (h * w_out) % k,
+                    i / w_out % h,
+                    i % w_out,
+                ];
+                direct_at(x, w, b, relu, g, at)
+            })
+            .collect()
+    }
+
+    /// An output beyond STREAMING_BYTES takes the non-temporal stores: every value is written
+    /// and right (sampled against the definition).
+    #[test]
+    fn large_outputs_are_streamed_correctly() {
+        let dims = [1, 16, 512, 576];
+        let g = ConvGeometry::new(
+            &Shape::from(dims),
+            &Shape::from([16, 16, 3, 3]),
+            Conv2dParams {
+                stride: 1,
+                padding: 1,
+            },
+        )
+        .unwrap();
+        let mut x = vec![0.0; 16 * 512 * 576];
+        random::fill_normal(&mut x, 1, 0, 0.0, 1.0);
+        let mut wt = vec![0.0; 16 * 16 * 9];
+        random::fill_normal(&mut wt, 2, 0, 0.0, 0.1);
+        let b = vec![0.05; 16];
+        let mut y = vec![f32::NAN; 16 * 512 * 576];
+        assert!(y.len() * 4 > STREAMING_BYTES);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| forward(&x, &wt, Some(&b), true, &g, 2, &mut y));
+        assert!(y.iter().all(|v| v.is_finite()), "every output is written");
+        for i in (0..y.len()).step_by(997) {
+            let at = [0, i / (512 * 576), i / 576 % 512, i % 576];
+            let want = direct_at(&x, &wt, &b, true, &g, at);
+            assert!(
+                (y[i] as f64 - want).abs() <= 1e-4 * want.abs().max(1.0),
+                "{at:?}: got {}, want {want}",
+                y[i]
+            );
+        }
     }
 
     /// Max |winograd - direct| over max |direct|.
