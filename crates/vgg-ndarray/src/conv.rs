@@ -215,15 +215,15 @@ pub fn forward(
     forward_fused(x, w, None, false, g, threads, tile_bytes, y)
 }
 
-/// Whether a convolution (or, with `weight_grad`, its weight gradient) takes the Winograd path:
-/// where it measured faster (examples/conv_layers): not with few input channels (conv1_1), and
-/// for the weight gradient not below 28x28 outputs, where each thread's sum over few tiles costs
-/// more than im2col (conv5 at batch 8: 42.9 vs 22.0 ms; the forward there: 17.5 vs 22.2).
+/// Whether a convolution and its gradients take the Winograd path: where it measured faster
+/// (examples/conv_layers): not with few input channels (conv1_1), nor below 14x14 outputs. (The
+/// weight gradient of conv5, 14x14, used to stay on im2col: 42.9 vs 22.0 ms at batch 8; with
+/// one large chunk per thread it is 17.2-17.6 vs 20.2-21.7 ms, and 53 vs 74-94 ms at batch 32.)
 /// `VGG_CONV=im2col` turns it off, for comparisons.
-pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool) -> bool {
+pub(crate) fn use_winograd(g: &ConvGeometry) -> bool {
     static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let mode = MODE.get_or_init(|| std::env::var("VGG_CONV").unwrap_or_default());
-    let min_side = if weight_grad { 28 } else { 14 };
+    let min_side = 14;
     crate::winograd::applies(g)
         && mode != "im2col"
         && g.in_channels >= 16
@@ -248,7 +248,7 @@ pub fn forward_fused(
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
-    if use_winograd(g, false) {
+    if use_winograd(g) {
         return crate::winograd::forward(x, w, bias, relu, g, threads, y);
     }
     let weights = Mat::row_major(w, g.out_channels, col_rows(g));
@@ -369,7 +369,7 @@ pub fn backward_weight(
     threads: usize,
     tile_bytes: usize,
 ) -> Vec<f32> {
-    if use_winograd(g, true) {
+    if use_winograd(g) {
         return crate::winograd::backward_weight(x, dy, g, threads);
     }
     let k = col_rows(g);
