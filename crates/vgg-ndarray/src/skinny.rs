@@ -1,6 +1,6 @@
 //! A linear layer's forward on a small batch: A [m, k] times B^T with m <= `MAX_ROWS`. It is bound
 //! by reading the weight B once, which gemm 0.19 does poorly for so few rows (fc6 at batch 8:
-//! 53 ms there, 21 ms here). Work is split over B's rows, so B is read exactly once in total.
+//! 53 ms there, 13 ms here). Work is split over B's rows, so B is read exactly once in total.
 //! (The input gradient, A B, stays with the GEMM: a column-blocked kernel measured 4x slower.)
 
 use rayon::prelude::*;
@@ -12,29 +12,33 @@ const LANES: usize = 16;
 /// Rows of A and of B per register block: 4 x 4 dot products of 16 lanes each are 16
 /// accumulator registers, fed by 8 loads per 16 FMAs.
 const BLOCK: usize = 4;
-/// Values of k per pass: a pass's slice of A (8 rows at batch 8: 512 KiB) stays in L2 while the
-/// block's rows of B stream through (fc6 has k = 25088).
+/// Values of k per pass: a pass's slice of packed A (8 rows at batch 8: 512 KiB) stays in L2
+/// while the block's rows of B stream through (fc6 has k = 25088).
 const K_STEP: usize = 16384;
 
-/// A row i . B row j over `range` for 4 rows of each, 16 lanes at a time. `mul_add` is one
+/// A rows 4g.. 4g+3 . B rows j..j+3 over the 16-value chunks `chunks` of k, 16 lanes at a time.
+/// `packed` holds the 4 A rows interleaved by chunk ([chunk][row][lane], see `pack_rows`), so one
+/// pointer serves them and the loop keeps its 16 accumulators in registers. `mul_add` is one
 /// instruction in the AVX2/AVX-512 builds (`dispatch_simd`); only CPUs without FMA take the
 /// slow software fallback.
 #[inline(always)]
 fn dots_4x4(
-    a: [&[f32]; BLOCK],
+    packed: &[f32],
     b: [&[f32]; BLOCK],
-    range: std::ops::Range<usize>,
+    chunks: std::ops::Range<usize>,
 ) -> [[f32; BLOCK]; BLOCK] {
     let mut acc = [[[0.0f32; LANES]; BLOCK]; BLOCK];
-    let full = range.start + (range.len() / LANES) * LANES;
-    let mut at = range.start;
-    while at < full {
-        let mut av = [[0.0f32; LANES]; BLOCK];
-        let mut bv = [[0.0f32; LANES]; BLOCK];
-        for r in 0..BLOCK {
-            av[r].copy_from_slice(&a[r][at..at + LANES]);
-            bv[r].copy_from_slice(&b[r][at..at + LANES]);
-        }
+    for q in chunks {
+        let av: [&[f32; LANES]; BLOCK] = std::array::from_fn(|r| {
+            packed[(q * BLOCK + r) * LANES..(q * BLOCK + r + 1) * LANES]
+                .try_into()
+                .expect("LANES values")
+        });
+        let bv: [&[f32; LANES]; BLOCK] = std::array::from_fn(|j| {
+            b[j][q * LANES..(q + 1) * LANES]
+                .try_into()
+                .expect("LANES values")
+        });
         for i in 0..BLOCK {
             for j in 0..BLOCK {
                 for l in 0..LANES {
@@ -42,14 +46,26 @@ fn dots_4x4(
                 }
             }
         }
-        at += LANES;
     }
-    std::array::from_fn(|i| {
-        std::array::from_fn(|j| {
-            let tail: f32 = (full..range.end).map(|t| a[i][t] * b[j][t]).sum();
-            acc[i][j].iter().sum::<f32>() + tail
-        })
-    })
+    acc.map(|row| row.map(|lanes| lanes.iter().sum::<f32>()))
+}
+
+/// A's rows in groups of 4 interleaved by 16-value chunk of k: [group][chunk][row][lane], over
+/// the first k / 16 * 16 values (the rest, and rows beyond the last full group, stay in A).
+fn pack_rows(a: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let (groups, chunks) = (m / BLOCK, k / LANES);
+    let mut packed = vec![0.0f32; groups * chunks * BLOCK * LANES];
+    for (g, dst) in packed
+        .chunks_exact_mut((chunks * BLOCK * LANES).max(1))
+        .enumerate()
+    {
+        for (q, chunk) in dst.chunks_exact_mut(BLOCK * LANES).enumerate() {
+            for (r, lanes) in chunk.chunks_exact_mut(LANES).enumerate() {
+                lanes.copy_from_slice(&a[(g * BLOCK + r) * k + q * LANES..][..LANES]);
+            }
+        }
+    }
+    packed
 }
 
 /// A row . B row over `range`, with 16 partial sums.
@@ -70,20 +86,23 @@ fn dot(a: &[f32], b: &[f32], range: std::ops::Range<usize>) -> f32 {
 
 /// C^T rows for a block of B's rows: ct[j * m + i] = A row i . B row j.
 #[inline(always)]
-fn block_generic(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+fn block_generic(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
     ct.fill(0.0);
     let n = ct.len() / m;
+    let chunks = k / LANES;
+    let group_len = chunks * BLOCK * LANES;
     let a_row = |i: usize| &a[i * k..(i + 1) * k];
     let b_row = |j: usize| &b[j * k..(j + 1) * k];
-    for k0 in (0..k).step_by(K_STEP) {
-        let range = k0..(k0 + K_STEP).min(k);
+    for q0 in (0..chunks).step_by(K_STEP / LANES) {
+        let pass = q0..(q0 + K_STEP / LANES).min(chunks);
         for j0 in (0..n).step_by(BLOCK) {
             for i0 in (0..m).step_by(BLOCK) {
                 if j0 + BLOCK <= n && i0 + BLOCK <= m {
+                    let g = i0 / BLOCK;
                     let sums = dots_4x4(
-                        std::array::from_fn(|i| a_row(i0 + i)),
+                        &packed[g * group_len..(g + 1) * group_len],
                         std::array::from_fn(|j| b_row(j0 + j)),
-                        range.clone(),
+                        pass.clone(),
                     );
                     for (i, row) in sums.iter().enumerate() {
                         for (j, &v) in row.iter().enumerate() {
@@ -91,6 +110,7 @@ fn block_generic(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
                         }
                     }
                 } else {
+                    let range = pass.start * LANES..pass.end * LANES;
                     for j in j0..(j0 + BLOCK).min(n) {
                         for i in i0..(i0 + BLOCK).min(m) {
                             ct[j * m + i] += dot(a_row(i), b_row(j), range.clone());
@@ -100,21 +120,28 @@ fn block_generic(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
             }
         }
     }
+    // The last k % 16 values.
+    for j in 0..n {
+        for i in 0..m {
+            ct[j * m + i] += dot(a_row(i), b_row(j), chunks * LANES..k);
+        }
+    }
 }
 
 crate::simd::dispatch_simd! {
     /// `block_generic` compiled for the widest vector unit the CPU has.
-    fn block(a: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic
+    fn block(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic
 }
 
 /// C [m, n] = A [m, k] B^T, B given as [n, k] row-major (a linear layer's forward).
 pub fn a_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
     const ROWS_PER_TASK: usize = 32;
+    let packed = pack_rows(a, m, k);
     // Each task computes a block of C's columns: C^T rows, gathered afterwards.
     let mut ct = vec![0.0f32; n * m];
     ct.par_chunks_mut(ROWS_PER_TASK * m)
         .zip(b.par_chunks(ROWS_PER_TASK * k))
-        .for_each(|(ct, b)| block(a, b, m, k, ct));
+        .for_each(|(ct, b)| block(a, &packed, b, m, k, ct));
     for i in 0..m {
         for j in 0..n {
             c[i * n + j] = ct[j * m + i];
