@@ -215,19 +215,27 @@ pub fn forward(
     forward_fused(x, w, None, false, g, threads, tile_bytes, y)
 }
 
-/// Whether a convolution and its gradients take the Winograd path: where it measured faster
-/// (examples/conv_layers): not with few input channels (conv1_1), nor below 14x14 outputs. (The
-/// weight gradient of conv5, 14x14, used to stay on im2col: 42.9 vs 22.0 ms at batch 8; with
-/// one large chunk per thread it is 17.2-17.6 vs 20.2-21.7 ms, and 53 vs 74-94 ms at batch 32.)
+/// Whether a convolution (or, with `weight_grad`, its weight gradient) takes the Winograd path:
+/// where it measured faster (examples/conv_layers): not with few input channels (conv1_1), nor
+/// below 14x14 outputs. Below 28x28 the weight gradient takes it only where the transformed
+/// weights are streamed in large chunks (`winograd::large_chunks`, as for conv5: 17.2-17.6 vs
+/// 20.2-21.7 ms at batch 8, 53 vs 74-94 ms at batch 32); with small chunks each thread's sums
+/// over few tiles cost more than im2col (conv5 before large chunks: 42.9 vs 22.0 ms).
 /// `VGG_CONV=im2col` turns it off, for comparisons.
-pub(crate) fn use_winograd(g: &ConvGeometry) -> bool {
+pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool) -> bool {
     static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let mode = MODE.get_or_init(|| std::env::var("VGG_CONV").unwrap_or_default());
-    let min_side = 14;
+    let area = g.out_h * g.out_w;
+    let large_enough = if weight_grad && area < 28 * 28 {
+        crate::winograd::large_chunks(g)
+    } else {
+        true
+    };
     crate::winograd::applies(g)
         && mode != "im2col"
         && g.in_channels >= 16
-        && g.out_h * g.out_w >= min_side * min_side
+        && area >= 14 * 14
+        && large_enough
 }
 
 /// The output pass fused into the convolution: per tile, right after its GEMM and while the tile
@@ -248,7 +256,7 @@ pub fn forward_fused(
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
-    if use_winograd(g) {
+    if use_winograd(g, false) {
         return crate::winograd::forward(x, w, bias, relu, g, threads, y);
     }
     let weights = Mat::row_major(w, g.out_channels, col_rows(g));
@@ -369,7 +377,7 @@ pub fn backward_weight(
     threads: usize,
     tile_bytes: usize,
 ) -> Vec<f32> {
-    if use_winograd(g) {
+    if use_winograd(g, true) {
         return crate::winograd::backward_weight(x, dy, g, threads);
     }
     let k = col_rows(g);

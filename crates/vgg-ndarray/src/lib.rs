@@ -292,7 +292,7 @@ impl Backend for CpuBackend {
         let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
         g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
         Ok(self.build(g.output_shape(), |y| {
-            if conv::use_winograd(&g) {
+            if conv::use_winograd(&g, false) {
                 // Fixed weights (inference, benchmarks) keep their transform between calls.
                 let u = w.buf.derived((g.out_channels, g.in_channels), |lasting| {
                     let (k, c) = (g.out_channels, g.in_channels);

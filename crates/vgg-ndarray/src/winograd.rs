@@ -535,6 +535,12 @@ mod simd {
     }
 }
 
+/// Whether the transformed weights are too large to stay in cache, so chunks are large
+/// (`chunking`).
+pub(crate) fn large_chunks(g: &ConvGeometry) -> bool {
+    POSITIONS * g.out_channels * g.in_channels * 4 > CACHED_WEIGHT_BYTES
+}
+
 /// Tile rows per chunk and the number of chunks. Every chunk's GEMMs read all the transformed
 /// weights (36 k x c values). Where those stay in cache (`CACHED_WEIGHT_BYTES`), chunks are small,
 /// so their transformed input and output (36 (c + k) values per tile) stay near the core's L2
@@ -547,10 +553,10 @@ fn chunking(g: &ConvGeometry, threads: usize) -> (usize, usize) {
     let total_rows = g.batch * tiles_h;
     let (c, k) = (g.in_channels, g.out_channels);
     let row_bytes = (POSITIONS * (c + k) * tiles_w * 4).max(1);
-    let rows = if POSITIONS * k * c * 4 <= CACHED_WEIGHT_BYTES {
-        (CHUNK_BYTES / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
-    } else {
+    let rows = if large_chunks(g) {
         LARGE_CHUNK_BYTES / row_bytes
+    } else {
+        (CHUNK_BYTES / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
     };
     let chunks = total_rows
         .div_ceil(rows.max(1))
