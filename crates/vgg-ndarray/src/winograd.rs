@@ -116,7 +116,7 @@ fn gt6(u: &[Lanes; A]) -> [Lanes; 3] {
     r
 }
 
-/// Chunk sizes (see `chunking`): transformed input and output bytes per chunk where the
+/// Chunk sizes (see `Chunks`): transformed input and output bytes per chunk where the
 /// transformed weights fit in cache, and where they do not; tiles a chunk's GEMMs need at least;
 /// transformed-weight bytes that still count as cached.
 const CHUNK_BYTES: usize = 3 << 19;
@@ -536,33 +536,80 @@ mod simd {
 }
 
 /// Whether the transformed weights are too large to stay in cache, so chunks are large
-/// (`chunking`).
+/// (`Chunks`).
 pub(crate) fn large_chunks(g: &ConvGeometry) -> bool {
     POSITIONS * g.out_channels * g.in_channels * 4 > CACHED_WEIGHT_BYTES
 }
 
-/// Tile rows per chunk and the number of chunks. Every chunk's GEMMs read all the transformed
-/// weights (36 k x c values). Where those stay in cache (`CACHED_WEIGHT_BYTES`), chunks are small,
+/// How a convolution's tile rows (over batch x tile rows) are cut into chunks. Every chunk's
+/// GEMMs read all the transformed weights (36 k x c values). Where those stay in cache
+/// (`CACHED_WEIGHT_BYTES`), chunks are small,
 /// so their transformed input and output (36 (c + k) values per tile) stay near the core's L2
 /// (`CHUNK_BYTES`, at least `MIN_TILES` for the GEMMs). Where they do not (256 channels and more:
 /// 9-36 MiB), each chunk streams them from memory, so chunks grow to `LARGE_CHUNK_BYTES` (the L3)
 /// to read them fewer times. The count is a multiple of the threads, so none waits on another's
 /// extra chunk. Measured per layer: docs/performance.md.
-fn chunking(g: &ConvGeometry, threads: usize) -> (usize, usize) {
-    let (tiles_h, tiles_w) = tile_grid(g);
-    let total_rows = g.batch * tiles_h;
-    let (c, k) = (g.in_channels, g.out_channels);
-    let row_bytes = (POSITIONS * (c + k) * tiles_w * 4).max(1);
-    let rows = if large_chunks(g) {
-        LARGE_CHUNK_BYTES / row_bytes
-    } else {
-        (CHUNK_BYTES / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
-    };
-    let chunks = total_rows
-        .div_ceil(rows.max(1))
-        .next_multiple_of(threads.max(1));
-    let rows = total_rows.div_ceil(chunks).max(1);
-    (rows, total_rows.div_ceil(rows))
+struct Chunks {
+    rows_per_chunk: usize,
+    count: usize,
+    total_rows: usize,
+    tiles_w: usize,
+    /// Input and output channels.
+    channels: (usize, usize),
+    /// Scratch values one chunk needs: transformed input and output.
+    scratch_len: usize,
+}
+
+impl Chunks {
+    fn new(g: &ConvGeometry, threads: usize) -> Chunks {
+        let (tiles_h, tiles_w) = tile_grid(g);
+        let total_rows = g.batch * tiles_h;
+        let (c, k) = (g.in_channels, g.out_channels);
+        let row_bytes = (POSITIONS * (c + k) * tiles_w * 4).max(1);
+        let rows = if large_chunks(g) {
+            LARGE_CHUNK_BYTES / row_bytes
+        } else {
+            (CHUNK_BYTES / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
+        };
+        let count = total_rows
+            .div_ceil(rows.max(1))
+            .next_multiple_of(threads.max(1));
+        let rows_per_chunk = total_rows.div_ceil(count).max(1);
+        Chunks {
+            rows_per_chunk,
+            count: total_rows.div_ceil(rows_per_chunk),
+            total_rows,
+            tiles_w,
+            channels: (c, k),
+            scratch_len: POSITIONS * (c + k) * rows_per_chunk * tiles_w,
+        }
+    }
+
+    /// Tile rows of chunk `i`.
+    fn rows(&self, i: usize) -> std::ops::Range<usize> {
+        i * self.rows_per_chunk..((i + 1) * self.rows_per_chunk).min(self.total_rows)
+    }
+
+    /// `f(rows, tiles, v, m)` for chunk `i`'s tile rows and tile count, with this thread's scratch
+    /// split into the chunk's transformed input (c values per position and tile) and output (k
+    /// values). Callers write every value before reading it, so stale values from an earlier call
+    /// are harmless.
+    fn with_scratch<R>(
+        &self,
+        i: usize,
+        f: impl FnOnce(std::ops::Range<usize>, usize, &mut [f32], &mut [f32]) -> R,
+    ) -> R {
+        let (c, k) = self.channels;
+        SCRATCH.with_borrow_mut(|scratch| {
+            if scratch.len() < self.scratch_len {
+                scratch.resize(self.scratch_len, 0.0);
+            }
+            let rows = self.rows(i);
+            let tiles = rows.len() * self.tiles_w;
+            let (v, m) = scratch.split_at_mut(POSITIONS * c * tiles);
+            f(rows, tiles, v, &mut m[..POSITIONS * k * tiles])
+        })
+    }
 }
 
 thread_local! {
@@ -571,11 +618,23 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Scratch elements one chunk needs: transformed input and output.
-fn scratch_elements(g: &ConvGeometry, threads: usize) -> usize {
-    let (rows, _) = chunking(g, threads);
-    let tiles = rows * tile_grid(g).1;
-    POSITIONS * (g.in_channels + g.out_channels) * tiles
+/// Panics unless `g` suits Winograd (`applies`) and the input and output (or output gradient,
+/// `output`) have its lengths.
+fn check_lengths(g: &ConvGeometry, input: &[f32], output: &[f32], what: &str) {
+    assert!(
+        applies(g),
+        "Winograd F(4x4, 3x3) needs a 3x3 stride-1 convolution"
+    );
+    assert_eq!(
+        input.len(),
+        g.batch * g.in_channels * g.in_h * g.in_w,
+        "conv input length"
+    );
+    assert_eq!(
+        output.len(),
+        g.batch * g.out_channels * g.out_h * g.out_w,
+        "{what} length"
+    );
 }
 
 /// y = conv(x, w) (+ bias, ReLU) for a 3x3 stride-1 convolution (`applies`).
@@ -609,41 +668,16 @@ pub(crate) fn forward_transformed(
     threads: usize,
     y: &mut [f32],
 ) {
-    assert!(
-        applies(g),
-        "Winograd F(4x4, 3x3) needs a 3x3 stride-1 convolution"
-    );
-    assert_eq!(
-        y.len(),
-        g.batch * g.out_channels * g.out_h * g.out_w,
-        "conv output length"
-    );
-    assert_eq!(
-        x.len(),
-        g.batch * g.in_channels * g.in_h * g.in_w,
-        "conv input length"
-    );
+    check_lengths(g, x, y, "conv output");
     let (k, c) = (g.out_channels, g.in_channels);
     assert_eq!(u.len(), POSITIONS * k * c, "transformed weights length");
-    let (rows_per_chunk, chunks) = chunking(g, threads);
-    let (tiles_h, tiles_w) = tile_grid(g);
-    let total_rows = g.batch * tiles_h;
+    let chunks = Chunks::new(g, threads);
     let out = OutPtr {
         ptr: y.as_mut_ptr(),
         len: y.len(),
     };
-    let scratch_len = scratch_elements(g, threads);
-    (0..chunks).into_par_iter().for_each(|chunk| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            // Every element is written before it is read (the input transform and the GEMMs
-            // fill their whole matrices), so stale values from an earlier call are harmless.
-            if scratch.len() < scratch_len {
-                scratch.resize(scratch_len, 0.0);
-            }
-            let rows = chunk * rows_per_chunk..((chunk + 1) * rows_per_chunk).min(total_rows);
-            let tiles = rows.len() * tiles_w;
-            let (v, mm) = scratch.split_at_mut(POSITIONS * c * tiles);
-            let mm = &mut mm[..POSITIONS * k * tiles];
+    (0..chunks.count).into_par_iter().for_each(|chunk| {
+        chunks.with_scratch(chunk, |rows, tiles, v, mm| {
             simd::input(x, g, rows.clone(), v);
             for pos in 0..POSITIONS {
                 sgemm(
@@ -670,45 +704,21 @@ pub(crate) fn forward_transformed(
 /// dM = A dY At and V = Bt x B as in the forward pass; then dW = Gt dU G. Each thread sums its
 /// own chunks (a fixed split, so the result does not depend on scheduling).
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) -> Vec<f32> {
-    assert!(
-        applies(g),
-        "Winograd F(4x4, 3x3) needs a 3x3 stride-1 convolution"
-    );
-    assert_eq!(
-        x.len(),
-        g.batch * g.in_channels * g.in_h * g.in_w,
-        "conv input length"
-    );
-    assert_eq!(
-        dy.len(),
-        g.batch * g.out_channels * g.out_h * g.out_w,
-        "conv output-gradient length"
-    );
+    check_lengths(g, x, dy, "conv output-gradient");
     let (k, c) = (g.out_channels, g.in_channels);
-    let (rows_per_chunk, chunks) = chunking(g, threads);
-    let (tiles_h, tiles_w) = tile_grid(g);
-    let total_rows = g.batch * tiles_h;
-    let scratch_len = scratch_elements(g, threads);
+    let chunks = Chunks::new(g, threads);
     // ConvGeometry rejects empty inputs, so there is at least one chunk, and every worker gets one.
-    assert!(chunks > 0, "a convolution has at least one tile");
-    let workers = threads.clamp(1, chunks);
+    assert!(chunks.count > 0, "a convolution has at least one tile");
+    let workers = threads.clamp(1, chunks.count);
     let partials: Vec<Memory> = (0..workers)
         .into_par_iter()
         .map(|worker| {
             // Each worker has at least one chunk (workers <= chunks), whose GEMMs (accumulate
             // false) overwrite all of it.
             let mut du = Memory::uninit(POSITIONS * k * c);
-            let mine = worker * chunks / workers..(worker + 1) * chunks / workers;
-            SCRATCH.with_borrow_mut(|scratch| {
-                if scratch.len() < scratch_len {
-                    scratch.resize(scratch_len, 0.0);
-                }
-                for (i, chunk) in mine.enumerate() {
-                    let rows =
-                        chunk * rows_per_chunk..((chunk + 1) * rows_per_chunk).min(total_rows);
-                    let tiles = rows.len() * tiles_w;
-                    let (v, dm) = scratch.split_at_mut(POSITIONS * c * tiles);
-                    let dm = &mut dm[..POSITIONS * k * tiles];
+            let mine = worker * chunks.count / workers..(worker + 1) * chunks.count / workers;
+            for (i, chunk) in mine.enumerate() {
+                chunks.with_scratch(chunk, |rows, tiles, v, dm| {
                     simd::input(x, g, rows.clone(), v);
                     simd::output_grad(dy, g, rows, dm);
                     for pos in 0..POSITIONS {
@@ -726,8 +736,8 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) 
                             1,
                         );
                     }
-                }
-            });
+                });
+            }
             du
         })
         .collect();
