@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use vgg_autodiff::Tape;
-use vgg_model::{ModelError, ModelSpec, SpecOptions, Vgg, VggConfig};
+use vgg_model::{ModelError, ModelSpec, SpecOptions, Vgg, VggConfig, Workload};
 use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
 
@@ -83,19 +83,21 @@ pub enum BenchError {
     Tensor(#[from] vgg_tensor::TensorError),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
-    #[error(
-        "batch {batch} needs an estimated {needed} of memory (from the spec), but {available} is available: \
-         the largest batch that fits is {largest}; use --batch-size {largest} or less"
-    )]
-    TooLarge {
-        batch: usize,
-        needed: String,
-        available: String,
-        largest: usize,
-    },
+    #[error("{burn_in} burn-in steps and {timed} timed steps are too many to count")]
+    TooManySteps { burn_in: usize, timed: usize },
 }
 
 impl BenchConfig {
+    /// Burn-in plus timed steps, refusing counts that would wrap.
+    pub fn total_steps(&self) -> Result<usize, BenchError> {
+        self.burn_in
+            .checked_add(self.num_batches)
+            .ok_or(BenchError::TooManySteps {
+                burn_in: self.burn_in,
+                timed: self.num_batches,
+            })
+    }
+
     pub fn spec(&self) -> Result<ModelSpec, BenchError> {
         if self.batch == 0 {
             return Err(BenchError::Zero("the batch size"));
@@ -103,6 +105,7 @@ impl BenchConfig {
         if self.num_batches == 0 {
             return Err(BenchError::Zero("the number of timed steps"));
         }
+        self.total_steps()?;
         Ok(ModelSpec::new(
             self.model,
             SpecOptions {
@@ -117,17 +120,13 @@ impl BenchConfig {
     }
 }
 
-/// Bytes a run of `modes` needs at `batch`: parameters, images and, with forward-backward, what
-/// the tape keeps plus the gradients; otherwise the largest live pair of activations.
-pub fn estimated_bytes(spec: &ModelSpec, batch: usize, modes: &[Mode]) -> u64 {
-    let m = spec.memory(batch);
+/// What a run of `modes` does, for the spec's memory estimate: the weights once, the images, and
+/// with forward-backward what the tape keeps plus the gradients.
+pub fn workload(modes: &[Mode]) -> Workload {
     if modes.contains(&Mode::ForwardBackward) {
-        m.estimated_forward_backward_bytes
-            .saturating_add(m.input_bytes)
+        Workload::Training { copies: 1 }
     } else {
-        m.param_bytes
-            .saturating_add(m.input_bytes)
-            .saturating_add(m.inference_peak_activation_bytes)
+        Workload::Inference { copies: 1 }
     }
 }
 
@@ -138,26 +137,7 @@ pub fn check_memory(
     modes: &[Mode],
     available: u64,
 ) -> Result<(), BenchError> {
-    let needed = estimated_bytes(spec, batch, modes);
-    if needed <= available {
-        return Ok(());
-    }
-    // The estimate grows with the batch, so the largest batch that fits is found by bisection.
-    let (mut lo, mut hi) = (0usize, batch);
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        if estimated_bytes(spec, mid, modes) <= available {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    Err(BenchError::TooLarge {
-        batch,
-        needed: system::gib(needed),
-        available: system::gib(available),
-        largest: lo,
-    })
+    Ok(spec.check_memory(batch, workload(modes), available)?)
 }
 
 /// One step as it finishes.
@@ -322,7 +302,7 @@ impl<B: Backend> Bench<B> {
         let mut step_seconds = Vec::new();
         let mut layers: BTreeMap<String, (f64, f64)> = BTreeMap::new();
         let mut interrupted = false;
-        let total = self.config.burn_in + self.config.num_batches;
+        let total = self.config.total_steps()?;
         for i in 0..total {
             let burn_in = i < self.config.burn_in;
             let per_layer = (self.config.per_layer && !burn_in).then_some(&mut layers);

@@ -34,6 +34,46 @@ pub fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A CPU thread count: 0 (one per core) up to `MAX_THREADS_PER_CORE` per core.
+pub fn threads(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a thread count (0: one per core)"))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = cores.saturating_mul(vgg_ndarray::MAX_THREADS_PER_CORE);
+    if n > most {
+        return Err(format!(
+            "this machine has {cores} cores: use at most {most} threads (0: one per core)"
+        ));
+    }
+    Ok(n)
+}
+
+/// A size in bytes: `1000`, `512K`, `64M`, `4G` or `1T` (binary units; `KiB`/`GiB` too).
+pub fn byte_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("'{s}' is not a size: write a number of bytes, or e.g. 512M or 4G");
+    let t = s.trim();
+    let digits = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 /// A width multiplier in (0, 16].
 pub fn width_mult(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
@@ -63,6 +103,23 @@ mod tests {
         assert!(input_size("0x224").unwrap_err().contains("zero"));
         assert!(input_size("axb").unwrap_err().contains("HxW"));
         assert!(input_size("-3x3").is_err());
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(byte_size("1000"), Ok(1000));
+        assert_eq!(byte_size("512M"), Ok(512 << 20));
+        assert_eq!(byte_size("1.5 GiB"), Ok(3 << 29));
+        assert!(byte_size("4X").is_err());
+        assert!(byte_size("-1G").is_err());
+        assert!(byte_size("0").is_err());
+        assert!(byte_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn thread_counts() {
+        assert_eq!(threads("0"), Ok(0));
+        assert!(threads("100000").unwrap_err().contains("at most"));
     }
 
     #[test]

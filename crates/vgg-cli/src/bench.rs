@@ -3,18 +3,16 @@
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use vgg_bench::{check_memory, system, Bench, BenchConfig, Mode, ModeReport, StepEvent};
+use vgg_bench::{check_memory, Bench, BenchConfig, Mode, ModeReport, StepEvent};
 use vgg_tensor::Backend;
 
+use crate::signals;
+use crate::stdout;
 use crate::table::{bytes, Table};
-
-/// Set by Ctrl-C: finish the current step, then report what was measured.
-static STOP: AtomicBool = AtomicBool::new(false);
 
 /// JSON schema version of `--json`; bump it when a field changes meaning or disappears.
 pub const BENCH_SCHEMA: &str = "vgg-bench/1";
@@ -36,16 +34,6 @@ fn now() -> String {
         .to_string()
 }
 
-fn install_ctrl_c() {
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            // A second Ctrl-C: the user does not want to wait for the step to finish.
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: finishing this step, then reporting what was measured (Ctrl-C again to quit now)");
-    });
-}
-
 pub fn run<B: Backend>(
     backend: B,
     threads: Option<usize>,
@@ -53,36 +41,41 @@ pub fn run<B: Backend>(
     modes: &[Mode],
     json: Option<PathBuf>,
 ) -> Result<String> {
+    let started = now();
     let spec = config.spec()?;
-    if let Some(available) = backend.device_free_bytes().or_else(system::available_bytes) {
+    if let Some(path) = &json {
+        vgg_nn::io::check_output(path)?;
+    }
+    if let Some(available) = crate::net::available_memory(&backend) {
         check_memory(&spec, config.batch, modes, available)?;
     }
-    install_ctrl_c();
+    signals::allow_graceful_stop();
     let interactive = std::io::stdout().is_terminal();
-    let say = |bar: &ProgressBar, line: String| {
+    let say = |bar: &ProgressBar, line: String| -> Result<()> {
         if interactive {
             bar.println(line);
+            Ok(())
         } else {
-            println!("{line}");
+            stdout::line(&line)
         }
     };
-    println!(
+    stdout::line(&format!(
         "{} ({}x{}, batch {}) on {}: {} burn-in + {} timed steps per mode",
-        config.model,
+        spec.describe_network(),
         config.height,
         config.width,
         config.batch,
         backend.name(),
         config.burn_in,
         config.num_batches
-    );
+    ))?;
     let bench = Bench::new(backend.clone(), config.clone())?;
     let mut reports = Vec::new();
     for &mode in modes {
-        if STOP.load(Ordering::SeqCst) {
+        if signals::stop_requested() {
             break;
         }
-        let total = (config.burn_in + config.num_batches) as u64;
+        let total = config.total_steps()? as u64;
         let bar = if interactive {
             let bar = ProgressBar::new(total);
             bar.set_style(
@@ -97,6 +90,7 @@ pub fn run<B: Backend>(
         } else {
             ProgressBar::hidden()
         };
+        let mut said = Ok(());
         let mut on_step = |e: StepEvent| {
             bar.inc(1);
             bar.set_message(format!(
@@ -105,21 +99,22 @@ pub fn run<B: Backend>(
                 if e.burn_in { " (burn-in)" } else { "" }
             ));
             if !e.burn_in && e.index % 10 == 0 {
-                say(
+                said = say(
                     &bar,
                     format!("{}: step {}, duration = {:.3}", now(), e.index, e.seconds),
                 );
             }
-            if STOP.load(Ordering::SeqCst) {
+            if signals::stop_requested() || said.is_err() {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
             }
         };
         let report = bench.run(mode, &mut on_step)?;
+        said?;
         bar.finish_and_clear();
         let s = &report.stats;
-        println!(
+        stdout::line(&format!(
             "{}: {} across {} steps, {:.3} +/- {:.3} sec/batch{}",
             now(),
             mode.label(),
@@ -131,25 +126,30 @@ pub fn run<B: Backend>(
             } else {
                 ""
             }
-        );
+        ))?;
         reports.push(report);
     }
     if let Some(path) = &json {
         let record = BenchJson {
             schema: BENCH_SCHEMA,
-            started: now(),
+            started,
             backend: backend.name(),
             threads,
             config: &config,
             modes: &reports,
         };
         let text = serde_json::to_string_pretty(&record).expect("the report serialises");
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        vgg_nn::io::write_atomic(path, (text + "\n").as_bytes())?;
     }
-    Ok(summary(&backend.name(), &config, &reports))
+    Ok(summary(
+        &backend.name(),
+        &spec.describe_network(),
+        &config,
+        &reports,
+    ))
 }
 
-fn summary(backend: &str, config: &BenchConfig, reports: &[ModeReport]) -> String {
+fn summary(backend: &str, network: &str, config: &BenchConfig, reports: &[ModeReport]) -> String {
     let mut t = Table::new([
         "mode", "steps", "mean s", "sd s", "median s", "min s", "p90 s", "images/s", "GFLOP/s",
         "peak RSS",
@@ -171,8 +171,8 @@ fn summary(backend: &str, config: &BenchConfig, reports: &[ModeReport]) -> Strin
     }
     let mut out = format!("\n{}", t.text());
     out.push_str(&format!(
-        "model {}, batch {}, {}x{}, backend {backend}\n",
-        config.model, config.batch, config.height, config.width
+        "model {network}, batch {}, {}x{}, backend {backend}\n",
+        config.batch, config.height, config.width
     ));
     out.push_str(
         "GFLOP/s counts 2 FLOPs per MAC of the spec; forward-backward counts the forward pass plus two more \

@@ -5,15 +5,16 @@ mod bench;
 mod classify;
 mod net;
 mod rf;
+mod signals;
+mod stdout;
 mod summary;
 mod table;
 mod train;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use vgg_model::{ModelSpec, SpecOptions, VggConfig};
 use vgg_tensor::Backend as _;
@@ -30,6 +31,10 @@ struct Cli {
     /// More diagnostics on stderr (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// The most memory a command may plan to use, e.g. 4G or 512M [default: what the machine
+    /// has free]. Commands refuse work estimated to need more before they start it.
+    #[arg(long, global = true, value_parser = args::byte_size)]
+    max_memory: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -231,8 +236,8 @@ impl BenchMode {
 struct DeviceArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     backend: BackendChoice,
-    /// CPU threads (0: one per core).
-    #[arg(long, default_value = "0")]
+    /// CPU threads (0: one per core; at most 8 per core).
+    #[arg(long, default_value = "0", value_parser = args::threads)]
     threads: usize,
     /// CUDA: which GPU.
     #[arg(long, default_value = "0")]
@@ -361,23 +366,19 @@ fn run(cli: Cli) -> Result<()> {
                 json
             ))?
         }
-        Command::Summary { net, batch, format } => summary::render(&net.spec()?, batch, format),
+        Command::Summary { net, batch, format } => summary::render(&net.spec()?, batch, format)?,
         Command::Rf {
             layers: Some(layers),
             format,
             ..
-        } => rf::stack(&vgg_model::parse_stack(&layers)?, format),
+        } => rf::stack(&vgg_model::parse_stack(&layers)?, format)?,
         Command::Rf {
             net,
             layers: None,
             format,
         } => rf::model(&net.spec()?, format),
     };
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(output.as_bytes())
-        .and_then(|_| stdout.flush())
-        .context("writing to stdout")
+    stdout::print(&output)
 }
 
 fn init_tracing(verbose: u8) {
@@ -401,20 +402,26 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = e.print();
+            // --help and --version; a closed stdout is not an error here either.
+            let _ = stdout::print(&e.render().to_string());
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("{}", one_line(&e.render().to_string()));
+            stdout::warn(&one_line(&e.render().to_string()));
             return ExitCode::from(EXIT_REFUSED);
         }
     };
     init_tracing(cli.verbose);
+    signals::install();
+    if let Some(bytes) = cli.max_memory {
+        net::set_max_memory(bytes);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of the results went away (`vgg bench | head -1`): end quietly.
+        Err(e) if stdout::closed(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            stdout::warn(&format!("error: {e:#}"));
             ExitCode::from(EXIT_REFUSED)
         }
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use vgg_autodiff::Tape;
 use vgg_model::model::options_from_metadata;
-use vgg_model::{ModelSpec, PartialOptions, SpecOptions, Vgg, VggConfig};
+use vgg_model::{ModelSpec, PartialOptions, SpecOptions, Vgg, VggConfig, Workload};
 use vgg_nn::io::{self, HostTensor, TensorFile};
 use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
@@ -65,7 +65,10 @@ pub struct InitArgs {
 }
 
 pub fn init<B: Backend>(backend: &B, a: &InitArgs) -> Result<String> {
+    io::check_output(&a.output)?;
     let spec = ModelSpec::new(a.model, a.options)?;
+    // The weights, their host copy and the file's bytes.
+    check_memory(backend, &spec, 1, Workload::Weights { copies: 3 })?;
     let vgg = Vgg::init(backend, spec, &a.init.scheme(), a.seed)?;
     let file = vgg.to_tensor_file(backend)?;
     io::save_safetensors(&a.output, &file)?;
@@ -81,14 +84,56 @@ pub fn init<B: Backend>(backend: &B, a: &InitArgs) -> Result<String> {
     ))
 }
 
-/// The network for a weight file and an input file, and the input on the device.
-/// The network of a weight file, built for `size` (HxW) images; options come from the flags, then
-/// the file's metadata, then the defaults.
+/// `--max-memory`, set once by main.
+static MAX_MEMORY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// Caps the memory every check below plans with.
+pub fn set_max_memory(bytes: u64) {
+    let _ = MAX_MEMORY.set(bytes);
+}
+
+/// The memory a command may plan to use: the backend's free memory, capped by `--max-memory`.
+pub fn available_memory<B: Backend>(backend: &B) -> Option<u64> {
+    match (backend.available_bytes(), MAX_MEMORY.get()) {
+        (Some(free), Some(&cap)) => Some(free.min(cap)),
+        (free, cap) => free.or(cap.copied()),
+    }
+}
+
+/// Refuses `work` on a batch of `batch` that the available memory cannot hold, before anything
+/// that large is allocated.
+pub fn check_memory<B: Backend>(
+    backend: &B,
+    spec: &ModelSpec,
+    batch: usize,
+    work: Workload,
+) -> Result<()> {
+    if let Some(available) = available_memory(backend) {
+        spec.check_memory(batch, work, available)?;
+    }
+    Ok(())
+}
+
+/// Warns when input values are NaN or infinite: the outputs will be NaN where they reach.
+pub fn warn_non_finite(what: &str, values: &[f32]) {
+    let n = values.iter().filter(|v| !v.is_finite()).count();
+    if n > 0 {
+        tracing::warn!(
+            "{what} holds {n} NaN or infinite values: they propagate, so the outputs they reach will be NaN"
+        );
+    }
+}
+
+/// The network of a weight file, built for `size` (HxW) images and checked to fit in memory for
+/// `work` on a batch of `batch`; options come from the flags, then the file's metadata, then the
+/// defaults.
 pub fn load_model<B: Backend>(
     backend: &B,
     flags: &ModelFlags,
     weights: &Path,
     size: (usize, usize),
+    batch: usize,
+    work: Workload,
 ) -> Result<Vgg<B>> {
     let file = io::load_safetensors(weights)?;
     let (meta_model, meta_options) = options_from_metadata(&file.metadata);
@@ -100,6 +145,7 @@ pub fn load_model<B: Backend>(
     let options = flags.partial().or(from_input).or(meta_options).resolve();
     let spec =
         ModelSpec::new(model, options).with_context(|| format!("{}x{} images", size.0, size.1))?;
+    check_memory(backend, &spec, batch, work)?;
     Vgg::from_tensors(backend, spec, &file)
         .with_context(|| format!("loading {}", weights.display()))
 }
@@ -110,9 +156,10 @@ fn load<B: Backend>(
     flags: &ModelFlags,
     weights: &Path,
     input: &Path,
+    work: Workload,
 ) -> Result<(Vgg<B>, B::Tensor)> {
     let x = io::load_npy(input)?;
-    let [_, _, h, w] = x.shape[..] else {
+    let [n, _, h, w] = x.shape[..] else {
         anyhow::bail!(
             "{}: expected images as N x C x H x W, got shape {:?}",
             input.display(),
@@ -120,7 +167,8 @@ fn load<B: Backend>(
         );
     };
     // The spatial size comes from the images; channels are checked against the network below.
-    let vgg = load_model(backend, flags, weights, (h, w))
+    warn_non_finite(&input.display().to_string(), &x.data);
+    let vgg = load_model(backend, flags, weights, (h, w), n, work)
         .with_context(|| format!("images of {}", input.display()))?;
     let shape = Shape::from(x.shape.clone());
     vgg.check_input(&shape)
@@ -143,7 +191,15 @@ pub fn forward<B: Backend>(
     output: &Path,
     top: usize,
 ) -> Result<String> {
-    let (vgg, x) = load(backend, flags, weights, input)?;
+    io::check_output(output)?;
+    // The file's values, the weights and what replaces them while loading.
+    let (vgg, x) = load(
+        backend,
+        flags,
+        weights,
+        input,
+        Workload::Inference { copies: 3 },
+    )?;
     let tape = Tape::inference(backend.clone());
     let logits = vgg.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
     let probs = backend.softmax_rows(logits.value())?;
@@ -172,7 +228,15 @@ pub fn backward<B: Backend>(
     input: &Path,
     output: &Path,
 ) -> Result<String> {
-    let (vgg, x) = load(backend, flags, weights, input)?;
+    io::check_output(output)?;
+    // As forward, plus the gradients' host copy and the file's bytes.
+    let (vgg, x) = load(
+        backend,
+        flags,
+        weights,
+        input,
+        Workload::Training { copies: 5 },
+    )?;
     let tape = Tape::new(backend.clone());
     let logits = vgg.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
     let loss = tape.l2_loss(&logits)?;

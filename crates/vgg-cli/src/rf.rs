@@ -72,8 +72,8 @@ pub fn model(spec: &ModelSpec, format: Format) -> String {
     out
 }
 
-pub fn stack(stack: &[StackLayer], format: Format) -> String {
-    let fields = stack_fields(stack);
+pub fn stack(stack: &[StackLayer], format: Format) -> anyhow::Result<String> {
+    let fields = stack_fields(stack)?;
     let rows: Vec<RfRow> = stack
         .iter()
         .zip(&fields)
@@ -89,8 +89,9 @@ pub fn stack(stack: &[StackLayer], format: Format) -> String {
     if format == Format::Table {
         let last = fields.last().expect("a parsed stack is never empty");
         let convs = stack.iter().filter(|l| l.kind == StackKind::Conv).count();
-        let per_c2 = stack_weights_per_c2(stack);
-        let single = last.size * last.size;
+        let per_c2 = stack_weights_per_c2(stack)?;
+        // Only a ratio is printed, so the square is taken in floating point.
+        let single = last.size as f64 * last.size as f64;
         out.push_str(&format!(
             "{} layers ({} convolutions) see {}x{} input pixels, jump {}.\n",
             stack.len(),
@@ -104,9 +105,9 @@ pub fn stack(stack: &[StackLayer], format: Format) -> String {
                 "Weights with C channels in and out (no biases): {per_c2}C^2 for the stack vs {single}C^2 for one {}x{} kernel ({:.2}x).\n",
                 last.size,
                 last.size,
-                per_c2 as f64 / single as f64
+                per_c2 as f64 / single
             ));
         }
     }
-    out
+    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! `vgg summary`: the spec as a table, JSON, CSV or Markdown, with a torchinfo-like footer.
 
+use anyhow::Result;
 use serde::Serialize;
 use vgg_model::{LayerOp, LayerSpec, MemoryEstimate, ModelSpec};
 
@@ -125,9 +126,7 @@ fn table(spec: &ModelSpec, batch: usize, csv: bool) -> Table {
     t
 }
 
-fn footer(spec: &ModelSpec, batch: usize) -> String {
-    let m = spec.memory(batch);
-    let macs_batch = spec.macs().saturating_mul(batch as u64);
+fn footer(spec: &ModelSpec, batch: usize, m: &MemoryEstimate, macs_batch: u64) -> String {
     let input = spec.input();
     let mut lines = vec![
         format!(
@@ -157,7 +156,7 @@ fn footer(spec: &ModelSpec, batch: usize) -> String {
             "Total FLOPs: {} per image ({}; 1 MAC = 2 FLOPs), {} for the batch",
             thousands(spec.flops()),
             si(spec.flops()),
-            si(macs_batch.saturating_mul(2))
+            si(2 * macs_batch)
         ),
         format!("Input size: {}", bytes(m.input_bytes)),
         format!(
@@ -182,17 +181,25 @@ fn footer(spec: &ModelSpec, batch: usize) -> String {
     lines.join("\n")
 }
 
-pub fn render(spec: &ModelSpec, batch: usize, format: Format) -> String {
-    match format {
-        Format::Table => format!(
-            "{}{}\n",
-            table(spec, batch, false).text(),
-            footer(spec, batch)
-        ),
+pub fn render(spec: &ModelSpec, batch: usize, format: Format) -> Result<String> {
+    let m = spec.memory(batch)?;
+    // FLOPs of a batch's forward-backward (three passes, two FLOPs a MAC) must fit too.
+    let macs_batch = spec
+        .macs()
+        .checked_mul(batch as u64)
+        .filter(|macs| macs.checked_mul(6).is_some())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "a batch of {batch} has too many MACs to count in 64 bits: use a smaller batch"
+            )
+        })?;
+    let footer = footer(spec, batch, &m, macs_batch);
+    Ok(match format {
+        Format::Table => format!("{}{}\n", table(spec, batch, false).text(), footer),
         Format::Markdown => format!(
             "{}\n{}\n",
             table(spec, batch, false).markdown(),
-            footer(spec, batch)
+            footer
                 .lines()
                 .map(|l| format!("- {l}"))
                 .collect::<Vec<_>>()
@@ -221,14 +228,14 @@ pub fn render(spec: &ModelSpec, batch: usize, format: Format) -> String {
                     param_bytes: spec.params() * vgg_model::F32_BYTES,
                     macs_per_image: spec.macs(),
                     flops_per_image: spec.flops(),
-                    macs_per_batch: spec.macs().saturating_mul(batch as u64),
-                    flops_per_batch: spec.flops().saturating_mul(batch as u64),
+                    macs_per_batch: macs_batch,
+                    flops_per_batch: 2 * macs_batch,
                 },
-                memory: spec.memory(batch),
+                memory: m,
                 notes: notes(spec),
             };
             // Serialising plain numbers and strings cannot fail.
             serde_json::to_string_pretty(&json).expect("summary serialises") + "\n"
         }
-    }
+    })
 }

@@ -111,21 +111,7 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
-/// Bytes in binary units: "527.79 MiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.2} {}", UNITS[unit])
-    }
-}
+pub use vgg_tensor::memory::human_bytes as bytes;
 
 /// Large counts with an SI suffix: "15.47 G".
 pub fn si(n: u64) -> String {

@@ -4,10 +4,10 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
+use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig, Workload};
 use vgg_nn::io;
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
 use vgg_nn::InitScheme;
@@ -15,6 +15,8 @@ use vgg_tensor::Backend;
 use vgg_train::{
     checkpoint, data, resume, EpochReport, Observer, TrainConfig, TrainError, TrainState,
 };
+
+use crate::stdout;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DatasetChoice {
@@ -56,27 +58,27 @@ pub struct TrainArgs {
     #[arg(long, default_value = "32", value_parser = crate::args::positive)]
     pub batch_size: usize,
     /// Base learning rate.
-    #[arg(long, default_value = "0.002")]
+    #[arg(long, default_value = "0.002", allow_negative_numbers = true)]
     pub lr: f32,
     #[arg(long, value_enum, default_value = "adam")]
     pub optimizer: OptimizerChoice,
     /// SGD momentum.
-    #[arg(long, default_value = "0.9")]
+    #[arg(long, default_value = "0.9", allow_negative_numbers = true)]
     pub momentum: f32,
-    #[arg(long, default_value = "0")]
+    #[arg(long, default_value = "0", allow_negative_numbers = true)]
     pub weight_decay: f32,
     #[arg(long, value_enum, default_value = "cosine")]
     pub schedule: ScheduleChoice,
     /// With --schedule step: multiply the rate by --gamma every this many epochs.
     #[arg(long, default_value = "10", value_parser = crate::args::positive)]
     pub step_every: usize,
-    #[arg(long, default_value = "0.1")]
+    #[arg(long, default_value = "0.1", allow_negative_numbers = true)]
     pub gamma: f32,
     /// Dropout's keep probability after fc6 and fc7 (1: no dropout).
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value = "1", allow_negative_numbers = true)]
     pub keep_prob: f32,
     /// Fraction of the digits held out for testing (CIFAR-10 has its own test set).
-    #[arg(long, default_value = "0.2")]
+    #[arg(long, default_value = "0.2", allow_negative_numbers = true)]
     pub test_fraction: f64,
     #[arg(long, default_value = "1")]
     pub seed: u64,
@@ -95,20 +97,15 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The library's settings, checked by the library; a refusal names the flag.
     fn config(&self) -> Result<TrainConfig> {
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("--lr {} must be a positive number", self.lr);
-        }
-        if !(self.keep_prob > 0.0 && self.keep_prob <= 1.0) {
-            bail!("--keep-prob {} must be in (0, 1]", self.keep_prob);
-        }
         if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
             bail!(
                 "--test-fraction {} must be between 0 and 1",
                 self.test_fraction
             );
         }
-        Ok(TrainConfig {
+        let config = TrainConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
@@ -136,7 +133,28 @@ impl TrainArgs {
             },
             keep_prob: self.keep_prob,
             seed: self.seed,
-        })
+        };
+        match config.validate() {
+            Err(TrainError::Setting {
+                setting,
+                value,
+                expected,
+            }) => bail!(
+                "--{} {value} makes no sense: {expected}",
+                setting.replace('_', "-")
+            ),
+            other => other?,
+        }
+        Ok(config)
+    }
+
+    /// Every file this run writes, checked before any work starts.
+    fn check_outputs(&self) -> Result<()> {
+        let outputs = [Some(&self.output), self.json.as_ref(), self.plot.as_ref()];
+        for path in outputs.into_iter().flatten() {
+            io::check_output(path)?;
+        }
+        Ok(())
     }
 }
 
@@ -151,22 +169,37 @@ struct EpochJson {
     seconds: f64,
 }
 
-/// Prints each epoch, writes the checkpoint, the log and the plot as it goes.
+/// Writes the checkpoint, the log and the plot after each epoch, then prints the epoch's line.
 struct Reporter<'a, B: Backend> {
     backend: &'a B,
     args: &'a TrainArgs,
     bar: ProgressBar,
     log: Vec<EpochJson>,
+    /// Why the last epoch's report failed, with its type (a closed stdout ends quietly).
+    failure: Option<anyhow::Error>,
 }
 
-impl<B: Backend> Observer<B> for Reporter<'_, B> {
-    fn batch(&mut self, done: usize, total: usize) {
-        self.bar.set_length(total as u64);
-        self.bar.set_position(done as u64);
-    }
-
-    fn epoch(&mut self, r: &EpochReport, state: &TrainState<B>) -> Result<(), TrainError> {
-        self.bar.set_position(0);
+impl<B: Backend> Reporter<'_, B> {
+    fn report(&mut self, r: &EpochReport, state: &TrainState<B>) -> Result<()> {
+        self.log.push(EpochJson {
+            epoch: r.epoch,
+            lr: r.lr,
+            train_loss: r.train_loss,
+            train_accuracy: r.train_accuracy,
+            test_loss: r.test_loss,
+            test_accuracy: r.test_accuracy,
+            seconds: r.seconds,
+        });
+        // The checkpoint is safe on disk before anything is printed.
+        let file = checkpoint(self.backend, state)?;
+        io::save_safetensors(&self.args.output, &file)?;
+        if let Some(path) = &self.args.json {
+            let text = serde_json::to_string_pretty(&self.log).expect("the log serialises");
+            io::write_atomic(path, (text + "\n").as_bytes())?;
+        }
+        if let Some(path) = &self.args.plot {
+            io::write_atomic(path, plot_svg(&self.log).as_bytes())?;
+        }
         let line = format!(
             "epoch {}/{}: lr {:.3e}, train loss {:.4}, train accuracy {:.2}%, test loss {:.4}, test accuracy {:.2}% ({:.1} s)",
             r.epoch,
@@ -178,32 +211,26 @@ impl<B: Backend> Observer<B> for Reporter<'_, B> {
             100.0 * r.test_accuracy,
             r.seconds
         );
-        self.bar.suspend(|| println!("{line}"));
-        self.log.push(EpochJson {
-            epoch: r.epoch,
-            lr: r.lr,
-            train_loss: r.train_loss,
-            train_accuracy: r.train_accuracy,
-            test_loss: r.test_loss,
-            test_accuracy: r.test_accuracy,
-            seconds: r.seconds,
-        });
-        let file = checkpoint(self.backend, state)?;
-        io::save_safetensors(&self.args.output, &file)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?;
-        let written = (|| -> Result<()> {
-            if let Some(path) = &self.args.json {
-                let text = serde_json::to_string_pretty(&self.log).expect("the log serialises");
-                std::fs::write(path, text + "\n")
-                    .with_context(|| format!("writing {}", path.display()))?;
+        self.bar.suspend(|| stdout::line(&line))
+    }
+}
+
+impl<B: Backend> Observer<B> for Reporter<'_, B> {
+    fn batch(&mut self, done: usize, total: usize) {
+        self.bar.set_length(total as u64);
+        self.bar.set_position(done as u64);
+    }
+
+    fn epoch(&mut self, r: &EpochReport, state: &TrainState<B>) -> Result<(), TrainError> {
+        self.bar.set_position(0);
+        self.report(r, state).map_err(|e| {
+            let reason = format!("{e:#}");
+            self.failure = Some(e);
+            TrainError::Observer {
+                epoch: r.epoch,
+                reason,
             }
-            if let Some(path) = &self.args.plot {
-                std::fs::write(path, plot_svg(&self.log))
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
-        })();
-        written.map_err(|e| TrainError::Checkpoint(format!("{e:#}")))
+        })
     }
 }
 
@@ -214,7 +241,9 @@ fn load_data(args: &TrainArgs) -> Result<(data::Dataset, data::Dataset)> {
                 .data
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("data/digits"));
-            data::load_digits(&dir)?.split(args.test_fraction, args.seed)
+            data::load_digits(&dir)?
+                .split(args.test_fraction, args.seed)
+                .map_err(|e| anyhow!("--test-fraction: {e}"))?
         }
         DatasetChoice::Cifar10 => {
             let Some(dir) = &args.data else {
@@ -227,6 +256,7 @@ fn load_data(args: &TrainArgs) -> Result<(data::Dataset, data::Dataset)> {
 
 pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     let config = args.config()?;
+    args.check_outputs()?;
     let (train_set, test_set) = load_data(args)?;
     let spec = ModelSpec::new(
         args.model,
@@ -239,10 +269,24 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
             hidden: args.hidden,
         },
     )?;
+    // Weights, gradients, optimiser state, and the checkpoint's host copy and bytes.
+    let slots = match config.optimizer {
+        OptimizerKind::Sgd { .. } => 1,
+        OptimizerKind::Adam { .. } => 2,
+    };
+    let batch = config.batch_size.min(train_set.len().max(1));
+    crate::net::check_memory(
+        backend,
+        &spec,
+        batch,
+        Workload::Training {
+            copies: 3 + 3 * slots,
+        },
+    )?;
     let mut state = match &args.resume {
         Some(path) => {
             let file = io::load_safetensors(path)?;
-            resume(backend, spec, config.optimizer, &file)
+            resume(backend, spec, &config, train_set.len(), &file)
                 .with_context(|| format!("resuming from {}", path.display()))?
         }
         None => TrainState {
@@ -251,17 +295,15 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
             epochs_done: 0,
         },
     };
-    println!(
-        "{} (width x{}, hidden {}) on {}: {} training and {} test images, {} parameters, from epoch {}",
-        args.model,
-        args.width_mult,
-        args.hidden,
+    stdout::line(&format!(
+        "{} on {}: {} training and {} test images, {} parameters, from epoch {}",
+        state.model.spec().describe(),
         backend.name(),
         train_set.len(),
         test_set.len(),
         state.model.param_count(),
-        state.epochs_done + 1
-    );
+        state.epochs_done.saturating_add(1)
+    ))?;
     let bar = if std::io::stdout().is_terminal() {
         let bar = ProgressBar::new(1);
         bar.set_style(
@@ -278,6 +320,7 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
         args,
         bar,
         log: Vec::new(),
+        failure: None,
     };
     let reports = vgg_train::train(
         backend,
@@ -286,7 +329,8 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
         &test_set,
         &config,
         &mut reporter,
-    )?;
+    )
+    .map_err(|e| reporter.failure.take().unwrap_or_else(|| e.into()))?;
     reporter.bar.finish_and_clear();
     let summary = match reports.last() {
         Some(r) => format!(

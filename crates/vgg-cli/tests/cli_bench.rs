@@ -168,13 +168,14 @@ fn a_batch_that_cannot_fit_is_refused_before_allocating() {
     let err = common::stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("batch 100000 needs an estimated") && err.contains("GiB"),
+        err.contains("a batch of 100000")
+            && err.contains("needs an estimated")
+            && err.contains("GiB"),
         "{err}"
     );
     let largest: usize = err
         .split("the largest batch that fits is ")
         .nth(1)
-        .and_then(|r| r.split(';').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no largest batch in: {err}"));
     assert!(largest > 0 && largest < 100_000, "{err}");

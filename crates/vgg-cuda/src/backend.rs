@@ -343,7 +343,7 @@ impl Backend for CudaBackend {
         format!("cuda:{} ({}, {math})", i.ordinal, i.name)
     }
 
-    fn device_free_bytes(&self) -> Option<u64> {
+    fn available_bytes(&self) -> Option<u64> {
         let (free, _total) = self.inner.stream.context().mem_get_info().ok()?;
         // Buffers held for reuse are free to this backend.
         Some(free as u64 + self.cached_bytes() as u64)

@@ -47,8 +47,11 @@ extern "C" __global__ void axpy(float* y, const float* x, i64 n, float alpha) {
     GRID_STRIDE(i, n) y[i] += alpha * x[i];
 }
 
+// Negatives become 0, NaN stays NaN (as in PyTorch and the CPU backend); fmaxf would drop NaN.
+__device__ __forceinline__ float relu_value(float v) { return v < 0.0f ? 0.0f : v; }
+
 extern "C" __global__ void relu(const float* x, float* out, i64 n) {
-    GRID_STRIDE(i, n) out[i] = fmaxf(x[i], 0.0f);
+    GRID_STRIDE(i, n) out[i] = relu_value(x[i]);
 }
 extern "C" __global__ void relu_backward(const float* dy, const float* y, float* out, i64 n) {
     GRID_STRIDE(i, n) out[i] = y[i] > 0.0f ? dy[i] : 0.0f;
@@ -64,7 +67,7 @@ extern "C" __global__ void add_channel_bias(const float* x, const float* b, floa
                                             i64 plane, i64 channels, int relu) {
     GRID_STRIDE(i, n) {
         float v = x[i] + b[(i / plane) % channels];
-        out[i] = relu ? fmaxf(v, 0.0f) : v;
+        out[i] = relu ? relu_value(v) : v;
     }
 }
 
@@ -73,7 +76,7 @@ extern "C" __global__ void bias_act_in_place(float* y, const float* b, i64 n, i6
                                              i64 channels, int relu) {
     GRID_STRIDE(i, n) {
         float v = y[i] + b[(i / plane) % channels];
-        y[i] = relu ? fmaxf(v, 0.0f) : v;
+        y[i] = relu ? relu_value(v) : v;
     }
 }
 

@@ -459,3 +459,36 @@ fn a_small_vgg_forward_backward_matches_the_cpu() {
         p.check(&format!("gradient of {name}"), &pair, GRADIENT);
     }
 }
+
+/// NaN propagates through ReLU, the fused bias+ReLU and max-pooling as on the CPU (and in PyTorch).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn nan_propagates_as_on_the_cpu() {
+    let b = gpu();
+    let mut v = vec![0.5f32; 2 * 8 * 8];
+    v[9] = f32::NAN;
+    let x = b.upload(&Shape::from([1, 2, 8, 8]), &v).unwrap();
+    let y = b.download(&b.relu(&x).unwrap()).unwrap();
+    assert!(y[9].is_nan() && !y[8].is_nan());
+    let w = b.full(&Shape::from([3, 2, 3, 3]), 0.1).unwrap();
+    let bias = b.zeros(&Shape::from([3])).unwrap();
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let y = b
+        .download(&b.conv2d_bias_act(&x, &w, &bias, p, true).unwrap())
+        .unwrap();
+    assert!(y[9].is_nan(), "fused bias+ReLU hid a NaN");
+    let (pooled, _) = b
+        .max_pool2d(
+            &x,
+            Pool2dParams {
+                kernel: 2,
+                stride: 2,
+            },
+        )
+        .unwrap();
+    let pooled = b.download(&pooled).unwrap();
+    assert!(pooled[0].is_nan() && !pooled[1].is_nan(), "{pooled:?}");
+}

@@ -12,7 +12,8 @@ pub use rf::{
     parse_stack, stack_fields, stack_weights_per_c2, ReceptiveField, StackKind, StackLayer,
 };
 pub use spec::{
-    smallest_input, Chw, LayerOp, LayerSpec, MemoryEstimate, ModelSpec, SpecOptions, F32_BYTES,
+    smallest_input, Chw, LayerOp, LayerSpec, MemoryEstimate, ModelSpec, SpecOptions, Workload,
+    F32_BYTES,
 };
 
 /// Why a spec could not be computed. Each message names the problem and what would work.
@@ -35,4 +36,19 @@ pub enum SpecError {
     },
     #[error("bad layer '{item}' in the stack: expected {grammar}")]
     BadLayerStack { item: String, grammar: &'static str },
+    #[error("{what}: the count does not fit in 64 bits; use smaller sizes")]
+    TooLarge { what: String },
+    #[error(
+        "{what} needs an estimated {needed} of memory (from the spec), but {available} is available{}",
+        match largest_batch {
+            Some(b) => format!(": the largest batch that fits is {b}"),
+            None => ": make the network smaller (fewer classes or hidden units, a smaller width multiplier or input)".to_string(),
+        }
+    )]
+    OutOfMemory {
+        what: String,
+        needed: String,
+        available: String,
+        largest_batch: Option<usize>,
+    },
 }

@@ -29,6 +29,12 @@ pub enum ModelError {
     },
     #[error("bad input: {0}")]
     Input(String),
+    #[error(
+        "the weights hold NaN or infinite values ({}): a network with them can only predict NaN; \
+         the file is corrupt or comes from a training run that diverged",
+        tensors.join(", ")
+    )]
+    NonFinite { tensors: Vec<String> },
 }
 
 /// Keys of the metadata written into weight files.
@@ -146,9 +152,21 @@ impl<B: Backend> Vgg<B> {
         problems.extend(unexpected.iter().map(|n| format!("unexpected {n}")));
         if !problems.is_empty() {
             return Err(ModelError::Weights {
-                model: describe(&spec),
+                model: spec.describe(),
                 problems,
                 hint: mismatch_hint(&spec, &file.metadata),
+            });
+        }
+        let non_finite: Vec<String> = expected
+            .keys()
+            .filter_map(|name| {
+                let n = given[name.as_str()].non_finite();
+                (n > 0).then(|| format!("{n} in {name}"))
+            })
+            .collect();
+        if !non_finite.is_empty() {
+            return Err(ModelError::NonFinite {
+                tensors: non_finite,
             });
         }
         let mut vgg = Vgg::init(backend, spec, &InitScheme::REFERENCE, 0)?;
@@ -311,14 +329,6 @@ pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
             ]
         })
         .collect()
-}
-
-fn describe(spec: &ModelSpec) -> String {
-    let o = &spec.options;
-    format!(
-        "{} ({}x{}x{} input, {} classes, hidden {}, width x{})",
-        spec.model, o.height, o.width, o.in_channels, o.classes, o.hidden, o.width_mult
-    )
 }
 
 /// What a weight file's metadata says that the chosen network does not match.

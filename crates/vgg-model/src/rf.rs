@@ -25,13 +25,29 @@ impl ReceptiveField {
         start: 0.5,
     };
 
-    /// The field after a sliding window of `kernel` with `stride` and `padding` on each side.
-    pub fn then(self, kernel: usize, stride: usize, padding: usize) -> ReceptiveField {
-        ReceptiveField {
-            size: self.size + (kernel - 1) * self.jump,
-            jump: self.jump * stride,
+    /// The field after a sliding window of `kernel` (at least 1) with `stride` and `padding` on
+    /// each side; an error when the size or jump would not fit in 64 bits.
+    pub fn then(
+        self,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<ReceptiveField, SpecError> {
+        let size = kernel
+            .checked_sub(1)
+            .and_then(|k| k.checked_mul(self.jump))
+            .and_then(|grow| grow.checked_add(self.size));
+        let jump = self.jump.checked_mul(stride);
+        let (Some(size), Some(jump)) = (size, jump) else {
+            return Err(SpecError::TooLarge {
+                what: "the receptive field".to_string(),
+            });
+        };
+        Ok(ReceptiveField {
+            size,
+            jump,
             start: self.start + ((kernel as f64 - 1.0) / 2.0 - padding as f64) * self.jump as f64,
-        }
+        })
     }
 }
 
@@ -124,23 +140,30 @@ pub fn parse_stack(text: &str) -> Result<Vec<StackLayer>, SpecError> {
 }
 
 /// The field after each layer of a stack, starting from one input pixel.
-pub fn stack_fields(stack: &[StackLayer]) -> Vec<ReceptiveField> {
+pub fn stack_fields(stack: &[StackLayer]) -> Result<Vec<ReceptiveField>, SpecError> {
+    let mut rf = ReceptiveField::INPUT;
     stack
         .iter()
-        .scan(ReceptiveField::INPUT, |rf, layer| {
-            *rf = rf.then(layer.kernel, layer.stride, layer.padding());
-            Some(*rf)
+        .map(|layer| {
+            rf = rf.then(layer.kernel, layer.stride, layer.padding())?;
+            Ok(rf)
         })
         .collect()
 }
 
 /// Weights of a stack's convolutions per C^2 (C channels in and out, no biases): 27 for three 3x3.
-pub fn stack_weights_per_c2(stack: &[StackLayer]) -> usize {
+pub fn stack_weights_per_c2(stack: &[StackLayer]) -> Result<usize, SpecError> {
     stack
         .iter()
         .filter(|l| l.kind == StackKind::Conv)
-        .map(|l| l.kernel * l.kernel)
-        .sum()
+        .try_fold(0usize, |sum, l| {
+            l.kernel
+                .checked_mul(l.kernel)
+                .and_then(|w| sum.checked_add(w))
+        })
+        .ok_or_else(|| SpecError::TooLarge {
+            what: "the stack's weights per C^2".to_string(),
+        })
 }
 
 #[cfg(test)]
@@ -150,17 +173,36 @@ mod tests {
     #[test]
     fn three_3x3_convs_see_7x7_with_27_c2_weights() {
         let stack = parse_stack("conv3,conv3,conv3").unwrap();
-        let sizes: Vec<usize> = stack_fields(&stack).iter().map(|r| r.size).collect();
+        let sizes: Vec<usize> = stack_fields(&stack)
+            .unwrap()
+            .iter()
+            .map(|r| r.size)
+            .collect();
         assert_eq!(sizes, [3, 5, 7]);
-        assert_eq!(stack_weights_per_c2(&stack), 27);
+        assert_eq!(stack_weights_per_c2(&stack).unwrap(), 27);
     }
 
     #[test]
     fn strides_multiply_the_jump() {
         let stack = parse_stack("conv3, pool2, conv3/2, pool3/1").unwrap();
-        let fields = stack_fields(&stack);
+        let fields = stack_fields(&stack).unwrap();
         let got: Vec<(usize, usize)> = fields.iter().map(|r| (r.size, r.jump)).collect();
         assert_eq!(got, [(3, 1), (4, 2), (8, 4), (16, 4)]);
+    }
+
+    #[test]
+    fn fields_that_would_wrap_are_errors() {
+        for text in [
+            "conv18446744073709551615,conv3",
+            "conv3/18446744073709551615,conv3/2,conv3",
+            "pool4294967296,pool4294967296,pool3",
+        ] {
+            let stack = parse_stack(text).unwrap();
+            let e = stack_fields(&stack).unwrap_err();
+            assert!(matches!(e, SpecError::TooLarge { .. }), "{text}: {e}");
+        }
+        let wide = parse_stack("conv4294967296,conv4294967296").unwrap();
+        assert!(stack_weights_per_c2(&wide).is_err());
     }
 
     #[test]

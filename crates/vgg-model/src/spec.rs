@@ -5,6 +5,8 @@
 use serde::Serialize;
 
 use crate::config::{Stage, VggConfig};
+use vgg_tensor::memory::human_bytes;
+
 use crate::rf::ReceptiveField;
 use crate::SpecError;
 
@@ -62,8 +64,17 @@ pub struct Chw {
 }
 
 impl Chw {
+    /// Elements of one image's activation. A spec's shapes were checked to fit when it was built;
+    /// for others this saturates instead of wrapping.
     pub fn elements(&self) -> u64 {
-        (self.channels * self.height * self.width) as u64
+        self.checked_elements().unwrap_or(u64::MAX)
+    }
+
+    /// Elements, or None when the count does not fit in 64 bits.
+    pub fn checked_elements(&self) -> Option<u64> {
+        (self.channels as u64)
+            .checked_mul(self.height as u64)?
+            .checked_mul(self.width as u64)
     }
 }
 
@@ -158,14 +169,29 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     /// Computes the spec, refusing sizes that would shrink to nothing.
+    /// Every count (shapes, parameters, MACs, their totals) is checked to fit in 64 bits, so the
+    /// spec's arithmetic never wraps.
     pub fn new(model: VggConfig, options: SpecOptions) -> Result<ModelSpec, SpecError> {
         validate_options(&options)?;
-        let layers = build_layers(model, &options).ok_or_else(|| SpecError::InputTooSmall {
+        let layers = build_layers(model, &options)?.ok_or_else(|| SpecError::InputTooSmall {
             model: model.name(),
             height: options.height,
             width: options.width,
             min: smallest_input(model),
         })?;
+        let total = |what: &str, f: fn(&LayerSpec) -> u64| {
+            layers
+                .iter()
+                .try_fold(0u64, |acc, l| acc.checked_add(f(l)))
+                .and_then(|t| t.checked_mul(F32_BYTES).map(|_| t))
+                .ok_or_else(|| too_large(format!("the network's total {what}")))
+        };
+        total("parameters", |l| l.params)?;
+        // Forward-backward counts three passes of MACs, at two FLOPs each.
+        total("MACs", |l| l.macs)?
+            .checked_mul(6)
+            .ok_or_else(|| too_large("the network's FLOPs".to_string()))?;
+        total("activations", |l| l.output.elements())?;
         Ok(ModelSpec {
             model,
             options,
@@ -212,22 +238,33 @@ impl ModelSpec {
         self.layers.iter().any(|l| l.floored)
     }
 
-    /// Memory for a batch; saturates rather than overflowing on absurd batches.
-    pub fn memory(&self, batch: usize) -> MemoryEstimate {
+    /// Memory for a batch, or an error naming the batch when a figure would not fit in 64 bits.
+    pub fn memory(&self, batch: usize) -> Result<MemoryEstimate, SpecError> {
+        let overflow = || too_large(format!("the memory of a batch of {batch}"));
         let b = batch as u64;
-        let bytes = |elements: u64| elements.saturating_mul(b).saturating_mul(F32_BYTES);
-        let input_bytes = bytes(self.input().elements());
-        let outputs: u64 = self.layers.iter().map(|l| l.output.elements()).sum();
-        let pooled: u64 = self
+        let bytes = |elements: u64| {
+            elements
+                .checked_mul(b)
+                .and_then(|v| v.checked_mul(F32_BYTES))
+                .ok_or_else(overflow)
+        };
+        let sum = |v: Vec<u64>| {
+            v.into_iter()
+                .try_fold(0u64, |a, x| a.checked_add(x))
+                .ok_or_else(overflow)
+        };
+        let input_bytes = bytes(self.input().elements())?;
+        let outputs = sum(self.layers.iter().map(|l| l.output.elements()).collect())?;
+        let pooled = sum(self
             .layers
             .iter()
             .filter(|l| matches!(l.op, LayerOp::MaxPool { .. }))
             .map(|l| l.output.elements())
-            .sum();
+            .collect())?;
         let largest_pair = self
             .layers
             .iter()
-            .map(|l| l.input.elements() + l.output.elements())
+            .map(|l| l.input.elements().saturating_add(l.output.elements()))
             .max()
             .unwrap_or(0);
         let largest_output = self
@@ -236,24 +273,139 @@ impl ModelSpec {
             .map(|l| l.output.elements().max(l.input.elements()))
             .max()
             .unwrap_or(0);
-        let saved = input_bytes
-            .saturating_add(bytes(outputs))
-            .saturating_add(bytes(pooled));
+        let saved = sum(vec![input_bytes, bytes(outputs)?, bytes(pooled)?])?;
         let param_bytes = self.params() * F32_BYTES;
-        let params_and_grads = 2 * param_bytes;
-        MemoryEstimate {
+        let params_and_grads = param_bytes.checked_mul(2).ok_or_else(overflow)?;
+        let two_largest = bytes(largest_output.checked_mul(2).ok_or_else(overflow)?)?;
+        Ok(MemoryEstimate {
             batch,
             input_bytes,
-            forward_activation_bytes: bytes(outputs),
-            inference_peak_activation_bytes: bytes(largest_pair),
+            forward_activation_bytes: bytes(outputs)?,
+            inference_peak_activation_bytes: bytes(largest_pair)?,
             saved_for_backward_bytes: saved,
             param_bytes,
             params_and_grads_bytes: params_and_grads,
-            estimated_forward_backward_bytes: saved
-                .saturating_add(params_and_grads)
-                .saturating_add(bytes(2 * largest_output)),
+            estimated_forward_backward_bytes: sum(vec![saved, params_and_grads, two_largest])?,
+        })
+    }
+
+    /// Bytes that `work` on a batch of `batch` images needs, estimated from the spec.
+    pub fn estimated_bytes(&self, batch: usize, work: Workload) -> Result<u64, SpecError> {
+        let m = self.memory(batch)?;
+        let copies = |n: u64| m.param_bytes.checked_mul(n);
+        let total = match work {
+            Workload::Weights { copies: n } => copies(n),
+            Workload::Inference { copies: n } => copies(n)
+                .and_then(|p| p.checked_add(m.input_bytes))
+                .and_then(|p| p.checked_add(m.inference_peak_activation_bytes)),
+            // The estimate already holds the weights and one gradient each.
+            Workload::Training { copies: n } => copies(n.saturating_sub(1))
+                .and_then(|p| p.checked_add(m.input_bytes))
+                .and_then(|p| p.checked_add(m.estimated_forward_backward_bytes)),
+        };
+        total.ok_or_else(|| too_large(format!("the memory of a batch of {batch}")))
+    }
+
+    /// Refuses, before anything is allocated, `work` that would need more than `available` bytes.
+    /// When the batch is what makes it too large, the error names the largest batch that fits.
+    pub fn check_memory(
+        &self,
+        batch: usize,
+        work: Workload,
+        available: u64,
+    ) -> Result<(), SpecError> {
+        let fits = |b: usize| matches!(self.estimated_bytes(b, work), Ok(n) if n <= available);
+        if fits(batch) {
+            return Ok(());
+        }
+        let needed = self.estimated_bytes(batch, work).ok();
+        // The estimate grows with the batch, so the largest batch that fits is found by bisection.
+        let largest_batch = match work {
+            Workload::Weights { .. } => None,
+            _ if !fits(1) => None,
+            _ => {
+                let (mut lo, mut hi) = (1usize, batch);
+                while lo < hi {
+                    let mid = lo + (hi - lo).div_ceil(2);
+                    if fits(mid) {
+                        lo = mid;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                Some(lo)
+            }
+        };
+        Err(SpecError::OutOfMemory {
+            what: match work {
+                Workload::Weights { .. } => {
+                    format!("creating or loading the weights of {}", self.describe())
+                }
+                Workload::Inference { .. } => {
+                    format!("{} on a batch of {batch} (inference)", self.describe())
+                }
+                Workload::Training { .. } => format!(
+                    "{} on a batch of {batch} (forward and backward)",
+                    self.describe()
+                ),
+            },
+            needed: needed.map_or("more than 16 EiB".to_string(), human_bytes),
+            available: human_bytes(available),
+            largest_batch,
+        })
+    }
+
+    /// "vgg16", or "vgg11 (width x0.25, hidden 128, 10 classes, 32x32x1 input)": every option
+    /// that differs from the paper's network, the input included.
+    pub fn describe(&self) -> String {
+        self.describe_parts(true)
+    }
+
+    /// `describe` without the input size, for reports that print it beside.
+    pub fn describe_network(&self) -> String {
+        self.describe_parts(false)
+    }
+
+    fn describe_parts(&self, input: bool) -> String {
+        let o = &self.options;
+        let d = SpecOptions::default();
+        let mut parts = Vec::new();
+        if o.width_mult != d.width_mult {
+            parts.push(format!("width x{}", o.width_mult));
+        }
+        if o.hidden != d.hidden {
+            parts.push(format!("hidden {}", o.hidden));
+        }
+        if o.classes != d.classes {
+            parts.push(format!("{} classes", o.classes));
+        }
+        if input && (o.height, o.width, o.in_channels) != (d.height, d.width, d.in_channels) {
+            parts.push(format!("{}x{}x{} input", o.height, o.width, o.in_channels));
+        }
+        if parts.is_empty() {
+            self.model.name().to_string()
+        } else {
+            format!("{} ({})", self.model.name(), parts.join(", "))
         }
     }
+}
+
+/// What a command does with a network, for its memory estimate. `copies` counts the
+/// parameter-sized buffers it holds at once: the weights on the device, host copies, file bytes,
+/// optimiser slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Creating, loading or saving weights, without running the network.
+    Weights { copies: u64 },
+    /// A forward pass without a tape: one layer's input and output alive at a time.
+    Inference { copies: u64 },
+    /// A forward pass that keeps what backward needs, the backward pass and a gradient per
+    /// parameter (counted apart from `copies`).
+    Training { copies: u64 },
+}
+
+fn too_large(what: String) -> SpecError {
+    SpecError::TooLarge { what }
 }
 
 fn validate_options(o: &SpecOptions) -> Result<(), SpecError> {
@@ -278,14 +430,26 @@ fn scaled(channels: usize, width_mult: f64) -> usize {
     ((channels as f64 * width_mult).round() as usize).max(1)
 }
 
-/// The layers, or None when some activation would shrink to zero.
-fn build_layers(model: VggConfig, o: &SpecOptions) -> Option<Vec<LayerSpec>> {
+/// The layers, or None when some activation would shrink to zero; an error when a count would
+/// not fit in 64 bits.
+fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpec>>, SpecError> {
+    let product = |name: &str, what: &str, factors: &[u64]| {
+        factors
+            .iter()
+            .try_fold(1u64, |acc, &f| acc.checked_mul(f))
+            .ok_or_else(|| too_large(format!("{name}'s {what}")))
+    };
+    let elements = |name: &str, c: Chw| {
+        c.checked_elements()
+            .ok_or_else(|| too_large(format!("{name}'s activation")))
+    };
     let mut layers = Vec::new();
     let mut shape = Chw {
         channels: o.in_channels,
         height: o.height,
         width: o.width,
     };
+    elements("the input", shape)?;
     let mut rf = ReceptiveField::INPUT;
     let mut torch_index = 0;
     for (block, stages) in model.stages().iter().enumerate() {
@@ -299,15 +463,33 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Option<Vec<LayerSpec>> {
                 } => {
                     conv_in_block += 1;
                     let padding = (kernel - 1) / 2;
+                    let (Some(height), Some(width)) = (
+                        window_out(input.height, kernel, 1, padding),
+                        window_out(input.width, kernel, 1, padding),
+                    ) else {
+                        return Ok(None);
+                    };
                     let out = Chw {
                         channels: scaled(out_channels, o.width_mult),
-                        height: window_out(input.height, kernel, 1, padding)?,
-                        width: window_out(input.width, kernel, 1, padding)?,
+                        height,
+                        width,
                     };
-                    let weights = (out.channels * input.channels * kernel * kernel) as u64;
-                    rf = rf.then(kernel, 1, padding);
+                    let name = format!("conv{}_{}", block + 1, conv_in_block);
+                    elements(&name, out)?;
+                    let k = kernel as u64;
+                    let weights = product(
+                        &name,
+                        "weights",
+                        &[out.channels as u64, input.channels as u64, k, k],
+                    )?;
+                    let macs = product(
+                        &name,
+                        "MACs",
+                        &[weights, out.height as u64, out.width as u64],
+                    )?;
+                    rf = rf.then(kernel, 1, padding)?;
                     let layer = LayerSpec {
-                        name: format!("conv{}_{}", block + 1, conv_in_block),
+                        name,
                         op: LayerOp::Conv {
                             kernel,
                             stride: 1,
@@ -320,7 +502,7 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Option<Vec<LayerSpec>> {
                         weights,
                         biases: out.channels as u64,
                         params: weights + out.channels as u64,
-                        macs: weights * (out.height * out.width) as u64,
+                        macs,
                         receptive_field: Some(rf),
                         floored: false,
                         torch_index,
@@ -330,12 +512,18 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Option<Vec<LayerSpec>> {
                 }
                 Stage::Pool => {
                     let (kernel, stride) = (2, 2);
+                    let (Some(height), Some(width)) = (
+                        window_out(input.height, kernel, stride, 0),
+                        window_out(input.width, kernel, stride, 0),
+                    ) else {
+                        return Ok(None);
+                    };
                     let out = Chw {
                         channels: input.channels,
-                        height: window_out(input.height, kernel, stride, 0)?,
-                        width: window_out(input.width, kernel, stride, 0)?,
+                        height,
+                        width,
                     };
-                    rf = rf.then(kernel, stride, 0);
+                    rf = rf.then(kernel, stride, 0)?;
                     let layer = LayerSpec {
                         name: format!("pool{}", block + 1),
                         op: LayerOp::MaxPool { kernel, stride },
@@ -369,7 +557,7 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Option<Vec<LayerSpec>> {
     for (i, (name, out_features, hidden)) in fcs.into_iter().enumerate() {
         let input = shape;
         let in_features = input.elements();
-        let weights = in_features * out_features as u64;
+        let weights = product(name, "weights", &[in_features, out_features as u64])?;
         let output = Chw {
             channels: out_features,
             height: 1,
@@ -393,12 +581,12 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Option<Vec<LayerSpec>> {
         });
         shape = output;
     }
-    Some(layers)
+    Ok(Some(layers))
 }
 
 /// Output length of a sliding window, None when nothing fits.
 fn window_out(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
-    let padded = len + 2 * padding;
+    let padded = len.checked_add(2 * padding)?;
     (padded >= kernel).then(|| (padded - kernel) / stride + 1)
 }
 
@@ -415,7 +603,7 @@ pub fn smallest_input(model: VggConfig) -> usize {
                     ..o
                 },
             )
-            .is_some()
+            .is_ok_and(|layers| layers.is_some())
         })
         .unwrap_or(4096)
 }
@@ -532,15 +720,97 @@ mod tests {
     #[test]
     fn memory_scales_with_batch() {
         let s = spec(VggConfig::Vgg16);
-        let one = s.memory(1);
-        let eight = s.memory(8);
+        let one = s.memory(1).unwrap();
+        let eight = s.memory(8).unwrap();
         assert_eq!(
             eight.forward_activation_bytes,
             8 * one.forward_activation_bytes
         );
         assert_eq!(one.param_bytes, 553_430_176);
         assert!(eight.estimated_forward_backward_bytes > eight.saved_for_backward_bytes);
-        // Saturates instead of overflowing.
-        assert_eq!(s.memory(usize::MAX).input_bytes, u64::MAX);
+        // Overflow is an error, not a wrapped or saturated figure.
+        let e = s.memory(usize::MAX).unwrap_err().to_string();
+        assert!(e.contains("does not fit in 64 bits"), "{e}");
+    }
+
+    #[test]
+    fn counts_that_would_wrap_are_errors() {
+        for o in [
+            SpecOptions {
+                in_channels: usize::MAX,
+                ..Default::default()
+            },
+            SpecOptions {
+                classes: usize::MAX / 2,
+                ..Default::default()
+            },
+            SpecOptions {
+                height: usize::MAX / 4,
+                width: 3,
+                ..Default::default()
+            },
+        ] {
+            let e = ModelSpec::new(VggConfig::Vgg16, o).unwrap_err();
+            assert!(matches!(e, SpecError::TooLarge { .. }), "{e}");
+        }
+    }
+
+    #[test]
+    fn memory_checks_name_the_largest_batch_that_fits() {
+        let s = spec(VggConfig::Vgg16);
+        let work = Workload::Training { copies: 1 };
+        let one = s.estimated_bytes(1, work).unwrap();
+        let eight = s.estimated_bytes(8, work).unwrap();
+        assert!(s.check_memory(8, work, eight).is_ok());
+        let e = s.check_memory(32, work, eight).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                SpecError::OutOfMemory {
+                    largest_batch: Some(8),
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("largest batch that fits is 8"),
+            "{e}"
+        );
+        // Not even one image: the network is what is too large.
+        let e = s.check_memory(4, work, one - 1).unwrap_err();
+        assert!(e.to_string().contains("make the network smaller"), "{e}");
+        let weights = Workload::Weights { copies: 3 };
+        assert_eq!(
+            s.estimated_bytes(1, weights).unwrap(),
+            3 * s.params() * F32_BYTES
+        );
+        // Absurd batches are refused, not wrapped.
+        assert!(s.check_memory(usize::MAX, work, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn descriptions_name_what_differs_from_the_paper() {
+        assert_eq!(spec(VggConfig::Vgg16).describe(), "vgg16");
+        let small = ModelSpec::new(
+            VggConfig::Vgg11,
+            SpecOptions {
+                height: 32,
+                width: 32,
+                classes: 10,
+                width_mult: 0.125,
+                hidden: 256,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            small.describe(),
+            "vgg11 (width x0.125, hidden 256, 10 classes, 32x32x3 input)"
+        );
+        assert_eq!(
+            small.describe_network(),
+            "vgg11 (width x0.125, hidden 256, 10 classes)"
+        );
     }
 }

@@ -196,3 +196,39 @@ fn inputs_are_checked() {
         assert!(err.contains(needle), "{needle}: {err}");
     }
 }
+
+/// A NaN pixel reaches the logits (PyTorch's behaviour) instead of being hidden by ReLU and pooling.
+#[test]
+fn a_nan_input_gives_nan_logits() {
+    let b = cpu();
+    let vgg = Vgg::init(&b, small(VggConfig::Vgg11), &InitScheme::REFERENCE, 3).unwrap();
+    let mut pixels = vec![0.5f32; 3 * 32 * 32];
+    pixels[100] = f32::NAN;
+    let x = b.upload(&Shape::from([1, 3, 32, 32]), &pixels).unwrap();
+    let tape = Tape::inference(b.clone());
+    let logits = vgg
+        .forward(&tape, &tape.constant(x), RunOptions::EVAL)
+        .unwrap();
+    let values = b.download(logits.value()).unwrap();
+    assert!(values.iter().all(|v| v.is_nan()), "{values:?}");
+}
+
+#[test]
+fn weights_with_nan_or_infinity_are_refused_by_name() {
+    let b = cpu();
+    let spec = small(VggConfig::Vgg11);
+    let vgg = Vgg::init(&b, spec.clone(), &InitScheme::REFERENCE, 3).unwrap();
+    let mut file = vgg.to_tensor_file(&b).unwrap();
+    for (name, t) in &mut file.tensors {
+        if name == "features.3.weight" {
+            t.data[0] = f32::NAN;
+            t.data[1] = f32::INFINITY;
+        }
+    }
+    let Err(e) = Vgg::from_tensors(&b, spec, &file) else {
+        panic!("weights with NaN were accepted");
+    };
+    assert!(matches!(e, ModelError::NonFinite { .. }), "{e}");
+    let text = e.to_string();
+    assert!(text.contains("2 in features.3.weight"), "{text}");
+}

@@ -280,7 +280,7 @@ pub fn forward_fused(
                 let b = bias.map_or(0.0, |b| b[c]);
                 let row = &mut y[c * hw + r0 * g.out_w..c * hw + r1 * g.out_w];
                 if relu {
-                    row.iter_mut().for_each(|v| *v = (*v + b).max(0.0));
+                    row.iter_mut().for_each(|v| *v = vgg_tensor::relu(*v + b));
                 } else {
                     row.iter_mut().for_each(|v| *v += b);
                 }

@@ -29,6 +29,9 @@ use crate::gemm::{sgemm, Mat, MatMut};
 /// chunks in order, so results do not depend on the thread count.
 const CHUNK: usize = 1 << 15;
 
+/// The most worker threads per core a backend accepts.
+pub const MAX_THREADS_PER_CORE: usize = 8;
+
 /// A tensor in host memory.
 #[derive(Clone, Debug)]
 pub struct CpuTensor {
@@ -91,13 +94,21 @@ impl std::fmt::Debug for CpuBackend {
 }
 
 impl CpuBackend {
-    /// A backend with `threads` workers; 0 means one per available core.
+    /// A backend with `threads` workers; 0 means one per available core. More than
+    /// `MAX_THREADS_PER_CORE` per core is refused: it only slows every op down, and starting
+    /// many thousands of threads takes minutes.
     pub fn new(threads: usize) -> Result<CpuBackend> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            threads
-        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let most = cores.saturating_mul(MAX_THREADS_PER_CORE);
+        if threads > most {
+            return Err(TensorError::InvalidArgument {
+                op: "CpuBackend::new",
+                message: format!(
+                    "{threads} threads requested, but this machine has {cores} cores: use at most {most} (0 means one per core)"
+                ),
+            });
+        }
+        let threads = if threads == 0 { cores } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("vgg-cpu-{i}"))
@@ -488,7 +499,7 @@ impl Backend for CpuBackend {
     }
 
     fn relu(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        Ok(self.map(x, |v| v.max(0.0)))
+        Ok(self.map(x, vgg_tensor::relu))
     }
 
     fn bias_act_backward(

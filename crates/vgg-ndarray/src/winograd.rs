@@ -343,7 +343,7 @@ fn transform_output_generic(
                     for (bcol, ob) in out.iter().enumerate() {
                         for (l, &v) in ob.iter().enumerate() {
                             let v = v + b;
-                            line[l * M + bcol] = if relu { v.max(0.0) } else { v };
+                            line[l * M + bcol] = if relu { vgg_tensor::relu(v) } else { v };
                         }
                     }
                     // SAFETY: the segment lies inside row oh of plane (n, ko), and only the chunk

@@ -377,6 +377,45 @@ fn relu_and_its_gradient() {
     assert_close(&host(&b, &dx), &want, 0.0, "relu_backward");
 }
 
+/// NaN propagates through every ReLU and pooling path, as in PyTorch, instead of becoming 0.
+#[test]
+fn nan_propagates_through_relu_convolutions_and_pooling() {
+    let b = cpu();
+    let nan_at = |dims: &[usize], at: usize| {
+        let mut v = data(dims.iter().product(), 3);
+        v[at] = f64::NAN;
+        tensor(&b, dims, &v)
+    };
+    let y = host(&b, &b.relu(&nan_at(&[5], 2)).unwrap());
+    assert!(y[2].is_nan() && !y[1].is_nan(), "{y:?}");
+    // Winograd (3x3 on 16x16 with 64 channels) and im2col (1x1) convolutions with fused ReLU.
+    for (c, k) in [(64, 3), (3, 1)] {
+        let x = nan_at(&[1, c, 16, 16], 8 * 16 + 8);
+        let w = tensor(&b, &[8, c, k, k], &data(8 * c * k * k, 4));
+        let bias = tensor(&b, &[8], &[0.0; 8]);
+        let p = Conv2dParams {
+            stride: 1,
+            padding: k / 2,
+        };
+        let y = host(&b, &b.conv2d_bias_act(&x, &w, &bias, p, true).unwrap());
+        // Every output channel sees the NaN pixel at (8, 8).
+        for ch in 0..8 {
+            assert!(y[ch * 256 + 8 * 16 + 8].is_nan(), "{k}x{k}: channel {ch}");
+        }
+    }
+    let (y, _) = b
+        .max_pool2d(
+            &nan_at(&[1, 1, 4, 4], 5),
+            Pool2dParams {
+                kernel: 2,
+                stride: 2,
+            },
+        )
+        .unwrap();
+    let y = host(&b, &y);
+    assert!(y[0].is_nan() && !y[1].is_nan(), "{y:?}");
+}
+
 #[test]
 fn dropout_is_seeded_scaled_and_its_own_backward() {
     let b = cpu();
@@ -714,4 +753,14 @@ proptest! {
             Err(_) => prop_assert!(h < k || w < k),
         }
     }
+}
+
+#[test]
+fn absurd_thread_counts_are_refused_quickly() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let e = CpuBackend::new(100_000).unwrap_err().to_string();
+    assert!(e.contains("100000 threads") && e.contains("at most"), "{e}");
+    let most = cores * vgg_ndarray::MAX_THREADS_PER_CORE;
+    assert!(CpuBackend::new(most + 1).is_err());
+    assert_eq!(CpuBackend::new(0).unwrap().threads(), cores);
 }

@@ -147,13 +147,23 @@ impl<B: Backend> Optimizer<B> {
         Ok(out)
     }
 
-    /// Restores the state written by `state_tensors` (other names are ignored).
+    /// Restores the state written by `state_tensors` for the parameters `params` (names and
+    /// shapes); tensors not named `optimizer.*` are ignored. Refused, naming what is wrong:
+    /// state for a parameter not in `params`, a slot this optimiser does not have, a shape that
+    /// is not the parameter's, and, after any step, a parameter without its full state (a resumed
+    /// run would silently differ from an uninterrupted one).
     pub fn load_state(
         &mut self,
         backend: &B,
         tensors: &[(String, HostTensor)],
         steps: u64,
+        params: &[(String, Shape)],
     ) -> Result<()> {
+        let refuse = |message: String| TensorError::InvalidArgument {
+            op: "Optimizer::load_state",
+            message,
+        };
+        let shapes: BTreeMap<&str, &Shape> = params.iter().map(|(n, s)| (n.as_str(), s)).collect();
         self.steps = steps;
         self.state.clear();
         let slots = self.kind.slots();
@@ -162,26 +172,64 @@ impl<B: Backend> Optimizer<B> {
             let Some(rest) = name.strip_prefix("optimizer.") else {
                 continue;
             };
-            let Some((param, slot)) = rest.rsplit_once('.') else {
-                continue;
-            };
-            let Some(index) = slots.iter().position(|s| *s == slot) else {
-                return Err(TensorError::InvalidArgument {
-                    op: "Optimizer::load_state",
-                    message: format!("'{name}' is not state of a {} optimiser", self.kind.name()),
-                });
-            };
-            let tensor = backend.upload(&Shape::from(t.shape.clone()), &t.data)?;
-            by_param
+            let (param, slot) = rest
+                .rsplit_once('.')
+                .ok_or_else(|| refuse(format!("'{name}' names no parameter and slot")))?;
+            let index = slots.iter().position(|s| *s == slot).ok_or_else(|| {
+                refuse(format!(
+                    "'{name}' is not state of a {} optimiser",
+                    self.kind.name()
+                ))
+            })?;
+            let shape = Shape::from(t.shape.clone());
+            match shapes.get(param) {
+                None => {
+                    return Err(refuse(format!(
+                        "'{name}' is state of '{param}', which the network does not have"
+                    )))
+                }
+                Some(want) if **want != shape => {
+                    return Err(refuse(format!(
+                        "'{name}' has shape {shape}, but '{param}' is {want}"
+                    )))
+                }
+                Some(_) => {}
+            }
+            let tensor = backend.upload(&shape, &t.data)?;
+            let entry = by_param
                 .entry(param.to_string())
-                .or_insert_with(|| vec![None; slots.len()])[index] = Some(tensor);
+                .or_insert_with(|| vec![None; slots.len()]);
+            if entry[index].replace(tensor).is_some() {
+                return Err(refuse(format!("'{name}' appears twice")));
+            }
+        }
+        let missing: Vec<String> = params
+            .iter()
+            .flat_map(|(param, _)| {
+                let have = by_param.get(param);
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter(move |(i, _)| have.is_none_or(|h| h[*i].is_none()))
+                    .map(move |(_, slot)| format!("optimizer.{param}.{slot}"))
+            })
+            .collect();
+        if steps > 0 && !missing.is_empty() {
+            return Err(refuse(format!(
+                "after {steps} steps the state lacks {} of {} tensors ({}{})",
+                missing.len(),
+                params.len() * slots.len(),
+                missing[..missing.len().min(3)].join(", "),
+                if missing.len() > 3 { ", ..." } else { "" }
+            )));
+        }
+        if steps == 0 && !by_param.is_empty() {
+            return Err(refuse(
+                "the state says no step was taken, yet holds tensors".to_string(),
+            ));
         }
         for (param, tensors) in by_param {
-            let complete: Option<Vec<B::Tensor>> = tensors.into_iter().collect();
-            let complete = complete.ok_or_else(|| TensorError::InvalidArgument {
-                op: "Optimizer::load_state",
-                message: format!("the optimiser state of {param} is incomplete"),
-            })?;
+            let complete: Vec<B::Tensor> = tensors.into_iter().flatten().collect();
             self.state.insert(param, complete);
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! Layouts: activations NCHW, convolution weights OIHW and linear weights [out, in], as torchvision's.
 
 mod checks;
+pub mod memory;
 pub mod random;
 mod shape;
 
@@ -46,6 +47,18 @@ pub enum TensorError {
 
 pub type Result<T, E = TensorError> = std::result::Result<T, E>;
 
+/// ReLU of one value, as every backend computes it: negatives become 0 and NaN stays NaN (as in
+/// PyTorch), so a NaN anywhere in a network shows in its output instead of vanishing.
+/// (`f32::max(v, 0.0)` would return 0 for NaN.)
+#[inline(always)]
+pub fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// Hyper-parameters of one Adam step (Kingma & Ba 2015).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamParams {
@@ -86,10 +99,11 @@ pub trait Backend: Clone + fmt::Debug + Send + Sync + 'static {
         f()
     }
 
-    /// Free memory on a device with its own memory (a GPU's); None where tensors live in host
-    /// memory, whose availability the caller knows better.
-    fn device_free_bytes(&self) -> Option<u64> {
-        None
+    /// Memory free for this backend's tensors: the host's available memory by default, a GPU's
+    /// free memory where tensors live there. None where it cannot be known. Callers check every
+    /// size a user controls against it before allocating.
+    fn available_bytes(&self) -> Option<u64> {
+        memory::host_available_bytes()
     }
 
     /// Waits until all queued work is done (a no-op where ops are synchronous).

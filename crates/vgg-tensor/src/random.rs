@@ -34,14 +34,14 @@ pub fn standard_normal(seed: u64, index: u64) -> f32 {
 /// Fills `out` with element `offset + i` of the normal stream (mean, std).
 pub fn fill_normal(out: &mut [f32], seed: u64, offset: u64, mean: f32, std: f32) {
     for (i, v) in out.iter_mut().enumerate() {
-        *v = mean + std * standard_normal(seed, offset + i as u64);
+        *v = mean + std * standard_normal(seed, offset.wrapping_add(i as u64));
     }
 }
 
 /// Fills `out` with element `offset + i` of the uniform stream on [low, high).
 pub fn fill_uniform(out: &mut [f32], seed: u64, offset: u64, low: f32, high: f32) {
     for (i, v) in out.iter_mut().enumerate() {
-        *v = low + (high - low) * uniform01(seed, offset + i as u64);
+        *v = low + (high - low) * uniform01(seed, offset.wrapping_add(i as u64));
     }
 }
 

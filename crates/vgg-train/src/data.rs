@@ -18,6 +18,8 @@ pub enum DataError {
     Io(#[from] io::IoError),
     #[error("{path}: {problem}")]
     Corrupt { path: PathBuf, problem: String },
+    #[error("a test fraction of {test_fraction} of {images} images leaves no training or no test images: choose a fraction that keeps at least one of each")]
+    EmptySplit { images: usize, test_fraction: f64 },
 }
 
 /// Images (NCHW, f32) and their class labels.
@@ -63,11 +65,19 @@ impl Dataset {
         }
     }
 
-    /// A seeded split into (train, test), `test_fraction` of the images going to test.
-    pub fn split(&self, test_fraction: f64, seed: u64) -> (Dataset, Dataset) {
+    /// A seeded split into (train, test), `test_fraction` of the images going to test. Refused
+    /// when either side would be empty.
+    pub fn split(&self, test_fraction: f64, seed: u64) -> Result<(Dataset, Dataset), DataError> {
+        let test = ((self.len() as f64) * test_fraction).round();
+        if !(test >= 1.0 && test < self.len() as f64) {
+            return Err(DataError::EmptySplit {
+                images: self.len(),
+                test_fraction,
+            });
+        }
+        let test = test as usize;
         let order = permutation(self.len(), seed);
-        let test = ((self.len() as f64) * test_fraction).round() as usize;
-        (self.subset(&order[test..]), self.subset(&order[..test]))
+        Ok((self.subset(&order[test..]), self.subset(&order[..test])))
     }
 }
 
@@ -164,10 +174,12 @@ const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 const CIFAR_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
 fn load_cifar_file(path: &Path) -> Result<Dataset, DataError> {
-    let bytes = std::fs::read(path).map_err(|source| io::IoError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    parse_cifar_batch(&io::read_file(path)?, path)
+}
+
+/// One file of CIFAR-10's binary version (records of a label byte and 3,072 pixel bytes);
+/// `path` names it in errors.
+pub fn parse_cifar_batch(bytes: &[u8], path: &Path) -> Result<Dataset, DataError> {
     if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
         return Err(DataError::Corrupt {
             path: path.to_path_buf(),

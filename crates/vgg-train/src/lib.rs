@@ -13,7 +13,7 @@ use vgg_nn::init::param_seed;
 use vgg_nn::io::TensorFile;
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
 use vgg_nn::RunOptions;
-use vgg_tensor::{Backend, Shape};
+use vgg_tensor::{Backend, DeviceTensor, Shape};
 
 pub use data::{DataError, Dataset};
 
@@ -31,6 +31,16 @@ pub enum TrainError {
     NonFinite { value: f32, epoch: usize, step: u64 },
     #[error("bad checkpoint: {0}")]
     Checkpoint(String),
+    /// An `Observer` stopped training (a report could not be written, say).
+    #[error("training stopped after epoch {epoch}: {reason}")]
+    Observer { epoch: usize, reason: String },
+    #[error("the training setting {setting} = {value} makes no sense: {expected}")]
+    Setting {
+        /// The `TrainConfig` field.
+        setting: &'static str,
+        value: String,
+        expected: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +66,91 @@ pub struct EpochReport {
     pub test_loss: f64,
     pub test_accuracy: f64,
     pub seconds: f64,
+}
+
+impl TrainConfig {
+    /// Refuses settings that cannot train: a rate that is not positive (a negative one climbs the
+    /// loss), a decay factor that is not positive, momentum outside [0, 1), and so on. The error
+    /// names the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let refuse = |setting, value: f32, expected| {
+            Err(TrainError::Setting {
+                setting,
+                value: value.to_string(),
+                expected,
+            })
+        };
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if self.epochs == 0 || self.batch_size == 0 {
+            return Err(TrainError::Setting {
+                setting: if self.epochs == 0 {
+                    "epochs"
+                } else {
+                    "batch_size"
+                },
+                value: "0".to_string(),
+                expected: "it must be at least 1",
+            });
+        }
+        if !positive(self.lr) {
+            return refuse("lr", self.lr, "the learning rate must be a positive number");
+        }
+        if !(self.keep_prob > 0.0 && self.keep_prob <= 1.0) {
+            return refuse(
+                "keep_prob",
+                self.keep_prob,
+                "a keep probability is in (0, 1]",
+            );
+        }
+        if let Schedule::Step { every, gamma } = self.schedule {
+            if !positive(gamma) {
+                return refuse(
+                    "gamma",
+                    gamma,
+                    "the rate is multiplied by it, so it must be positive (0.1 divides by 10)",
+                );
+            }
+            if every == 0 {
+                return refuse("step_every", 0.0, "it must be at least 1 epoch");
+            }
+        }
+        let weight_decay = match self.optimizer {
+            OptimizerKind::Sgd {
+                momentum,
+                weight_decay,
+            } => {
+                if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+                    return refuse("momentum", momentum, "momentum is in [0, 1)");
+                }
+                weight_decay
+            }
+            OptimizerKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                for (setting, beta) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(0.0..1.0).contains(&beta) {
+                        return refuse(setting, beta, "Adam's betas are in [0, 1)");
+                    }
+                }
+                if !positive(eps) {
+                    return refuse("eps", eps, "Adam's epsilon must be positive");
+                }
+                weight_decay
+            }
+        };
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return refuse("weight_decay", weight_decay, "weight decay is 0 or more");
+        }
+        Ok(())
+    }
+
+    /// Optimiser steps in one epoch over `train_images` images.
+    pub fn batches_per_epoch(&self, train_images: usize) -> usize {
+        train_images.div_ceil(self.batch_size.max(1))
+    }
 }
 
 /// What a checkpoint holds: the network, the optimiser and how many epochs are done.
@@ -116,6 +211,7 @@ pub fn train<B: Backend>(
     config: &TrainConfig,
     observer: &mut dyn Observer<B>,
 ) -> Result<Vec<EpochReport>, TrainError> {
+    config.validate()?;
     let mut reports = Vec::new();
     let shape = |n: usize| Shape::from([n, train_set.channels, train_set.height, train_set.width]);
     for epoch in state.epochs_done..config.epochs {
@@ -148,7 +244,7 @@ pub fn train<B: Backend>(
                 return Err(TrainError::NonFinite {
                     value,
                     epoch: epoch + 1,
-                    step: optimizer.steps + 1,
+                    step: optimizer.steps.saturating_add(1),
                 });
             }
             loss_sum += value as f64 * chunk.len() as f64;
@@ -201,26 +297,32 @@ pub fn checkpoint<B: Backend>(
     Ok(file)
 }
 
-/// The state saved by `checkpoint`.
+/// The state saved by `checkpoint`, for training with `config` on `train_images` images. The
+/// checkpoint must be whole and consistent: its step count must be what its epochs took at this
+/// batch size, and its optimiser state must cover every parameter, so that the resumed run equals
+/// an uninterrupted one.
 pub fn resume<B: Backend>(
     backend: &B,
     spec: ModelSpec,
-    kind: OptimizerKind,
+    config: &TrainConfig,
+    train_images: usize,
     file: &TensorFile,
 ) -> Result<TrainState<B>, TrainError> {
+    let bad = |m: String| TrainError::Checkpoint(m);
     let get = |key: &str| -> Result<u64, TrainError> {
         file.metadata
             .get(key)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| {
-                TrainError::Checkpoint(format!(
+                bad(format!(
                     "no '{key}' in its metadata: was it written by vgg train?"
                 ))
             })
     };
-    let (epoch, steps) = (get(meta::EPOCH)? as usize, get(meta::STEPS)?);
+    let (epoch, steps) = (get(meta::EPOCH)?, get(meta::STEPS)?);
+    let kind = config.optimizer;
     if file.metadata.get(meta::OPTIMIZER).map(String::as_str) != Some(kind.name()) {
-        return Err(TrainError::Checkpoint(format!(
+        return Err(bad(format!(
             "it was made with the {} optimiser, not {}",
             file.metadata
                 .get(meta::OPTIMIZER)
@@ -228,6 +330,16 @@ pub fn resume<B: Backend>(
             kind.name()
         )));
     }
+    let per_epoch = config.batches_per_epoch(train_images) as u64;
+    if epoch.checked_mul(per_epoch) != Some(steps) {
+        return Err(bad(format!(
+            "it records {epoch} epochs and {steps} steps, but {epoch} epochs of {train_images} images \
+             in batches of {} take {} steps: it was made with another batch size or data set, or is damaged",
+            config.batch_size,
+            epoch.saturating_mul(per_epoch)
+        )));
+    }
+    let epoch = usize::try_from(epoch).map_err(|_| bad(format!("{epoch} epochs is too many")))?;
     let weights = TensorFile {
         tensors: file
             .tensors
@@ -238,8 +350,15 @@ pub fn resume<B: Backend>(
         metadata: file.metadata.clone(),
     };
     let model = Vgg::from_tensors(backend, spec, &weights)?;
+    let params: Vec<(String, Shape)> = model
+        .named_params()
+        .into_iter()
+        .map(|(name, t)| (name, t.shape().clone()))
+        .collect();
     let mut optimizer = Optimizer::new(kind);
-    optimizer.load_state(backend, &file.tensors, steps)?;
+    optimizer
+        .load_state(backend, &file.tensors, steps, &params)
+        .map_err(|e| bad(e.to_string()))?;
     Ok(TrainState {
         model,
         optimizer,

@@ -1,10 +1,20 @@
-//! Named f32 tensors on disk: safetensors (weights, gradients) and NumPy `.npy` (inputs, outputs).
-//! Every failure names the file and what is wrong with it.
+//! Files in and out: named f32 tensors as safetensors (weights, gradients) and NumPy `.npy`
+//! (inputs, outputs), images as ImageNet-preprocessed tensors, and the one safe write path every
+//! output takes. Every failure names the file and what is wrong with it; every size read from a
+//! file is checked before it is allocated.
+
+pub mod image;
+mod npy;
+pub mod output;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
+
+pub use npy::{load_npy, npy_bytes, parse_npy, save_npy};
+pub use output::{check_output, remove_partial_outputs, write_atomic, write_with};
 
 /// A tensor in host memory, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +24,11 @@ pub struct HostTensor {
 }
 
 impl HostTensor {
+    /// How many values are NaN or infinite.
+    pub fn non_finite(&self) -> usize {
+        self.data.iter().filter(|v| !v.is_finite()).count()
+    }
+
     /// A device tensor's values, copied to the host.
     pub fn download<B: vgg_tensor::Backend>(
         backend: &B,
@@ -62,29 +77,48 @@ pub enum IoError {
     NpyDtype { path: PathBuf, descr: String },
     #[error("{path}: Fortran-ordered arrays are not supported; save np.ascontiguousarray(arr)")]
     NpyFortran { path: PathBuf },
+    #[error("{path} is {kind}: vgg reads and writes only regular files, and never through a link; give the path of a regular file")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+    #[error("cannot write {path}: the directory {dir} does not exist")]
+    NoDirectory { path: PathBuf, dir: PathBuf },
+    #[error("{path} is {size}, more than the {available} of memory available to read it")]
+    TooLarge {
+        path: PathBuf,
+        size: String,
+        available: String,
+    },
+    #[error("{path}: {what}")]
+    BadImage { path: PathBuf, what: String },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, IoError> {
-    std::fs::read(path).map_err(|source| IoError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-/// Writes through a temporary file and a rename, so a failed write never leaves half a file.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
-    let err = |source| IoError::Write {
+/// A whole input file, refusing directories and files larger than the memory available.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, IoError> {
+    let err = |source| IoError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".partial");
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        err(e)
-    })
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
+    if meta.is_dir() {
+        return Err(IoError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: "a directory",
+        });
+    }
+    // A file is held twice while it is parsed (its bytes and the values).
+    let size = meta.len();
+    if let Some(available) = vgg_tensor::memory::host_available_bytes() {
+        if size.saturating_mul(2) > available {
+            return Err(IoError::TooLarge {
+                path: path.to_path_buf(),
+                size: vgg_tensor::memory::human_bytes(size),
+                available: vgg_tensor::memory::human_bytes(available),
+            });
+        }
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.read_to_end(&mut bytes).map_err(err)?;
+    Ok(bytes)
 }
 
 fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
@@ -100,13 +134,17 @@ fn f32_to_le(values: &[f32]) -> Vec<u8> {
 
 /// Reads every tensor of a safetensors file, refusing any that is not F32.
 pub fn load_safetensors(path: &Path) -> Result<TensorFile, IoError> {
-    let bytes = read(path)?;
+    parse_safetensors(&read_file(path)?, path)
+}
+
+/// Parses the bytes of a safetensors file; `path` names it in errors.
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<TensorFile, IoError> {
     let parsed =
-        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| IoError::BadSafetensors {
+        safetensors::SafeTensors::deserialize(bytes).map_err(|e| IoError::BadSafetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-    let metadata = safetensors::SafeTensors::read_metadata(&bytes)
+    let metadata = safetensors::SafeTensors::read_metadata(bytes)
         .ok()
         .and_then(|(_, m)| m.metadata().clone())
         .unwrap_or_default();
@@ -131,7 +169,8 @@ pub fn load_safetensors(path: &Path) -> Result<TensorFile, IoError> {
     Ok(TensorFile { tensors, metadata })
 }
 
-/// Writes named F32 tensors and metadata; values round-trip bit for bit.
+/// Writes named F32 tensors and metadata through the safe write path; values round-trip bit for
+/// bit.
 pub fn save_safetensors(path: &Path, file: &TensorFile) -> Result<(), IoError> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = file
         .tensors
@@ -148,110 +187,7 @@ pub fn save_safetensors(path: &Path, file: &TensorFile) -> Result<(), IoError> {
         path: path.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    write_atomically(path, &out)
-}
-
-const NPY_MAGIC: &[u8] = b"\x93NUMPY";
-
-/// Reads a little-endian float32, C-ordered `.npy` array.
-pub fn load_npy(path: &Path) -> Result<HostTensor, IoError> {
-    let bytes = read(path)?;
-    let bad = |reason: &str| IoError::BadNpy {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    if bytes.len() < 10 || &bytes[..6] != NPY_MAGIC {
-        return Err(bad("it does not start with the NumPy magic string"));
-    }
-    let (header_len, header_start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(bad(&format!("unknown format version {v}"))),
-    };
-    let header = bytes
-        .get(header_start..header_start + header_len)
-        .ok_or_else(|| bad("the header is truncated"))?;
-    let header = std::str::from_utf8(header).map_err(|_| bad("the header is not text"))?;
-    let field = |key: &str| -> Option<&str> {
-        let at = header.find(&format!("'{key}'"))? + key.len() + 2;
-        let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
-        Some(rest)
-    };
-    let descr = field("descr")
-        .and_then(|r| r.strip_prefix('\''))
-        .and_then(|r| r.split('\'').next())
-        .ok_or_else(|| bad("the header has no 'descr'"))?;
-    if descr != "<f4" {
-        return Err(IoError::NpyDtype {
-            path: path.to_path_buf(),
-            descr: descr.to_string(),
-        });
-    }
-    let fortran = field("fortran_order").ok_or_else(|| bad("the header has no 'fortran_order'"))?;
-    if fortran.starts_with("True") {
-        return Err(IoError::NpyFortran {
-            path: path.to_path_buf(),
-        });
-    }
-    let shape_text = field("shape")
-        .and_then(|r| r.strip_prefix('('))
-        .and_then(|r| r.split(')').next())
-        .ok_or_else(|| bad("the header has no 'shape'"))?;
-    let shape: Vec<usize> = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| bad("the shape is not a tuple of integers"))
-        })
-        .collect::<Result<_, _>>()?;
-    let elements = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad("the shape is too large"))?;
-    let data = &bytes[header_start + header_len..];
-    if data.len() != elements * 4 {
-        return Err(bad(&format!(
-            "shape {shape:?} needs {} bytes of data, the file has {}: is it truncated?",
-            elements * 4,
-            data.len()
-        )));
-    }
-    Ok(HostTensor {
-        shape,
-        data: f32_from_le(data),
-    })
-}
-
-/// Writes a little-endian float32 C-ordered `.npy` (format 1.0).
-pub fn save_npy(path: &Path, t: &HostTensor) -> Result<(), IoError> {
-    let shape = match t.shape.len() {
-        1 => format!("({},)", t.shape[0]),
-        _ => format!(
-            "({})",
-            t.shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + t.data.len() * 4);
-    out.extend_from_slice(NPY_MAGIC);
-    out.extend_from_slice(&[1, 0]);
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&f32_to_le(&t.data));
-    write_atomically(path, &out)
+    write_atomic(path, &out)
 }
 
 #[cfg(test)]
@@ -340,45 +276,5 @@ mod tests {
         std::fs::write(&path, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
         let e = load_safetensors(&path).unwrap_err().to_string();
         assert!(e.contains("F16") && e.contains("only F32"), "{e}");
-    }
-
-    #[test]
-    fn npy_round_trip_and_refusals() {
-        let path = tmp("x.npy");
-        let t = HostTensor {
-            shape: vec![2, 3, 1, 2],
-            data: (0..12).map(|i| i as f32 * 0.5).collect(),
-        };
-        save_npy(&path, &t).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(
-            (10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize) % 64,
-            0
-        );
-        assert_eq!(load_npy(&path).unwrap(), t);
-        let one = HostTensor {
-            shape: vec![3],
-            data: vec![1.0, 2.0, 3.0],
-        };
-        save_npy(&path, &one).unwrap();
-        assert_eq!(load_npy(&path).unwrap(), one);
-
-        let replaced = |from: &[u8], to: &[u8]| {
-            let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
-            let mut b = bytes.clone();
-            b[at..at + to.len()].copy_from_slice(to);
-            b
-        };
-        std::fs::write(&path, replaced(b"<f4", b"<f8")).unwrap();
-        assert!(load_npy(&path).unwrap_err().to_string().contains("'<f4'"));
-        std::fs::write(&path, replaced(b"False", b"True ")).unwrap();
-        assert!(matches!(load_npy(&path), Err(IoError::NpyFortran { .. })));
-        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(load_npy(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("truncated"));
-        std::fs::write(&path, b"not numpy at all").unwrap();
-        assert!(load_npy(&path).unwrap_err().to_string().contains("magic"));
     }
 }

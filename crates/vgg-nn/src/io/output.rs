@@ -1,0 +1,252 @@
+//! The one way every output file is written. A write goes to a temporary created exclusively, with
+//! a unique name, in the target's directory; it is flushed and fsync'd, given the target's
+//! permissions, and renamed over the target, then the directory is fsync'd. A reader sees the old
+//! file or the whole new one, never half of one, and a link planted anywhere is never followed.
+//! Targets that are not regular files (links, devices, directories) are refused.
+
+use std::fs::{File, Permissions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::IoError;
+
+/// Temporaries being written now, for `remove_partial_outputs`.
+static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic elsewhere while holding the lock leaves a list that is still valid.
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Deletes every temporary still being written: for a Ctrl-C or termination handler that exits
+/// the process without unwinding, so that an interrupted run leaves no partial file behind.
+pub fn remove_partial_outputs() {
+    for path in pending().drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The directory a target is written in ("." for a bare file name).
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// What kind of file `path` is when it is not a regular file.
+fn not_regular(path: &Path) -> Option<&'static str> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return None;
+    }
+    Some(if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "a device, pipe or socket"
+    })
+}
+
+/// The target's current permissions, kept by the replacement.
+fn existing_permissions(path: &Path) -> Option<Permissions> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_file())
+        .map(|m| m.permissions())
+}
+
+fn refuse_non_regular(path: &Path) -> Result<(), IoError> {
+    match not_regular(path) {
+        Some(kind) => Err(IoError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn create_temporary(path: &Path) -> Result<tempfile::NamedTempFile, IoError> {
+    let dir = directory_of(path);
+    match std::fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        _ => {
+            return Err(IoError::NoDirectory {
+                path: path.to_path_buf(),
+                dir,
+            })
+        }
+    }
+    let name = path.file_name().ok_or_else(|| IoError::NotRegularFile {
+        path: path.to_path_buf(),
+        kind: "a directory",
+    })?;
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".partial");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A new file gets the usual 0666 less the umask, as with any other tool.
+        builder.permissions(Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(&dir).map_err(|source| IoError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Checks, before long work starts, that `path` can be written: its directory exists and takes
+/// new files, and it is not a link, device or directory.
+pub fn check_output(path: &Path) -> Result<(), IoError> {
+    refuse_non_regular(path)?;
+    // Creating (and dropping) a temporary is the honest test of permission and space for inodes.
+    create_temporary(path).map(drop)
+}
+
+/// Writes `bytes` to `path` as described in the module's documentation.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    write_with(path, |w| w.write_all(bytes))
+}
+
+/// Writes what `fill` writes to `path` as described in the module's documentation, streaming
+/// through a buffer.
+pub fn write_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), IoError> {
+    refuse_non_regular(path)?;
+    let err = |source| IoError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let temp = create_temporary(path)?;
+    let temp_path = temp.path().to_path_buf();
+    pending().push(temp_path.clone());
+    let result = (|| {
+        let mut writer = BufWriter::new(temp);
+        fill(&mut writer).map_err(err)?;
+        let temp = writer.into_inner().map_err(|e| err(e.into_error()))?;
+        if let Some(permissions) = existing_permissions(path) {
+            temp.as_file().set_permissions(permissions).map_err(err)?;
+        }
+        temp.as_file().sync_all().map_err(err)?;
+        // A link or device planted at the target since the check is refused, not replaced.
+        refuse_non_regular(path)?;
+        temp.persist(path).map_err(|e| err(e.error))?;
+        sync_directory(&directory_of(path));
+        Ok(())
+    })();
+    pending().retain(|p| p != &temp_path);
+    result
+}
+
+/// Makes the rename durable. Best effort: some file systems cannot sync a directory.
+fn sync_directory(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect()
+    }
+
+    #[test]
+    fn writes_replace_whole_files_and_leave_nothing_behind() {
+        let d = dir();
+        let target = d.path().join("out.bin");
+        write_atomic(&target, b"first").unwrap();
+        write_atomic(&target, b"second").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"second");
+        assert!(leftovers(d.path()).is_empty());
+        // A failing writer leaves the old file whole.
+        let e = write_with(&target, |w| {
+            w.write_all(b"half")?;
+            Err(std::io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"second");
+        assert!(leftovers(d.path()).is_empty());
+        assert!(!pending().iter().any(|p| p.starts_with(d.path())));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_devices_and_directories_are_refused() {
+        use std::os::unix::fs::symlink;
+        let d = dir();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let link = d.path().join("link");
+        symlink(&victim, &link).unwrap();
+        // A pipe stands for a device (a test must not risk replacing a real one).
+        let fifo = d.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for target in [link.as_path(), fifo.as_path(), d.path()] {
+            let e = write_atomic(target, b"x").unwrap_err();
+            assert!(matches!(e, IoError::NotRegularFile { .. }), "{e}");
+            assert!(check_output(target).is_err());
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // The old fixed temporary name is no longer used: a link planted there is not followed.
+        symlink(&victim, d.path().join("out.bin.partial")).unwrap();
+        write_atomic(&d.path().join("out.bin"), b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn permissions_are_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir();
+        let target = d.path().join("kept");
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&target, b"new").unwrap();
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        // A new file is not the temporary's private 0600.
+        let fresh = d.path().join("fresh");
+        write_atomic(&fresh, b"x").unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_ne!(mode & 0o044, 0, "{mode:o}");
+    }
+
+    #[test]
+    fn missing_directories_are_named() {
+        let d = dir();
+        let target = d.path().join("no/such/dir/out.bin");
+        let e = check_output(&target).unwrap_err().to_string();
+        assert!(
+            e.contains("no/such/dir") && e.contains("does not exist"),
+            "{e}"
+        );
+    }
+}
