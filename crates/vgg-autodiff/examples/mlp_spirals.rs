@@ -4,7 +4,7 @@
 
 use vgg_autodiff::{Tape, Var};
 use vgg_ndarray::CpuBackend;
-use vgg_tensor::{Backend, Shape};
+use vgg_tensor::prelude::*;
 
 /// Points of two spirals, 1.5 turns each: (coordinates [2n, 2], labels).
 pub fn spirals(per_class: usize) -> (Vec<f32>, Vec<usize>) {

@@ -8,7 +8,7 @@
 //! ```
 //! use vgg_autodiff::Tape;
 //! use vgg_ndarray::CpuBackend;
-//! use vgg_tensor::{Backend, Shape};
+//! use vgg_tensor::prelude::*;
 //!
 //! let backend = CpuBackend::new(1).unwrap();
 //! let tape = Tape::new(backend.clone());
@@ -19,12 +19,20 @@
 //! assert_eq!(backend.download(&grads.get(&w).unwrap()).unwrap(), [2.0, 5.0]);
 //! ```
 
+/// The README's examples run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod check;
+mod custom;
 mod ops;
 mod tape;
 
 pub use check::{check_gradients, GradCheck, GradCheckReport};
-pub use tape::{BackwardStep, Gradients, Tape, Var};
+pub use custom::CustomOp;
+pub use ops::BatchNormOutput;
+pub use tape::{BackwardFn, BackwardStep, Gradients, Tape, Tensor, Var};
 
 use vgg_tensor::{Shape, TensorError};
 
@@ -49,6 +57,8 @@ pub enum AutodiffError {
     Untracked(String),
     #[error("gradient check failed: {0}")]
     GradientMismatch(String),
+    #[error("the backward of {op} is wrong: {problem}")]
+    BadBackward { op: &'static str, problem: String },
 }
 
 pub type Result<T, E = AutodiffError> = std::result::Result<T, E>;

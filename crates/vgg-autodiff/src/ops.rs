@@ -1,14 +1,39 @@
 //! The differentiable ops. Each computes its forward value on the backend and records a closure
 //! that owns what its backward needs; inputs that need no gradient get no gradient work.
 
-use vgg_tensor::{Backend, Conv2dParams, DeviceTensor, Pool2dParams, Shape};
+use vgg_tensor::{
+    Backend, BinaryOp, Conv2dParams, DeviceTensor, Pool2dParams, ReduceOp, Shape, TensorError,
+    UnaryOp,
+};
 
-use crate::tape::{Tape, Var};
+use crate::tape::{Tape, Tensor, Var};
 use crate::Result;
 
 /// Runs `f` only for inputs whose gradient is needed.
 fn when<T>(need: bool, f: impl FnOnce() -> vgg_tensor::Result<T>) -> Result<Option<T>> {
     Ok(if need { Some(f()?) } else { None })
+}
+
+/// `g` broadcast to `shape` (the gradient of a reduction that kept its axes).
+fn expand<B: Backend>(b: &B, g: &Tensor<B>, shape: &Shape) -> vgg_tensor::Result<Tensor<B>> {
+    b.add(&b.zeros(shape)?, g)
+}
+
+/// Elements per output of a reduction over `axes`.
+fn count(shape: &Shape, axes: &[usize]) -> usize {
+    axes.iter()
+        .map(|&a| shape.dims().get(a).copied().unwrap_or(1))
+        .product()
+}
+
+/// What `batch_norm` computes for one batch.
+pub struct BatchNormOutput<B: Backend> {
+    /// The normalised, scaled and shifted input.
+    pub y: Var<B>,
+    /// Per-channel mean of the batch ([C]), for the running averages (not tracked).
+    pub mean: Tensor<B>,
+    /// Per-channel biased variance of the batch ([C]), for the running averages (not tracked).
+    pub var: Tensor<B>,
 }
 
 impl<B: Backend> Tape<B> {
@@ -260,54 +285,187 @@ impl<B: Backend> Tape<B> {
         )
     }
 
+    /// a + b, with NumPy broadcasting.
     pub fn add(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
-        let y = self.backend().add(&a.value, &c.value)?;
-        self.record(
-            "add",
-            &[a, c],
-            y,
-            0,
-            Box::new(move |_, dy, needs| {
-                Ok(vec![
-                    needs[0].then(|| dy.clone()),
-                    needs[1].then(|| dy.clone()),
-                ])
-            }),
-        )
+        self.binary(BinaryOp::Add, a, c)
     }
 
+    /// a - b, with NumPy broadcasting.
     pub fn sub(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
-        let y = self.backend().sub(&a.value, &c.value)?;
-        self.record(
-            "sub",
-            &[a, c],
-            y,
-            0,
-            Box::new(move |b, dy, needs| {
-                Ok(vec![
-                    needs[0].then(|| dy.clone()),
-                    when(needs[1], || b.scale(dy, -1.0))?,
-                ])
-            }),
-        )
+        self.binary(BinaryOp::Sub, a, c)
     }
 
+    /// a * b, with NumPy broadcasting.
     pub fn mul(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
-        let y = self.backend().mul(&a.value, &c.value)?;
+        self.binary(BinaryOp::Mul, a, c)
+    }
+
+    /// a / b, with NumPy broadcasting.
+    pub fn div(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
+        self.binary(BinaryOp::Div, a, c)
+    }
+
+    /// The larger of a and b, broadcast; a tie sends half the gradient to each (as PyTorch).
+    pub fn maximum(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
+        self.binary(BinaryOp::Max, a, c)
+    }
+
+    /// The smaller of a and b, broadcast; ties split the gradient.
+    pub fn minimum(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
+        self.binary(BinaryOp::Min, a, c)
+    }
+
+    /// A differentiable binary op (Add, Sub, Mul, Div, Max, Min) with NumPy broadcasting; each
+    /// input's gradient is summed back to its shape. The masks (Greater, Equal) have no gradient
+    /// and are refused.
+    pub fn binary(&self, op: BinaryOp, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
+        if matches!(op, BinaryOp::Greater | BinaryOp::Equal) {
+            return Err(TensorError::InvalidArgument {
+                op: op.name(),
+                message:
+                    "a mask has no gradient: compute it on the backend and use it as a constant"
+                        .into(),
+            }
+            .into());
+        }
+        let y = self.backend().binary(op, &a.value, &c.value)?;
         let (av, cv) = (a.value.clone(), c.value.clone());
-        let saved = av.bytes() + cv.bytes();
+        let keep = !matches!(op, BinaryOp::Add | BinaryOp::Sub);
+        let saved = if keep { av.bytes() + cv.bytes() } else { 0 };
+        let (a_shape, c_shape) = (a.shape().clone(), c.shape().clone());
         self.record(
-            "mul",
+            op.name(),
             &[a, c],
             y,
             saved,
             Box::new(move |b, dy, needs| {
+                // The gradient for each operand at the broadcast shape, then summed to its own.
+                let (da, dc) = match op {
+                    BinaryOp::Add => (
+                        when(needs[0], || Ok(dy.clone()))?,
+                        when(needs[1], || Ok(dy.clone()))?,
+                    ),
+                    BinaryOp::Sub => (
+                        when(needs[0], || Ok(dy.clone()))?,
+                        when(needs[1], || b.unary(UnaryOp::Neg, dy))?,
+                    ),
+                    BinaryOp::Mul => (
+                        when(needs[0], || b.mul(dy, &cv))?,
+                        when(needs[1], || b.mul(dy, &av))?,
+                    ),
+                    BinaryOp::Div => (
+                        when(needs[0], || b.div(dy, &cv))?,
+                        when(needs[1], || {
+                            // -dy a / c^2
+                            let q = b.div(&b.div(&av, &cv)?, &cv)?;
+                            b.unary(UnaryOp::Neg, &b.mul(dy, &q)?)
+                        })?,
+                    ),
+                    BinaryOp::Max | BinaryOp::Min => {
+                        let wins = if op == BinaryOp::Max {
+                            b.binary(BinaryOp::Greater, &av, &cv)?
+                        } else {
+                            b.binary(BinaryOp::Greater, &cv, &av)?
+                        };
+                        let ties = b.binary(BinaryOp::Equal, &av, &cv)?;
+                        let share_a = b.add(&wins, &b.scale(&ties, 0.5)?)?;
+                        let share_c = b.sub(&b.scalar(1.0)?, &share_a)?;
+                        (
+                            when(needs[0], || b.mul(dy, &share_a))?,
+                            when(needs[1], || b.mul(dy, &share_c))?,
+                        )
+                    }
+                    BinaryOp::Greater | BinaryOp::Equal => unreachable!("refused above"),
+                };
                 Ok(vec![
-                    when(needs[0], || b.mul(dy, &cv))?,
-                    when(needs[1], || b.mul(dy, &av))?,
+                    da.map(|g| b.sum_to_shape(&g, &a_shape)).transpose()?,
+                    dc.map(|g| b.sum_to_shape(&g, &c_shape)).transpose()?,
                 ])
             }),
         )
+    }
+
+    /// A differentiable elementwise function of one value.
+    pub fn unary(&self, op: UnaryOp, x: &Var<B>) -> Result<Var<B>> {
+        let y = self.backend().unary(op, &x.value)?;
+        // Each derivative from the input or the output, whichever is cheaper to keep.
+        let from_output = matches!(
+            op,
+            UnaryOp::Exp
+                | UnaryOp::Sqrt
+                | UnaryOp::Recip
+                | UnaryOp::Tanh
+                | UnaryOp::Sigmoid
+                | UnaryOp::Relu
+        );
+        let kept = if from_output {
+            y.clone()
+        } else {
+            x.value.clone()
+        };
+        let saved = if op == UnaryOp::Neg { 0 } else { kept.bytes() };
+        self.record(
+            op.name(),
+            &[x],
+            y,
+            saved,
+            Box::new(move |b, dy, _| {
+                let k = &kept;
+                let one = || b.scalar(1.0);
+                let dx = match op {
+                    UnaryOp::Neg => b.unary(UnaryOp::Neg, dy)?,
+                    UnaryOp::Abs => {
+                        // sign(x): +1, -1, and 0 at 0.
+                        let zero = b.scalar(0.0)?;
+                        let sign = b.sub(
+                            &b.binary(BinaryOp::Greater, k, &zero)?,
+                            &b.binary(BinaryOp::Greater, &zero, k)?,
+                        )?;
+                        b.mul(dy, &sign)?
+                    }
+                    UnaryOp::Exp => b.mul(dy, k)?,
+                    UnaryOp::Log => b.div(dy, k)?,
+                    UnaryOp::Sqrt => b.div(&b.scale(dy, 0.5)?, k)?,
+                    UnaryOp::Recip => {
+                        b.unary(UnaryOp::Neg, &b.mul(dy, &b.unary(UnaryOp::Square, k)?)?)?
+                    }
+                    UnaryOp::Square => b.mul(&b.scale(dy, 2.0)?, k)?,
+                    UnaryOp::Tanh => b.mul(dy, &b.sub(&one()?, &b.unary(UnaryOp::Square, k)?)?)?,
+                    UnaryOp::Sigmoid => b.mul(dy, &b.mul(k, &b.sub(&one()?, k)?)?)?,
+                    UnaryOp::Relu => b.relu_backward(dy, k)?,
+                };
+                Ok(vec![Some(dx)])
+            }),
+        )
+    }
+
+    pub fn exp(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(UnaryOp::Exp, x)
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(UnaryOp::Log, x)
+    }
+
+    pub fn sqrt(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(UnaryOp::Sqrt, x)
+    }
+
+    pub fn tanh(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(UnaryOp::Tanh, x)
+    }
+
+    pub fn sigmoid(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(UnaryOp::Sigmoid, x)
+    }
+
+    pub fn neg(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(UnaryOp::Neg, x)
+    }
+
+    pub fn square(&self, x: &Var<B>) -> Result<Var<B>> {
+        self.unary(UnaryOp::Square, x)
     }
 
     pub fn scale(&self, x: &Var<B>, alpha: f32) -> Result<Var<B>> {
@@ -340,4 +498,235 @@ impl<B: Backend> Tape<B> {
         let s = self.sum(x)?;
         self.scale(&s, 1.0 / n)
     }
+
+    /// Sum over `axes`, which keep length 1.
+    pub fn sum_axes(&self, x: &Var<B>, axes: &[usize]) -> Result<Var<B>> {
+        let y = self.backend().reduce(ReduceOp::Sum, &x.value, axes)?;
+        let shape = x.shape().clone();
+        self.record(
+            "sum_axes",
+            &[x],
+            y,
+            0,
+            Box::new(move |b, g, _| Ok(vec![Some(expand(b, g, &shape)?)])),
+        )
+    }
+
+    /// Mean over `axes`, which keep length 1.
+    pub fn mean_axes(&self, x: &Var<B>, axes: &[usize]) -> Result<Var<B>> {
+        let n = count(x.shape(), axes).max(1) as f32;
+        self.scale(&self.sum_axes(x, axes)?, 1.0 / n)
+    }
+
+    /// Maximum over `axes`, which keep length 1; ties share the gradient evenly (as PyTorch's
+    /// `amax`).
+    pub fn max_axes(&self, x: &Var<B>, axes: &[usize]) -> Result<Var<B>> {
+        let y = self.backend().reduce(ReduceOp::Max, &x.value, axes)?;
+        let (xv, yv) = (x.value.clone(), y.clone());
+        let axes = axes.to_vec();
+        let saved = xv.bytes() + yv.bytes();
+        self.record(
+            "max_axes",
+            &[x],
+            y,
+            saved,
+            Box::new(move |b, g, _| {
+                let winners = b.binary(BinaryOp::Equal, &xv, &yv)?;
+                let ties = b.reduce(ReduceOp::Sum, &winners, &axes)?;
+                Ok(vec![Some(b.mul(&winners, &b.div(g, &ties)?)?)])
+            }),
+        )
+    }
+
+    /// The axes reordered: axis i of the result is axis `perm[i]` of `x`.
+    pub fn permute(&self, x: &Var<B>, perm: &[usize]) -> Result<Var<B>> {
+        let y = self.backend().permute(&x.value, perm)?;
+        let mut inverse = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p] = i;
+        }
+        self.record(
+            "permute",
+            &[x],
+            y,
+            0,
+            Box::new(move |b, g, _| Ok(vec![Some(b.permute(g, &inverse)?)])),
+        )
+    }
+
+    /// Axes `a` and `b` swapped (the matrix transpose for rank 2).
+    pub fn transpose(&self, x: &Var<B>, a: usize, b: usize) -> Result<Var<B>> {
+        let mut perm: Vec<usize> = (0..x.shape().rank()).collect();
+        if a >= perm.len() || b >= perm.len() {
+            return Err(TensorError::InvalidArgument {
+                op: "transpose",
+                message: format!("axes {a} and {b} of {}", x.shape()),
+            }
+            .into());
+        }
+        perm.swap(a, b);
+        self.permute(x, &perm)
+    }
+
+    /// `len` elements from `start` along `axis`.
+    pub fn slice(&self, x: &Var<B>, axis: usize, start: usize, len: usize) -> Result<Var<B>> {
+        let y = self.backend().slice(&x.value, axis, start, len)?;
+        let shape = x.shape().clone();
+        self.record(
+            "slice",
+            &[x],
+            y,
+            0,
+            Box::new(move |b, g, _| {
+                // The gradient in place, zeros before and after it.
+                let zeros = |n: usize| {
+                    let mut dims = shape.dims().to_vec();
+                    dims[axis] = n;
+                    b.zeros(&Shape::from(dims))
+                };
+                let after = shape.dims()[axis] - start - len;
+                let (before, after) = (zeros(start)?, zeros(after)?);
+                let mut parts = Vec::new();
+                if start > 0 {
+                    parts.push(&before);
+                }
+                parts.push(g);
+                if after.shape().dims()[axis] > 0 {
+                    parts.push(&after);
+                }
+                Ok(vec![Some(b.concat(&parts, axis)?)])
+            }),
+        )
+    }
+
+    /// The values joined along `axis`, in order.
+    pub fn concat(&self, xs: &[&Var<B>], axis: usize) -> Result<Var<B>> {
+        let values: Vec<&Tensor<B>> = xs.iter().map(|v| &v.value).collect();
+        let y = self.backend().concat(&values, axis)?;
+        let lengths: Vec<usize> = xs.iter().map(|v| v.shape().dims()[axis]).collect();
+        self.record(
+            "concat",
+            xs,
+            y,
+            0,
+            Box::new(move |b, g, needs| {
+                let mut at = 0;
+                lengths
+                    .iter()
+                    .zip(needs)
+                    .map(|(&len, &need)| {
+                        let part = when(need, || b.slice(g, axis, at, len));
+                        at += len;
+                        part
+                    })
+                    .collect()
+            }),
+        )
+    }
+
+    /// Average-pool (no padding, floored sizes).
+    pub fn avg_pool2d(&self, x: &Var<B>, p: Pool2dParams) -> Result<Var<B>> {
+        let y = self.backend().avg_pool2d(&x.value, p)?;
+        let shape = x.shape().clone();
+        self.record(
+            "avg_pool2d",
+            &[x],
+            y,
+            0,
+            Box::new(move |b, g, _| Ok(vec![Some(b.avg_pool2d_backward(g, &shape, p)?)])),
+        )
+    }
+
+    /// The mean of each channel of an NCHW tensor: [N, C].
+    pub fn global_avg_pool(&self, x: &Var<B>) -> Result<Var<B>> {
+        let (n, c, _, _) = x.shape().nchw("global_avg_pool")?;
+        let m = self.mean_axes(x, &[2, 3])?;
+        self.reshape(&m, &Shape::from([n, c]))
+    }
+
+    /// Batch normalisation with the batch's statistics (training): each channel of `x` (axis 1 of
+    /// [N, C] or NCHW) normalised by its mean and biased variance over the other axes, then
+    /// scaled by `gamma` and shifted by `beta` ([C] each). Gradients flow to `x`, `gamma` and
+    /// `beta` through the statistics, as in PyTorch; the statistics are returned for running
+    /// averages.
+    pub fn batch_norm(
+        &self,
+        x: &Var<B>,
+        gamma: &Var<B>,
+        beta: &Var<B>,
+        eps: f32,
+    ) -> Result<BatchNormOutput<B>> {
+        let (axes, channel_shape) = norm_axes(x.shape(), gamma.shape(), beta.shape())?;
+        let mean = self.mean_axes(x, &axes)?;
+        let centred = self.sub(x, &mean)?;
+        let var = self.mean_axes(&self.square(&centred)?, &axes)?;
+        let eps_t = self.constant(self.backend().scalar(eps)?);
+        let inv_std = self.unary(UnaryOp::Recip, &self.sqrt(&self.add(&var, &eps_t)?)?)?;
+        let normalised = self.mul(&centred, &inv_std)?;
+        let y = self.affine(&normalised, gamma, beta, &channel_shape)?;
+        let b = self.backend();
+        let c = Shape::from([channel_shape.elements()]);
+        Ok(BatchNormOutput {
+            y,
+            mean: b.reshape(mean.value(), &c)?,
+            var: b.reshape(var.value(), &c)?,
+        })
+    }
+
+    /// Batch normalisation with given statistics (evaluation): (x - mean) / sqrt(var + eps) *
+    /// gamma + beta per channel; `mean` and `var` are constants.
+    pub fn batch_norm_eval(
+        &self,
+        x: &Var<B>,
+        mean: &Tensor<B>,
+        var: &Tensor<B>,
+        gamma: &Var<B>,
+        beta: &Var<B>,
+        eps: f32,
+    ) -> Result<Var<B>> {
+        let (_, channel_shape) = norm_axes(x.shape(), gamma.shape(), beta.shape())?;
+        let b = self.backend();
+        let inv_std = b.unary(
+            UnaryOp::Recip,
+            &b.unary(UnaryOp::Sqrt, &b.add(var, &b.scalar(eps)?)?)?,
+        )?;
+        let mean = self.constant(b.reshape(mean, &channel_shape)?);
+        let inv_std = self.constant(b.reshape(&inv_std, &channel_shape)?);
+        let normalised = self.mul(&self.sub(x, &mean)?, &inv_std)?;
+        self.affine(&normalised, gamma, beta, &channel_shape)
+    }
+
+    /// x * gamma + beta with [C] parameters reshaped to broadcast along axis 1.
+    fn affine(
+        &self,
+        x: &Var<B>,
+        gamma: &Var<B>,
+        beta: &Var<B>,
+        channel_shape: &Shape,
+    ) -> Result<Var<B>> {
+        let gamma = self.reshape(gamma, channel_shape)?;
+        let beta = self.reshape(beta, channel_shape)?;
+        self.add(&self.mul(x, &gamma)?, &beta)
+    }
+}
+
+/// The axes batch norm reduces over (all but 1) and the shape its [C] parameters broadcast as.
+fn norm_axes(x: &Shape, gamma: &Shape, beta: &Shape) -> Result<(Vec<usize>, Shape)> {
+    let dims = x.dims();
+    if !(dims.len() == 2 || dims.len() == 4)
+        || gamma.dims() != [dims[1]]
+        || beta.dims() != [dims[1]]
+    {
+        return Err(TensorError::ShapeMismatch {
+            op: "batch_norm",
+            what: "input must be [N, C] or NCHW with gamma and beta of [C]",
+            lhs: x.clone(),
+            rhs: gamma.clone(),
+        }
+        .into());
+    }
+    let axes: Vec<usize> = (0..dims.len()).filter(|&a| a != 1).collect();
+    let mut channel = vec![1; dims.len()];
+    channel[1] = dims[1];
+    Ok((axes, Shape::from(channel)))
 }

@@ -6,14 +6,16 @@ use std::fmt;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use vgg_tensor::{Backend, DeviceTensor, Shape};
+use vgg_tensor::{Backend, Device, DeviceTensor, Shape};
 
 use crate::{AutodiffError, Result};
 
-/// A backward step: given the output gradient and which inputs need one, the input gradients.
-pub(crate) type BackwardFn<B> = Box<
-    dyn FnOnce(&B, &<B as Backend>::Tensor, &[bool]) -> Result<Vec<Option<<B as Backend>::Tensor>>>,
->;
+/// A tensor of backend `B`.
+pub type Tensor<B> = <B as Device>::Tensor;
+
+/// A backward step: given the backend, the output's gradient and which inputs need one, each
+/// input's gradient (None where it is not needed), in the order of the op's inputs.
+pub type BackwardFn<B> = Box<dyn FnOnce(&B, &Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>>>;
 
 static NEXT_TAPE: AtomicU64 = AtomicU64::new(1);
 
@@ -67,7 +69,10 @@ impl<B: Backend> Var<B> {
 }
 
 struct Node<B: Backend> {
+    op: &'static str,
     inputs: Vec<usize>,
+    /// The inputs' shapes, which their gradients must have.
+    input_shapes: Vec<Shape>,
     backward: Option<BackwardFn<B>>,
     saved_bytes: usize,
     label: Option<Rc<str>>,
@@ -171,7 +176,9 @@ impl<B: Backend> Tape<B> {
         let mut state = self.state.borrow_mut();
         let id = state.nodes.len();
         state.nodes.push(Node {
+            op: "param",
             inputs: Vec::new(),
+            input_shapes: Vec::new(),
             backward: None,
             saved_bytes: 0,
             label: None,
@@ -196,6 +203,24 @@ impl<B: Backend> Tape<B> {
         }
     }
 
+    /// Records an op computed outside the tape, as the built-in ops record themselves: `value` is
+    /// its result on `inputs`, and `backward` gives each input's gradient from the output's
+    /// gradient, computing only those whose `needs` flag is set. `saved_bytes` is what `backward`
+    /// keeps (it counts in `saved_bytes()`). When no input is tracked, or the tape does not record,
+    /// `backward` is dropped at once and the result is a constant. The gradients `backward`
+    /// returns are checked: one per input, each of its input's shape. [`CustomOp`] and
+    /// [`Tape::apply`] do the bookkeeping for ops that keep their inputs and output.
+    pub fn custom_op(
+        &self,
+        op: &'static str,
+        inputs: &[&Var<B>],
+        value: B::Tensor,
+        saved_bytes: usize,
+        backward: impl FnOnce(&B, &Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>> + 'static,
+    ) -> Result<Var<B>> {
+        self.record(op, inputs, value, saved_bytes, Box::new(backward))
+    }
+
     /// Records an op's result. `backward` owns what it saved (`saved_bytes` of it) and is dropped
     /// at once when no input is tracked or the tape does not record.
     pub(crate) fn record(
@@ -216,7 +241,9 @@ impl<B: Backend> Tape<B> {
         let id = state.nodes.len();
         state.saved_bytes += saved_bytes;
         state.nodes.push(Node {
+            op,
             inputs: inputs.iter().map(|v| v.id).collect(),
+            input_shapes: inputs.iter().map(|v| v.shape().clone()).collect(),
             backward: Some(backward),
             saved_bytes,
             label: self.label.borrow().clone(),
@@ -271,6 +298,7 @@ impl<B: Backend> Tape<B> {
                     let needs: Vec<bool> = node.inputs.iter().map(|&i| i != UNTRACKED).collect();
                     let input_grads = backward(&backend, &grad, &needs)?;
                     drop(grad);
+                    check_gradients_returned(node.op, &node.input_shapes, &input_grads)?;
                     for ((&input, g), need) in node.inputs.iter().zip(input_grads).zip(needs) {
                         if let (Some(g), true) = (g, need) {
                             accumulate(&backend, &mut grads[input], g)?;
@@ -296,6 +324,35 @@ impl<B: Backend> Tape<B> {
             names: params,
         })
     }
+}
+
+/// A backward step must return one gradient per input, each of its input's shape: what a
+/// custom op gets wrong is named instead of corrupting the sums.
+fn check_gradients_returned<T: DeviceTensor>(
+    op: &'static str,
+    shapes: &[Shape],
+    grads: &[Option<T>],
+) -> Result<()> {
+    if grads.len() != shapes.len() {
+        return Err(AutodiffError::BadBackward {
+            op,
+            problem: format!("{} gradients for {} inputs", grads.len(), shapes.len()),
+        });
+    }
+    for (i, (g, shape)) in grads.iter().zip(shapes).enumerate() {
+        if let Some(g) = g {
+            if g.shape() != shape {
+                return Err(AutodiffError::BadBackward {
+                    op,
+                    problem: format!(
+                        "the gradient of input {i} has shape {}, the input {shape}",
+                        g.shape()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Adds `g` into an accumulated gradient (a value used twice gets both contributions).

@@ -4,6 +4,7 @@
 
 use vgg_autodiff::{check_gradients, AutodiffError, GradCheck, Tape, Var};
 use vgg_ndarray::{CpuBackend, CpuTensor};
+use vgg_tensor::prelude::*;
 use vgg_tensor::{Backend, Conv2dParams, Pool2dParams, Shape};
 
 type B = CpuBackend;

@@ -3,9 +3,10 @@
 #[path = "../examples/mlp_spirals.rs"]
 mod mlp_spirals;
 
+use vgg_tensor::Device;
+
 #[test]
 fn mlp_learns_two_spirals_perfectly() {
-    use vgg_tensor::Backend;
     let backend = vgg_ndarray::CpuBackend::new(2).unwrap();
     let (loss, accuracy) = backend
         .execute(|| mlp_spirals::train(&backend, 3000, 0.2, false))

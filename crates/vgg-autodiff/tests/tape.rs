@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use vgg_autodiff::{AutodiffError, Tape, Var};
 use vgg_ndarray::{CpuBackend, CpuPoolIndices, CpuTensor};
-use vgg_tensor::{Backend, Conv2dParams, Pool2dParams, Result, Shape};
+use vgg_tensor::prelude::*;
+use vgg_tensor::{Conv2dParams, Pool2dParams, Result};
 
-/// The CPU backend, counting the input-gradient convolutions it is asked for.
+/// The CPU backend's primitives, counting the input-gradient convolutions it is asked for; every
+/// composite comes from `Backend`'s defaults.
 #[derive(Clone, Debug)]
 struct Spy {
     cpu: CpuBackend,
@@ -21,14 +23,49 @@ macro_rules! delegate {
     };
 }
 
-impl Backend for Spy {
+impl Device for Spy {
     type Tensor = CpuTensor;
-    type PoolIndices = CpuPoolIndices;
 
     fn name(&self) -> String {
         "spy".into()
     }
 
+    delegate! {
+        upload(shape: &Shape, data: &[f32]) -> Result<CpuTensor>;
+        download(t: &CpuTensor) -> Result<Vec<f32>>;
+        full(shape: &Shape, value: f32) -> Result<CpuTensor>;
+        reshape(t: &CpuTensor, shape: &Shape) -> Result<CpuTensor>;
+    }
+}
+
+impl Elementwise for Spy {
+    delegate! {
+        unary(op: UnaryOp, x: &CpuTensor) -> Result<CpuTensor>;
+        binary(op: BinaryOp, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor>;
+    }
+}
+
+impl Reduce for Spy {
+    delegate! {
+        reduce(op: ReduceOp, x: &CpuTensor, axes: &[usize]) -> Result<CpuTensor>;
+    }
+}
+
+impl Layout for Spy {
+    delegate! {
+        permute(x: &CpuTensor, perm: &[usize]) -> Result<CpuTensor>;
+        slice(x: &CpuTensor, axis: usize, start: usize, len: usize) -> Result<CpuTensor>;
+        concat(xs: &[&CpuTensor], axis: usize) -> Result<CpuTensor>;
+    }
+}
+
+impl Matmul for Spy {
+    delegate! {
+        matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor>;
+    }
+}
+
+impl Convolution for Spy {
     fn conv2d_backward_input(
         &self,
         dy: &CpuTensor,
@@ -41,41 +78,23 @@ impl Backend for Spy {
     }
 
     delegate! {
-        upload(shape: &Shape, data: &[f32]) -> Result<CpuTensor>;
-        download(t: &CpuTensor) -> Result<Vec<f32>>;
-        full(shape: &Shape, value: f32) -> Result<CpuTensor>;
-        reshape(t: &CpuTensor, shape: &Shape) -> Result<CpuTensor>;
         conv2d(x: &CpuTensor, w: &CpuTensor, p: Conv2dParams) -> Result<CpuTensor>;
         conv2d_backward_weight(x: &CpuTensor, dy: &CpuTensor, s: &Shape, p: Conv2dParams) -> Result<CpuTensor>;
-        add_channel_bias(x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor>;
-        channel_bias_grad(dy: &CpuTensor) -> Result<CpuTensor>;
-        max_pool2d(x: &CpuTensor, p: Pool2dParams) -> Result<(CpuTensor, CpuPoolIndices)>;
-        max_pool2d_backward(dy: &CpuTensor, i: &CpuPoolIndices, s: &Shape) -> Result<CpuTensor>;
-        matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor>;
-        add_row_bias(x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor>;
-        sum_rows(x: &CpuTensor) -> Result<CpuTensor>;
-        relu(x: &CpuTensor) -> Result<CpuTensor>;
-        relu_backward(dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor>;
-        dropout(x: &CpuTensor, k: f32, s: u64) -> Result<CpuTensor>;
-        dropout_backward(dy: &CpuTensor, k: f32, s: u64) -> Result<CpuTensor>;
-        softmax_rows(x: &CpuTensor) -> Result<CpuTensor>;
-        softmax_rows_backward(dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor>;
-        argmax_rows(x: &CpuTensor) -> Result<Vec<usize>>;
-        l2_loss(x: &CpuTensor) -> Result<CpuTensor>;
-        cross_entropy(x: &CpuTensor, l: &[usize]) -> Result<(CpuTensor, CpuTensor)>;
-        cross_entropy_backward(p: &CpuTensor, l: &[usize], g: &CpuTensor) -> Result<CpuTensor>;
-        add(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor>;
-        sub(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor>;
-        mul(a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor>;
-        scale(x: &CpuTensor, a: f32) -> Result<CpuTensor>;
-        axpy(y: &mut CpuTensor, a: f32, x: &CpuTensor) -> Result<()>;
-        sgd_step(p: &mut CpuTensor, v: &mut CpuTensor, g: &CpuTensor, lr: f32, m: f32, wd: f32) -> Result<()>;
-        adam_step(p: &mut CpuTensor, m: &mut CpuTensor, v: &mut CpuTensor, g: &CpuTensor, hp: vgg_tensor::AdamParams) -> Result<()>;
-        sum_all(x: &CpuTensor) -> Result<CpuTensor>;
-        broadcast_scalar(s: &CpuTensor, shape: &Shape) -> Result<CpuTensor>;
-        mul_scalar(x: &CpuTensor, s: &CpuTensor) -> Result<CpuTensor>;
     }
 }
+
+impl Pooling for Spy {
+    type PoolIndices = CpuPoolIndices;
+
+    delegate! {
+        max_pool2d(x: &CpuTensor, p: Pool2dParams) -> Result<(CpuTensor, CpuPoolIndices)>;
+        max_pool2d_backward(dy: &CpuTensor, i: &CpuPoolIndices, s: &Shape) -> Result<CpuTensor>;
+        avg_pool2d(x: &CpuTensor, p: Pool2dParams) -> Result<CpuTensor>;
+        avg_pool2d_backward(dy: &CpuTensor, s: &Shape, p: Pool2dParams) -> Result<CpuTensor>;
+    }
+}
+
+impl Backend for Spy {}
 
 fn cpu() -> CpuBackend {
     CpuBackend::new(2).unwrap()
@@ -260,9 +279,9 @@ fn misuse_is_an_error_not_a_panic() {
     // Shape errors come through with both shapes.
     let tape = Tape::new(b.clone());
     let w = tape.param("w", square());
-    let c = tape.constant(b.full(&Shape::from([2]), 1.0).unwrap());
+    let c = tape.constant(b.full(&Shape::from([3]), 1.0).unwrap());
     let e = tape.add(&w, &c).unwrap_err().to_string();
-    assert!(e.contains("[2, 2]") && e.contains("[2]"), "{e}");
+    assert!(e.contains("[2, 2]") && e.contains("[3]"), "{e}");
 
     // A gradient asked for an untracked value or a value of another tape.
     let loss = tape.sum(&w).unwrap();

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use vgg_model::{ModelSpec, SpecOptions, VggConfig};
-use vgg_tensor::Backend as _;
+use vgg_tensor::prelude::*;
 
 use args::Format;
 

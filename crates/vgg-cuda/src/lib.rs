@@ -7,7 +7,12 @@
 
 mod backend;
 mod dnn;
+mod elementwise;
+mod fused;
+mod layers;
+mod layout;
 mod memory;
+mod reduce;
 
 use std::sync::Arc;
 

@@ -8,6 +8,7 @@ use vgg_cuda::{CudaBackend, CudaOptions};
 use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
 use vgg_ndarray::CpuBackend;
 use vgg_nn::{InitScheme, RunOptions};
+use vgg_tensor::prelude::*;
 use vgg_tensor::{random, AdamParams, Backend, Conv2dParams, Pool2dParams, Shape};
 
 const FORWARD: f64 = 1e-4;
@@ -28,8 +29,8 @@ struct Pair {
 }
 
 type Both = (
-    <CpuBackend as Backend>::Tensor,
-    <CudaBackend as Backend>::Tensor,
+    <CpuBackend as Device>::Tensor,
+    <CudaBackend as Device>::Tensor,
 );
 
 impl Pair {
@@ -491,4 +492,86 @@ fn nan_propagates_as_on_the_cpu() {
         .unwrap();
     let pooled = b.download(&pooled).unwrap();
     assert!(pooled[0].is_nan() && !pooled[1].is_nan(), "{pooled:?}");
+}
+
+/// The primitives of the open core: every unary and binary op (with broadcasting), every
+/// reduction over several axis sets, permutes, slices, joins and average pooling.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn primitives_match_the_cpu() {
+    let p = Pair::new();
+    let x = p.normal(&[2, 3, 4, 5], 1);
+    // Positive values for the ops defined only there.
+    let positive = both!(p, |b, t| b
+        .add(
+            &b.unary(UnaryOp::Abs, &t(&x)).unwrap(),
+            &b.scalar(0.5).unwrap()
+        )
+        .unwrap());
+    for op in UnaryOp::ALL {
+        let input = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) {
+            &positive
+        } else {
+            &x
+        };
+        let y = both!(p, |b, t| b.unary(op, &t(input)).unwrap());
+        p.check(&format!("unary {op:?}"), &y, FORWARD);
+    }
+    let shapes: [&[usize]; 5] = [&[2, 3, 4, 5], &[4, 1], &[3, 1, 5], &[1], &[]];
+    for (i, other) in shapes.iter().enumerate() {
+        let o = both!(p, |b, _t| b
+            .add(
+                &p_normal_or_scalar(b, other, 10 + i as u64),
+                &b.scalar(3.0).unwrap()
+            )
+            .unwrap());
+        for op in BinaryOp::ALL {
+            let y = both!(p, |b, t| b.binary(op, &t(&x), &t(&o)).unwrap());
+            p.check(&format!("binary {op:?} with {other:?}"), &y, FORWARD);
+            let y = both!(p, |b, t| b.binary(op, &t(&o), &t(&x)).unwrap());
+            p.check(&format!("binary {op:?} of {other:?} first"), &y, FORWARD);
+        }
+    }
+    for axes in [
+        &[0][..],
+        &[1],
+        &[3],
+        &[0, 2, 3],
+        &[1, 3],
+        &[0, 1, 2, 3],
+        &[],
+    ] {
+        for op in ReduceOp::ALL {
+            let y = both!(p, |b, t| b.reduce(op, &t(&x), axes).unwrap());
+            p.check(&format!("reduce {op:?} over {axes:?}"), &y, FORWARD);
+        }
+    }
+    let y = both!(p, |b, t| b.permute(&t(&x), &[2, 0, 3, 1]).unwrap());
+    p.check("permute", &y, 0.0);
+    let y = both!(p, |b, t| b.slice(&t(&x), 2, 1, 2).unwrap());
+    p.check("slice", &y, 0.0);
+    let z = p.normal(&[2, 2, 4, 5], 3);
+    let y = both!(p, |b, t| b.concat(&[&t(&x), &t(&z), &t(&x)], 1).unwrap());
+    p.check("concat", &y, 0.0);
+    let img = p.normal(&[2, 3, 9, 8], 4);
+    for (kernel, stride) in [(2, 2), (3, 2), (2, 1), (3, 3)] {
+        let pp = Pool2dParams { kernel, stride };
+        let y = both!(p, |b, t| b.avg_pool2d(&t(&img), pp).unwrap());
+        p.check(&format!("avg_pool2d {kernel}/{stride}"), &y, FORWARD);
+        let dy_dims: Vec<usize> = y.0.shape().dims().to_vec();
+        let dy = p.normal(&dy_dims, 5);
+        let dx = both!(p, |b, t| b
+            .avg_pool2d_backward(&t(&dy), &Shape::from([2, 3, 9, 8]), pp)
+            .unwrap());
+        p.check(
+            &format!("avg_pool2d_backward {kernel}/{stride}"),
+            &dx,
+            FORWARD,
+        );
+    }
+}
+
+/// A normal tensor of `dims` (the same values on both backends), or a scalar for `[]`.
+fn p_normal_or_scalar<B: Backend>(b: &B, dims: &[usize], seed: u64) -> B::Tensor {
+    b.random_normal(&Shape::from(dims), 0.0, 1.0, seed).unwrap()
 }

@@ -14,7 +14,8 @@ use vgg_autodiff::Tape;
 use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
 use vgg_ndarray::{CpuBackend, CpuTensor};
 use vgg_nn::{InitScheme, RunOptions};
-use vgg_tensor::{Backend, DeviceTensor, Shape};
+use vgg_tensor::prelude::*;
+use vgg_tensor::{DeviceTensor, Shape};
 
 /// l2_loss(logits), summed in f64 from the f32 logits: rounding the loss itself to f32 (an ulp
 /// of 1.2e-4 at its size here) would swamp the differences being measured.

@@ -5,6 +5,7 @@ use vgg_model::model::{expected_params, metadata};
 use vgg_model::{ModelError, ModelSpec, SpecOptions, Vgg, VggConfig};
 use vgg_ndarray::CpuBackend;
 use vgg_nn::{InitScheme, RunOptions};
+use vgg_tensor::prelude::*;
 use vgg_tensor::{Backend, Shape};
 
 fn cpu() -> CpuBackend {

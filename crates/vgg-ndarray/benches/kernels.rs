@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vgg_ndarray::CpuBackend;
-use vgg_tensor::{Backend, Conv2dParams, ConvGeometry, Pool2dParams, Shape};
+use vgg_tensor::prelude::*;
+use vgg_tensor::{Conv2dParams, ConvGeometry, Pool2dParams, Shape};
 
 const BATCH: usize = 8;
 

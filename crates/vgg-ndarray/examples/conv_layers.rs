@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use vgg_ndarray::CpuBackend;
+use vgg_tensor::prelude::*;
 use vgg_tensor::{Backend, Conv2dParams, ConvGeometry, Shape};
 
 fn median_ms(mut f: impl FnMut()) -> f64 {

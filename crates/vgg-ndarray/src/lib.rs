@@ -6,6 +6,7 @@ mod arena;
 mod buffer;
 pub mod conv;
 pub mod gemm;
+pub mod generic;
 pub mod pool;
 mod simd;
 pub mod skinny;
@@ -15,10 +16,12 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use vgg_tensor::{
-    adam_corrections, argmax, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
-    check_reshape, check_row_bias, check_scalar, check_upload, matmul_dims, random, same_shape,
-    AdamParams, Backend, Conv2dParams, ConvGeometry, DeviceTensor, Pool2dParams, PoolGeometry,
-    Result, Shape, TensorError,
+    adam_corrections, argmax, broadcast_shapes, check_argmax_rows, check_axes, check_channel_bias,
+    check_concat, check_keep_prob, check_labels, check_permutation, check_reshape, check_row_bias,
+    check_scalar, check_slice, check_upload, matmul_dims, random, same_shape, AdamParams, Backend,
+    BinaryOp, Conv2dParams, ConvGeometry, Convolution, Device, DeviceTensor, Elementwise, Layout,
+    Matmul, Pool2dParams, PoolGeometry, Pooling, Reduce, ReduceOp, Result, Shape, TensorError,
+    UnaryOp,
 };
 
 pub use crate::buffer::MemoryStats;
@@ -62,6 +65,11 @@ impl CpuTensor {
         ndarray::ArrayViewD::from_shape(self.shape.dims(), self.as_slice())
             .expect("shape matches the buffer")
     }
+}
+
+/// A buffer being filled, as an ndarray view of `shape`.
+fn view_mut<'a>(shape: &Shape, out: &'a mut [f32]) -> ndarray::ArrayViewMutD<'a, f32> {
+    ndarray::ArrayViewMutD::from_shape(shape.dims(), out).expect("shape matches the buffer")
 }
 
 impl DeviceTensor for CpuTensor {
@@ -220,9 +228,8 @@ fn dropout_apply(x: &[f32], keep_prob: f32, seed: u64, out: &mut [f32]) {
         });
 }
 
-impl Backend for CpuBackend {
+impl Device for CpuBackend {
     type Tensor = CpuTensor;
-    type PoolIndices = CpuPoolIndices;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", self.threads)
@@ -277,7 +284,91 @@ impl Backend for CpuBackend {
             buf: t.buf.clone(),
         })
     }
+}
 
+impl Elementwise for CpuBackend {
+    fn unary(&self, op: UnaryOp, x: &CpuTensor) -> Result<CpuTensor> {
+        if op == UnaryOp::Relu {
+            return Ok(self.map(x, vgg_tensor::relu));
+        }
+        Ok(self.build(x.shape.clone(), |out| {
+            generic::unary(op, x.view(), view_mut(&x.shape, out))
+        }))
+    }
+
+    fn binary(&self, op: BinaryOp, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let shape = broadcast_shapes(op.name(), &a.shape, &b.shape)?;
+        shape.checked_elements()?;
+        if a.shape == b.shape {
+            return Ok(self.zip_map(a, b, move |a, b| op.apply(a, b)));
+        }
+        Ok(self.build(shape.clone(), |out| {
+            generic::binary(op, a.view(), b.view(), view_mut(&shape, out))
+        }))
+    }
+}
+
+impl Reduce for CpuBackend {
+    fn reduce(&self, op: ReduceOp, x: &CpuTensor, axes: &[usize]) -> Result<CpuTensor> {
+        let shape = check_axes(op.name(), &x.shape, axes)?;
+        Ok(self.build(shape, |out| generic::reduce(op, x.view(), axes, out)))
+    }
+}
+
+impl Layout for CpuBackend {
+    fn permute(&self, x: &CpuTensor, perm: &[usize]) -> Result<CpuTensor> {
+        let shape = check_permutation("permute", &x.shape, perm)?;
+        Ok(self.build(shape.clone(), |out| {
+            generic::permute(x.view(), perm, view_mut(&shape, out))
+        }))
+    }
+
+    fn slice(&self, x: &CpuTensor, axis: usize, start: usize, len: usize) -> Result<CpuTensor> {
+        let shape = check_slice("slice", &x.shape, axis, start, len)?;
+        Ok(self.build(shape.clone(), |out| {
+            generic::slice(x.view(), axis, start, len, view_mut(&shape, out))
+        }))
+    }
+
+    fn concat(&self, xs: &[&CpuTensor], axis: usize) -> Result<CpuTensor> {
+        let shapes: Vec<&Shape> = xs.iter().map(|x| &x.shape).collect();
+        let shape = check_concat("concat", &shapes, axis)?;
+        shape.checked_elements()?;
+        let views: Vec<_> = xs.iter().map(|x| x.view()).collect();
+        Ok(self.build(shape.clone(), |out| {
+            generic::concat(&views, axis, view_mut(&shape, out))
+        }))
+    }
+}
+
+impl Matmul for CpuBackend {
+    fn matmul(&self, a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor> {
+        let (m, n, k) = matmul_dims(&a.shape, &b.shape, ta, tb)?;
+        let (ar, ac) = a.shape.matrix("matmul")?;
+        let (br, bc) = b.shape.matrix("matmul")?;
+        let lhs = Mat::row_major(a.as_slice(), ar, ac);
+        let rhs = Mat::row_major(b.as_slice(), br, bc);
+        let lhs = if ta { lhs.t() } else { lhs };
+        let rhs = if tb { rhs.t() } else { rhs };
+        Ok(self.build(Shape::from([m, n]), |c| {
+            // A linear layer's forward on a small batch reads a large weight once; its own
+            // kernel does that faster than the GEMM.
+            if m <= skinny::MAX_ROWS && !ta && tb && k > 0 {
+                return skinny::a_bt(a.as_slice(), b.as_slice(), m, n, k, c);
+            }
+            let dst = MatMut {
+                data: c,
+                offset: 0,
+                rows: m,
+                cols: n,
+                row_stride: n,
+            };
+            sgemm(dst, lhs, rhs, false, self.threads)
+        }))
+    }
+}
+
+impl Convolution for CpuBackend {
     fn conv2d(&self, x: &CpuTensor, w: &CpuTensor, p: Conv2dParams) -> Result<CpuTensor> {
         let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
         Ok(self.build(g.output_shape(), |y| {
@@ -289,47 +380,6 @@ impl Backend for CpuBackend {
                 conv::TILE_BYTES,
                 y,
             )
-        }))
-    }
-
-    fn conv2d_bias_act(
-        &self,
-        x: &CpuTensor,
-        w: &CpuTensor,
-        b: &CpuTensor,
-        p: Conv2dParams,
-        relu: bool,
-    ) -> Result<CpuTensor> {
-        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
-        g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
-        Ok(self.build(g.output_shape(), |y| {
-            if conv::use_winograd(&g, false) {
-                // Fixed weights (inference, benchmarks) keep their transform between calls.
-                let u = w.buf.derived((g.out_channels, g.in_channels), |lasting| {
-                    let (k, c) = (g.out_channels, g.in_channels);
-                    winograd::transform_weights(w.as_slice(), k, c, lasting)
-                });
-                winograd::forward_transformed(
-                    x.as_slice(),
-                    &u,
-                    Some(b.as_slice()),
-                    relu,
-                    &g,
-                    self.threads,
-                    y,
-                )
-            } else {
-                conv::forward_fused(
-                    x.as_slice(),
-                    w.as_slice(),
-                    Some(b.as_slice()),
-                    relu,
-                    &g,
-                    self.threads,
-                    conv::TILE_BYTES,
-                    y,
-                )
-            }
         }))
     }
 
@@ -374,40 +424,10 @@ impl Backend for CpuBackend {
         });
         Ok(self.adopt(weight_shape.clone(), dw))
     }
+}
 
-    fn add_channel_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        let (_, c, h, w) = check_channel_bias("add_channel_bias", &x.shape, &b.shape)?;
-        let plane = (h * w).max(1);
-        let bias = b.as_slice();
-        Ok(self.build(x.shape.clone(), |y| {
-            y.par_chunks_mut(plane)
-                .zip(x.as_slice().par_chunks(plane))
-                .enumerate()
-                .for_each(|(i, (y, x))| {
-                    let b = bias[i % c];
-                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x + b);
-                })
-        }))
-    }
-
-    fn channel_bias_grad(&self, dy: &CpuTensor) -> Result<CpuTensor> {
-        let (n, c, h, w) = dy.shape.nchw("channel_bias_grad")?;
-        let plane = h * w;
-        let data = dy.as_slice();
-        Ok(self.build(Shape::from([c]), |db| {
-            db.par_iter_mut().enumerate().for_each(|(ch, db)| {
-                *db = (0..n)
-                    .map(|img| {
-                        let start = (img * c + ch) * plane;
-                        data[start..start + plane]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .sum::<f64>()
-                    })
-                    .sum::<f64>() as f32
-            })
-        }))
-    }
+impl Pooling for CpuBackend {
+    type PoolIndices = CpuPoolIndices;
 
     fn max_pool2d(&self, x: &CpuTensor, p: Pool2dParams) -> Result<(CpuTensor, CpuPoolIndices)> {
         let g = PoolGeometry::new(&x.shape, p)?;
@@ -447,28 +467,98 @@ impl Backend for CpuBackend {
         }))
     }
 
-    fn matmul(&self, a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor> {
-        let (m, n, k) = matmul_dims(&a.shape, &b.shape, ta, tb)?;
-        let (ar, ac) = a.shape.matrix("matmul")?;
-        let (br, bc) = b.shape.matrix("matmul")?;
-        let lhs = Mat::row_major(a.as_slice(), ar, ac);
-        let rhs = Mat::row_major(b.as_slice(), br, bc);
-        let lhs = if ta { lhs.t() } else { lhs };
-        let rhs = if tb { rhs.t() } else { rhs };
-        Ok(self.build(Shape::from([m, n]), |c| {
-            // A linear layer's forward on a small batch reads a large weight once; its own
-            // kernel does that faster than the GEMM.
-            if m <= skinny::MAX_ROWS && !ta && tb && k > 0 {
-                return skinny::a_bt(a.as_slice(), b.as_slice(), m, n, k, c);
+    fn avg_pool2d(&self, x: &CpuTensor, p: Pool2dParams) -> Result<CpuTensor> {
+        let g = PoolGeometry::for_op("avg_pool2d", &x.shape, p)?;
+        Ok(self.build(g.output_shape(), |y| pool::avg_forward(x.as_slice(), &g, y)))
+    }
+
+    fn avg_pool2d_backward(
+        &self,
+        dy: &CpuTensor,
+        input_shape: &Shape,
+        p: Pool2dParams,
+    ) -> Result<CpuTensor> {
+        let g = PoolGeometry::for_op("avg_pool2d_backward", input_shape, p)?;
+        same_shape("avg_pool2d_backward", &dy.shape, &g.output_shape())?;
+        Ok(self.build(input_shape.clone(), |dx| {
+            pool::avg_backward(dy.as_slice(), &g, dx)
+        }))
+    }
+}
+
+impl Backend for CpuBackend {
+    fn conv2d_bias_act(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: &CpuTensor,
+        p: Conv2dParams,
+        relu: bool,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
+        g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
+        Ok(self.build(g.output_shape(), |y| {
+            if conv::use_winograd(&g, false) {
+                // Fixed weights (inference, benchmarks) keep their transform between calls.
+                let u = w.buf.derived((g.out_channels, g.in_channels), |lasting| {
+                    let (k, c) = (g.out_channels, g.in_channels);
+                    winograd::transform_weights(w.as_slice(), k, c, lasting)
+                });
+                winograd::forward_transformed(
+                    x.as_slice(),
+                    &u,
+                    Some(b.as_slice()),
+                    relu,
+                    &g,
+                    self.threads,
+                    y,
+                )
+            } else {
+                conv::forward_fused(
+                    x.as_slice(),
+                    w.as_slice(),
+                    Some(b.as_slice()),
+                    relu,
+                    &g,
+                    self.threads,
+                    conv::TILE_BYTES,
+                    y,
+                )
             }
-            let dst = MatMut {
-                data: c,
-                offset: 0,
-                rows: m,
-                cols: n,
-                row_stride: n,
-            };
-            sgemm(dst, lhs, rhs, false, self.threads)
+        }))
+    }
+
+    fn add_channel_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let (_, c, h, w) = check_channel_bias("add_channel_bias", &x.shape, &b.shape)?;
+        let plane = (h * w).max(1);
+        let bias = b.as_slice();
+        Ok(self.build(x.shape.clone(), |y| {
+            y.par_chunks_mut(plane)
+                .zip(x.as_slice().par_chunks(plane))
+                .enumerate()
+                .for_each(|(i, (y, x))| {
+                    let b = bias[i % c];
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x + b);
+                })
+        }))
+    }
+
+    fn channel_bias_grad(&self, dy: &CpuTensor) -> Result<CpuTensor> {
+        let (n, c, h, w) = dy.shape.nchw("channel_bias_grad")?;
+        let plane = h * w;
+        let data = dy.as_slice();
+        Ok(self.build(Shape::from([c]), |db| {
+            db.par_iter_mut().enumerate().for_each(|(ch, db)| {
+                *db = (0..n)
+                    .map(|img| {
+                        let start = (img * c + ch) * plane;
+                        data[start..start + plane]
+                            .iter()
+                            .map(|&v| v as f64)
+                            .sum::<f64>()
+                    })
+                    .sum::<f64>() as f32
+            })
         }))
     }
 
@@ -644,17 +734,23 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        same_shape("add", &a.shape, &b.shape)?;
+        if a.shape != b.shape {
+            return self.binary(BinaryOp::Add, a, b);
+        }
         Ok(self.zip_map(a, b, |a, b| a + b))
     }
 
     fn sub(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        same_shape("sub", &a.shape, &b.shape)?;
+        if a.shape != b.shape {
+            return self.binary(BinaryOp::Sub, a, b);
+        }
         Ok(self.zip_map(a, b, |a, b| a - b))
     }
 
     fn mul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        same_shape("mul", &a.shape, &b.shape)?;
+        if a.shape != b.shape {
+            return self.binary(BinaryOp::Mul, a, b);
+        }
         Ok(self.zip_map(a, b, |a, b| a * b))
     }
 

@@ -111,3 +111,47 @@ pub fn backward(dy: &[f32], arg: &[u8], g: &PoolGeometry, dx: &mut [f32]) {
             }
         });
 }
+
+/// Average of each window of NCHW `x`.
+pub fn avg_forward(x: &[f32], g: &PoolGeometry, y: &mut [f32]) {
+    let in_plane = g.in_h * g.in_w;
+    let out_plane = g.out_h * g.out_w;
+    let inv = 1.0 / (g.kernel * g.kernel) as f32;
+    y.par_chunks_mut(out_plane)
+        .zip(x.par_chunks(in_plane))
+        .for_each(|(y, plane)| {
+            for oh in 0..g.out_h {
+                for ow in 0..g.out_w {
+                    let mut sum = 0.0f32;
+                    for ky in 0..g.kernel {
+                        let row =
+                            &plane[(oh * g.stride + ky) * g.in_w + ow * g.stride..][..g.kernel];
+                        sum += row.iter().sum::<f32>();
+                    }
+                    y[oh * g.out_w + ow] = sum * inv;
+                }
+            }
+        });
+}
+
+/// dx: each output gradient spread evenly over its window.
+pub fn avg_backward(dy: &[f32], g: &PoolGeometry, dx: &mut [f32]) {
+    let in_plane = g.in_h * g.in_w;
+    let out_plane = g.out_h * g.out_w;
+    let inv = 1.0 / (g.kernel * g.kernel) as f32;
+    dx.par_chunks_mut(in_plane)
+        .zip(dy.par_chunks(out_plane))
+        .for_each(|(dx, dy)| {
+            dx.fill(0.0);
+            for oh in 0..g.out_h {
+                for ow in 0..g.out_w {
+                    let share = dy[oh * g.out_w + ow] * inv;
+                    for ky in 0..g.kernel {
+                        let row =
+                            &mut dx[(oh * g.stride + ky) * g.in_w + ow * g.stride..][..g.kernel];
+                        row.iter_mut().for_each(|v| *v += share);
+                    }
+                }
+            }
+        });
+}

@@ -6,7 +6,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vgg_ndarray::{conv::TILE_BYTES, CpuBackend};
-use vgg_tensor::{Backend, Conv2dParams, Shape};
+use vgg_tensor::prelude::*;
+use vgg_tensor::{Conv2dParams, Shape};
 
 struct Counting;
 

@@ -175,3 +175,199 @@ pub fn argmax(row: &[f32]) -> usize {
         })
         .0
 }
+
+/// NumPy broadcasting: the shapes aligned at their last dimension, each pair equal or one of
+/// them 1. Returns the result's shape.
+pub fn broadcast_shapes(op: &'static str, a: &Shape, b: &Shape) -> Result<Shape> {
+    let rank = a.rank().max(b.rank());
+    let dim = |s: &Shape, i: usize| {
+        let offset = rank - s.rank();
+        if i < offset {
+            1
+        } else {
+            s.dims()[i - offset]
+        }
+    };
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            _ => Err(TensorError::ShapeMismatch {
+                op,
+                what: "shapes do not broadcast (each dimension, from the last, must be equal or 1)",
+                lhs: a.clone(),
+                rhs: b.clone(),
+            }),
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Shape::from)
+}
+
+/// Checks reduction axes (each in range, none twice); returns the shape with them set to 1.
+pub fn check_axes(op: &'static str, shape: &Shape, axes: &[usize]) -> Result<Shape> {
+    let mut dims = shape.dims().to_vec();
+    let mut seen = vec![false; dims.len()];
+    for &a in axes {
+        if a >= dims.len() || seen[a] {
+            return Err(TensorError::InvalidArgument {
+                op,
+                message: format!(
+                    "axes {axes:?} are not distinct axes of a rank-{} tensor {shape}",
+                    dims.len()
+                ),
+            });
+        }
+        seen[a] = true;
+        dims[a] = 1;
+    }
+    Ok(Shape::from(dims))
+}
+
+/// Checks a permutation of a shape's axes; returns the permuted shape.
+pub fn check_permutation(op: &'static str, shape: &Shape, perm: &[usize]) -> Result<Shape> {
+    let mut seen = vec![false; shape.rank()];
+    let ok = perm.len() == shape.rank()
+        && perm
+            .iter()
+            .all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+    if !ok {
+        return Err(TensorError::InvalidArgument {
+            op,
+            message: format!("{perm:?} is not a permutation of the axes of {shape}"),
+        });
+    }
+    Ok(Shape::from(
+        perm.iter().map(|&p| shape.dims()[p]).collect::<Vec<_>>(),
+    ))
+}
+
+/// Checks `len` elements from `start` along `axis`; returns the slice's shape.
+pub fn check_slice(
+    op: &'static str,
+    shape: &Shape,
+    axis: usize,
+    start: usize,
+    len: usize,
+) -> Result<Shape> {
+    let fits = axis < shape.rank()
+        && start
+            .checked_add(len)
+            .is_some_and(|end| end <= shape.dims()[axis]);
+    if !fits {
+        return Err(TensorError::InvalidArgument {
+            op,
+            message: format!("{len} elements from {start} along axis {axis} do not fit {shape}"),
+        });
+    }
+    let mut dims = shape.dims().to_vec();
+    dims[axis] = len;
+    Ok(Shape::from(dims))
+}
+
+/// Checks tensors to join along `axis` (same rank, every other dimension equal); returns the
+/// joined shape.
+pub fn check_concat(op: &'static str, shapes: &[&Shape], axis: usize) -> Result<Shape> {
+    let Some(first) = shapes.first() else {
+        return Err(TensorError::InvalidArgument {
+            op,
+            message: "nothing to join".into(),
+        });
+    };
+    if axis >= first.rank() {
+        return Err(TensorError::InvalidArgument {
+            op,
+            message: format!("axis {axis} is out of range for {first}"),
+        });
+    }
+    let mut dims = first.dims().to_vec();
+    for s in &shapes[1..] {
+        let same_elsewhere = s.rank() == first.rank()
+            && (0..first.rank()).all(|i| i == axis || s.dims()[i] == first.dims()[i]);
+        if !same_elsewhere {
+            return Err(TensorError::ShapeMismatch {
+                op,
+                what: "tensors to join must match in every other dimension",
+                lhs: (*first).clone(),
+                rhs: (*s).clone(),
+            });
+        }
+        dims[axis] =
+            dims[axis]
+                .checked_add(s.dims()[axis])
+                .ok_or_else(|| TensorError::TooLarge {
+                    shape: (*s).clone(),
+                })?;
+    }
+    Ok(Shape::from(dims))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(d: &[usize]) -> Shape {
+        Shape::from(d)
+    }
+
+    #[test]
+    fn broadcasting_follows_numpy() {
+        assert_eq!(
+            broadcast_shapes("t", &s(&[2, 3]), &s(&[3])).unwrap(),
+            s(&[2, 3])
+        );
+        assert_eq!(
+            broadcast_shapes("t", &s(&[4, 1, 5]), &s(&[3, 1])).unwrap(),
+            s(&[4, 3, 5])
+        );
+        assert_eq!(
+            broadcast_shapes("t", &s(&[]), &s(&[2, 2])).unwrap(),
+            s(&[2, 2])
+        );
+        let e = broadcast_shapes("t", &s(&[2, 3]), &s(&[2]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[2, 3]") && e.contains("[2]") && e.contains("broadcast"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn axes_permutations_slices_and_joins_are_checked() {
+        assert_eq!(
+            check_axes("t", &s(&[2, 3, 4]), &[0, 2]).unwrap(),
+            s(&[1, 3, 1])
+        );
+        assert!(check_axes("t", &s(&[2, 3]), &[1, 1]).is_err());
+        assert!(check_axes("t", &s(&[2, 3]), &[2]).is_err());
+        assert_eq!(
+            check_permutation("t", &s(&[2, 3, 4]), &[2, 0, 1]).unwrap(),
+            s(&[4, 2, 3])
+        );
+        assert!(check_permutation("t", &s(&[2, 3]), &[0, 0]).is_err());
+        assert!(check_permutation("t", &s(&[2, 3]), &[0]).is_err());
+        assert_eq!(check_slice("t", &s(&[5, 4]), 0, 1, 3).unwrap(), s(&[3, 4]));
+        assert!(check_slice("t", &s(&[5, 4]), 0, 3, 3).is_err());
+        assert!(check_slice("t", &s(&[5, 4]), 0, usize::MAX, 2).is_err());
+        assert_eq!(
+            check_concat("t", &[&s(&[2, 3]), &s(&[2, 5])], 1).unwrap(),
+            s(&[2, 8])
+        );
+        assert!(check_concat("t", &[&s(&[2, 3]), &s(&[3, 3])], 1).is_err());
+        assert!(check_concat("t", &[], 0).is_err());
+    }
+
+    #[test]
+    fn labels_and_matmul_dims() {
+        assert_eq!(check_labels("t", &s(&[2, 3]), &[0, 2]).unwrap(), (2, 3));
+        assert!(check_labels("t", &s(&[2, 3]), &[0, 3]).is_err());
+        assert!(check_labels("t", &s(&[2, 3]), &[0]).is_err());
+        assert_eq!(
+            matmul_dims(&s(&[2, 3]), &s(&[4, 3]), false, true).unwrap(),
+            (2, 4, 3)
+        );
+        assert!(matmul_dims(&s(&[2, 3]), &s(&[4, 3]), false, false).is_err());
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, f32::NAN]), 1);
+    }
+}

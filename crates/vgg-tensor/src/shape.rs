@@ -25,6 +25,15 @@ impl Shape {
         self.0.len()
     }
 
+    /// Row-major strides, in elements: the last axis has stride 1.
+    pub fn strides(&self) -> Vec<usize> {
+        let mut strides = vec![1; self.0.len()];
+        for i in (0..self.0.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * self.0[i + 1];
+        }
+        strides
+    }
+
     /// Number of elements; 1 for a scalar.
     pub fn elements(&self) -> usize {
         self.0.iter().product()
@@ -127,7 +136,7 @@ pub struct Pool2dParams {
 
 /// Output length of a sliding window, or None when the window does not fit.
 pub fn window_len(len: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
-    let padded = len + 2 * padding;
+    let padded = padding.checked_mul(2)?.checked_add(len)?;
     (stride > 0 && kernel > 0 && padded >= kernel).then(|| (padded - kernel) / stride + 1)
 }
 
@@ -260,7 +269,7 @@ impl ConvGeometry {
     }
 }
 
-/// The validated geometry of one max-pool.
+/// The validated geometry of one pooling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolGeometry {
     pub batch: usize,
@@ -274,12 +283,17 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
+    /// A max-pool's geometry.
     pub fn new(input: &Shape, p: Pool2dParams) -> Result<PoolGeometry> {
-        const OP: &str = "max_pool2d";
-        let (batch, channels, in_h, in_w) = input.nchw(OP)?;
+        Self::for_op("max_pool2d", input, p)
+    }
+
+    /// The geometry of any pooling op, named `op` in errors.
+    pub fn for_op(op: &'static str, input: &Shape, p: Pool2dParams) -> Result<PoolGeometry> {
+        let (batch, channels, in_h, in_w) = input.nchw(op)?;
         if p.kernel == 0 || p.stride == 0 {
             return Err(TensorError::InvalidArgument {
-                op: OP,
+                op,
                 message: "kernel and stride must be at least 1".into(),
             });
         }
@@ -298,7 +312,7 @@ impl PoolGeometry {
                 stride: p.stride,
             }),
             _ => Err(TensorError::InvalidArgument {
-                op: OP,
+                op,
                 message: format!(
                     "a {}x{} window does not fit input {input}",
                     p.kernel, p.kernel
@@ -348,6 +362,41 @@ mod tests {
         )
         .is_err());
         assert!(ConvGeometry::new(&[1, 3, 2].into(), &[4, 3, 5, 5].into(), p).is_err());
+    }
+
+    #[test]
+    fn strides_are_row_major() {
+        assert_eq!(Shape::from([2, 3, 4]).strides(), [12, 4, 1]);
+        assert_eq!(Shape::scalar().strides(), Vec::<usize>::new());
+        assert_eq!(Shape::from([5]).strides(), [1]);
+    }
+
+    #[test]
+    fn windows_and_pool_geometry() {
+        assert_eq!(window_len(7, 3, 2, 1), Some(4));
+        assert_eq!(window_len(2, 5, 1, 0), None);
+        assert_eq!(window_len(5, 3, 0, 0), None);
+        assert_eq!(window_len(usize::MAX, 3, 1, 1), None);
+        let p = Pool2dParams {
+            kernel: 2,
+            stride: 2,
+        };
+        let g = PoolGeometry::new(&[1, 2, 5, 4].into(), p).unwrap();
+        assert_eq!((g.out_h, g.out_w), (2, 2));
+        let e = PoolGeometry::for_op("avg_pool2d", &[1, 2, 1, 4].into(), p).unwrap_err();
+        assert!(e.to_string().starts_with("avg_pool2d:"), "{e}");
+        assert!(PoolGeometry::new(&[2, 5, 4].into(), p).is_err());
+    }
+
+    #[test]
+    fn ranks_are_checked_with_the_op_named() {
+        let e = Shape::from([2, 3]).nchw("conv2d").unwrap_err().to_string();
+        assert!(
+            e.contains("conv2d") && e.contains("rank-4") && e.contains("[2, 3]"),
+            "{e}"
+        );
+        assert_eq!(Shape::from([2, 3]).matrix("m").unwrap(), (2, 3));
+        assert!(Shape::from([2]).matrix("m").is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use vgg_ndarray::CpuBackend;
 use vgg_nn::io;
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
 use vgg_nn::InitScheme;
-use vgg_tensor::Backend;
+use vgg_tensor::prelude::*;
 use vgg_train::{checkpoint, data, resume, train, TrainConfig, TrainState};
 
 #[global_allocator]

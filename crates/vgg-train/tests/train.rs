@@ -6,7 +6,8 @@ use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
 use vgg_ndarray::CpuBackend;
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
 use vgg_nn::InitScheme;
-use vgg_tensor::Backend;
+
+use vgg_tensor::prelude::*;
 use vgg_train::{checkpoint, data, resume, train, TrainConfig, TrainError, TrainState};
 
 fn digits() -> (vgg_train::Dataset, vgg_train::Dataset) {

@@ -1,66 +1,4 @@
-// The CUDA backend's own kernels, compiled at run time by NVRTC (no nvcc at build time).
-// Each mirrors the CPU backend's op of the same name; sizes are 64-bit and loops grid-stride, so
-// any launch size covers any tensor.
-
-typedef unsigned long long u64;
-typedef long long i64;
-
-#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
-
-// vgg_tensor::random: SplitMix64's finaliser, the same bits for element i on every backend.
-__device__ __forceinline__ u64 mix64(u64 z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-__device__ __forceinline__ float uniform01(u64 seed, u64 index) {
-    u64 b = mix64(mix64(seed ^ 0x9e3779b97f4a7c15ULL) + index * 0x9e3779b97f4a7c15ULL);
-    return (float)(b >> 40) * (1.0f / 16777216.0f);
-}
-
-extern "C" __global__ void fill(float* out, i64 n, float value) {
-    GRID_STRIDE(i, n) out[i] = value;
-}
-
-extern "C" __global__ void add(const float* a, const float* b, float* out, i64 n) {
-    GRID_STRIDE(i, n) out[i] = a[i] + b[i];
-}
-extern "C" __global__ void sub(const float* a, const float* b, float* out, i64 n) {
-    GRID_STRIDE(i, n) out[i] = a[i] - b[i];
-}
-extern "C" __global__ void mul(const float* a, const float* b, float* out, i64 n) {
-    GRID_STRIDE(i, n) out[i] = a[i] * b[i];
-}
-extern "C" __global__ void scale(const float* x, float* out, i64 n, float alpha) {
-    GRID_STRIDE(i, n) out[i] = x[i] * alpha;
-}
-// The scalar lives on the device: no round trip to the host.
-extern "C" __global__ void mul_scalar(const float* x, const float* s, float* out, i64 n) {
-    float v = s[0];
-    GRID_STRIDE(i, n) out[i] = x[i] * v;
-}
-extern "C" __global__ void broadcast_scalar(const float* s, float* out, i64 n) {
-    float v = s[0];
-    GRID_STRIDE(i, n) out[i] = v;
-}
-extern "C" __global__ void axpy(float* y, const float* x, i64 n, float alpha) {
-    GRID_STRIDE(i, n) y[i] += alpha * x[i];
-}
-
-// Negatives become 0, NaN stays NaN (as in PyTorch and the CPU backend); fmaxf would drop NaN.
-__device__ __forceinline__ float relu_value(float v) { return v < 0.0f ? 0.0f : v; }
-
-extern "C" __global__ void relu(const float* x, float* out, i64 n) {
-    GRID_STRIDE(i, n) out[i] = relu_value(x[i]);
-}
-extern "C" __global__ void relu_backward(const float* dy, const float* y, float* out, i64 n) {
-    GRID_STRIDE(i, n) out[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-}
-
-extern "C" __global__ void dropout(const float* x, float* out, i64 n, float keep_prob, u64 seed) {
-    float s = 1.0f / keep_prob;
-    GRID_STRIDE(i, n) out[i] = uniform01(seed, (u64)i) < keep_prob ? x[i] * s : 0.0f;
-}
+// The layers' fused kernels: biases, softmax and cross-entropy, pooling, optimiser steps.
 
 // NCHW: channel of element i is (i / plane) % channels.
 extern "C" __global__ void add_channel_bias(const float* x, const float* b, float* out, i64 n,
@@ -82,75 +20,6 @@ extern "C" __global__ void bias_act_in_place(float* y, const float* b, i64 n, i6
 
 extern "C" __global__ void add_row_bias(const float* x, const float* b, float* out, i64 n, i64 f) {
     GRID_STRIDE(i, n) out[i] = x[i] + b[i % f];
-}
-
-// One block per channel; f64 accumulation as the CPU backend does.
-extern "C" __global__ void channel_bias_grad(const float* dy, float* db, i64 batch, i64 channels,
-                                             i64 plane) {
-    __shared__ double partial[256];
-    i64 c = blockIdx.x;
-    double acc = 0.0;
-    for (i64 img = 0; img < batch; ++img) {
-        const float* p = dy + (img * channels + c) * plane;
-        for (i64 j = threadIdx.x; j < plane; j += blockDim.x) acc += (double)p[j];
-    }
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) db[c] = (float)partial[0];
-}
-
-// Column sums of [rows, f]: one thread per column, reading rows in order (coalesced across threads).
-extern "C" __global__ void sum_rows(const float* x, float* out, i64 rows, i64 f) {
-    GRID_STRIDE(j, f) {
-        double acc = 0.0;
-        for (i64 r = 0; r < rows; ++r) acc += (double)x[r * f + j];
-        out[j] = (float)acc;
-    }
-}
-
-// Sum of x (squared when `square`) times `factor` into out[0], in f64: one block.
-extern "C" __global__ void reduce_sum(const float* x, float* out, i64 n, int square, double factor) {
-    __shared__ double partial[1024];
-    double acc = 0.0;
-    for (i64 i = threadIdx.x; i < n; i += blockDim.x) {
-        double v = (double)x[i];
-        acc += square ? v * v : v;
-    }
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) out[0] = (float)(partial[0] * factor);
-}
-
-// Block-wide max and f64 sum over 256 threads.
-__device__ float block_max(float v, float* shared) {
-    shared[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) shared[threadIdx.x] = fmaxf(shared[threadIdx.x], shared[threadIdx.x + s]);
-        __syncthreads();
-    }
-    float r = shared[0];
-    __syncthreads();
-    return r;
-}
-__device__ double block_sum(double v, double* shared) {
-    shared[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
-        __syncthreads();
-    }
-    double r = shared[0];
-    __syncthreads();
-    return r;
 }
 
 // Softmax of row blockIdx.x (one block per row); returns the row's log(sum exp(x - max)) + max.
@@ -249,6 +118,42 @@ extern "C" __global__ void max_pool2d_backward(const float* dy, const int* arg, 
     GRID_STRIDE(i, planes * out_plane) {
         i64 plane = i / out_plane;
         atomicAdd(dx + plane * in_plane + arg[i], dy[i]);
+    }
+}
+
+
+// Average of each window; one thread per output.
+extern "C" __global__ void avg_pool2d(const float* x, float* y, i64 planes, i64 in_h, i64 in_w,
+                                      i64 out_h, i64 out_w, i64 kernel, i64 stride) {
+    float inv = 1.0f / (float)(kernel * kernel);
+    GRID_STRIDE(i, planes * out_h * out_w) {
+        i64 ow = i % out_w;
+        i64 oh = (i / out_w) % out_h;
+        const float* p = x + (i / (out_w * out_h)) * in_h * in_w;
+        float sum = 0.0f;
+        for (i64 ky = 0; ky < kernel; ++ky)
+            for (i64 kx = 0; kx < kernel; ++kx) sum += p[(oh * stride + ky) * in_w + ow * stride + kx];
+        y[i] = sum * inv;
+    }
+}
+
+// Each input gathers the shares of the windows covering it (no atomics: deterministic).
+extern "C" __global__ void avg_pool2d_backward(const float* dy, float* dx, i64 planes, i64 in_h,
+                                               i64 in_w, i64 out_h, i64 out_w, i64 kernel,
+                                               i64 stride) {
+    float inv = 1.0f / (float)(kernel * kernel);
+    GRID_STRIDE(i, planes * in_h * in_w) {
+        i64 iw = i % in_w;
+        i64 ih = (i / in_w) % in_h;
+        const float* d = dy + (i / (in_w * in_h)) * out_h * out_w;
+        i64 oh_lo = ih >= kernel ? (ih - kernel) / stride + 1 : 0;
+        i64 ow_lo = iw >= kernel ? (iw - kernel) / stride + 1 : 0;
+        i64 oh_hi = ih / stride < out_h - 1 ? ih / stride : out_h - 1;
+        i64 ow_hi = iw / stride < out_w - 1 ? iw / stride : out_w - 1;
+        float sum = 0.0f;
+        for (i64 oh = oh_lo; oh <= oh_hi; ++oh)
+            for (i64 ow = ow_lo; ow <= ow_hi; ++ow) sum += d[oh * out_w + ow];
+        dx[i] = sum * inv;
     }
 }
 

@@ -1,0 +1,305 @@
+//! The ops networks beyond VGG need, and ops added from outside: every gradient against finite
+//! differences, on the CPU backend and on the plain-loops reference backend (which has only the
+//! primitives, so this also checks the composites written in them).
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use vgg_autodiff::{check_gradients, AutodiffError, CustomOp, GradCheck, Tape, Tensor, Var};
+use vgg_ndarray::CpuBackend;
+use vgg_tensor::prelude::*;
+use vgg_tensor::reference::ReferenceBackend;
+use vgg_tensor::{Conv2dParams, Pool2dParams};
+
+/// Values spaced at least 0.05 apart and away from 0 (no ties or kinks within eps), shuffled.
+fn spaced<B: Backend>(b: &B, dims: &[usize], seed: u64) -> B::Tensor {
+    let n: usize = dims.iter().product();
+    let mut v: Vec<f32> = (0..n)
+        .map(|i| (i as f32 + 1.0) * 0.05 * if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    for i in (1..n).rev() {
+        let j = (vgg_tensor::random::bits(seed, i as u64) % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    b.upload(&Shape::from(dims), &v).unwrap()
+}
+
+/// Positive values in [0.5, 2], for log, sqrt, recip and division.
+fn positive<B: Backend>(b: &B, dims: &[usize], seed: u64) -> B::Tensor {
+    b.random_uniform(&Shape::from(dims), 0.5, 2.0, seed)
+        .unwrap()
+}
+
+fn check<B: Backend>(
+    b: &B,
+    what: &str,
+    inputs: &[B::Tensor],
+    f: impl Fn(&Tape<B>, &[Var<B>]) -> vgg_autodiff::Result<Var<B>>,
+) {
+    let report = check_gradients(b, inputs, f, &GradCheck::default())
+        .unwrap_or_else(|e| panic!("{} {what}: {e}", b.name()));
+    assert!(report.coords_checked > 0);
+}
+
+fn elementwise<B: Backend>(b: &B) {
+    for (da, dc) in [
+        (&[2, 3, 4][..], &[2, 3, 4][..]),
+        (&[2, 3, 4], &[3, 1]),
+        (&[4], &[2, 3, 4]),
+        (&[2, 1, 4], &[3, 1]),
+        (&[2, 3], &[]),
+    ] {
+        let xs = [spaced(b, da, 1), spaced(b, dc, 2)];
+        let what = format!("{da:?} with {dc:?}");
+        check(b, &format!("add {what}"), &xs, |t, v| t.add(&v[0], &v[1]));
+        check(b, &format!("sub {what}"), &xs, |t, v| t.sub(&v[0], &v[1]));
+        check(b, &format!("mul {what}"), &xs, |t, v| t.mul(&v[0], &v[1]));
+        check(b, &format!("maximum {what}"), &xs, |t, v| {
+            t.maximum(&v[0], &v[1])
+        });
+        check(b, &format!("minimum {what}"), &xs, |t, v| {
+            t.minimum(&v[0], &v[1])
+        });
+        let divisor = [spaced(b, da, 1), positive(b, dc, 3)];
+        check(b, &format!("div {what}"), &divisor, |t, v| {
+            t.div(&v[0], &v[1])
+        });
+    }
+    for op in UnaryOp::ALL {
+        let x = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Recip) {
+            positive(b, &[3, 5], 4)
+        } else {
+            spaced(b, &[3, 5], 4)
+        };
+        check(b, &format!("{op:?}"), &[x], |t, v| t.unary(op, &v[0]));
+    }
+}
+
+fn reductions_and_layout<B: Backend>(b: &B) {
+    let x = [spaced(b, &[2, 3, 4, 5], 5)];
+    for axes in [&[0][..], &[1, 3], &[0, 2, 3], &[]] {
+        check(b, &format!("sum_axes {axes:?}"), &x, |t, v| {
+            t.sum_axes(&v[0], axes)
+        });
+        check(b, &format!("mean_axes {axes:?}"), &x, |t, v| {
+            t.mean_axes(&v[0], axes)
+        });
+        check(b, &format!("max_axes {axes:?}"), &x, |t, v| {
+            t.max_axes(&v[0], axes)
+        });
+    }
+    check(b, "permute", &x, |t, v| t.permute(&v[0], &[3, 1, 0, 2]));
+    check(b, "transpose", &x, |t, v| t.transpose(&v[0], 1, 3));
+    check(b, "slice", &x, |t, v| t.slice(&v[0], 2, 1, 2));
+    check(b, "slice at the start", &x, |t, v| t.slice(&v[0], 0, 0, 1));
+    let parts = [spaced(b, &[2, 3, 4], 6), spaced(b, &[2, 1, 4], 7)];
+    check(b, "concat", &parts, |t, v| {
+        t.concat(&[&v[0], &v[1], &v[0]], 1)
+    });
+    let img = [spaced(b, &[2, 3, 7, 6], 8)];
+    for (kernel, stride) in [(2, 2), (3, 2), (2, 1)] {
+        let p = Pool2dParams { kernel, stride };
+        check(b, &format!("avg_pool2d {kernel}/{stride}"), &img, |t, v| {
+            t.avg_pool2d(&v[0], p)
+        });
+    }
+    check(b, "global_avg_pool", &img, |t, v| t.global_avg_pool(&v[0]));
+    // Normal values: spaced ones this large make f32 sums too coarse for differences over 50 taps.
+    let normal =
+        |dims: &[usize], seed| b.random_normal(&Shape::from(dims), 0.0, 1.0, seed).unwrap();
+    let conv = [normal(&[1, 2, 9, 8], 9), normal(&[3, 2, 5, 5], 10)];
+    let p = Conv2dParams {
+        stride: 3,
+        padding: 2,
+    };
+    check(b, "conv2d 5x5/3 p2", &conv, |t, v| {
+        t.conv2d(&v[0], &v[1], p)
+    });
+}
+
+fn batch_norm<B: Backend>(b: &B) {
+    for dims in [&[4, 3, 5, 2][..], &[6, 3]] {
+        let inputs = [
+            spaced(b, dims, 11),
+            positive(b, &[3], 12),
+            spaced(b, &[3], 13),
+        ];
+        check(b, &format!("batch_norm {dims:?}"), &inputs, |t, v| {
+            Ok(t.batch_norm(&v[0], &v[1], &v[2], 1e-5)?.y)
+        });
+        let stats = (spaced(b, &[3], 14), positive(b, &[3], 15));
+        check(b, &format!("batch_norm_eval {dims:?}"), &inputs, |t, v| {
+            t.batch_norm_eval(&v[0], &stats.0, &stats.1, &v[1], &v[2], 1e-5)
+        });
+    }
+    // The normalised batch has mean 0 and variance 1 per channel before gamma and beta.
+    let x = spaced(b, &[8, 2, 3, 3], 16);
+    let tape = Tape::inference(b.clone());
+    let ones = tape.constant(b.full(&Shape::from([2]), 1.0).unwrap());
+    let zeros = tape.constant(b.zeros(&Shape::from([2])).unwrap());
+    let out = tape
+        .batch_norm(&tape.constant(x), &ones, &zeros, 1e-5)
+        .unwrap();
+    let y = out.y.value();
+    let mean = b
+        .download(&b.reduce(ReduceOp::Sum, y, &[0, 2, 3]).unwrap())
+        .unwrap();
+    let sq = b
+        .download(
+            &b.reduce(
+                ReduceOp::Sum,
+                &b.unary(UnaryOp::Square, y).unwrap(),
+                &[0, 2, 3],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    for c in 0..2 {
+        assert!(
+            (mean[c] / 72.0).abs() < 1e-5,
+            "{}: mean {}",
+            b.name(),
+            mean[c]
+        );
+        assert!(
+            (sq[c] / 72.0 - 1.0).abs() < 1e-3,
+            "{}: variance {}",
+            b.name(),
+            sq[c]
+        );
+    }
+    assert_eq!(out.mean.shape().dims(), [2]);
+    assert_eq!(out.var.shape().dims(), [2]);
+}
+
+/// swish(x) = x sigmoid(x), a custom op: d/dx = s + x s (1 - s).
+#[derive(Clone)]
+struct Swish;
+
+impl<B: Backend> CustomOp<B> for Swish {
+    fn name(&self) -> &'static str {
+        "swish"
+    }
+
+    fn forward(&self, b: &B, x: &[&Tensor<B>]) -> vgg_tensor::Result<Tensor<B>> {
+        b.mul(x[0], &b.unary(UnaryOp::Sigmoid, x[0])?)
+    }
+
+    fn backward(
+        &self,
+        b: &B,
+        x: &[Tensor<B>],
+        _y: &Tensor<B>,
+        dy: &Tensor<B>,
+        _needs: &[bool],
+    ) -> vgg_tensor::Result<Vec<Option<Tensor<B>>>> {
+        let s = b.unary(UnaryOp::Sigmoid, &x[0])?;
+        let one_minus = b.sub(&b.scalar(1.0)?, &s)?;
+        let ds = b.add(&s, &b.mul(&b.mul(&x[0], &s)?, &one_minus)?)?;
+        Ok(vec![Some(b.mul(dy, &ds)?)])
+    }
+}
+
+fn custom_ops<B: Backend>(b: &B) {
+    check(b, "swish", &[spaced(b, &[4, 6], 17)], |t, v| {
+        t.apply(Swish, &[&v[0]])
+    });
+    // Composed with built-in ops, used twice (accumulation).
+    check(b, "swish twice", &[spaced(b, &[5], 18)], |t, v| {
+        let s = t.apply(Swish, &[&v[0]])?;
+        t.mul(&s, &t.apply(Swish, &[&v[0]])?)
+    });
+    // The closure form, with two inputs: a * b + b.
+    check(
+        b,
+        "closure op",
+        &[spaced(b, &[3], 19), spaced(b, &[3], 20)],
+        |t, v| {
+            let be = t.backend();
+            let y = be.add(&be.mul(v[0].value(), v[1].value())?, v[1].value())?;
+            let (a, c) = (v[0].value().clone(), v[1].value().clone());
+            t.custom_op("a*b+b", &[&v[0], &v[1]], y, 0, move |be, dy, needs| {
+                Ok(vec![
+                    needs[0].then(|| be.mul(dy, &c)).transpose()?,
+                    needs[1]
+                        .then(|| be.mul(dy, &be.add(&a, &be.scalar(1.0)?)?))
+                        .transpose()?,
+                ])
+            })
+        },
+    );
+}
+
+fn all<B: Backend>(b: &B) {
+    elementwise(b);
+    reductions_and_layout(b);
+    batch_norm(b);
+    custom_ops(b);
+}
+
+#[test]
+fn every_gradient_on_the_cpu() {
+    let b = CpuBackend::new(2).unwrap();
+    b.execute(|| all(&b));
+}
+
+#[test]
+fn every_gradient_on_the_reference_backend() {
+    all(&ReferenceBackend);
+}
+
+#[test]
+fn custom_ops_take_part_in_pruning_and_are_checked() {
+    let b = ReferenceBackend;
+    let tape = Tape::new(b.clone());
+    let w = tape.param("w", spaced(&b, &[3], 1));
+    let x = tape.constant(spaced(&b, &[3], 2));
+    let asked = Rc::new(Cell::new(Vec::new()));
+    let seen = asked.clone();
+    let y = tape
+        .custom_op(
+            "spy",
+            &[&w, &x],
+            b.mul(w.value(), x.value()).unwrap(),
+            0,
+            move |_, dy, needs| {
+                seen.set(needs.to_vec());
+                Ok(vec![Some(dy.clone()), needs[1].then(|| dy.clone())])
+            },
+        )
+        .unwrap();
+    let loss = tape.sum(&y).unwrap();
+    tape.backward(&loss).unwrap();
+    // The constant input's gradient was not asked for.
+    assert_eq!(asked.take(), [true, false]);
+
+    // On constants only, or on an inference tape, the backward is never recorded.
+    let tape = Tape::inference(b.clone());
+    let w = tape.param("w", spaced(&b, &[3], 1));
+    let y = tape.apply(Swish, &[&w]).unwrap();
+    assert!(!y.is_tracked());
+
+    // A backward returning a gradient of the wrong shape is named, not summed.
+    let tape = Tape::new(b.clone());
+    let w = tape.param("w", spaced(&b, &[3], 1));
+    let y = tape
+        .custom_op("broken", &[&w], w.value().clone(), 0, |be, _, _| {
+            Ok(vec![Some(be.zeros(&Shape::from([4]))?)])
+        })
+        .unwrap();
+    let loss = tape.sum(&y).unwrap();
+    let e = tape.backward(&loss).unwrap_err();
+    assert!(
+        matches!(e, AutodiffError::BadBackward { op: "broken", .. }),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("[4]") && e.to_string().contains("[3]"),
+        "{e}"
+    );
+
+    // Masks have no gradient.
+    let tape = Tape::new(b.clone());
+    let w = tape.param("w", spaced(&b, &[3], 1));
+    assert!(tape.binary(BinaryOp::Greater, &w, &w).is_err());
+}

@@ -1,0 +1,103 @@
+//! vgg-bench on its own: settings refused by name, the memory workload per mode, FLOP counts from
+//! the spec, and a tiny run of both modes (on the plain-loops reference backend) that counts its
+//! steps, can be stopped early and times every layer.
+
+use std::ops::ControlFlow;
+
+use vgg_bench::{step_flops, workload, Bench, BenchConfig, BenchError, Mode};
+use vgg_model::{VggConfig, Workload};
+use vgg_tensor::reference::ReferenceBackend;
+
+fn tiny() -> BenchConfig {
+    BenchConfig {
+        model: VggConfig::Vgg11,
+        batch: 2,
+        num_batches: 3,
+        burn_in: 1,
+        height: 32,
+        width: 32,
+        classes: 4,
+        width_mult: 0.0625,
+        hidden: 8,
+        seed: 1,
+        per_layer: false,
+    }
+}
+
+#[test]
+fn settings_are_refused_by_name() {
+    let mut c = tiny();
+    c.batch = 0;
+    assert!(matches!(c.spec(), Err(BenchError::Zero(_))));
+    let mut c = tiny();
+    c.burn_in = usize::MAX;
+    assert!(matches!(c.spec(), Err(BenchError::TooManySteps { .. })));
+    assert_eq!(tiny().total_steps().unwrap(), 4);
+    let mut c = tiny();
+    c.height = 8;
+    assert!(c.spec().is_err());
+}
+
+#[test]
+fn memory_and_flops_come_from_the_spec() {
+    assert_eq!(
+        workload(&[Mode::Forward]),
+        Workload::Inference { copies: 1 }
+    );
+    assert_eq!(
+        workload(&[Mode::Forward, Mode::ForwardBackward]),
+        Workload::Training { copies: 1 }
+    );
+    let spec = BenchConfig::default().spec().unwrap();
+    // VGG-16: 15.47 GMACs per image; forward-backward adds two more passes, less conv1_1's
+    // input gradient.
+    assert_eq!(step_flops(&spec, 1, Mode::Forward), 30_940_528_640);
+    let conv1 = spec.layer("conv1_1").unwrap().macs;
+    assert_eq!(
+        step_flops(&spec, 2, Mode::ForwardBackward),
+        2 * (3 * 30_940_528_640 - 2 * conv1)
+    );
+    assert!(vgg_bench::check_memory(&spec, 32, &[Mode::ForwardBackward], 1 << 30).is_err());
+}
+
+#[test]
+fn a_tiny_run_counts_its_steps_stops_early_and_times_layers() {
+    let mut config = tiny();
+    config.per_layer = true;
+    let bench = Bench::new(ReferenceBackend, config).unwrap();
+    for mode in [Mode::Forward, Mode::ForwardBackward] {
+        let mut events = Vec::new();
+        let report = bench
+            .run(mode, &mut |e| {
+                events.push((e.burn_in, e.index));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(events, [(true, 0), (false, 0), (false, 1), (false, 2)]);
+        assert_eq!(report.step_seconds.len(), 3);
+        assert_eq!(report.burn_in_seconds.len(), 1);
+        assert_eq!(report.stats.steps, 3);
+        assert!(!report.interrupted);
+        assert!(report.gflops_per_second > 0.0);
+        let names: Vec<&str> = report.per_layer.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(names.first(), Some(&"conv1_1"), "{names:?}");
+        assert!(names.contains(&"fc8"), "{names:?}");
+        let backward: f64 = report.per_layer.iter().map(|l| l.backward_ms).sum();
+        match mode {
+            Mode::Forward => assert_eq!(backward, 0.0),
+            Mode::ForwardBackward => assert!(backward > 0.0),
+        }
+    }
+    // Stopped after the first timed step.
+    let report = bench
+        .run(Mode::Forward, &mut |e| {
+            if e.burn_in {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })
+        .unwrap();
+    assert!(report.interrupted);
+    assert_eq!(report.step_seconds.len(), 1);
+}
