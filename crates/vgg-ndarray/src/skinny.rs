@@ -9,38 +9,42 @@ use rayon::prelude::*;
 pub const MAX_ROWS: usize = 16;
 const LANES: usize = 16;
 
-/// Rows of A and of B per register block: 4 x 4 dot products of 16 lanes each are 16
-/// accumulator registers, fed by 8 loads per 16 FMAs.
+/// Rows of A per register block. With 4 rows of B too, 4 x 4 dot products of 16 lanes are 16
+/// AVX-512 accumulators, fed by 8 loads per 16 FMAs. AVX2's 16 registers of 8 lanes would need 32,
+/// and how LLVM spilled them made the speed a matter of luck (fc6 forward 1.8x slower after an
+/// unrelated change in the crate), so AVX2 takes 4 x 2 blocks: 16 accumulators, fewer spills
+/// (4 x 1, with none, re-reads A too often and measured 4x slower).
+/// The sums are the same either way: every dot product adds the same 16 lanes in the same order.
 const BLOCK: usize = 4;
 /// Values of k per pass: a pass's slice of packed A (8 rows at batch 8: 512 KiB) stays in L2
 /// while the block's rows of B stream through (fc6 has k = 25088).
 const K_STEP: usize = 16384;
 
-/// A rows 4g.. 4g+3 . B rows j..j+3 over the 16-value chunks `chunks` of k, 16 lanes at a time.
+/// A rows 4g.. 4g+3 . B rows j..j+JB-1 over the 16-value chunks `chunks` of k, 16 lanes at a time.
 /// `packed` holds the 4 A rows interleaved by chunk ([chunk][row][lane], see `pack_rows`), so one
 /// pointer serves them and the loop keeps its 16 accumulators in registers. `mul_add` is one
 /// instruction in the AVX2/AVX-512 builds (`dispatch_simd`); only CPUs without FMA take the
 /// slow software fallback.
 #[inline(always)]
-fn dots_4x4(
+fn dots<const JB: usize>(
     packed: &[f32],
-    b: [&[f32]; BLOCK],
+    b: [&[f32]; JB],
     chunks: std::ops::Range<usize>,
-) -> [[f32; BLOCK]; BLOCK] {
-    let mut acc = [[[0.0f32; LANES]; BLOCK]; BLOCK];
+) -> [[f32; JB]; BLOCK] {
+    let mut acc = [[[0.0f32; LANES]; JB]; BLOCK];
     for q in chunks {
         let av: [&[f32; LANES]; BLOCK] = std::array::from_fn(|r| {
             packed[(q * BLOCK + r) * LANES..(q * BLOCK + r + 1) * LANES]
                 .try_into()
                 .expect("LANES values")
         });
-        let bv: [&[f32; LANES]; BLOCK] = std::array::from_fn(|j| {
+        let bv: [&[f32; LANES]; JB] = std::array::from_fn(|j| {
             b[j][q * LANES..(q + 1) * LANES]
                 .try_into()
                 .expect("LANES values")
         });
         for i in 0..BLOCK {
-            for j in 0..BLOCK {
+            for j in 0..JB {
                 for l in 0..LANES {
                     acc[i][j][l] = av[i][l].mul_add(bv[j][l], acc[i][j][l]);
                 }
@@ -84,9 +88,17 @@ fn dot(a: &[f32], b: &[f32], range: std::ops::Range<usize>) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// C^T rows for a block of B's rows: ct[j * m + i] = A row i . B row j.
+/// C^T rows for a block of B's rows: ct[j * m + i] = A row i . B row j, in register blocks of
+/// 4 rows of A by `JB` rows of B.
 #[inline(always)]
-fn block_generic(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+fn block_generic<const JB: usize>(
+    a: &[f32],
+    packed: &[f32],
+    b: &[f32],
+    m: usize,
+    k: usize,
+    ct: &mut [f32],
+) {
     ct.fill(0.0);
     let n = ct.len() / m;
     let chunks = k / LANES;
@@ -95,11 +107,11 @@ fn block_generic(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &
     let b_row = |j: usize| &b[j * k..(j + 1) * k];
     for q0 in (0..chunks).step_by(K_STEP / LANES) {
         let pass = q0..(q0 + K_STEP / LANES).min(chunks);
-        for j0 in (0..n).step_by(BLOCK) {
+        for j0 in (0..n).step_by(JB) {
             for i0 in (0..m).step_by(BLOCK) {
-                if j0 + BLOCK <= n && i0 + BLOCK <= m {
+                if j0 + JB <= n && i0 + BLOCK <= m {
                     let g = i0 / BLOCK;
-                    let sums = dots_4x4(
+                    let sums = dots::<JB>(
                         &packed[g * group_len..(g + 1) * group_len],
                         std::array::from_fn(|j| b_row(j0 + j)),
                         pass.clone(),
@@ -111,7 +123,7 @@ fn block_generic(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &
                     }
                 } else {
                     let range = pass.start * LANES..pass.end * LANES;
-                    for j in j0..(j0 + BLOCK).min(n) {
+                    for j in j0..(j0 + JB).min(n) {
                         for i in i0..(i0 + BLOCK).min(m) {
                             ct[j * m + i] += dot(a_row(i), b_row(j), range.clone());
                         }
@@ -129,8 +141,22 @@ fn block_generic(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &
 }
 
 crate::simd::dispatch_simd! {
-    /// `block_generic` compiled for the widest vector unit the CPU has.
-    fn block(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic
+    /// `block_generic` in 4 x 4 register blocks, for the widest vector unit the CPU has.
+    fn block_4x4(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic::<4>
+}
+
+crate::simd::dispatch_simd! {
+    /// `block_generic` in 4 x 2 register blocks, for the widest vector unit the CPU has.
+    fn block_4x2(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic::<2>
+}
+
+/// 4 x 4 register blocks where AVX-512's 32 registers hold them, else 4 x 2 (see `BLOCK`).
+fn block(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return block_4x2(a, packed, b, m, k, ct);
+    }
+    block_4x4(a, packed, b, m, k, ct)
 }
 
 /// C [m, n] = A [m, k] B^T, B given as [n, k] row-major (a linear layer's forward).
@@ -179,12 +205,26 @@ mod tests {
                 .collect();
             let mut c = vec![f32::NAN; m * n];
             a_bt(&a, &b, m, n, k, &mut c);
-            for (got, want) in c.iter().zip(naive(&a, &b, m, n, k)) {
-                assert!(
-                    (*got as f64 - want).abs() <= 1e-4 * want.abs().max(1.0),
-                    "{m}x{n}x{k}"
-                );
-            }
+            let want = naive(&a, &b, m, n, k);
+            let close = |got: &[f32], what: &str| {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (*g as f64 - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "{what} {m}x{n}x{k}"
+                    );
+                }
+            };
+            close(&c, "a_bt");
+            // Both register blockings, whichever this CPU takes (C^T, as `block` writes it).
+            let packed = pack_rows(&a, m, k);
+            let transpose = |ct: &[f32]| -> Vec<f32> {
+                (0..m * n).map(|ij| ct[(ij % n) * m + ij / n]).collect()
+            };
+            let mut ct = vec![f32::NAN; n * m];
+            block_generic::<4>(&a, &packed, &b, m, k, &mut ct);
+            close(&transpose(&ct), "4x4");
+            block_generic::<2>(&a, &packed, &b, m, k, &mut ct);
+            close(&transpose(&ct), "4x2");
         }
     }
 }
