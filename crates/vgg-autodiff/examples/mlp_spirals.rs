@@ -22,6 +22,7 @@ pub fn spirals(per_class: usize) -> (Vec<f32>, Vec<usize>) {
     (xy, labels)
 }
 
+/// A two-layer perceptron whose weights live on any backend.
 pub struct Mlp<B: Backend> {
     /// (name, weight [out, in] or bias [out]).
     pub params: Vec<(String, B::Tensor)>,
@@ -41,6 +42,7 @@ impl<B: Backend> Mlp<B> {
         Ok(Mlp { params })
     }
 
+    /// The logits of a batch, recorded on `tape`.
     pub fn forward(
         &self,
         tape: &Tape<B>,

@@ -44,7 +44,9 @@ impl<B: Backend> CustomOp<B> for Swish {
 
 /// Labelled 8x8 grey images.
 pub struct Digits {
+    /// Images, NCHW f32, one after another.
     pub images: Vec<f32>,
+    /// The class of each image.
     pub labels: Vec<usize>,
 }
 
@@ -262,10 +264,15 @@ impl<B: Backend> ResNet<B> {
 /// Settings of a training run.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
+    /// Residual blocks in each of the two stages.
     pub stages: [usize; 2],
+    /// Passes over the training set.
     pub epochs: usize,
+    /// Images per step.
     pub batch: usize,
+    /// Learning rate of SGD.
     pub lr: f32,
+    /// Seed of the initial weights and of the shuffling.
     pub seed: u64,
 }
 

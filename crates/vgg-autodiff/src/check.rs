@@ -12,6 +12,7 @@ pub struct GradCheck {
     pub eps: f32,
     /// A coordinate passes when |analytic - numeric| <= atol + rtol |numeric|.
     pub atol: f64,
+    /// Relative tolerance, scaled by the numeric gradient's magnitude.
     pub rtol: f64,
     /// Check at most this many coordinates per input (spread evenly), for large inputs.
     pub max_coords: usize,
@@ -38,6 +39,7 @@ impl Default for GradCheck {
 pub struct GradCheckReport {
     /// (input index, coordinate, analytic, numeric) of the worst coordinate of each input.
     pub worst: Vec<(usize, usize, f64, f64)>,
+    /// How many coordinates were compared, over all inputs.
     pub coords_checked: usize,
 }
 

@@ -40,25 +40,41 @@ use vgg_tensor::{Shape, TensorError};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AutodiffError {
     #[error(transparent)]
+    /// A backend op failed.
     Tensor(#[from] TensorError),
     #[error("backward needs a scalar loss, got shape {0}: reduce it first (sum, mean, l2_loss)")]
+    /// `backward` was asked for the gradient of a non-scalar value.
     NotScalar(Shape),
     #[error(
         "{op}: a value from another tape (tape {found}, this is tape {expected}); build one computation on one tape"
     )]
+    /// A value recorded on one tape was given to another.
     ForeignValue {
+        /// The op that was given the value.
         op: &'static str,
+        /// The tape the value belongs to.
         found: u64,
+        /// The tape the op was recorded on.
         expected: u64,
     },
     #[error("the loss depends on no tracked value: register parameters with Tape::param on a recording tape")]
+    /// The loss depends on no parameter or tracked input.
     LossUntracked,
     #[error("no gradient for {0}: it was not tracked (a constant, or a value from an inference-mode tape)")]
+    /// A gradient was asked for a value the tape did not track.
     Untracked(String),
     #[error("gradient check failed: {0}")]
+    /// A gradient check found analytic and numeric gradients apart.
     GradientMismatch(String),
     #[error("the backward of {op} is wrong: {problem}")]
-    BadBackward { op: &'static str, problem: String },
+    /// A custom op's backward returned gradients of the wrong number or shape.
+    BadBackward {
+        /// The op's name.
+        op: &'static str,
+        /// What was wrong.
+        problem: String,
+    },
 }
 
+/// Results of tape operations.
 pub type Result<T, E = AutodiffError> = std::result::Result<T, E>;

@@ -30,9 +30,9 @@ fn count(shape: &Shape, axes: &[usize]) -> usize {
 pub struct BatchNormOutput<B: Backend> {
     /// The normalised, scaled and shifted input.
     pub y: Var<B>,
-    /// Per-channel mean of the batch ([C]), for the running averages (not tracked).
+    /// Per-channel mean of the batch (`[C]`), for the running averages (not tracked).
     pub mean: Tensor<B>,
-    /// Per-channel biased variance of the batch ([C]), for the running averages (not tracked).
+    /// Per-channel biased variance of the batch (`[C]`), for the running averages (not tracked).
     pub var: Tensor<B>,
 }
 
@@ -58,7 +58,7 @@ impl<B: Backend> Tape<B> {
         )
     }
 
-    /// Adds a per-channel bias ([C]) to an NCHW tensor.
+    /// Adds a per-channel bias (`[C]`) to an NCHW tensor.
     pub fn add_channel_bias(&self, x: &Var<B>, bias: &Var<B>) -> Result<Var<B>> {
         let y = self.backend().add_channel_bias(&x.value, &bias.value)?;
         self.record(
@@ -174,7 +174,7 @@ impl<B: Backend> Tape<B> {
         )
     }
 
-    /// Adds a bias ([F]) to every row of an [N, F] tensor.
+    /// Adds a bias (`[F]`) to every row of an [N, F] tensor.
     pub fn add_row_bias(&self, x: &Var<B>, bias: &Var<B>) -> Result<Var<B>> {
         let y = self.backend().add_row_bias(&x.value, &bias.value)?;
         self.record(
@@ -191,12 +191,13 @@ impl<B: Backend> Tape<B> {
         )
     }
 
-    /// A fully connected layer: x [N, in] times w [out, in] transposed, plus b [out].
+    /// A fully connected layer: x [N, in] times w [out, in] transposed, plus b `[out]`.
     pub fn linear(&self, x: &Var<B>, w: &Var<B>, bias: &Var<B>) -> Result<Var<B>> {
         let xw = self.matmul(x, w, false, true)?;
         self.add_row_bias(&xw, bias)
     }
 
+    /// max(x, 0) elementwise; NaN stays NaN.
     pub fn relu(&self, x: &Var<B>) -> Result<Var<B>> {
         let y = self.backend().relu(&x.value)?;
         let yv = y.clone();
@@ -439,6 +440,7 @@ impl<B: Backend> Tape<B> {
         )
     }
 
+    /// e^x elementwise.
     pub fn exp(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(UnaryOp::Exp, x)
     }
@@ -448,26 +450,32 @@ impl<B: Backend> Tape<B> {
         self.unary(UnaryOp::Log, x)
     }
 
+    /// The square root elementwise (NaN below 0).
     pub fn sqrt(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(UnaryOp::Sqrt, x)
     }
 
+    /// The hyperbolic tangent elementwise.
     pub fn tanh(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(UnaryOp::Tanh, x)
     }
 
+    /// The logistic function 1 / (1 + e^-x) elementwise.
     pub fn sigmoid(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(UnaryOp::Sigmoid, x)
     }
 
+    /// -x elementwise.
     pub fn neg(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(UnaryOp::Neg, x)
     }
 
+    /// x * x elementwise.
     pub fn square(&self, x: &Var<B>) -> Result<Var<B>> {
         self.unary(UnaryOp::Square, x)
     }
 
+    /// alpha * x elementwise, for a constant alpha.
     pub fn scale(&self, x: &Var<B>, alpha: f32) -> Result<Var<B>> {
         let y = self.backend().scale(&x.value, alpha)?;
         self.record(
@@ -646,7 +654,7 @@ impl<B: Backend> Tape<B> {
 
     /// Batch normalisation with the batch's statistics (training): each channel of `x` (axis 1 of
     /// [N, C] or NCHW) normalised by its mean and biased variance over the other axes, then
-    /// scaled by `gamma` and shifted by `beta` ([C] each). Gradients flow to `x`, `gamma` and
+    /// scaled by `gamma` and shifted by `beta` (`[C]` each). Gradients flow to `x`, `gamma` and
     /// `beta` through the statistics, as in PyTorch; the statistics are returned for running
     /// averages.
     pub fn batch_norm(

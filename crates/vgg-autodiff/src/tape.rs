@@ -50,14 +50,17 @@ impl<B: Backend> fmt::Debug for Var<B> {
 }
 
 impl<B: Backend> Var<B> {
+    /// The value this variable holds.
     pub fn value(&self) -> &B::Tensor {
         &self.value
     }
 
+    /// The value, taken out of the variable.
     pub fn into_value(self) -> B::Tensor {
         self.value
     }
 
+    /// The shape of the value.
     pub fn shape(&self) -> &Shape {
         self.value.shape()
     }
@@ -137,10 +140,12 @@ impl<B: Backend> Tape<B> {
         *self.label.borrow_mut() = label.map(Rc::from);
     }
 
+    /// The backend the tape's ops run on.
     pub fn backend(&self) -> &B {
         &self.backend
     }
 
+    /// Whether ops are recorded for backward (false in inference mode).
     pub fn is_recording(&self) -> bool {
         self.recording
     }
@@ -150,6 +155,7 @@ impl<B: Backend> Tape<B> {
         self.state.borrow().nodes.len()
     }
 
+    /// Whether nothing has been recorded yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -208,7 +214,7 @@ impl<B: Backend> Tape<B> {
     /// gradient, computing only those whose `needs` flag is set. `saved_bytes` is what `backward`
     /// keeps (it counts in `saved_bytes()`). When no input is tracked, or the tape does not record,
     /// `backward` is dropped at once and the result is a constant. The gradients `backward`
-    /// returns are checked: one per input, each of its input's shape. [`CustomOp`] and
+    /// returns are checked: one per input, each of its input's shape. [`CustomOp`](crate::CustomOp) and
     /// [`Tape::apply`] do the bookkeeping for ops that keep their inputs and output.
     pub fn custom_op(
         &self,
@@ -427,10 +433,12 @@ impl<B: Backend> Gradients<B> {
         out
     }
 
+    /// How many values have a gradient.
     pub fn len(&self) -> usize {
         self.grads.len()
     }
 
+    /// Whether no value has a gradient.
     pub fn is_empty(&self) -> bool {
         self.grads.is_empty()
     }

@@ -22,8 +22,11 @@ pub use stats::Stats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
+/// What one timed step runs.
 pub enum Mode {
+    /// Inference only: logits of the batch.
     Forward,
+    /// Forward, then gradients of l2_loss(fc8) with respect to every parameter.
     ForwardBackward,
 }
 
@@ -38,17 +41,29 @@ impl Mode {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+/// What to benchmark: the network, the input and the number of steps.
 pub struct BenchConfig {
+    /// The VGG configuration.
     pub model: VggConfig,
+    /// Images per step.
     pub batch: usize,
+    /// Timed steps per mode.
     pub num_batches: usize,
+    /// Untimed warm-up steps before the timed ones.
     pub burn_in: usize,
+    /// Input height in pixels.
     pub height: usize,
+    /// Input width in pixels.
     pub width: usize,
+    /// Outputs of the last layer.
     pub classes: usize,
+    /// Multiplier of every convolution's channel count.
     pub width_mult: f64,
+    /// Width of the two hidden fully connected layers.
     pub hidden: usize,
+    /// Seed of the random weights and input.
     pub seed: u64,
+    /// Also time every layer apart (slower; the steps are synchronised per layer).
     pub per_layer: bool,
 }
 
@@ -72,19 +87,31 @@ impl Default for BenchConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a benchmark could not be set up or run.
 pub enum BenchError {
     #[error(transparent)]
+    /// The network could not be built.
     Model(#[from] ModelError),
     #[error(transparent)]
+    /// The configuration describes no valid network.
     Spec(#[from] vgg_model::SpecError),
     #[error(transparent)]
+    /// The tape failed.
     Autodiff(#[from] vgg_autodiff::AutodiffError),
     #[error(transparent)]
+    /// A backend op failed.
     Tensor(#[from] vgg_tensor::TensorError),
     #[error("{0} must be at least 1")]
+    /// A count that must be at least 1 was 0.
     Zero(&'static str),
     #[error("{burn_in} burn-in steps and {timed} timed steps are too many to count")]
-    TooManySteps { burn_in: usize, timed: usize },
+    /// Burn-in plus timed steps overflow a counter.
+    TooManySteps {
+        /// Warm-up steps asked for.
+        burn_in: usize,
+        /// Timed steps asked for.
+        timed: usize,
+    },
 }
 
 impl BenchConfig {
@@ -98,6 +125,7 @@ impl BenchConfig {
             })
     }
 
+    /// The layer-by-layer spec of the configured network.
     pub fn spec(&self) -> Result<ModelSpec, BenchError> {
         if self.batch == 0 {
             return Err(BenchError::Zero("the batch size"));
@@ -143,36 +171,49 @@ pub fn check_memory(
 /// One step as it finishes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepEvent {
+    /// The mode the step ran.
     pub mode: Mode,
     /// Burn-in steps count from 0, and so do timed steps.
     pub index: usize,
+    /// Whether the step was a warm-up step (not counted in the statistics).
     pub burn_in: bool,
+    /// Wall-clock seconds of the step, including a device synchronisation.
     pub seconds: f64,
 }
 
 /// Time spent in one layer, per timed step.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerTime {
+    /// The layer's name, as in the summary.
     pub layer: String,
+    /// Mean milliseconds of the layer's forward over the timed steps.
     pub forward_ms: f64,
+    /// Mean milliseconds of the layer's backward (0 in forward mode).
     pub backward_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
+/// The results of one mode.
 pub struct ModeReport {
+    /// The mode timed.
     pub mode: Mode,
+    /// Seconds of each warm-up step.
     pub burn_in_seconds: Vec<f64>,
     /// Every timed step, in order.
     pub step_seconds: Vec<f64>,
+    /// Statistics of the timed steps, in seconds per batch.
     pub stats: Stats,
     /// FLOPs of one step (see `step_flops`).
     pub flops_per_step: u64,
+    /// Images per second at the mean step time.
     pub images_per_second: f64,
+    /// Floating-point operations per second at the mean step time, in units of 10^9.
     pub gflops_per_second: f64,
     /// The process's peak resident memory during this mode, where the OS reports it.
     pub peak_rss_bytes: Option<u64>,
     /// Stopped early (Ctrl-C): the statistics cover the steps measured.
     pub interrupted: bool,
+    /// Per-layer times, when asked for.
     pub per_layer: Vec<LayerTime>,
 }
 
@@ -197,13 +238,17 @@ pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> u64 {
 
 /// The model and images of a benchmark, built once for all modes.
 pub struct Bench<B: Backend> {
+    /// The backend the network runs on.
     pub backend: B,
+    /// What is benchmarked.
     pub config: BenchConfig,
+    /// The network with its random weights.
     pub model: Vgg<B>,
     images: B::Tensor,
 }
 
 impl<B: Backend> Bench<B> {
+    /// Builds the network with random weights on `backend`, checking first that it fits in memory.
     pub fn new(backend: B, config: BenchConfig) -> Result<Bench<B>, BenchError> {
         let spec = config.spec()?;
         let model = Vgg::init(&backend, spec, &InitScheme::REFERENCE, config.seed)?;

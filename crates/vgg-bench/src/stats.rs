@@ -2,21 +2,28 @@
 
 use serde::Serialize;
 
-/// Mean and population standard deviation (the reference's: sqrt(E[t^2] - E[t]^2), computed in two
+/// Mean and population standard deviation (the reference's: sqrt(E\[t^2\] - E\[t\]^2), computed in two
 /// passes for accuracy), and order statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Stats {
+    /// Number of samples.
     pub steps: usize,
+    /// Arithmetic mean.
     pub mean: f64,
+    /// Population standard deviation (n in the denominator, as the reference).
     pub sd: f64,
+    /// Median, linear interpolation between order statistics.
     pub median: f64,
+    /// Smallest sample.
     pub min: f64,
+    /// Largest sample.
     pub max: f64,
     /// 90th percentile, linear interpolation between order statistics.
     pub p90: f64,
 }
 
 impl Stats {
+    /// The statistics of `samples` (all zero for no samples).
     pub fn of(samples: &[f64]) -> Stats {
         if samples.is_empty() {
             return Stats {

@@ -84,11 +84,16 @@ pub fn width_mult(s: &str) -> Result<f64, String> {
     }
 }
 
+/// How a report is printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// Aligned columns for people
     Table,
+    /// One JSON document with a schema field
     Json,
+    /// RFC 4180 CSV, numbers without separators
     Csv,
+    /// A Markdown table
     Markdown,
 }
 

@@ -10,9 +10,86 @@ use serde::Serialize;
 use vgg_bench::{check_memory, Bench, BenchConfig, Mode, ModeReport, StepEvent};
 use vgg_tensor::Backend;
 
+use crate::args;
+use crate::options::{DeviceArgs, InputShape, NetDefaults, NetOptions};
 use crate::signals;
 use crate::stdout;
 use crate::table::{bytes, Table};
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub net: NetOptions,
+    #[command(flatten)]
+    pub shape: InputShape,
+    /// Images per step, at least 1
+    #[arg(long, default_value = "32", value_parser = args::positive)]
+    pub batch_size: usize,
+    /// Timed steps per mode, at least 1
+    #[arg(long, default_value = "100", value_parser = args::positive)]
+    pub num_batches: usize,
+    /// Untimed steps before them
+    #[arg(long, default_value = "10")]
+    pub burn_in: usize,
+    /// Which passes to time: forward (inference), forward-backward (gradients of l2_loss(fc8),
+    /// dropout 0.5) or both
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: BenchMode,
+    /// Seeds the weights, the images and the dropout masks
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Also write every step's time and the summary to this file as JSON (schema vgg-bench/1,
+    /// see the README)
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Break the time down by layer (forward, and backward in forward-backward)
+    #[arg(long)]
+    pub per_layer: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    Forward,
+    ForwardBackward,
+    Both,
+}
+
+impl BenchMode {
+    fn modes(self) -> Vec<Mode> {
+        match self {
+            BenchMode::Forward => vec![Mode::Forward],
+            BenchMode::ForwardBackward => vec![Mode::ForwardBackward],
+            BenchMode::Both => vec![Mode::Forward, Mode::ForwardBackward],
+        }
+    }
+}
+
+impl BenchArgs {
+    /// The library's settings: the network from the flags and the reference's defaults.
+    fn config(&self) -> Result<BenchConfig> {
+        let spec = self
+            .net
+            .spec(None, self.shape.partial(), NetDefaults::default())?;
+        if spec.options.in_channels != 3 {
+            anyhow::bail!("--channels: the benchmark's images are RGB; leave it out or give 3");
+        }
+        Ok(BenchConfig {
+            model: spec.model,
+            batch: self.batch_size,
+            num_batches: self.num_batches,
+            burn_in: self.burn_in,
+            height: spec.options.height,
+            width: spec.options.width,
+            classes: spec.options.classes,
+            width_mult: spec.options.width_mult,
+            hidden: spec.options.hidden,
+            seed: self.seed,
+            per_layer: self.per_layer,
+        })
+    }
+}
 
 /// JSON schema version of `--json`; bump it when a field changes meaning or disappears.
 pub const BENCH_SCHEMA: &str = "vgg-bench/1";
@@ -34,14 +111,11 @@ fn now() -> String {
         .to_string()
 }
 
-pub fn run<B: Backend>(
-    backend: B,
-    threads: Option<usize>,
-    config: BenchConfig,
-    modes: &[Mode],
-    json: Option<PathBuf>,
-) -> Result<String> {
+pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Result<String> {
     let started = now();
+    let config = a.config()?;
+    let modes = &a.mode.modes();
+    let json = a.json.clone();
     let spec = config.spec()?;
     if let Some(path) = &json {
         vgg_nn::io::check_output(path)?;
@@ -180,22 +254,29 @@ fn summary(backend: &str, network: &str, config: &BenchConfig, reports: &[ModeRe
          never computed.\n",
     );
     for r in reports.iter().filter(|r| !r.per_layer.is_empty()) {
-        let mut t = Table::new(["layer", "forward ms", "backward ms", "share"]);
+        // A forward run has no backward column to show.
+        let backward = r.mode == Mode::ForwardBackward;
+        let mut t = if backward {
+            Table::new(["layer", "forward ms", "backward ms", "share"])
+        } else {
+            Table::new(["layer", "forward ms", "share"])
+        };
         let total: f64 = r
             .per_layer
             .iter()
             .map(|l| l.forward_ms + l.backward_ms)
             .sum();
         for l in &r.per_layer {
-            t.push(vec![
-                l.layer.clone(),
-                format!("{:.2}", l.forward_ms),
-                format!("{:.2}", l.backward_ms),
-                format!(
-                    "{:.1}%",
-                    100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
-                ),
-            ]);
+            let share = format!(
+                "{:.1}%",
+                100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
+            );
+            let mut row = vec![l.layer.clone(), format!("{:.2}", l.forward_ms)];
+            if backward {
+                row.push(format!("{:.2}", l.backward_ms));
+            }
+            row.push(share);
+            t.push(row);
         }
         out.push_str(&format!(
             "\n{} by layer (per timed step):\n{}",

@@ -1,7 +1,7 @@
 //! `vgg classify`: ImageNet classes of image files, preprocessed as torchvision does for VGG
 //! (`vgg_nn::io::image`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use vgg_autodiff::Tape;
@@ -10,34 +10,59 @@ use vgg_nn::io::image::{load_imagenet_image, CROP};
 use vgg_nn::RunOptions;
 use vgg_tensor::{Backend, Shape};
 
-use crate::net::{load_model, top_k, ModelFlags};
+use crate::net::{load_model, top_k};
+use crate::options::{DeviceArgs, NetOptions, TopArg, WeightsArg};
+use crate::progress::Stages;
 
 /// The 1,000 ImageNet-1k class names, in torchvision's order.
 const IMAGENET_CLASSES: &str = include_str!("../../../data/imagenet-classes.txt");
 
+/// Class `class`'s ImageNet name, for a network of `classes` outputs (names only make sense for a
+/// 1000-class ImageNet network).
+pub fn class_name(class: usize, classes: usize) -> Option<&'static str> {
+    let names: Vec<&'static str> = IMAGENET_CLASSES.lines().collect();
+    (classes == names.len()).then(|| names[class])
+}
+
 /// Images per forward pass: memory stays bounded however many images are given.
 const BATCH: usize = 16;
 
-pub fn run<B: Backend>(
-    backend: &B,
-    flags: &ModelFlags,
-    weights: &Path,
-    images: &[PathBuf],
-    top: usize,
-) -> Result<String> {
-    let batch = images.len().min(BATCH);
+#[derive(clap::Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub weights: WeightsArg,
+    /// The images: PNG or JPEG files
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub top: TopArg,
+    #[command(flatten)]
+    pub net: NetOptions,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn run<B: Backend>(backend: &B, a: &ClassifyArgs) -> Result<String> {
+    let batch = a.images.len().min(BATCH);
+    let stages = Stages::new(&format!("loading {}", a.weights.weights.display()));
     let vgg = load_model(
         backend,
-        flags,
-        weights,
-        (CROP, CROP),
+        &a.net,
+        &a.weights.weights,
+        Some((CROP, CROP)),
         batch,
         Workload::Inference { copies: 3 },
+        " for ImageNet images",
     )?;
     let classes = vgg.spec().options.classes;
-    let names: Vec<&str> = IMAGENET_CLASSES.lines().collect();
     let mut out = String::new();
-    for paths in images.chunks(BATCH) {
+    for (i, paths) in a.images.chunks(BATCH).enumerate() {
+        stages.stage(&format!(
+            "classifying images {}-{} of {}",
+            i * BATCH + 1,
+            i * BATCH + paths.len(),
+            a.images.len()
+        ));
         let mut pixels = Vec::with_capacity(paths.len() * 3 * CROP * CROP);
         for path in paths {
             pixels.extend(load_imagenet_image(path)?);
@@ -48,17 +73,12 @@ pub fn run<B: Backend>(
         let probs = backend.download(&backend.softmax_rows(logits.value())?)?;
         for (path, row) in paths.iter().zip(probs.chunks(classes)) {
             out.push_str(&format!("{}:\n", path.display()));
-            for (rank, (class, p)) in top_k(row, top).into_iter().enumerate() {
-                // Class names only make sense for a 1000-class ImageNet network.
-                let name = if classes == names.len() {
-                    names[class]
-                } else {
-                    ""
-                };
+            for (rank, (class, p)) in top_k(row, a.top.top).into_iter().enumerate() {
                 out.push_str(&format!(
-                    "  {}. {:>6.2}%  {class:>4} {name}\n",
+                    "  {}. {:>6.2}%  {class:>4} {}\n",
                     rank + 1,
-                    100.0 * p
+                    100.0 * p,
+                    class_name(class, classes).unwrap_or("")
                 ));
             }
         }

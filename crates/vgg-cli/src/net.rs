@@ -1,49 +1,27 @@
-//! `vgg init`, `vgg forward` and `vgg backward`: the network on real tensors and weight files.
+//! `vgg init`, `vgg forward` and `vgg backward`, and what the commands that run a network share:
+//! reading weight files (training checkpoints included), the memory checks, and the inputs
+//! (a `.npy` batch, PNG/JPEG images, or random images).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use vgg_autodiff::Tape;
 use vgg_model::model::options_from_metadata;
-use vgg_model::{ModelSpec, PartialOptions, SpecOptions, Vgg, VggConfig, Workload};
+use vgg_model::{ModelSpec, PartialOptions, Vgg, VggConfig, Workload};
 use vgg_nn::io::{self, HostTensor, TensorFile};
 use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
 
-/// The network's options as given on the command line; unset ones come from the weight file's
-/// metadata, then the defaults.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ModelFlags {
-    /// vgg11 (A), vgg13 (B), vgg16c (C), vgg16 (D) or vgg19 (E) [default: the weight file's, else vgg16].
-    #[arg(long, value_parser = crate::args::model)]
-    pub model: Option<VggConfig>,
-    /// Output classes [default: the weight file's, else 1000].
-    #[arg(long, value_parser = crate::args::positive)]
-    pub classes: Option<usize>,
-    /// Channel width multiplier [default: the weight file's, else 1].
-    #[arg(long, value_parser = crate::args::width_mult)]
-    pub width_mult: Option<f64>,
-    /// Width of fc6 and fc7 [default: the weight file's, else 4096].
-    #[arg(long, value_parser = crate::args::positive)]
-    pub hidden: Option<usize>,
-}
-
-impl ModelFlags {
-    fn partial(&self) -> PartialOptions {
-        PartialOptions {
-            classes: self.classes,
-            width_mult: self.width_mult,
-            hidden: self.hidden,
-            ..Default::default()
-        }
-    }
-}
+use crate::args;
+use crate::options::{DeviceArgs, InputShape, NetDefaults, NetOptions, TopArg, WeightsArg};
+use crate::progress::Stages;
+use crate::table::plural;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum InitChoice {
-    /// The reference program's: Xavier uniform weights, conv biases 0, fc biases 0.1.
+    /// The reference program's: Xavier uniform weights, conv biases 0, fc biases 0.1
     Reference,
-    /// torchvision's: Kaiming normal (fan out) convs, N(0, 0.01) linear layers, zero biases.
+    /// torchvision's: Kaiming normal (fan out) convs, N(0, 0.01) linear layers, zero biases
     Kaiming,
 }
 
@@ -56,22 +34,89 @@ impl InitChoice {
     }
 }
 
+#[derive(clap::Args, Debug)]
 pub struct InitArgs {
-    pub model: VggConfig,
-    pub options: SpecOptions,
+    #[command(flatten)]
+    pub net: NetOptions,
+    #[command(flatten)]
+    pub shape: InputShape,
+    /// Seeds every parameter's values (each tensor its own stream)
+    #[arg(long, default_value = "0")]
     pub seed: u64,
+    /// How the weights start
+    #[arg(long, value_enum, default_value = "reference")]
     pub init: InitChoice,
+    /// Where to write the weights (.safetensors, with the network's options as metadata)
+    #[arg(long)]
     pub output: PathBuf,
+}
+
+/// The data a network runs on.
+#[derive(clap::Args, Debug)]
+pub struct InputArgs {
+    #[command(flatten)]
+    pub source: InputSource,
+    /// Seeds --random's images
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+}
+
+/// The batch: files, or random images; exactly one of the two.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct InputSource {
+    /// The images: one N x C x H x W float32 .npy, or PNG/JPEG files (preprocessed as torchvision
+    /// does for ImageNet: shorter side to 256, centre crop 224, normalised)
+    #[arg(long, num_args = 1..)]
+    pub input: Vec<PathBuf>,
+    /// Instead of --input: N random images (normal, standard deviation 0.1, as the benchmark's)
+    /// of the size the weights were made for, seeded by --seed
+    #[arg(long, value_parser = args::positive)]
+    pub random: Option<usize>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub weights: WeightsArg,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Where to write the logits (an N x classes float32 .npy)
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub top: TopArg,
+    #[command(flatten)]
+    pub net: NetOptions,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BackwardArgs {
+    #[command(flatten)]
+    pub weights: WeightsArg,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Where to write the gradients (.safetensors, under the parameters' names)
+    #[arg(long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub net: NetOptions,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 pub fn init<B: Backend>(backend: &B, a: &InitArgs) -> Result<String> {
     io::check_output(&a.output)?;
-    let spec = ModelSpec::new(a.model, a.options)?;
-    // The weights, their host copy and the file's bytes.
-    check_memory(backend, &spec, 1, Workload::Weights { copies: 3 })?;
+    let known = a.shape.partial();
+    let spec = a.net.spec(None, known, NetDefaults::default())?;
+    // The weights and one tensor's host copy at a time.
+    check_memory(backend, &spec, 1, Workload::Weights { copies: 2 })?;
+    let stages = Stages::new(&format!("initialising {}", spec.describe()));
     let vgg = Vgg::init(backend, spec, &a.init.scheme(), a.seed)?;
-    let file = vgg.to_tensor_file(backend)?;
-    io::save_safetensors(&a.output, &file)?;
+    stages.stage(&format!("writing {}", a.output.display()));
+    vgg.save(backend, &a.output)?;
     Ok(format!(
         "wrote {} ({} parameters, {} init, seed {})\n",
         a.output.display(),
@@ -124,56 +169,130 @@ pub fn warn_non_finite(what: &str, values: &[f32]) {
     }
 }
 
-/// The network of a weight file, built for `size` (HxW) images and checked to fit in memory for
-/// `work` on a batch of `batch`; options come from the flags, then the file's metadata, then the
-/// defaults.
-pub fn load_model<B: Backend>(
-    backend: &B,
-    flags: &ModelFlags,
-    weights: &Path,
-    size: (usize, usize),
-    batch: usize,
-    work: Workload,
-) -> Result<Vgg<B>> {
-    let file = io::load_safetensors(weights)?;
-    let (meta_model, meta_options) = options_from_metadata(&file.metadata);
-    let model = flags.model.or(meta_model).unwrap_or(VggConfig::Vgg16);
-    let from_input = PartialOptions {
-        input: Some(size),
-        ..Default::default()
-    };
-    let options = flags.partial().or(from_input).or(meta_options).resolve();
-    let spec =
-        ModelSpec::new(model, options).with_context(|| format!("{}x{} images", size.0, size.1))?;
-    check_memory(backend, &spec, batch, work)?;
-    Vgg::from_tensors(backend, spec, &file)
-        .with_context(|| format!("loading {}", weights.display()))
+/// A weight file's tensors. A `vgg train` checkpoint's optimiser state is dropped, with a note:
+/// inference needs only the weights.
+pub fn read_weights(path: &Path) -> Result<TensorFile> {
+    let mut file = io::load_safetensors(path)?;
+    let before = file.tensors.len();
+    file.tensors.retain(|(n, _)| !n.starts_with("optimizer."));
+    let dropped = before - file.tensors.len();
+    if dropped > 0 {
+        let epoch = file
+            .metadata
+            .get(vgg_train::meta::EPOCH)
+            .map_or(String::new(), |e| format!(" after epoch {e}"));
+        tracing::info!(
+            "{} is a training checkpoint{epoch}: its {dropped} optimiser tensors are ignored",
+            path.display()
+        );
+    }
+    Ok(file)
 }
 
-/// The network for a weight file and an input file, and the input on the device.
+/// The network of a weight file for `size` (HxW) images, checked to fit in memory for `work` on a
+/// batch of `batch`: options from the flags, then the file's metadata, then the defaults.
+/// `purpose` ("for 2 images of x.npy") ends the errors, which start with the weights.
+pub fn load_model<B: Backend>(
+    backend: &B,
+    flags: &NetOptions,
+    weights: &Path,
+    size: Option<(usize, usize)>,
+    batch: usize,
+    work: Workload,
+    purpose: &str,
+) -> Result<Vgg<B>> {
+    let context = || format!("loading {}{purpose}", weights.display());
+    let file = read_weights(weights)?;
+    let (meta_model, meta_options) = options_from_metadata(&file.metadata);
+    let known = PartialOptions {
+        input: size,
+        ..Default::default()
+    }
+    .or(meta_options);
+    let spec = flags
+        .spec(meta_model, known, NetDefaults::default())
+        .with_context(context)?;
+    check_memory(backend, &spec, batch, work)?;
+    Vgg::from_tensors(backend, spec, &file).with_context(context)
+}
+
+/// Whether an input file is a NumPy array (by name or by its first bytes) rather than an image.
+fn is_npy(path: &Path, bytes: &[u8]) -> bool {
+    let named = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npy"));
+    named || bytes.starts_with(b"\x93NUMPY")
+}
+
+/// The network for the weights and the inputs, and the inputs on the device.
 fn load<B: Backend>(
     backend: &B,
-    flags: &ModelFlags,
+    net: &NetOptions,
     weights: &Path,
-    input: &Path,
+    input: &InputArgs,
     work: Workload,
-) -> Result<(Vgg<B>, B::Tensor)> {
-    let x = io::load_npy(input)?;
-    let [n, _, h, w] = x.shape[..] else {
-        anyhow::bail!(
-            "{}: expected images as N x C x H x W, got shape {:?}",
-            input.display(),
-            x.shape
+    stages: &Stages,
+) -> Result<(Vgg<B>, B::Tensor, String)> {
+    if let Some(n) = input.source.random {
+        stages.stage(&format!("loading {}", weights.display()));
+        let vgg = load_model(backend, net, weights, None, n, work, "")?;
+        let i = vgg.spec().input();
+        let shape = Shape::from([n, i.channels, i.height, i.width]);
+        let x = backend.random_normal(&shape, 0.0, 0.1, input.seed)?;
+        return Ok((vgg, x, format!("{n} random images (seed {})", input.seed)));
+    }
+    let files = &input.source.input;
+    let first = io::read_file(&files[0])?;
+    let (host, what) = match &files[..] {
+        [one] if is_npy(one, &first) => {
+            let x = io::parse_npy(&first, one)?;
+            (x, one.display().to_string())
+        }
+        _ => {
+            stages.stage(&format!("preprocessing {}", plural(files.len(), "image")));
+            let mut data = Vec::new();
+            for (i, path) in files.iter().enumerate() {
+                let bytes = if i == 0 {
+                    first.clone()
+                } else {
+                    io::read_file(path)?
+                };
+                if is_npy(path, &bytes) {
+                    bail!(
+                        "{}: a .npy array goes alone in --input, not among images",
+                        path.display()
+                    );
+                }
+                data.extend(io::image::preprocess_imagenet(&bytes, path)?);
+            }
+            let crop = io::image::CROP;
+            let shape = vec![files.len(), 3, crop, crop];
+            (
+                HostTensor { shape, data },
+                format!("{} images", files.len()),
+            )
+        }
+    };
+    let [n, _, h, w] = host.shape[..] else {
+        bail!(
+            "{what}: expected images as N x C x H x W, got shape {:?}",
+            host.shape
         );
     };
-    // The spatial size comes from the images; channels are checked against the network below.
-    warn_non_finite(&input.display().to_string(), &x.data);
-    let vgg = load_model(backend, flags, weights, (h, w), n, work)
-        .with_context(|| format!("images of {}", input.display()))?;
-    let shape = Shape::from(x.shape.clone());
-    vgg.check_input(&shape)
-        .with_context(|| input.display().to_string())?;
-    Ok((vgg, backend.upload(&shape, &x.data)?))
+    warn_non_finite(&what, &host.data);
+    stages.stage(&format!("loading {}", weights.display()));
+    let vgg = load_model(
+        backend,
+        net,
+        weights,
+        Some((h, w)),
+        n,
+        work,
+        &format!(" for {n} {h}x{w} images of {what}"),
+    )?;
+    let shape = Shape::from(host.shape.clone());
+    vgg.check_input(&shape).with_context(|| what.clone())?;
+    Ok((vgg, backend.upload(&shape, &host.data)?, what))
 }
 
 /// The `k` most probable classes of one row of probabilities.
@@ -183,34 +302,35 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }
 
-pub fn forward<B: Backend>(
-    backend: &B,
-    flags: &ModelFlags,
-    weights: &Path,
-    input: &Path,
-    output: &Path,
-    top: usize,
-) -> Result<String> {
-    io::check_output(output)?;
+pub fn forward<B: Backend>(backend: &B, a: &ForwardArgs) -> Result<String> {
+    io::check_output(&a.output)?;
+    let stages = Stages::new("reading the inputs");
     // The file's values, the weights and what replaces them while loading.
-    let (vgg, x) = load(
+    let (vgg, x, _) = load(
         backend,
-        flags,
-        weights,
-        input,
+        &a.net,
+        &a.weights.weights,
+        &a.input,
         Workload::Inference { copies: 3 },
+        &stages,
     )?;
+    stages.stage("running the network");
     let tape = Tape::inference(backend.clone());
     let logits = vgg.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
     let probs = backend.softmax_rows(logits.value())?;
     let classes = vgg.spec().options.classes;
     let host = HostTensor::download(backend, logits.value())?;
-    io::save_npy(output, &host)?;
-    let mut out = format!("wrote {} (logits {:?})\n", output.display(), host.shape);
+    stages.stage(&format!("writing {}", a.output.display()));
+    io::save_npy(&a.output, &host)?;
+    drop(stages);
+    let mut out = format!("wrote {} (logits {:?})\n", a.output.display(), host.shape);
     for (i, row) in backend.download(&probs)?.chunks(classes).enumerate() {
-        let best: Vec<String> = top_k(row, top)
+        let best: Vec<String> = top_k(row, a.top.top)
             .into_iter()
-            .map(|(c, p)| format!("{c} ({p:.4})"))
+            .map(|(c, p)| match crate::classify::class_name(c, classes) {
+                Some(name) => format!("{c} {name} ({p:.4})"),
+                None => format!("{c} ({p:.4})"),
+            })
             .collect();
         out.push_str(&format!(
             "image {i}: top-{}: {}\n",
@@ -221,44 +341,50 @@ pub fn forward<B: Backend>(
     Ok(out)
 }
 
-pub fn backward<B: Backend>(
-    backend: &B,
-    flags: &ModelFlags,
-    weights: &Path,
-    input: &Path,
-    output: &Path,
-) -> Result<String> {
-    io::check_output(output)?;
-    // As forward, plus the gradients' host copy and the file's bytes.
-    let (vgg, x) = load(
+pub fn backward<B: Backend>(backend: &B, a: &BackwardArgs) -> Result<String> {
+    io::check_output(&a.output)?;
+    let stages = Stages::new("reading the inputs");
+    // As forward, plus a gradient's host copy at a time.
+    let (vgg, x, _) = load(
         backend,
-        flags,
-        weights,
-        input,
-        Workload::Training { copies: 5 },
+        &a.net,
+        &a.weights.weights,
+        &a.input,
+        Workload::Training { copies: 3 },
+        &stages,
     )?;
+    stages.stage("running forward and backward");
     let tape = Tape::new(backend.clone());
     let logits = vgg.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
     let loss = tape.l2_loss(&logits)?;
     let loss_value = backend.scalar_value(loss.value())?;
-    let grads = tape.backward(&loss)?;
-    let tensors = grads
-        .into_named()
-        .into_iter()
-        .map(|(name, g)| Ok((name, HostTensor::download(backend, &g)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let count = tensors.len();
-    let file = TensorFile {
-        tensors,
-        metadata: [(
-            "loss".to_string(),
-            "l2_loss(logits) = sum(logits^2)/2".to_string(),
-        )]
-        .into(),
-    };
-    io::save_safetensors(output, &file)?;
+    let grads = tape.backward(&loss)?.into_named();
+    let count = grads.len();
+    stages.stage(&format!("writing {}", a.output.display()));
+    let names: Vec<(String, Vec<usize>)> = grads
+        .iter()
+        .map(|(n, g)| {
+            use vgg_tensor::DeviceTensor;
+            (n.clone(), g.shape().dims().to_vec())
+        })
+        .collect();
+    let metadata = [(
+        "loss".to_string(),
+        "l2_loss(logits) = sum(logits^2)/2".to_string(),
+    )]
+    .into();
+    io::save_safetensors_streamed(&a.output, &metadata, &names, |i| {
+        backend.download(&grads[i].1)
+    })?;
+    drop(stages);
     Ok(format!(
         "l2_loss(logits) = {loss_value:.6e}\nwrote {} ({count} gradients, dropout off)\n",
-        output.display()
+        a.output.display()
     ))
+}
+
+/// A network's options as a `PartialOptions` with the model, for commands reading metadata only.
+pub fn options_of(weights: &Path) -> Result<(Option<VggConfig>, PartialOptions)> {
+    let file = read_weights(weights)?;
+    Ok(options_from_metadata(&file.metadata))
 }

@@ -2,11 +2,68 @@
 
 use serde::Serialize;
 use vgg_model::{
-    stack_fields, stack_weights_per_c2, ModelSpec, ReceptiveField, StackKind, StackLayer,
+    stack_fields, stack_weights_per_c2, ModelSpec, ReceptiveField, SpecOptions, StackKind,
+    StackLayer, VggConfig,
 };
 
-use crate::args::Format;
+use crate::args::{self, Format};
 use crate::table::Table;
+
+/// JSON schema version of `--format json`; bump it when a field changes meaning or disappears.
+pub const RF_SCHEMA: &str = "vgg-rf/1";
+
+#[derive(clap::Args, Debug)]
+pub struct RfArgs {
+    /// The configuration: vgg11 (A), vgg13 (B), vgg16c (C), vgg16 (D) or vgg19 (E) of the paper
+    #[arg(long, default_value = "vgg16", value_parser = args::model)]
+    pub model: VggConfig,
+    /// An ad-hoc stack instead of a model, e.g. conv3,conv3,conv3: comma-separated convK, convK/S
+    /// (convolutions padded to keep the size, stride S), poolK or poolK/S (stride K by default)
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// What stdout shows: an aligned table, JSON (schema vgg-rf/1), CSV or Markdown
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Accepted for old command lines; receptive fields depend on none of these
+    #[arg(
+        long,
+        hide = true,
+        num_args = 1,
+        alias = "input",
+        alias = "image-size",
+        alias = "classes",
+        alias = "hidden",
+        alias = "width-mult",
+        alias = "channels"
+    )]
+    pub ignored: Vec<String>,
+}
+
+pub fn run(a: &RfArgs) -> anyhow::Result<String> {
+    if !a.ignored.is_empty() {
+        tracing::warn!(
+            "--image-size, --channels, --classes, --hidden and --width-mult do not change receptive fields: ignored"
+        );
+    }
+    match &a.layers {
+        Some(layers) => stack(layers, &vgg_model::parse_stack(layers)?, a.format),
+        None => Ok(model(
+            &ModelSpec::new(a.model, SpecOptions::default())?,
+            a.format,
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct RfJson<'a> {
+    schema: &'static str,
+    /// The model's name, or the stack as given.
+    of: String,
+    layers: &'a [RfRow],
+    /// For stacks: weights of the convolutions per C^2 (C channels in and out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weights_per_c2: Option<usize>,
+}
 
 #[derive(Serialize)]
 struct RfRow {
@@ -18,7 +75,7 @@ struct RfRow {
     field: ReceptiveField,
 }
 
-fn render_rows(rows: &[RfRow], format: Format) -> String {
+fn render_rows(of: &str, rows: &[RfRow], weights_per_c2: Option<usize>, format: Format) -> String {
     let mut t = Table::new([
         "layer", "kernel", "stride", "padding", "RF", "jump", "start",
     ]);
@@ -37,7 +94,15 @@ fn render_rows(rows: &[RfRow], format: Format) -> String {
         Format::Table => t.text(),
         Format::Markdown => t.markdown(),
         Format::Csv => t.csv(),
-        Format::Json => serde_json::to_string_pretty(rows).expect("rows serialise") + "\n",
+        Format::Json => {
+            let json = RfJson {
+                schema: RF_SCHEMA,
+                of: of.to_string(),
+                layers: rows,
+                weights_per_c2,
+            };
+            serde_json::to_string_pretty(&json).expect("rows serialise") + "\n"
+        }
     }
 }
 
@@ -65,15 +130,16 @@ pub fn model(spec: &ModelSpec, format: Format) -> String {
             })
         })
         .collect();
-    let mut out = render_rows(&rows, format);
+    let mut out = render_rows(spec.model.name(), &rows, None, format);
     if format == Format::Table {
         out.push_str("fc6-fc8 see the whole image. start: centre of the first unit's field, in input pixels.\n");
     }
     out
 }
 
-pub fn stack(stack: &[StackLayer], format: Format) -> anyhow::Result<String> {
+pub fn stack(text: &str, stack: &[StackLayer], format: Format) -> anyhow::Result<String> {
     let fields = stack_fields(stack)?;
+    let per_c2 = stack_weights_per_c2(stack)?;
     let rows: Vec<RfRow> = stack
         .iter()
         .zip(&fields)
@@ -85,17 +151,16 @@ pub fn stack(stack: &[StackLayer], format: Format) -> anyhow::Result<String> {
             field,
         })
         .collect();
-    let mut out = render_rows(&rows, format);
+    let mut out = render_rows(text, &rows, Some(per_c2), format);
     if format == Format::Table {
         let last = fields.last().expect("a parsed stack is never empty");
         let convs = stack.iter().filter(|l| l.kind == StackKind::Conv).count();
-        let per_c2 = stack_weights_per_c2(stack)?;
         // Only a ratio is printed, so the square is taken in floating point.
         let single = last.size as f64 * last.size as f64;
         out.push_str(&format!(
-            "{} layers ({} convolutions) see {}x{} input pixels, jump {}.\n",
-            stack.len(),
-            convs,
+            "{} ({}) see {}x{} input pixels, jump {}.\n",
+            crate::table::plural(stack.len(), "layer"),
+            crate::table::plural(convs, "convolution"),
             last.size,
             last.size,
             last.jump

@@ -1,11 +1,130 @@
 //! `vgg summary`: the spec as a table, JSON, CSV or Markdown, with a torchinfo-like footer.
 
-use anyhow::Result;
-use serde::Serialize;
-use vgg_model::{LayerOp, LayerSpec, MemoryEstimate, ModelSpec};
+use std::path::PathBuf;
 
-use crate::args::Format;
+use anyhow::{bail, Result};
+use serde::Serialize;
+use vgg_model::{Chw, LayerOp, LayerSpec, MemoryEstimate, ModelSpec, PartialOptions};
+
+use crate::args::{self, Format};
+use crate::options::{InputShape, NetDefaults, NetOptions};
 use crate::table::{bytes, si, thousands, Table};
+
+#[derive(clap::Args, Debug)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub net: NetOptions,
+    #[command(flatten)]
+    pub shape: InputShape,
+    /// Read the network's options from a weight file or training checkpoint's metadata (the
+    /// flags above still override them)
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Images per batch, for the memory figures and the NCHW shapes
+    #[arg(long, alias = "batch", default_value = "1", value_parser = args::positive)]
+    pub batch_size: usize,
+    /// What stdout shows: an aligned table, JSON (schema vgg-summary/1), CSV or Markdown
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// The table's columns, comma-separated, from layer, module (torchvision's name), op, input,
+    /// output, weights, biases, params, macs, rf, jump, memory; or `torchinfo` (module, input,
+    /// output, params, macs) [default: layer,op,output,weights,biases,params,macs,rf,jump,memory]
+    #[arg(long, value_parser = parse_columns)]
+    pub columns: Option<Columns>,
+    /// How shapes are written: hwc (224x224x64) or nchw (torchinfo's [1, 64, 224, 224], with the
+    /// batch)
+    #[arg(long, value_enum, default_value = "hwc")]
+    pub shapes: ShapeStyle,
+}
+
+/// A column of the summary table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    Layer,
+    Module,
+    Op,
+    Input,
+    Output,
+    Weights,
+    Biases,
+    Params,
+    Macs,
+    Rf,
+    Jump,
+    Memory,
+}
+
+const DEFAULT_COLUMNS: [Column; 10] = [
+    Column::Layer,
+    Column::Op,
+    Column::Output,
+    Column::Weights,
+    Column::Biases,
+    Column::Params,
+    Column::Macs,
+    Column::Rf,
+    Column::Jump,
+    Column::Memory,
+];
+
+/// The columns asked for, in order (one value: clap would read a `Vec` as repeated flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Columns(pub Vec<Column>);
+
+fn parse_columns(s: &str) -> Result<Columns, String> {
+    if s.trim() == "torchinfo" {
+        return Ok(Columns(vec![
+            Column::Module,
+            Column::Input,
+            Column::Output,
+            Column::Params,
+            Column::Macs,
+        ]));
+    }
+    s.split(',')
+        .map(|c| match c.trim().to_ascii_lowercase().as_str() {
+            "layer" => Ok(Column::Layer),
+            "module" => Ok(Column::Module),
+            "op" => Ok(Column::Op),
+            "input" => Ok(Column::Input),
+            "output" => Ok(Column::Output),
+            "weights" => Ok(Column::Weights),
+            "biases" => Ok(Column::Biases),
+            "params" => Ok(Column::Params),
+            "macs" => Ok(Column::Macs),
+            "rf" => Ok(Column::Rf),
+            "jump" => Ok(Column::Jump),
+            "memory" => Ok(Column::Memory),
+            other => Err(format!(
+                "'{other}' is not a column: use layer, module, op, input, output, weights, biases, params, macs, rf, jump, memory, or torchinfo"
+            )),
+        })
+        .collect::<Result<_, _>>()
+        .map(Columns)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShapeStyle {
+    /// Height x width x channels of one image
+    Hwc,
+    /// [batch, channels, height, width], as PyTorch prints tensors
+    Nchw,
+}
+
+pub fn run(a: &SummaryArgs) -> Result<String> {
+    let (model, known) = match &a.weights {
+        Some(path) => crate::net::options_of(path)?,
+        None => (None, PartialOptions::default()),
+    };
+    let spec = a
+        .net
+        .spec(model, a.shape.partial().or(known), NetDefaults::default())?;
+    let columns = a.columns.clone().map_or(DEFAULT_COLUMNS.to_vec(), |c| c.0);
+    if columns.is_empty() {
+        bail!("--columns names no column");
+    }
+    render(&spec, a.batch_size, a.format, &columns, a.shapes)
+}
 
 /// JSON schema version; bump it when a field changes meaning or disappears.
 pub const SUMMARY_SCHEMA: &str = "vgg-summary/1";
@@ -14,6 +133,8 @@ pub const SUMMARY_SCHEMA: &str = "vgg-summary/1";
 struct LayerRow<'a> {
     #[serde(flatten)]
     layer: &'a LayerSpec,
+    /// torchvision's module name (`features.0`).
+    module: String,
     /// This layer's output for the whole batch, f32.
     output_bytes: u64,
 }
@@ -82,46 +203,81 @@ pub fn notes(spec: &ModelSpec) -> Vec<String> {
     notes
 }
 
-fn table(spec: &ModelSpec, batch: usize, csv: bool) -> Table {
+fn shape_text(c: &Chw, batch: usize, style: ShapeStyle) -> String {
+    match style {
+        ShapeStyle::Hwc => format!("{}x{}x{}", c.height, c.width, c.channels),
+        // The classifier's activations are [N, features], as PyTorch's Linear sees them.
+        ShapeStyle::Nchw if c.height == 1 && c.width == 1 => format!("[{batch}, {}]", c.channels),
+        ShapeStyle::Nchw => format!("[{batch}, {}, {}, {}]", c.channels, c.height, c.width),
+    }
+}
+
+fn table(
+    spec: &ModelSpec,
+    batch: usize,
+    csv: bool,
+    columns: &[Column],
+    style: ShapeStyle,
+) -> Table {
     let num = |n: u64| if csv { n.to_string() } else { thousands(n) };
-    let mut t = Table::new([
-        "layer",
-        "op",
-        "output HxWxC",
-        "weights",
-        "biases",
-        "params",
-        "MACs",
-        "RF",
-        "jump",
-        "memory",
-    ])
-    .with_text_columns(2);
+    let shape_header = match style {
+        ShapeStyle::Hwc => "HxWxC",
+        ShapeStyle::Nchw => "shape",
+    };
+    let headers: Vec<String> = columns
+        .iter()
+        .map(|c| match c {
+            Column::Layer => "layer".into(),
+            Column::Module => "module".into(),
+            Column::Op => "op".into(),
+            Column::Input => format!("input {shape_header}"),
+            Column::Output => format!("output {shape_header}"),
+            Column::Weights => "weights".into(),
+            Column::Biases => "biases".into(),
+            Column::Params => "params".into(),
+            Column::Macs => "MACs".into(),
+            Column::Rf => "RF".into(),
+            Column::Jump => "jump".into(),
+            Column::Memory => "memory".into(),
+        })
+        .collect();
+    let text = columns
+        .iter()
+        .map(|c| {
+            matches!(
+                c,
+                Column::Layer | Column::Module | Column::Op | Column::Input | Column::Output
+            )
+        })
+        .collect();
+    let mut t = Table::new(headers).with_text_mask(text);
     for l in &spec.layers {
-        let (rf, jump) = match l.receptive_field {
-            Some(f) => (f.size.to_string(), f.jump.to_string()),
-            None => ("-".to_string(), "-".to_string()),
-        };
         let out_bytes = l.output.elements() * batch as u64 * vgg_model::F32_BYTES;
-        t.push(vec![
-            l.name.clone(),
-            op_text(l),
-            format!(
-                "{}x{}x{}",
-                l.output.height, l.output.width, l.output.channels
-            ),
-            num(l.weights),
-            num(l.biases),
-            num(l.params),
-            num(l.macs),
-            rf,
-            jump,
-            if csv {
-                out_bytes.to_string()
-            } else {
-                bytes(out_bytes)
-            },
-        ]);
+        let field = |f: fn(&vgg_model::ReceptiveField) -> usize| {
+            l.receptive_field
+                .as_ref()
+                .map_or("-".to_string(), |r| f(r).to_string())
+        };
+        t.push(
+            columns
+                .iter()
+                .map(|c| match c {
+                    Column::Layer => l.name.clone(),
+                    Column::Module => l.torch_module(),
+                    Column::Op => op_text(l),
+                    Column::Input => shape_text(&l.input, batch, style),
+                    Column::Output => shape_text(&l.output, batch, style),
+                    Column::Weights => num(l.weights),
+                    Column::Biases => num(l.biases),
+                    Column::Params => num(l.params),
+                    Column::Macs => num(l.macs),
+                    Column::Rf => field(|r| r.size),
+                    Column::Jump => field(|r| r.jump),
+                    Column::Memory if csv => out_bytes.to_string(),
+                    Column::Memory => bytes(out_bytes),
+                })
+                .collect(),
+        );
     }
     t
 }
@@ -181,7 +337,13 @@ fn footer(spec: &ModelSpec, batch: usize, m: &MemoryEstimate, macs_batch: u64) -
     lines.join("\n")
 }
 
-pub fn render(spec: &ModelSpec, batch: usize, format: Format) -> Result<String> {
+pub fn render(
+    spec: &ModelSpec,
+    batch: usize,
+    format: Format,
+    columns: &[Column],
+    style: ShapeStyle,
+) -> Result<String> {
     let m = spec.memory(batch)?;
     // FLOPs of a batch's forward-backward (three passes, two FLOPs a MAC) must fit too.
     let macs_batch = spec
@@ -195,17 +357,21 @@ pub fn render(spec: &ModelSpec, batch: usize, format: Format) -> Result<String> 
         })?;
     let footer = footer(spec, batch, &m, macs_batch);
     Ok(match format {
-        Format::Table => format!("{}{}\n", table(spec, batch, false).text(), footer),
+        Format::Table => format!(
+            "{}{}\n",
+            table(spec, batch, false, columns, style).text(),
+            footer
+        ),
         Format::Markdown => format!(
             "{}\n{}\n",
-            table(spec, batch, false).markdown(),
+            table(spec, batch, false, columns, style).markdown(),
             footer
                 .lines()
                 .map(|l| format!("- {l}"))
                 .collect::<Vec<_>>()
                 .join("\n")
         ),
-        Format::Csv => table(spec, batch, true).csv(),
+        Format::Csv => table(spec, batch, true, columns, style).csv(),
         Format::Json => {
             let json = SummaryJson {
                 schema: SUMMARY_SCHEMA,
@@ -218,6 +384,7 @@ pub fn render(spec: &ModelSpec, batch: usize, format: Format) -> Result<String> 
                     .iter()
                     .map(|layer| LayerRow {
                         layer,
+                        module: layer.torch_module(),
                         output_bytes: layer.output.elements() * batch as u64 * vgg_model::F32_BYTES,
                     })
                     .collect(),

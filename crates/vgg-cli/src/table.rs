@@ -5,21 +5,25 @@ use std::fmt::Write;
 pub struct Table {
     headers: Vec<String>,
     rows: Vec<Vec<String>>,
-    /// Leading columns of text, left-aligned; the rest are numbers, right-aligned.
-    text_columns: usize,
+    /// Columns of text, left-aligned; the rest are numbers, right-aligned.
+    text: Vec<bool>,
 }
 
 impl Table {
     pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Table {
+        let headers: Vec<String> = headers.into_iter().map(Into::into).collect();
+        let text = (0..headers.len()).map(|c| c == 0).collect();
         Table {
-            headers: headers.into_iter().map(Into::into).collect(),
+            headers,
             rows: Vec::new(),
-            text_columns: 1,
+            text,
         }
     }
 
-    pub fn with_text_columns(mut self, n: usize) -> Table {
-        self.text_columns = n;
+    /// Which columns are text, one flag per column.
+    pub fn with_text_mask(mut self, mask: Vec<bool>) -> Table {
+        debug_assert_eq!(mask.len(), self.headers.len());
+        self.text = mask;
         self
     }
 
@@ -48,7 +52,7 @@ impl Table {
             let mut out = String::new();
             for (c, (cell, w)) in cells.iter().zip(&widths).enumerate() {
                 let gap = if c == 0 { "" } else { "  " };
-                if c < self.text_columns {
+                if self.text[c] {
                     let _ = write!(out, "{gap}{cell:<w$}");
                 } else {
                     let _ = write!(out, "{gap}{cell:>w$}");
@@ -71,7 +75,7 @@ impl Table {
     pub fn markdown(&self) -> String {
         let mut out = format!("| {} |\n", self.headers.join(" | "));
         let align: Vec<&str> = (0..self.headers.len())
-            .map(|c| if c < self.text_columns { "---" } else { "---:" })
+            .map(|c| if self.text[c] { "---" } else { "---:" })
             .collect();
         let _ = writeln!(out, "|{}|", align.join("|"));
         for row in &self.rows {
@@ -95,6 +99,15 @@ impl Table {
             let _ = writeln!(out, "{}", cells.join(","));
         }
         out
+    }
+}
+
+/// "1 layer", "3 layers".
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

@@ -7,104 +7,169 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig, Workload};
+use vgg_model::{PartialOptions, SpecOptions, Vgg, VggConfig, Workload};
 use vgg_nn::io;
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
 use vgg_nn::InitScheme;
 use vgg_tensor::Backend;
 use vgg_train::{
-    checkpoint, data, resume, EpochReport, Observer, TrainConfig, TrainError, TrainState,
+    checkpoint, data, meta, resume, EpochReport, Observer, TrainConfig, TrainError, TrainState,
 };
 
+use crate::options::{DeviceArgs, NetDefaults, NetOptions};
 use crate::stdout;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DatasetChoice {
-    /// scikit-learn's 1,797 8x8 digits, shipped in data/digits (enlarged to 32x32).
+    /// scikit-learn's 1,797 8x8 digits, carried in vgg (data/digits), enlarged to 32x32
     Digits,
-    /// CIFAR-10's binary version (the cifar-10-batches-bin directory), 32x32 colour.
+    /// CIFAR-10's binary version (the cifar-10-batches-bin directory), 32x32 colour
     Cifar10,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum OptimizerChoice {
-    Sgd,
-    Adam,
+impl DatasetChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetChoice::Digits => "digits",
+            DatasetChoice::Cifar10 => "cifar10",
+        }
+    }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScheduleChoice {
-    Constant,
-    Step,
-    Cosine,
-}
-
+/// The data a network is trained or evaluated on.
 #[derive(clap::Args, Debug, Clone)]
-pub struct TrainArgs {
+pub struct DataArgs {
+    /// The data set: digits (carried in vgg) or cifar10 (give --data)
     #[arg(long, value_enum, default_value = "digits")]
     pub dataset: DatasetChoice,
-    /// The data's directory [default for digits: data/digits].
+    /// The data's directory: cifar-10-batches-bin for cifar10; for digits, another copy of
+    /// data/digits [default for digits: the copy carried in vgg]
     #[arg(long)]
     pub data: Option<PathBuf>,
-    #[arg(long, default_value = "vgg11", value_parser = crate::args::model)]
-    pub model: VggConfig,
-    #[arg(long, default_value = "0.25", value_parser = crate::args::width_mult)]
-    pub width_mult: f64,
-    /// Width of fc6 and fc7.
-    #[arg(long, default_value = "128", value_parser = crate::args::positive)]
-    pub hidden: usize,
-    #[arg(long, default_value = "10", value_parser = crate::args::positive)]
-    pub epochs: usize,
-    #[arg(long, default_value = "32", value_parser = crate::args::positive)]
-    pub batch_size: usize,
-    /// Base learning rate.
-    #[arg(long, default_value = "0.002", allow_negative_numbers = true)]
-    pub lr: f32,
-    #[arg(long, value_enum, default_value = "adam")]
-    pub optimizer: OptimizerChoice,
-    /// SGD momentum.
-    #[arg(long, default_value = "0.9", allow_negative_numbers = true)]
-    pub momentum: f32,
-    #[arg(long, default_value = "0", allow_negative_numbers = true)]
-    pub weight_decay: f32,
-    #[arg(long, value_enum, default_value = "cosine")]
-    pub schedule: ScheduleChoice,
-    /// With --schedule step: multiply the rate by --gamma every this many epochs.
-    #[arg(long, default_value = "10", value_parser = crate::args::positive)]
-    pub step_every: usize,
-    #[arg(long, default_value = "0.1", allow_negative_numbers = true)]
-    pub gamma: f32,
-    /// Dropout's keep probability after fc6 and fc7 (1: no dropout).
-    #[arg(long, default_value = "1", allow_negative_numbers = true)]
-    pub keep_prob: f32,
-    /// Fraction of the digits held out for testing (CIFAR-10 has its own test set).
+    /// Fraction of the digits held out for testing, in (0, 1) (CIFAR-10 has its own test set)
     #[arg(long, default_value = "0.2", allow_negative_numbers = true)]
     pub test_fraction: f64,
-    #[arg(long, default_value = "1")]
-    pub seed: u64,
-    /// Checkpoint written after every epoch (weights with torchvision names + optimiser state).
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Continue from a checkpoint of this command, with the same settings.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Write the per-epoch log here (JSON).
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-    /// Draw the loss and accuracy curves here (SVG).
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
 }
 
-impl TrainArgs {
-    /// The library's settings, checked by the library; a refusal names the flag.
-    fn config(&self) -> Result<TrainConfig> {
+impl DataArgs {
+    /// (training set, test set), the digits split by `seed`.
+    pub fn load(&self, seed: u64) -> Result<(data::Dataset, data::Dataset)> {
         if !(self.test_fraction > 0.0 && self.test_fraction < 1.0) {
             bail!(
                 "--test-fraction {} must be between 0 and 1",
                 self.test_fraction
             );
         }
+        Ok(match self.dataset {
+            DatasetChoice::Digits => {
+                let all = match &self.data {
+                    Some(dir) => data::load_digits(dir)?,
+                    None => data::shipped_digits()?,
+                };
+                all.split(self.test_fraction, seed)
+                    .map_err(|e| anyhow!("--test-fraction: {e}"))?
+            }
+            DatasetChoice::Cifar10 => {
+                let Some(dir) = &self.data else {
+                    bail!("--dataset cifar10 needs --data DIR, the cifar-10-batches-bin directory of CIFAR-10's binary version");
+                };
+                data::load_cifar10(dir)?
+            }
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OptimizerChoice {
+    /// Stochastic gradient descent with momentum (--momentum)
+    Sgd,
+    /// Adam (betas 0.9, 0.999, epsilon 1e-8)
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleChoice {
+    /// The same rate every epoch
+    Constant,
+    /// The rate times --gamma every --step-every epochs
+    Step,
+    /// Cosine decay from the rate to 0 over the epochs
+    Cosine,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub net: NetOptions,
+    /// Passes over the training set, at least 1
+    #[arg(long, default_value = "10", value_parser = crate::args::positive)]
+    pub epochs: usize,
+    /// Images per optimiser step, at least 1
+    #[arg(long, default_value = "32", value_parser = crate::args::positive)]
+    pub batch_size: usize,
+    /// Base learning rate, a positive number
+    #[arg(long, default_value = "0.002", allow_negative_numbers = true)]
+    pub lr: f32,
+    /// The optimiser
+    #[arg(long, value_enum, default_value = "adam")]
+    pub optimizer: OptimizerChoice,
+    /// SGD's momentum, in [0, 1)
+    #[arg(long, default_value = "0.9", allow_negative_numbers = true)]
+    pub momentum: f32,
+    /// L2 penalty added to every gradient (PyTorch's weight_decay), 0 or more
+    #[arg(long, default_value = "0", allow_negative_numbers = true)]
+    pub weight_decay: f32,
+    /// How the rate changes with the epoch
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleChoice,
+    /// With --schedule step: multiply the rate by --gamma every this many epochs
+    #[arg(long, default_value = "10", value_parser = crate::args::positive)]
+    pub step_every: usize,
+    /// With --schedule step: the factor, positive (0.1 divides the rate by 10)
+    #[arg(long, default_value = "0.1", allow_negative_numbers = true)]
+    pub gamma: f32,
+    /// Dropout's keep probability after fc6 and fc7, in (0, 1] (1: no dropout)
+    #[arg(long, default_value = "1", allow_negative_numbers = true)]
+    pub keep_prob: f32,
+    /// Seeds the weights, the split of the digits, the shuffles and the dropout masks
+    #[arg(long, default_value = "0")]
+    pub seed: u64,
+    /// Where to write the checkpoint after every epoch: the weights under torchvision's names,
+    /// the optimiser state and how far training got (forward, classify, eval and summary read it)
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Continue from a checkpoint of this command, with the same settings: the result equals
+    /// an uninterrupted run's
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Also write the per-epoch log to this file (JSON)
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw the loss and accuracy curves to this file (SVG)
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The network `vgg train` builds where the flags do not say: VGG-11 at a quarter of the width,
+/// small enough to train on two cores in seconds an epoch.
+fn train_defaults() -> NetDefaults {
+    NetDefaults {
+        model: VggConfig::Vgg11,
+        options: SpecOptions {
+            width_mult: 0.25,
+            hidden: 128,
+            ..SpecOptions::default()
+        },
+    }
+}
+
+impl TrainArgs {
+    /// The library's settings, checked by the library; a refusal names the flag.
+    fn config(&self) -> Result<TrainConfig> {
         let config = TrainConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -191,7 +256,15 @@ impl<B: Backend> Reporter<'_, B> {
             seconds: r.seconds,
         });
         // The checkpoint is safe on disk before anything is printed.
-        let file = checkpoint(self.backend, state)?;
+        let mut file = checkpoint(self.backend, state)?;
+        // What `vgg eval` needs to find the same held-out images.
+        let d = &self.args.data;
+        file.metadata
+            .insert(meta::DATASET.into(), d.dataset.name().into());
+        file.metadata
+            .insert(meta::TEST_FRACTION.into(), d.test_fraction.to_string());
+        file.metadata
+            .insert(meta::SEED.into(), self.args.seed.to_string());
         io::save_safetensors(&self.args.output, &file)?;
         if let Some(path) = &self.args.json {
             let text = serde_json::to_string_pretty(&self.log).expect("the log serialises");
@@ -234,41 +307,25 @@ impl<B: Backend> Observer<B> for Reporter<'_, B> {
     }
 }
 
-fn load_data(args: &TrainArgs) -> Result<(data::Dataset, data::Dataset)> {
-    Ok(match args.dataset {
-        DatasetChoice::Digits => {
-            let dir = args
-                .data
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("data/digits"));
-            data::load_digits(&dir)?
-                .split(args.test_fraction, args.seed)
-                .map_err(|e| anyhow!("--test-fraction: {e}"))?
-        }
-        DatasetChoice::Cifar10 => {
-            let Some(dir) = &args.data else {
-                bail!("--dataset cifar10 needs --data DIR, the cifar-10-batches-bin directory of CIFAR-10's binary version");
-            };
-            data::load_cifar10(dir)?
-        }
-    })
-}
-
 pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     let config = args.config()?;
     args.check_outputs()?;
-    let (train_set, test_set) = load_data(args)?;
-    let spec = ModelSpec::new(
-        args.model,
-        SpecOptions {
-            height: train_set.height,
-            width: train_set.width,
-            in_channels: train_set.channels,
-            classes: train_set.classes,
-            width_mult: args.width_mult,
-            hidden: args.hidden,
-        },
-    )?;
+    let (train_set, test_set) = args.data.load(args.seed)?;
+    // The data set fixes the input and the classes.
+    let from_data = PartialOptions {
+        input: Some((train_set.height, train_set.width)),
+        in_channels: Some(train_set.channels),
+        classes: Some(train_set.classes),
+        ..Default::default()
+    };
+    if let Some(c) = args.net.classes.filter(|&c| c != train_set.classes) {
+        bail!(
+            "--classes {c}: the {} data set has {} classes; leave it out",
+            args.data.dataset.name(),
+            train_set.classes
+        );
+    }
+    let spec = args.net.spec(None, from_data, train_defaults())?;
     // Weights, gradients, optimiser state, and the checkpoint's host copy and bytes.
     let slots = match config.optimizer {
         OptimizerKind::Sgd { .. } => 1,
@@ -334,13 +391,13 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     reporter.bar.finish_and_clear();
     let summary = match reports.last() {
         Some(r) => format!(
-            "test accuracy {:.2}% after {} epochs",
+            "test accuracy {:.2}% after {}",
             100.0 * r.test_accuracy,
-            r.epoch
+            crate::table::plural(r.epoch, "epoch")
         ),
         None => format!(
-            "nothing to do: the checkpoint has {} epochs already",
-            state.epochs_done
+            "nothing to do: the checkpoint has {} already",
+            crate::table::plural(state.epochs_done, "epoch")
         ),
     };
     Ok(format!("{summary}; checkpoint {}\n", args.output.display()))

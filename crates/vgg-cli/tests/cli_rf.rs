@@ -1,3 +1,5 @@
+//! `vgg rf`: the receptive-field table, its JSON and its errors.
+
 mod common;
 
 use common::{ok, refused};
@@ -24,8 +26,17 @@ fn model_fields_match_the_spec() {
     let cols: Vec<&str> = pool5.split_whitespace().collect();
     assert_eq!(cols[4..6], ["212", "32"]);
     let json = ok(&["rf", "--model", "vgg19", "--format", "json"]);
-    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(rows.as_array().unwrap().last().unwrap()["size"], 268);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["schema"], "vgg-rf/1");
+    assert_eq!(v["of"], "vgg19");
+    assert_eq!(v["layers"].as_array().unwrap().last().unwrap()["size"], 268);
+    let stack = ok(&["rf", "--layers", "conv3,conv3", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&stack).unwrap();
+    assert_eq!(v["weights_per_c2"], 18);
+    // Options that do not change receptive fields are accepted from old command lines.
+    let out = common::vgg(&["rf", "--classes", "10", "--width-mult", "0.5"]);
+    assert!(out.status.success());
+    assert!(common::stderr(&out).contains("ignored"));
 }
 
 #[test]

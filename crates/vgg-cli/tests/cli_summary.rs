@@ -1,3 +1,5 @@
+//! `vgg summary`: the layer table, its columns, JSON and errors.
+
 mod common;
 
 use common::{ok, refused};

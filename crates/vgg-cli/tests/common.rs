@@ -2,6 +2,7 @@
 
 use std::process::{Command, Output};
 
+/// Runs the built `vgg` with `args`.
 pub fn vgg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vgg"))
         .args(args)
@@ -9,10 +10,12 @@ pub fn vgg(args: &[&str]) -> Output {
         .expect("the vgg binary runs")
 }
 
+/// The run's standard output as text.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The run's standard error as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -28,17 +31,38 @@ pub fn ok(args: &[&str]) -> String {
     stdout(&out)
 }
 
-/// Runs and expects a refusal: exit code 2, one line on stderr naming `needles`, no panic.
+/// Runs and expects a refusal: exit code 2, no panic, stderr starting with "error:" (one line
+/// for vgg's own refusals; clap adds the usage or a pointer to --help for a malformed command line),
+/// naming `needles`.
 pub fn refused(args: &[&str], needles: &[&str]) {
     let out = vgg(args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "vgg {args:?}: {err}");
     assert!(!err.contains("panicked"), "vgg {args:?} panicked: {err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
+    assert!(err.starts_with("error: "), "vgg {args:?}: {err}");
+    let clap = err.contains("\nUsage: ") || err.contains("For more information, try '--help'");
+    assert!(
+        clap || err.trim_end().lines().count() == 1,
         "vgg {args:?} should print one line: {err}"
     );
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "vgg {args:?}: '{needle}' missing from: {err}"
+        );
+    }
+}
+
+/// Runs and expects a failure while running: exit code 1, no panic, one "error:" line naming
+/// `needles`.
+#[allow(dead_code)]
+pub fn failed(args: &[&str], needles: &[&str]) {
+    let out = vgg(args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "vgg {args:?}: {err}");
+    assert!(!err.contains("panicked"), "vgg {args:?} panicked: {err}");
+    assert!(err.starts_with("error: "), "vgg {args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "vgg {args:?}: {err}");
     for needle in needles {
         assert!(
             err.contains(needle),

@@ -34,17 +34,26 @@ pub enum CudaError {
          libraries (e.g. PyTorch's site-packages/nvidia/*/lib) on LD_LIBRARY_PATH; or use --backend cpu",
         missing.join(", ")
     )]
-    LibrariesMissing { missing: Vec<&'static str> },
+    /// The CUDA driver or runtime libraries could not be loaded.
+    LibrariesMissing {
+        /// The libraries not found.
+        missing: Vec<&'static str>,
+    },
     #[error("CUDA backend unavailable: the NVIDIA driver sees no GPU; use --backend cpu")]
+    /// The driver loaded but reports no GPU.
     NoDevice,
     #[error("CUDA backend unavailable: {0}; use --backend cpu")]
+    /// A driver call failed.
     Driver(String),
 }
 
 /// A GPU that the CUDA backend can use.
 pub struct CudaDevice {
+    /// The CUDA context of the device.
     pub context: Arc<CudaContext>,
+    /// The device's name, as the driver reports it.
     pub name: String,
+    /// The device's ordinal (0 for the first GPU).
     pub ordinal: usize,
 }
 

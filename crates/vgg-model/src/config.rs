@@ -9,7 +9,12 @@ use crate::SpecError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     /// A convolution with `out_channels` filters of `kernel` x `kernel`, stride 1, "same" padding.
-    Conv { out_channels: usize, kernel: usize },
+    Conv {
+        /// Number of filters.
+        out_channels: usize,
+        /// Side of the square filter.
+        kernel: usize,
+    },
     /// A 2x2 max-pool with stride 2.
     Pool,
 }
@@ -30,6 +35,7 @@ pub enum VggConfig {
 }
 
 impl VggConfig {
+    /// Every configuration, smallest first.
     pub const ALL: [VggConfig; 5] = [
         VggConfig::Vgg11,
         VggConfig::Vgg13,

@@ -14,45 +14,70 @@ use crate::spec::{LayerOp, ModelSpec, SpecOptions};
 use crate::{SpecError, VggConfig};
 
 #[derive(Debug, thiserror::Error)]
+/// Why a network could not be built, loaded, run or saved.
 pub enum ModelError {
     #[error(transparent)]
+    /// The options describe no valid network.
     Spec(#[from] SpecError),
     #[error(transparent)]
+    /// The tape failed.
     Autodiff(#[from] AutodiffError),
     #[error(transparent)]
+    /// A backend op failed.
     Tensor(#[from] TensorError),
     #[error("the weights do not fit {model}: {}{hint}", problems.join("; "))]
+    /// A weights file does not match the network.
     Weights {
+        /// The network the weights were checked against.
         model: String,
+        /// Every mismatch found (missing, unexpected or misshapen tensors).
         problems: Vec<String>,
+        /// How to make the file match.
         hint: String,
     },
     #[error("bad input: {0}")]
+    /// An input batch does not fit the network.
     Input(String),
+    #[error(transparent)]
+    /// A file could not be read or written.
+    Io(#[from] vgg_nn::io::IoError),
     #[error(
         "the weights hold NaN or infinite values ({}): a network with them can only predict NaN; \
          the file is corrupt or comes from a training run that diverged",
         tensors.join(", ")
     )]
-    NonFinite { tensors: Vec<String> },
+    /// Weights holding NaN or infinity.
+    NonFinite {
+        /// The tensors holding them.
+        tensors: Vec<String>,
+    },
 }
 
 /// Keys of the metadata written into weight files.
 pub mod meta {
+    /// Metadata key: the configuration's name.
     pub const MODEL: &str = "vgg.model";
+    /// Metadata key: outputs of the last layer.
     pub const CLASSES: &str = "vgg.classes";
+    /// Metadata key: width of the hidden fully connected layers.
     pub const HIDDEN: &str = "vgg.hidden";
+    /// Metadata key: the convolutions' channel multiplier.
     pub const WIDTH_MULT: &str = "vgg.width_mult";
+    /// Metadata key: channels of the input image.
     pub const IN_CHANNELS: &str = "vgg.in_channels";
+    /// Metadata key: the input size the weights were made for, HxW.
     pub const INPUT: &str = "vgg.input";
 }
 
 /// Softmax probabilities and the most likely class of each image.
 pub struct Prediction<B: Backend> {
+    /// Softmax of the logits, [batch, classes].
     pub probabilities: B::Tensor,
+    /// The most probable class of each image.
     pub classes: Vec<usize>,
 }
 
+/// A VGG network on a backend: its spec and its layers' parameters.
 pub struct Vgg<B: Backend> {
     spec: ModelSpec,
     features: Sequential<B>,
@@ -177,6 +202,20 @@ impl<B: Backend> Vgg<B> {
         Ok(vgg)
     }
 
+    /// Writes every parameter to a safetensors file at `path`, with metadata describing the
+    /// network, one tensor at a time (the file never exists whole in memory).
+    pub fn save(&self, backend: &B, path: &std::path::Path) -> Result<(), ModelError> {
+        let params = self.named_params();
+        let names: Vec<(String, Vec<usize>)> = params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape().dims().to_vec()))
+            .collect();
+        vgg_nn::io::save_safetensors_streamed(path, &metadata(&self.spec), &names, |i| {
+            backend.download(params[i].1)
+        })?;
+        Ok(())
+    }
+
     /// Every parameter as host tensors, with metadata describing the network.
     pub fn to_tensor_file(&self, backend: &B) -> Result<TensorFile, ModelError> {
         let tensors = self
@@ -190,6 +229,7 @@ impl<B: Backend> Vgg<B> {
         })
     }
 
+    /// The layer-by-layer spec the network was built from.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }
@@ -201,12 +241,14 @@ impl<B: Backend> Vgg<B> {
         p
     }
 
+    /// Every parameter with its torchvision name, mutable (for optimisers and loaders).
     pub fn named_params_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
         let mut p = self.features.named_params_mut();
         p.extend(self.classifier.named_params_mut());
         p
     }
 
+    /// The number of parameters.
     pub fn param_count(&self) -> u64 {
         self.named_params()
             .iter()
@@ -397,10 +439,15 @@ pub fn options_from_metadata(
 /// Spec options of which some are unknown: filled from flags, then metadata, then defaults.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct PartialOptions {
+    /// Input height and width.
     pub input: Option<(usize, usize)>,
+    /// Channels of the input image.
     pub in_channels: Option<usize>,
+    /// Outputs of the last layer.
     pub classes: Option<usize>,
+    /// Multiplier of every convolution's channel count.
     pub width_mult: Option<f64>,
+    /// Width of the hidden fully connected layers.
     pub hidden: Option<usize>,
 }
 
@@ -418,7 +465,11 @@ impl PartialOptions {
 
     /// Fills what is still unknown with the defaults (224x224x3, 1000 classes, width 1, hidden 4096).
     pub fn resolve(self) -> SpecOptions {
-        let d = SpecOptions::default();
+        self.resolve_with(SpecOptions::default())
+    }
+
+    /// Fills what is still unknown from `d`.
+    pub fn resolve_with(self, d: SpecOptions) -> SpecOptions {
         let (height, width) = self.input.unwrap_or((d.height, d.width));
         SpecOptions {
             height,

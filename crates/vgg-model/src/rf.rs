@@ -12,8 +12,11 @@ use crate::SpecError;
 /// of the first unit's field in input pixel coordinates (pixel 0 spans [0, 1), so its centre is 0.5).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct ReceptiveField {
+    /// Side of the receptive field, in input pixels.
     pub size: usize,
+    /// Distance in input pixels between neighbouring units' fields.
     pub jump: usize,
+    /// Centre of the first unit's field, in input pixel coordinates.
     pub start: f64,
 }
 
@@ -55,15 +58,20 @@ impl ReceptiveField {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StackKind {
+    /// A convolution (stride 1 in VGG).
     Conv,
+    /// A max-pool.
     Pool,
 }
 
 /// One layer of an ad-hoc stack: `convK`, `convK/S`, `poolK`, `poolK/S`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct StackLayer {
+    /// Convolution or pool.
     pub kind: StackKind,
+    /// Side of the window.
     pub kernel: usize,
+    /// Step between windows.
     pub stride: usize,
 }
 

@@ -16,9 +16,13 @@ pub const F32_BYTES: u64 = 4;
 /// What a spec is computed for. `width_mult` and `hidden` exist for small experiments and fixtures.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SpecOptions {
+    /// Input height in pixels.
     pub height: usize,
+    /// Input width in pixels.
     pub width: usize,
+    /// Channels of the input image (3 for RGB).
     pub in_channels: usize,
+    /// Outputs of the last layer.
     pub classes: usize,
     /// Multiplies every convolution's channel count (rounded, at least 1).
     pub width_mult: f64,
@@ -45,12 +49,20 @@ impl Default for SpecOptions {
 pub enum LayerOp {
     /// Convolution (OIHW weights) followed by bias and ReLU.
     Conv {
+        /// Side of the square filter.
         kernel: usize,
+        /// Step between windows.
         stride: usize,
+        /// Zero padding on each side.
         padding: usize,
     },
     /// Max-pool; sizes are floored.
-    MaxPool { kernel: usize, stride: usize },
+    MaxPool {
+        /// Side of the square window.
+        kernel: usize,
+        /// Step between windows.
+        stride: usize,
+    },
     /// Fully connected ([out, in] weights) with bias; ReLU and dropout on fc6 and fc7 only.
     Linear,
 }
@@ -58,8 +70,11 @@ pub enum LayerOp {
 /// Channels, height, width of one image's activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Chw {
+    /// Channels.
     pub channels: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// Width in pixels.
     pub width: usize,
 }
 
@@ -81,17 +96,24 @@ impl Chw {
 /// One row of the summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LayerSpec {
+    /// The torchvision-style name (conv1_1, pool1, fc6).
     pub name: String,
     #[serde(flatten)]
+    /// What the layer computes.
     pub op: LayerOp,
     /// ReLU after this layer (all convolutions, fc6 and fc7; fc8 is linear).
     pub relu: bool,
     /// Dropout after this layer (fc6 and fc7).
     pub dropout: bool,
+    /// The shape of one image's input to the layer.
     pub input: Chw,
+    /// The shape of one image's output of the layer.
     pub output: Chw,
+    /// Weight count.
     pub weights: u64,
+    /// Bias count.
     pub biases: u64,
+    /// Weights plus biases.
     pub params: u64,
     /// Multiply-accumulates for one image.
     pub macs: u64,
@@ -104,14 +126,17 @@ pub struct LayerSpec {
 }
 
 impl LayerSpec {
+    /// Whether the layer is a convolution.
     pub fn is_conv(&self) -> bool {
         matches!(self.op, LayerOp::Conv { .. })
     }
 
+    /// Whether the layer is fully connected.
     pub fn is_linear(&self) -> bool {
         matches!(self.op, LayerOp::Linear)
     }
 
+    /// Whether the layer has weights.
     pub fn has_params(&self) -> bool {
         self.params > 0
     }
@@ -122,6 +147,15 @@ impl LayerSpec {
             LayerOp::Conv { .. } => Some(format!("features.{}", self.torch_index)),
             LayerOp::Linear => Some(format!("classifier.{}", self.torch_index)),
             LayerOp::MaxPool { .. } => None,
+        }
+    }
+
+    /// The torchvision module this layer is (`features.0`, `features.4` for a pool,
+    /// `classifier.6`), as torchinfo names rows.
+    pub fn torch_module(&self) -> String {
+        match self.op {
+            LayerOp::Linear => format!("classifier.{}", self.torch_index),
+            _ => format!("features.{}", self.torch_index),
         }
     }
 
@@ -143,7 +177,9 @@ impl LayerSpec {
 /// Activation and parameter memory for a batch, in bytes (f32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemoryEstimate {
+    /// The batch the estimate is for.
     pub batch: usize,
+    /// The input batch.
     pub input_bytes: u64,
     /// Every layer's output for the batch (torchinfo's "forward pass size").
     pub forward_activation_bytes: u64,
@@ -152,6 +188,7 @@ pub struct MemoryEstimate {
     /// What a forward-backward pass keeps for backward: the input, every layer's output
     /// (ReLU outputs double as their masks) and one index per pooled output.
     pub saved_for_backward_bytes: u64,
+    /// The parameters.
     pub param_bytes: u64,
     /// Parameters plus one gradient per parameter.
     pub params_and_grads_bytes: u64,
@@ -162,8 +199,11 @@ pub struct MemoryEstimate {
 /// The whole network's spec.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelSpec {
+    /// The configuration.
     pub model: VggConfig,
+    /// The options the spec was computed for.
     pub options: SpecOptions,
+    /// Every layer, input to output.
     pub layers: Vec<LayerSpec>,
 }
 
@@ -199,6 +239,7 @@ impl ModelSpec {
         })
     }
 
+    /// The shape of one input image.
     pub fn input(&self) -> Chw {
         Chw {
             channels: self.options.in_channels,
@@ -207,18 +248,22 @@ impl ModelSpec {
         }
     }
 
+    /// The layer named `name`, if any.
     pub fn layer(&self, name: &str) -> Option<&LayerSpec> {
         self.layers.iter().find(|l| l.name == name)
     }
 
+    /// The number of parameters.
     pub fn params(&self) -> u64 {
         self.layers.iter().map(|l| l.params).sum()
     }
 
+    /// The number of weights.
     pub fn weights(&self) -> u64 {
         self.layers.iter().map(|l| l.weights).sum()
     }
 
+    /// The number of biases.
     pub fn biases(&self) -> u64 {
         self.layers.iter().map(|l| l.biases).sum()
     }
@@ -396,12 +441,21 @@ impl ModelSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workload {
     /// Creating, loading or saving weights, without running the network.
-    Weights { copies: u64 },
+    Weights {
+        /// Parameter-sized buffers held at once.
+        copies: u64,
+    },
     /// A forward pass without a tape: one layer's input and output alive at a time.
-    Inference { copies: u64 },
+    Inference {
+        /// Parameter-sized buffers held at once.
+        copies: u64,
+    },
     /// A forward pass that keeps what backward needs, the backward pass and a gradient per
     /// parameter (counted apart from `copies`).
-    Training { copies: u64 },
+    Training {
+        /// Parameter-sized buffers held at once, besides the gradients.
+        copies: u64,
+    },
 }
 
 fn too_large(what: String) -> SpecError {

@@ -2,6 +2,8 @@
 //! element is one FLOP (1 MAC = 2 FLOPs), so "Gelem/s" reads as GFLOP/s.
 //!
 //! `cargo bench -p vgg-ndarray --bench kernels` (add `-- conv` etc. to filter).
+// criterion_group! defines an undocumented public function.
+#![allow(missing_docs)]
 
 use std::time::Duration;
 

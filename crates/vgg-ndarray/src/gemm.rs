@@ -5,11 +5,17 @@ use gemm::Parallelism;
 /// A strided matrix view into a slice: element (i, j) is at `offset + i*row_stride + j*col_stride`.
 #[derive(Clone, Copy)]
 pub struct Mat<'a> {
+    /// The elements' storage.
     pub data: &'a [f32],
+    /// Index of element (0, 0).
     pub offset: usize,
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Elements between one row and the next.
     pub row_stride: usize,
+    /// Elements between one column and the next.
     pub col_stride: usize,
 }
 
@@ -44,10 +50,15 @@ impl<'a> Mat<'a> {
 
 /// A strided mutable destination, laid out like `Mat`.
 pub struct MatMut<'a> {
+    /// The elements' storage.
     pub data: &'a mut [f32],
+    /// Index of element (0, 0).
     pub offset: usize,
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Elements between one row and the next (columns are contiguous).
     pub row_stride: usize,
 }
 

@@ -129,6 +129,7 @@ impl CpuBackend {
         })
     }
 
+    /// The number of threads the kernels use.
     pub fn threads(&self) -> usize {
         self.threads
     }

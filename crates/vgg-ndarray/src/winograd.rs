@@ -700,7 +700,7 @@ pub(crate) fn forward_transformed(
     });
 }
 
-/// dW for a 3x3 stride-1 convolution (`applies`): per chunk, dU[pos] += dM[pos] V[pos]^T with
+/// dW for a 3x3 stride-1 convolution (`applies`): per chunk, `dU[pos] += dM[pos] V[pos]^T` with
 /// dM = A dY At and V = Bt x B as in the forward pass; then dW = Gt dU G. Each thread sums its
 /// own chunks (a fixed split, so the result does not depend on scheduling).
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) -> Vec<f32> {

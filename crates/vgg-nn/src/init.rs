@@ -16,20 +16,34 @@ use vgg_tensor::{Backend, Result, Shape, TensorError};
 pub struct CounterRng {
     seed: u64,
     index: u64,
+    /// The low half of the last 64 bits, when `next_u32` has used only the high half.
+    spare: Option<u32>,
 }
 
 impl CounterRng {
+    /// A generator whose sequence is fixed by `seed`.
     pub fn new(seed: u64) -> CounterRng {
-        CounterRng { seed, index: 0 }
+        CounterRng {
+            seed,
+            index: 0,
+            spare: None,
+        }
     }
 }
 
 impl RngCore for CounterRng {
+    /// Both halves of each 64 bits serve: the high half, then the low one.
     fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
+        if let Some(low) = self.spare.take() {
+            return low;
+        }
+        let bits = self.next_u64();
+        self.spare = Some(bits as u32);
+        (bits >> 32) as u32
     }
 
     fn next_u64(&mut self) -> u64 {
+        self.spare = None;
         let bits = vgg_tensor::random::bits(self.seed, self.index);
         self.index = self.index.wrapping_add(1);
         bits
@@ -64,6 +78,7 @@ fn bad_parameters(what: String) -> TensorError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+/// How a parameter tensor's initial values are drawn.
 pub enum Init {
     /// Glorot & Bengio: uniform on +-sqrt(6 / (fan_in + fan_out)); TensorFlow's xavier_initializer.
     XavierUniform,
@@ -71,9 +86,12 @@ pub enum Init {
     KaimingNormalFanOut,
     /// He et al.: normal with std sqrt(2 / fan_in).
     KaimingNormalFanIn,
+    /// Normal with mean 0 and standard deviation `std`.
     Normal {
+        /// The standard deviation.
         std: f32,
     },
+    /// Every value the same.
     Constant(f32),
 }
 
@@ -91,6 +109,7 @@ pub fn fans(shape: &Shape) -> (usize, usize) {
 }
 
 impl Init {
+    /// A tensor of `shape` drawn on `backend`; the same seed gives the same values on every backend.
     pub fn tensor<B: Backend>(self, backend: &B, shape: &Shape, seed: u64) -> Result<B::Tensor> {
         let (fan_in, fan_out) = fans(shape);
         let normal = |std: f32| {
@@ -120,9 +139,13 @@ impl Init {
 /// How a network's weights and biases start.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InitScheme {
+    /// Initialiser of convolution weights.
     pub conv_weight: Init,
+    /// Initialiser of convolution biases.
     pub conv_bias: Init,
+    /// Initialiser of fully connected weights.
     pub linear_weight: Init,
+    /// Initialiser of fully connected biases.
     pub linear_bias: Init,
 }
 

@@ -29,33 +29,42 @@ impl RunOptions {
     };
 }
 
+/// A 2-D convolution with bias: OIHW weights.
 pub struct Conv2d<B: Backend> {
-    /// [out, in, kh, kw]
+    /// `[out, in, kh, kw]`
     pub weight: B::Tensor,
-    /// [out]
+    /// `[out]`
     pub bias: B::Tensor,
+    /// Stride and padding.
     pub params: Conv2dParams,
 }
 
+/// A fully connected layer with bias: [out, in] weights.
 pub struct Linear<B: Backend> {
-    /// [out, in]
+    /// `[out, in]`
     pub weight: B::Tensor,
-    /// [out]
+    /// `[out]`
     pub bias: B::Tensor,
 }
 
 /// One module of a `Sequential`.
 pub enum Layer<B: Backend> {
+    /// A convolution with bias.
     Conv2d(Conv2d<B>),
+    /// A fully connected layer with bias.
     Linear(Linear<B>),
+    /// A max-pool.
     MaxPool2d(Pool2dParams),
+    /// max(x, 0).
     Relu,
+    /// Dropout, the identity here: VGG's forward is benchmarked and evaluated without it.
     Dropout,
     /// [N, ...] to [N, rest].
     Flatten,
 }
 
 impl<B: Backend> Layer<B> {
+    /// A convolution of `in_channels` to `out_channels` with a square `kernel`, initialised by `init`.
     pub fn conv2d(
         backend: &B,
         in_channels: usize,
@@ -79,6 +88,7 @@ impl<B: Backend> Layer<B> {
         }))
     }
 
+    /// A fully connected layer of `inputs` to `outputs`, initialised by `init`.
     pub fn linear(
         backend: &B,
         in_features: usize,
@@ -108,6 +118,7 @@ impl<B: Backend> Layer<B> {
         }
     }
 
+    /// The layer's weight and bias, for layers that have them.
     pub fn params_mut(&mut self) -> Option<(&mut B::Tensor, &mut B::Tensor)> {
         match self {
             Layer::Conv2d(c) => Some((&mut c.weight, &mut c.bias)),
@@ -119,11 +130,14 @@ impl<B: Backend> Layer<B> {
 
 /// Modules applied in order; parameters are named `{prefix}.{index}.weight` and `.bias`.
 pub struct Sequential<B: Backend> {
+    /// Prepended to every parameter's name (`features`, `classifier`).
     pub prefix: String,
+    /// The layers, input to output.
     pub layers: Vec<Layer<B>>,
 }
 
 impl<B: Backend> Sequential<B> {
+    /// A stack of `layers` whose parameters are named under `prefix`.
     pub fn new(prefix: impl Into<String>, layers: Vec<Layer<B>>) -> Sequential<B> {
         Sequential {
             prefix: prefix.into(),
@@ -146,6 +160,7 @@ impl<B: Backend> Sequential<B> {
             .collect()
     }
 
+    /// Every parameter with its name (`prefix.index.weight`), mutable.
     pub fn named_params_mut(&mut self) -> Vec<(String, &mut B::Tensor)> {
         let prefix = &self.prefix;
         self.layers

@@ -8,20 +8,30 @@ use vgg_tensor::{AdamParams, Backend, DeviceTensor, Result, Shape, TensorError};
 use crate::io::HostTensor;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+/// The update rule of an optimiser, with its hyper-parameters.
 pub enum OptimizerKind {
+    /// Stochastic gradient descent, as PyTorch's SGD.
     Sgd {
+        /// Weight of the previous update (0 for plain SGD).
         momentum: f32,
+        /// L2 penalty added to the gradient.
         weight_decay: f32,
     },
+    /// Adam (Kingma & Ba 2015), as PyTorch's Adam.
     Adam {
+        /// Decay of the first-moment estimate.
         beta1: f32,
+        /// Decay of the second-moment estimate.
         beta2: f32,
+        /// Added to the denominator for stability.
         eps: f32,
+        /// L2 penalty added to the gradient.
         weight_decay: f32,
     },
 }
 
 impl OptimizerKind {
+    /// The optimiser's name (`sgd`, `adam`).
     pub fn name(&self) -> &'static str {
         match self {
             OptimizerKind::Sgd { .. } => "sgd",
@@ -41,19 +51,24 @@ impl OptimizerKind {
 /// How the learning rate changes with the epoch (counted from 0).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Schedule {
+    /// The base rate throughout.
     Constant,
     /// Multiply by `gamma` every `every` epochs.
     Step {
+        /// Epochs between reductions.
         every: usize,
+        /// Factor of each reduction.
         gamma: f32,
     },
     /// Cosine decay from the base rate to 0 over `epochs`.
     Cosine {
+        /// Epochs over which the rate falls to 0.
         epochs: usize,
     },
 }
 
 impl Schedule {
+    /// The rate for `epoch` (from 0) when the base rate is `base`.
     pub fn lr(&self, base: f32, epoch: usize) -> f32 {
         match *self {
             Schedule::Constant => base,
@@ -68,6 +83,7 @@ impl Schedule {
 
 /// An optimiser and its state (one set of slots per parameter, created on first use).
 pub struct Optimizer<B: Backend> {
+    /// The update rule.
     pub kind: OptimizerKind,
     /// Steps taken so far.
     pub steps: u64,
@@ -75,6 +91,7 @@ pub struct Optimizer<B: Backend> {
 }
 
 impl<B: Backend> Optimizer<B> {
+    /// An optimiser with no state yet; state is made on the first step.
     pub fn new(kind: OptimizerKind) -> Optimizer<B> {
         Optimizer {
             kind,

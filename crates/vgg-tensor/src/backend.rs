@@ -24,6 +24,7 @@ use crate::{DeviceTensor, TensorError};
 
 /// A compute device: its tensor type, how tensors are made and moved, and device control.
 pub trait Device: Clone + fmt::Debug + Send + Sync + 'static {
+    /// The backend's tensor, which lives on its device.
     type Tensor: DeviceTensor;
 
     /// A human-readable description: "cpu (2 threads)", the GPU's name.
@@ -60,6 +61,7 @@ pub trait Device: Clone + fmt::Debug + Send + Sync + 'static {
     /// The same values under another shape of the same size, without copying.
     fn reshape(&self, t: &Self::Tensor, shape: &Shape) -> Result<Self::Tensor>;
 
+    /// A tensor of zeros.
     fn zeros(&self, shape: &Shape) -> Result<Self::Tensor> {
         self.full(shape, 0.0)
     }
@@ -150,6 +152,7 @@ pub trait Matmul: Device {
 
 /// 2-D convolution (NCHW input, OIHW weight), any stride and padding.
 pub trait Convolution: Device {
+    /// Cross-correlation of NCHW `x` with OIHW `w` (no bias), as PyTorch's conv2d.
     fn conv2d(&self, x: &Self::Tensor, w: &Self::Tensor, p: Conv2dParams) -> Result<Self::Tensor>;
 
     /// Gradient with respect to the input, given the output gradient.
@@ -268,7 +271,7 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
 
     // ---- layers' pieces ----
 
-    /// Adds `b` ([C]) to every pixel of channel c of an NCHW tensor.
+    /// Adds `b` (`[C]`) to every pixel of channel c of an NCHW tensor.
     fn add_channel_bias(&self, x: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
         composite::add_channel_bias(self, x, b)
     }
@@ -278,16 +281,17 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         composite::channel_bias_grad(self, dy)
     }
 
-    /// Adds `b` ([F]) to every row of an [N, F] tensor.
+    /// Adds `b` (`[F]`) to every row of an [N, F] tensor.
     fn add_row_bias(&self, x: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
         composite::add_row_bias(self, x, b)
     }
 
-    /// Sums an [N, F] tensor over its rows: [F]. The gradient of `add_row_bias`.
+    /// Sums an [N, F] tensor over its rows: `[F]`. The gradient of `add_row_bias`.
     fn sum_rows(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
         composite::sum_rows(self, x)
     }
 
+    /// max(x, 0) elementwise; NaN stays NaN.
     fn relu(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
         self.unary(UnaryOp::Relu, x)
     }

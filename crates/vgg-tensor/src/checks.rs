@@ -96,7 +96,7 @@ pub fn check_keep_prob(op: &'static str, keep_prob: f32) -> Result<()> {
     }
 }
 
-/// Checks an [N, F] tensor against a bias of [F]; returns (N, F).
+/// Checks an [N, F] tensor against a bias of `[F]`; returns (N, F).
 pub fn check_row_bias(op: &'static str, x: &Shape, b: &Shape) -> Result<(usize, usize)> {
     let (n, f) = x.matrix(op)?;
     if b.dims() != [f] {
@@ -110,7 +110,7 @@ pub fn check_row_bias(op: &'static str, x: &Shape, b: &Shape) -> Result<(usize, 
     Ok((n, f))
 }
 
-/// Checks an NCHW tensor against a bias of [C]; returns (N, C, H, W).
+/// Checks an NCHW tensor against a bias of `[C]`; returns (N, C, H, W).
 pub fn check_channel_bias(
     op: &'static str,
     x: &Shape,

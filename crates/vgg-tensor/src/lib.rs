@@ -40,30 +40,56 @@ pub mod prelude {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
     #[error("{op}: shapes do not match ({what}): {lhs} vs {rhs}")]
+    /// Two operands' shapes do not fit together.
     ShapeMismatch {
+        /// The op.
         op: &'static str,
+        /// Which dimensions disagree.
         what: &'static str,
+        /// The first operand's shape.
         lhs: Shape,
+        /// The second operand's shape.
         rhs: Shape,
     },
     #[error("{op}: expected a rank-{expected} tensor, got shape {shape}")]
+    /// An operand has the wrong number of dimensions.
     Rank {
+        /// The op.
         op: &'static str,
+        /// The rank the op needs.
         expected: usize,
+        /// The operand's shape.
         shape: Shape,
     },
     #[error("{op}: {message}")]
-    InvalidArgument { op: &'static str, message: String },
+    /// An argument is out of range.
+    InvalidArgument {
+        /// The op.
+        op: &'static str,
+        /// What is wrong, in words.
+        message: String,
+    },
     #[error("shape {shape} has too many elements to address")]
-    TooLarge { shape: Shape },
+    /// The tensor's element count overflows.
+    TooLarge {
+        /// The shape asked for.
+        shape: Shape,
+    },
     #[error("out of device memory allocating {bytes} bytes")]
-    OutOfMemory { bytes: u64 },
+    /// The device could not allocate the tensor.
+    OutOfMemory {
+        /// The bytes asked for.
+        bytes: u64,
+    },
     #[error("backend unavailable: {0}")]
+    /// The backend cannot be used here (no driver, no GPU).
     Unavailable(String),
     #[error("device error: {0}")]
+    /// The device failed at run time.
     Device(String),
 }
 
+/// Results of tensor operations.
 pub type Result<T, E = TensorError> = std::result::Result<T, E>;
 
 /// ReLU of one value, as every backend computes it: negatives become 0 and NaN stays NaN (as in
@@ -81,9 +107,13 @@ pub fn relu(v: f32) -> f32 {
 /// Hyper-parameters of one Adam step (Kingma & Ba 2015).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamParams {
+    /// Learning rate.
     pub lr: f32,
+    /// Decay of the first-moment estimate.
     pub beta1: f32,
+    /// Decay of the second-moment estimate.
     pub beta2: f32,
+    /// Added to the denominator for stability.
     pub eps: f32,
     /// L2 penalty added to the gradient (as PyTorch's Adam does).
     pub weight_decay: f32,
@@ -93,6 +123,7 @@ pub struct AdamParams {
 
 /// A tensor living on some device. Cloning is cheap (the buffer is shared).
 pub trait DeviceTensor: Clone + fmt::Debug + Send + Sync + 'static {
+    /// The tensor's shape.
     fn shape(&self) -> &Shape;
 
     /// Bytes of the buffer this tensor views.

@@ -5,15 +5,21 @@
 /// An elementwise function of one value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UnaryOp {
+    /// -x.
     Neg,
+    /// |x|.
     Abs,
+    /// e^x.
     Exp,
     /// Natural logarithm (NaN below 0, -inf at 0).
     Log,
+    /// The square root (NaN below 0).
     Sqrt,
     /// 1 / x.
     Recip,
+    /// x * x.
     Square,
+    /// The hyperbolic tangent.
     Tanh,
     /// 1 / (1 + e^-x).
     Sigmoid,
@@ -22,6 +28,7 @@ pub enum UnaryOp {
 }
 
 impl UnaryOp {
+    /// Every op, for tests that walk them all.
     pub const ALL: [UnaryOp; 10] = [
         UnaryOp::Neg,
         UnaryOp::Abs,
@@ -52,6 +59,7 @@ impl UnaryOp {
         }
     }
 
+    /// The op's name, as kernels and errors spell it.
     pub fn name(self) -> &'static str {
         match self {
             UnaryOp::Neg => "neg",
@@ -82,9 +90,13 @@ pub fn sigmoid(x: f32) -> f32 {
 /// An elementwise function of two values, with NumPy broadcasting of the operands' shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BinaryOp {
+    /// a + b.
     Add,
+    /// a - b.
     Sub,
+    /// a * b.
     Mul,
+    /// a / b.
     Div,
     /// The larger; NaN if either is NaN.
     Max,
@@ -97,6 +109,7 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
+    /// Every op, for tests that walk them all.
     pub const ALL: [BinaryOp; 8] = [
         BinaryOp::Add,
         BinaryOp::Sub,
@@ -135,6 +148,7 @@ impl BinaryOp {
         }
     }
 
+    /// The op's name, as kernels and errors spell it.
     pub fn name(self) -> &'static str {
         match self {
             BinaryOp::Add => "add",
@@ -161,6 +175,7 @@ pub enum ReduceOp {
 }
 
 impl ReduceOp {
+    /// Every op, for tests that walk them all.
     pub const ALL: [ReduceOp; 3] = [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min];
 
     /// The reduction of `values`, as every backend computes it.
@@ -176,6 +191,7 @@ impl ReduceOp {
         }
     }
 
+    /// The op's name, as kernels and errors spell it.
     pub fn name(self) -> &'static str {
         match self {
             ReduceOp::Sum => "sum",

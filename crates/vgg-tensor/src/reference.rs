@@ -27,6 +27,7 @@ pub struct RefTensor {
 }
 
 impl RefTensor {
+    /// The values in row-major order.
     pub fn values(&self) -> &[f32] {
         &self.data
     }

@@ -9,18 +9,22 @@ use crate::{Result, TensorError};
 pub struct Shape(pub Vec<usize>);
 
 impl Shape {
+    /// A shape of `dims`, outermost first.
     pub fn new(dims: impl Into<Vec<usize>>) -> Shape {
         Shape(dims.into())
     }
 
+    /// The shape of a scalar (no dimensions, one element).
     pub fn scalar() -> Shape {
         Shape(Vec::new())
     }
 
+    /// The dimensions, outermost first.
     pub fn dims(&self) -> &[usize] {
         &self.0
     }
 
+    /// The number of dimensions.
     pub fn rank(&self) -> usize {
         self.0.len()
     }
@@ -114,7 +118,9 @@ impl From<Vec<usize>> for Shape {
 /// Stride and zero padding of a 2-D convolution, the same along height and width.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Conv2dParams {
+    /// Step between windows.
     pub stride: usize,
+    /// Zeros added on each side.
     pub padding: usize,
 }
 
@@ -130,7 +136,9 @@ impl Default for Conv2dParams {
 /// The window of a 2-D max-pool (no padding; sizes are floored).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Pool2dParams {
+    /// Side of the square window.
     pub kernel: usize,
+    /// Step between windows.
     pub stride: usize,
 }
 
@@ -143,16 +151,27 @@ pub fn window_len(len: usize, kernel: usize, stride: usize, padding: usize) -> O
 /// The validated geometry of one convolution: everything a kernel needs to index safely.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConvGeometry {
+    /// Images.
     pub batch: usize,
+    /// Input channels.
     pub in_channels: usize,
+    /// Input height.
     pub in_h: usize,
+    /// Input width.
     pub in_w: usize,
+    /// Output channels (filters).
     pub out_channels: usize,
+    /// Filter height.
     pub kernel_h: usize,
+    /// Filter width.
     pub kernel_w: usize,
+    /// Output height.
     pub out_h: usize,
+    /// Output width.
     pub out_w: usize,
+    /// Step between windows.
     pub stride: usize,
+    /// Zeros added on each side.
     pub padding: usize,
 }
 
@@ -211,6 +230,7 @@ impl ConvGeometry {
         })
     }
 
+    /// Stride and padding.
     pub fn params(&self) -> Conv2dParams {
         Conv2dParams {
             stride: self.stride,
@@ -218,10 +238,12 @@ impl ConvGeometry {
         }
     }
 
+    /// NCHW shape of the input.
     pub fn input_shape(&self) -> Shape {
         Shape::from([self.batch, self.in_channels, self.in_h, self.in_w])
     }
 
+    /// OIHW shape of the weights.
     pub fn weight_shape(&self) -> Shape {
         Shape::from([
             self.out_channels,
@@ -231,6 +253,7 @@ impl ConvGeometry {
         ])
     }
 
+    /// NCHW shape of the output.
     pub fn output_shape(&self) -> Shape {
         Shape::from([self.batch, self.out_channels, self.out_h, self.out_w])
     }
@@ -272,13 +295,21 @@ impl ConvGeometry {
 /// The validated geometry of one pooling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolGeometry {
+    /// Images.
     pub batch: usize,
+    /// Channels (the same in and out).
     pub channels: usize,
+    /// Input height.
     pub in_h: usize,
+    /// Input width.
     pub in_w: usize,
+    /// Output height.
     pub out_h: usize,
+    /// Output width.
     pub out_w: usize,
+    /// Side of the square window.
     pub kernel: usize,
+    /// Step between windows.
     pub stride: usize,
 }
 
@@ -321,10 +352,12 @@ impl PoolGeometry {
         }
     }
 
+    /// NCHW shape of the input.
     pub fn input_shape(&self) -> Shape {
         Shape::from([self.batch, self.channels, self.in_h, self.in_w])
     }
 
+    /// NCHW shape of the output.
     pub fn output_shape(&self) -> Shape {
         Shape::from([self.batch, self.channels, self.out_h, self.out_w])
     }

@@ -6,42 +6,70 @@ use std::path::{Path, PathBuf};
 use vgg_nn::io;
 
 #[derive(Debug, thiserror::Error)]
+/// Why a dataset could not be loaded.
 pub enum DataError {
     #[error("{dir} does not hold the {dataset} files: missing {missing}; {hint}")]
+    /// Files the dataset needs are not in the directory.
     Missing {
+        /// The dataset's name.
         dataset: &'static str,
+        /// The directory searched.
         dir: PathBuf,
+        /// The files not found.
         missing: String,
+        /// Where to get them.
         hint: &'static str,
     },
     #[error(transparent)]
+    /// A file could not be read.
     Io(#[from] io::IoError),
     #[error("{path}: {problem}")]
-    Corrupt { path: PathBuf, problem: String },
+    /// A file is not what the dataset's format says.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
     #[error("a test fraction of {test_fraction} of {images} images leaves no training or no test images: choose a fraction that keeps at least one of each")]
-    EmptySplit { images: usize, test_fraction: f64 },
+    /// The split leaves the training or the test set empty.
+    EmptySplit {
+        /// Images in the dataset.
+        images: usize,
+        /// The fraction held out for testing.
+        test_fraction: f64,
+    },
 }
 
 /// Images (NCHW, f32) and their class labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
+    /// Images, NCHW f32, one after another.
     pub images: Vec<f32>,
+    /// The class of each image.
     pub labels: Vec<usize>,
+    /// Channels per image.
     pub channels: usize,
+    /// Image height.
     pub height: usize,
+    /// Image width.
     pub width: usize,
+    /// Number of classes (labels are below it).
     pub classes: usize,
 }
 
 impl Dataset {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
+    /// Values per image.
     pub fn image_len(&self) -> usize {
         self.channels * self.height * self.width
     }
@@ -56,6 +84,7 @@ impl Dataset {
         (images, indices.iter().map(|&i| self.labels[i]).collect())
     }
 
+    /// The images at `indices`, in that order.
     pub fn subset(&self, indices: &[usize]) -> Dataset {
         let (images, labels) = self.gather(indices);
         Dataset {
@@ -117,17 +146,40 @@ fn require(
 /// five pools need at least 32x32.
 pub const DIGITS_SIZE: usize = 32;
 
-/// The 1,797 digits, grey levels 0..16 mapped to [-1, 1] and enlarged to 32x32.
+const DIGITS_FILES: [&str; 2] = ["digits-images.npy", "digits-labels.npy"];
+
+/// The digits files, carried in the binary so that `vgg train` works from any directory.
+const SHIPPED_IMAGES: &[u8] = include_bytes!("../../../data/digits/digits-images.npy");
+const SHIPPED_LABELS: &[u8] = include_bytes!("../../../data/digits/digits-labels.npy");
+
+/// The 1,797 digits shipped in `data/digits` (and carried in the binary), grey levels 0..16
+/// mapped to [-1, 1] and enlarged to 32x32.
+pub fn shipped_digits() -> Result<Dataset, DataError> {
+    let dir = Path::new("data/digits");
+    let images = io::parse_npy(SHIPPED_IMAGES, &dir.join(DIGITS_FILES[0]))?;
+    let labels = io::parse_npy(SHIPPED_LABELS, &dir.join(DIGITS_FILES[1]))?;
+    digits_from(dir, images, labels)
+}
+
+/// The digits from the two `.npy` files in `dir`, as `shipped_digits` gives them.
 pub fn load_digits(dir: &Path) -> Result<Dataset, DataError> {
-    const FILES: [&str; 2] = ["digits-images.npy", "digits-labels.npy"];
     require(
         "digits",
         dir,
-        &FILES,
-        "the repository ships them in data/digits (made by scripts/convert_digits.py)",
+        &DIGITS_FILES,
+        "the repository ships them in data/digits (made by scripts/convert_digits.py), and vgg carries them: leave out --data",
     )?;
-    let images = io::load_npy(&dir.join(FILES[0]))?;
-    let labels = io::load_npy(&dir.join(FILES[1]))?;
+    let images = io::load_npy(&dir.join(DIGITS_FILES[0]))?;
+    let labels = io::load_npy(&dir.join(DIGITS_FILES[1]))?;
+    digits_from(dir, images, labels)
+}
+
+fn digits_from(
+    dir: &Path,
+    images: io::HostTensor,
+    labels: io::HostTensor,
+) -> Result<Dataset, DataError> {
+    const FILES: [&str; 2] = DIGITS_FILES;
     let corrupt = |problem: String| DataError::Corrupt {
         path: dir.join(FILES[0]),
         problem,
@@ -301,6 +353,13 @@ mod tests {
             e.contains("missing data_batch_3.bin") && e.contains("cifar-10-batches-bin"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_shipped_digits_are_the_files_in_the_repository() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/digits");
+        assert_eq!(shipped_digits().unwrap(), load_digits(&dir).unwrap());
+        assert_eq!(shipped_digits().unwrap().len(), 1797);
     }
 
     #[test]

@@ -18,37 +18,64 @@ use vgg_tensor::{Backend, DeviceTensor, Shape};
 pub use data::{DataError, Dataset};
 
 #[derive(Debug, thiserror::Error)]
+/// Why training stopped.
 pub enum TrainError {
     #[error(transparent)]
+    /// The network could not be built or run.
     Model(#[from] ModelError),
     #[error(transparent)]
+    /// The tape failed.
     Autodiff(#[from] vgg_autodiff::AutodiffError),
     #[error(transparent)]
+    /// A backend op failed.
     Tensor(#[from] vgg_tensor::TensorError),
     #[error(
         "the loss became {value} at epoch {epoch}, step {step}: lower the learning rate (--lr) or try another optimiser"
     )]
-    NonFinite { value: f32, epoch: usize, step: u64 },
+    /// The loss became NaN or infinite.
+    NonFinite {
+        /// The loss.
+        value: f32,
+        /// The epoch, from 0.
+        epoch: usize,
+        /// The step, over all epochs.
+        step: u64,
+    },
     #[error("bad checkpoint: {0}")]
+    /// A checkpoint does not fit the run it should resume.
     Checkpoint(String),
     /// An `Observer` stopped training (a report could not be written, say).
     #[error("training stopped after epoch {epoch}: {reason}")]
-    Observer { epoch: usize, reason: String },
+    Observer {
+        /// Epochs finished.
+        epoch: usize,
+        /// What the observer said.
+        reason: String,
+    },
+    /// A `TrainConfig` field has a value that makes no sense.
     #[error("the training setting {setting} = {value} makes no sense: {expected}")]
     Setting {
         /// The `TrainConfig` field.
         setting: &'static str,
+        /// The value given.
         value: String,
+        /// What would make sense.
         expected: &'static str,
     },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
+/// How to train: epochs, batch, learning rate and its schedule, optimiser.
 pub struct TrainConfig {
+    /// Passes over the training set.
     pub epochs: usize,
+    /// Images per step.
     pub batch_size: usize,
+    /// Base learning rate.
     pub lr: f32,
+    /// How the learning rate changes with the epoch.
     pub schedule: Schedule,
+    /// The update rule.
     pub optimizer: OptimizerKind,
     /// Dropout's keep probability after fc6 and fc7 while training.
     pub keep_prob: f32,
@@ -57,14 +84,21 @@ pub struct TrainConfig {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+/// What one epoch did.
 pub struct EpochReport {
     /// Counted from 1.
     pub epoch: usize,
+    /// The learning rate used.
     pub lr: f32,
+    /// Mean loss over the training set.
     pub train_loss: f64,
+    /// Fraction of the training set classified right.
     pub train_accuracy: f64,
+    /// Mean loss over the test set.
     pub test_loss: f64,
+    /// Fraction of the test set classified right.
     pub test_accuracy: f64,
+    /// Wall-clock seconds of the epoch.
     pub seconds: f64,
 }
 
@@ -155,13 +189,17 @@ impl TrainConfig {
 
 /// What a checkpoint holds: the network, the optimiser and how many epochs are done.
 pub struct TrainState<B: Backend> {
+    /// The network being trained.
     pub model: Vgg<B>,
+    /// The optimiser and its state.
     pub optimizer: Optimizer<B>,
+    /// Epochs finished, counting those of a resumed checkpoint.
     pub epochs_done: usize,
 }
 
 /// What training reports as it goes.
 pub trait Observer<B: Backend> {
+    /// Called after each step with the steps done and the steps in the epoch.
     fn batch(&mut self, _done: usize, _total: usize) {}
     /// After each epoch; a checkpoint can be written from here.
     fn epoch(&mut self, _report: &EpochReport, _state: &TrainState<B>) -> Result<(), TrainError> {
@@ -275,9 +313,18 @@ pub fn train<B: Backend>(
 
 /// Metadata keys of a checkpoint, besides the model's own.
 pub mod meta {
+    /// Epochs done.
     pub const EPOCH: &str = "train.epoch";
+    /// Optimiser steps taken.
     pub const STEPS: &str = "train.steps";
+    /// The optimiser's name.
     pub const OPTIMIZER: &str = "train.optimizer";
+    /// The data set trained on (`digits`, `cifar10`), for evaluating the checkpoint later.
+    pub const DATASET: &str = "train.dataset";
+    /// The fraction of the data held out for testing, where the data set is split.
+    pub const TEST_FRACTION: &str = "train.test_fraction";
+    /// The seed of the split, the shuffles and the dropout masks.
+    pub const SEED: &str = "train.seed";
 }
 
 /// Weights, optimiser state and how far training got, as one safetensors file.

@@ -17,6 +17,7 @@ use super::{read_file, IoError};
 
 /// ImageNet's channel means and standard deviations (torchvision's Normalize).
 pub const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// ImageNet's per-channel standard deviation (RGB), as torchvision normalises.
 pub const STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Side of the centre crop the network sees.
 pub const CROP: usize = 224;

@@ -6,20 +6,24 @@
 pub mod image;
 mod npy;
 pub mod output;
+mod safetensors_file;
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 
 pub use npy::{load_npy, npy_bytes, parse_npy, save_npy};
 pub use output::{check_output, remove_partial_outputs, write_atomic, write_with};
+pub use safetensors_file::{save_safetensors, save_safetensors_streamed, sniff};
 
 /// A tensor in host memory, row-major.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Values in row-major order.
     pub data: Vec<f32>,
 }
 
@@ -45,57 +49,115 @@ impl HostTensor {
 /// Named tensors with the file's free-form metadata.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TensorFile {
+    /// Named tensors, in file order.
     pub tensors: Vec<(String, HostTensor)>,
+    /// The file's string metadata.
     pub metadata: HashMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Why a file could not be read or written.
 pub enum IoError {
-    #[error("cannot read {path}: {source}")]
+    // The OS error is part of the message, not a source, so it is printed once.
+    #[error("cannot read {path}: {error}")]
+    /// The file could not be read.
     Read {
+        /// The file.
         path: PathBuf,
-        source: std::io::Error,
+        /// What the system said.
+        error: std::io::Error,
     },
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {error}")]
+    /// The file could not be written.
     Write {
+        /// The file.
         path: PathBuf,
-        source: std::io::Error,
+        /// What the system said.
+        error: std::io::Error,
     },
-    #[error(
-        "{path} is not a valid safetensors file ({reason}); is it truncated or of another format?"
-    )]
-    BadSafetensors { path: PathBuf, reason: String },
-    #[error("{path}: tensor '{name}' is {dtype}, but only F32 is supported; convert it, e.g. in PyTorch with .float()")]
-    Dtype {
+    #[error("{path} is not a valid safetensors file ({reason}){}", what_it_is.as_deref().map_or_else(|| "; is it truncated or of another format?".to_string(), |k| format!(": it appears to be {k}")))]
+    /// The file is not valid safetensors.
+    BadSafetensors {
+        /// The file.
         path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+        /// What the file's first bytes say it is, where they are recognisable.
+        what_it_is: Option<String>,
+    },
+    #[error("{path}: tensor '{name}' is {dtype}, but only F32 is supported; convert it, e.g. in PyTorch with .float()")]
+    /// A tensor is not float32.
+    Dtype {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The tensor's dtype.
         dtype: String,
     },
     #[error("{path} is not a valid .npy file: {reason}")]
-    BadNpy { path: PathBuf, reason: String },
-    #[error("{path}: the array is {descr}, but only little-endian float32 ('<f4') is supported; convert it with arr.astype(np.float32)")]
-    NpyDtype { path: PathBuf, descr: String },
-    #[error("{path}: Fortran-ordered arrays are not supported; save np.ascontiguousarray(arr)")]
-    NpyFortran { path: PathBuf },
-    #[error("{path} is {kind}: vgg reads and writes only regular files, and never through a link; give the path of a regular file")]
-    NotRegularFile { path: PathBuf, kind: &'static str },
-    #[error("cannot write {path}: the directory {dir} does not exist")]
-    NoDirectory { path: PathBuf, dir: PathBuf },
-    #[error("{path} is {size}, more than the {available} of memory available to read it")]
-    TooLarge {
+    /// The file is not a valid `.npy` array.
+    BadNpy {
+        /// The file.
         path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    #[error("{path}: the array is {descr}, but only little-endian float32 ('<f4') is supported; convert it with arr.astype(np.float32)")]
+    /// The array's dtype is not little-endian float32.
+    NpyDtype {
+        /// The file.
+        path: PathBuf,
+        /// The dtype the header declares.
+        descr: String,
+    },
+    #[error("{path}: Fortran-ordered arrays are not supported; save np.ascontiguousarray(arr)")]
+    /// The array is stored in Fortran order.
+    NpyFortran {
+        /// The file.
+        path: PathBuf,
+    },
+    #[error("{path} is {kind}: vgg reads and writes only regular files, and never through a link; give the path of a regular file")]
+    /// The path is a link, a directory or a device, not a regular file.
+    NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, in words.
+        kind: &'static str,
+    },
+    #[error("cannot write {path}: the directory {dir} does not exist")]
+    /// The output's directory does not exist.
+    NoDirectory {
+        /// The output.
+        path: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
+    #[error("{path} is {size}, more than the {available} of memory available to read it")]
+    /// The file is larger than the memory available to read it.
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size, formatted.
         size: String,
+        /// The memory available, formatted.
         available: String,
     },
     #[error("{path}: {what}")]
-    BadImage { path: PathBuf, what: String },
+    /// An image could not be decoded or is out of bounds.
+    BadImage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        what: String,
+    },
 }
 
 /// A whole input file, refusing directories and files larger than the memory available.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, IoError> {
-    let err = |source| IoError::Read {
+    let err = |error| IoError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let mut file = std::fs::File::open(path).map_err(err)?;
     let meta = file.metadata().map_err(err)?;
@@ -128,7 +190,7 @@ fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
-fn f32_to_le(values: &[f32]) -> Vec<u8> {
+pub(crate) fn f32_to_le(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
@@ -143,6 +205,7 @@ pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<TensorFile, IoErro
         safetensors::SafeTensors::deserialize(bytes).map_err(|e| IoError::BadSafetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
+            what_it_is: sniff(bytes).map(str::to_string),
         })?;
     let metadata = safetensors::SafeTensors::read_metadata(bytes)
         .ok()
@@ -169,30 +232,10 @@ pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<TensorFile, IoErro
     Ok(TensorFile { tensors, metadata })
 }
 
-/// Writes named F32 tensors and metadata through the safe write path; values round-trip bit for
-/// bit.
-pub fn save_safetensors(path: &Path, file: &TensorFile) -> Result<(), IoError> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = file
-        .tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), f32_to_le(&t.data), t.shape.clone()))
-        .collect();
-    let views = bytes.iter().map(|(name, data, shape)| {
-        let view =
-            TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches the data");
-        (name.clone(), view)
-    });
-    let metadata = (!file.metadata.is_empty()).then(|| file.metadata.clone());
-    let out = safetensors::serialize(views, metadata).map_err(|e| IoError::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    write_atomic(path, &out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use safetensors::tensor::TensorView;
 
     fn tmp(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vgg-nn-io-{}", std::process::id()));

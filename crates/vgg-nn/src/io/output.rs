@@ -95,9 +95,9 @@ fn create_temporary(path: &Path) -> Result<tempfile::NamedTempFile, IoError> {
         // A new file gets the usual 0666 less the umask, as with any other tool.
         builder.permissions(Permissions::from_mode(0o666));
     }
-    builder.tempfile_in(&dir).map_err(|source| IoError::Write {
+    builder.tempfile_in(&dir).map_err(|error| IoError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -121,17 +121,18 @@ pub fn write_with(
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), IoError> {
     refuse_non_regular(path)?;
-    let err = |source| IoError::Write {
+    let err = |error| IoError::Write {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let temp = create_temporary(path)?;
     let temp_path = temp.path().to_path_buf();
     pending().push(temp_path.clone());
     let result = (|| {
-        let mut writer = BufWriter::new(temp);
+        // Through the File, not the NamedTempFile, whose errors name the temporary's path.
+        let mut writer = BufWriter::new(temp.as_file());
         fill(&mut writer).map_err(err)?;
-        let temp = writer.into_inner().map_err(|e| err(e.into_error()))?;
+        writer.into_inner().map_err(|e| err(e.into_error()))?;
         if let Some(permissions) = existing_permissions(path) {
             temp.as_file().set_permissions(permissions).map_err(err)?;
         }
