@@ -18,7 +18,9 @@ tasks:
       --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
       --mode forward|forward-backward|both
   gpu-bundle [DIR]   build what scripts/gpu-check.sh runs on a GPU machine without Rust into DIR
-                     (default .device-bin): the release `vgg` and vgg-cuda's test binaries";
+                     (default .device-bin): the release `vgg` and vgg-cuda's test binaries
+  figures            redraws the README's figures with `vgg` (docs/figures/vgg16.svg); a test
+                     checks they are what `vgg` draws now";
 
 /// The cargo that runs this task (falling back to the one on PATH).
 fn cargo_program() -> String {
@@ -302,12 +304,43 @@ fn strip_all(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The README's figures, each the output of one `vgg` command (the same list as the test
+/// `committed_figures_are_current` in vgg-cli).
+const FIGURES: [(&str, &[&str]); 1] = [(
+    "docs/figures/vgg16.svg",
+    &["summary", "--model", "vgg16", "--format", "svg"],
+)];
+
+fn figures() -> Result<()> {
+    cargo(&["build", "--quiet", "-p", "vgg-cli"])?;
+    let vgg = root().join("target/debug/vgg");
+    for (path, args) in FIGURES {
+        let out = Command::new(&vgg)
+            .args(args)
+            .output()
+            .context("running vgg")?;
+        if !out.status.success() {
+            bail!(
+                "vgg {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = root().join(path);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, &out.stdout)?;
+        eprintln!("wrote {} (vgg {})", path.display(), args.join(" "));
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("bench") => bench(&args[1..]),
         Some("gpu-bundle") => gpu_bundle(args.get(1).map(String::as_str).unwrap_or(".device-bin")),
+        Some("figures") => figures(),
         Some("-h" | "--help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -7,6 +7,7 @@ mod eval;
 mod exit;
 mod net;
 mod options;
+mod plot;
 mod progress;
 mod rf;
 mod signals;

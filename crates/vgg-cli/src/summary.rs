@@ -23,9 +23,10 @@ pub struct SummaryArgs {
     /// Images per batch, for the memory figures and the NCHW shapes
     #[arg(long, alias = "batch", default_value = "1", value_parser = args::positive)]
     pub batch_size: usize,
-    /// What stdout shows: an aligned table, JSON (schema vgg-summary/1), CSV or Markdown
+    /// What stdout shows: an aligned table, JSON (schema vgg-summary/1), CSV, Markdown, or SVG
+    /// (the network diagram)
     #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
+    pub format: SummaryFormat,
     /// The table's columns, comma-separated, from layer, module (torchvision's name), op, input,
     /// output, weights, biases, params, macs, rf, jump, memory; or `torchinfo` (module, input,
     /// output, params, macs) [default: layer,op,output,weights,biases,params,macs,rf,jump,memory]
@@ -123,7 +124,29 @@ pub fn run(a: &SummaryArgs) -> Result<String> {
     if columns.is_empty() {
         bail!("--columns names no column");
     }
-    render(&spec, a.batch_size, a.format, &columns, a.shapes)
+    let format = match a.format {
+        SummaryFormat::Svg => return crate::plot::network_diagram(&spec),
+        SummaryFormat::Table => Format::Table,
+        SummaryFormat::Json => Format::Json,
+        SummaryFormat::Csv => Format::Csv,
+        SummaryFormat::Markdown => Format::Markdown,
+    };
+    render(&spec, a.batch_size, format, &columns, a.shapes)
+}
+
+/// The summary's formats: the shared ones, and the diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SummaryFormat {
+    /// Aligned columns for people
+    Table,
+    /// One JSON document with a schema field
+    Json,
+    /// RFC 4180 CSV, numbers without separators
+    Csv,
+    /// A Markdown table
+    Markdown,
+    /// The network diagram: a block per layer, sized by its output, labelled with its shape
+    Svg,
 }
 
 /// JSON schema version; bump it when a field changes meaning or disappears.

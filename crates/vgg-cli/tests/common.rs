@@ -34,6 +34,7 @@ pub fn ok(args: &[&str]) -> String {
 /// Runs and expects a refusal: exit code 2, no panic, stderr starting with "error:" (one line
 /// for vgg's own refusals; clap adds the usage or a pointer to --help for a malformed command line),
 /// naming `needles`.
+#[allow(dead_code)]
 pub fn refused(args: &[&str], needles: &[&str]) {
     let out = vgg(args);
     let err = stderr(&out);

@@ -1,0 +1,315 @@
+//! Figures, drawn as SVG with plotters: the network diagram (`summary --format svg`) and the
+//! training curves (`train --plot`). SVG text is laid out by the viewer, so no font is needed here.
+
+use anyhow::{anyhow, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use vgg_model::{LayerOp, LayerSpec, ModelSpec};
+
+const CONV: RGBColor = RGBColor(78, 121, 167);
+const POOL: RGBColor = RGBColor(225, 87, 89);
+const LINEAR: RGBColor = RGBColor(89, 161, 79);
+const SOFTMAX: RGBColor = RGBColor(242, 142, 43);
+const INK: RGBColor = RGBColor(40, 40, 40);
+const TRAIN: RGBColor = RGBColor(31, 119, 180);
+const TEST: RGBColor = RGBColor(214, 39, 40);
+
+/// Plotters' errors borrow the backend's; ours own a message.
+fn drawn<T, E: std::fmt::Debug>(r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| anyhow!("drawing the figure: {e:?}"))
+}
+
+fn text(size: u32, colour: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
+    ("sans-serif", size)
+        .into_font()
+        .color(&colour)
+        .pos(Pos::new(h, v))
+}
+
+/// Compact counts: 1792 -> 1.8K, 138357544 -> 138.4M, 15470264320 -> 15.5G.
+fn compact(n: u64) -> String {
+    match n {
+        0..=999 => n.to_string(),
+        1_000..=999_999 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.1}G", n as f64 / 1e9),
+    }
+}
+
+/// One drawn block: a layer, or the softmax after the last.
+struct Block<'a> {
+    layer: Option<&'a LayerSpec>,
+    x: i32,
+    width: i32,
+    height: i32,
+    colour: RGBColor,
+    label: String,
+}
+
+/// The network as the VGG figures draw it: one block per layer, its height the spatial size, its
+/// width the channels (logarithmically), coloured by kind and labelled with the output shape;
+/// above each stage (the layers up to a pool), its parameters and the receptive field after it.
+pub fn network_diagram(spec: &ModelSpec) -> Result<String> {
+    const TOP: i32 = 78;
+    const MAX_HEIGHT: i32 = 220;
+    const GAP: i32 = 6;
+    const STAGE_GAP: i32 = 18;
+    const MARGIN: i32 = 24;
+    let input = spec.input();
+    let tallest = input.height.max(1) as f64;
+    let mut blocks = Vec::new();
+    let mut x = MARGIN;
+    for layer in &spec.layers {
+        let out = layer.output;
+        let (colour, width, height) = match layer.op {
+            LayerOp::Linear => (LINEAR, 16, 150),
+            LayerOp::Conv { .. } | LayerOp::MaxPool { .. } => {
+                let colour = if layer.is_conv() { CONV } else { POOL };
+                let channels = out.channels.max(1) as f64;
+                let width = 10 + (5.0 * channels.log2()).round() as i32;
+                // Square-root scale: pool5's 7 stays visible beside conv1's 224.
+                let height = (MAX_HEIGHT as f64 * (out.height as f64 / tallest).sqrt()) as i32;
+                (colour, width, height.max(18))
+            }
+        };
+        let label = match layer.op {
+            LayerOp::Linear => format!("{} {}", layer.name, out.channels),
+            _ => format!(
+                "{} {}x{}x{}",
+                layer.name, out.height, out.width, out.channels
+            ),
+        };
+        blocks.push(Block {
+            layer: Some(layer),
+            x,
+            width,
+            height,
+            colour,
+            label,
+        });
+        x += width
+            + if matches!(layer.op, LayerOp::MaxPool { .. }) {
+                STAGE_GAP
+            } else {
+                GAP
+            };
+    }
+    let classes = spec.options.classes;
+    blocks.push(Block {
+        layer: None,
+        x,
+        width: 16,
+        height: 100,
+        colour: SOFTMAX,
+        label: format!("softmax {classes}"),
+    });
+    x += 16 + MARGIN;
+    let label_room = blocks
+        .iter()
+        .map(|b| b.label.len() as i32 * 6)
+        .max()
+        .unwrap_or(0);
+    let width = x.max(560) as u32;
+    let middle = TOP + MAX_HEIGHT / 2;
+    let height = (TOP + MAX_HEIGHT + 12 + label_room + 40) as u32;
+
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+        drawn(root.fill(&WHITE))?;
+        let title = format!(
+            "{} (paper config {}), input {}x{}x{}: {} parameters, {} MACs per image",
+            spec.model.name(),
+            spec.model.paper_letter(),
+            input.height,
+            input.width,
+            input.channels,
+            crate::table::thousands(spec.params()),
+            compact(spec.macs()),
+        );
+        drawn(root.draw(&Text::new(
+            title,
+            (MARGIN, 10),
+            text(15, INK, HPos::Left, VPos::Top),
+        )))?;
+        draw_stages(&root, &blocks, TOP)?;
+        for b in &blocks {
+            let top = middle - b.height / 2;
+            drawn(root.draw(&Rectangle::new(
+                [(b.x, top), (b.x + b.width, top + b.height)],
+                b.colour.filled(),
+            )))?;
+            drawn(root.draw(&Rectangle::new(
+                [(b.x, top), (b.x + b.width, top + b.height)],
+                INK.stroke_width(1),
+            )))?;
+            let style =
+                text(11, INK, HPos::Right, VPos::Center).transform(FontTransform::Rotate270);
+            drawn(root.draw(&Text::new(
+                b.label.clone(),
+                (b.x + b.width / 2, TOP + MAX_HEIGHT + 10),
+                style,
+            )))?;
+        }
+        draw_legend(&root, MARGIN, height as i32 - 22)?;
+        drawn(root.present())?;
+    }
+    Ok(svg)
+}
+
+/// Each stage's parameters and receptive field, above its blocks.
+fn draw_stages(root: &DrawingArea<SVGBackend, Shift>, blocks: &[Block], top: i32) -> Result<()> {
+    let mut stage = 1;
+    let mut start: Option<i32> = None;
+    let mut params = 0u64;
+    for b in blocks {
+        let Some(layer) = b.layer else { continue };
+        if !matches!(layer.op, LayerOp::Conv { .. } | LayerOp::MaxPool { .. }) {
+            continue;
+        }
+        let first = *start.get_or_insert(b.x);
+        params += layer.params;
+        if let LayerOp::MaxPool { .. } = layer.op {
+            let centre = (first + b.x + b.width) / 2;
+            let rf = layer
+                .receptive_field
+                .map(|rf| format!("RF {}", rf.size))
+                .unwrap_or_default();
+            drawn(root.draw(&Text::new(
+                format!("stage {stage}"),
+                (centre, top - 44),
+                text(12, INK, HPos::Center, VPos::Top),
+            )))?;
+            drawn(root.draw(&Text::new(
+                format!("{} params", compact(params)),
+                (centre, top - 30),
+                text(11, INK, HPos::Center, VPos::Top),
+            )))?;
+            drawn(root.draw(&Text::new(
+                rf,
+                (centre, top - 17),
+                text(11, INK, HPos::Center, VPos::Top),
+            )))?;
+            stage += 1;
+            start = None;
+            params = 0;
+        }
+    }
+    Ok(())
+}
+
+fn draw_legend(root: &DrawingArea<SVGBackend, Shift>, x: i32, y: i32) -> Result<()> {
+    let entries = [
+        (CONV, "convolution + ReLU"),
+        (POOL, "max-pool"),
+        (LINEAR, "fully connected"),
+        (SOFTMAX, "softmax"),
+    ];
+    let mut at = x;
+    for (colour, name) in entries {
+        drawn(root.draw(&Rectangle::new(
+            [(at, y), (at + 12, y + 12)],
+            colour.filled(),
+        )))?;
+        drawn(root.draw(&Text::new(
+            name,
+            (at + 18, y + 6),
+            text(12, INK, HPos::Left, VPos::Center),
+        )))?;
+        at += 18 + name.len() as i32 * 7 + 24;
+    }
+    Ok(())
+}
+
+/// One epoch's figures for the training curves.
+pub struct EpochPoint {
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Mean test loss.
+    pub test_loss: f64,
+    /// Training accuracy, 0 to 1.
+    pub train_accuracy: f64,
+    /// Test accuracy, 0 to 1.
+    pub test_accuracy: f64,
+}
+
+/// Loss and accuracy against the epoch, side by side, train and test in each.
+pub fn training_curves(points: &[EpochPoint]) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (760, 300)).into_drawing_area();
+        drawn(root.fill(&WHITE))?;
+        let (left, right) = root.split_horizontally(380);
+        let max_loss = points
+            .iter()
+            .flat_map(|p| [p.train_loss, p.test_loss])
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::max)
+            .max(1e-6);
+        curves(
+            &left,
+            "cross-entropy loss",
+            points,
+            0.0..max_loss * 1.05,
+            |p| (p.train_loss, p.test_loss),
+            SeriesLabelPosition::UpperRight,
+        )?;
+        curves(
+            &right,
+            "accuracy",
+            points,
+            0.0..1.0,
+            |p| (p.train_accuracy, p.test_accuracy),
+            SeriesLabelPosition::LowerRight,
+        )?;
+        drawn(root.present())?;
+    }
+    Ok(svg)
+}
+
+fn curves(
+    area: &DrawingArea<SVGBackend, Shift>,
+    caption: &str,
+    points: &[EpochPoint],
+    y: std::ops::Range<f64>,
+    value: impl Fn(&EpochPoint) -> (f64, f64),
+    legend: SeriesLabelPosition,
+) -> Result<()> {
+    let epochs = points.len().max(2) as f64;
+    let mut chart = drawn(
+        ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 15))
+            .margin(12)
+            .x_label_area_size(34)
+            .y_label_area_size(46)
+            .build_cartesian_2d(1.0..epochs, y),
+    )?;
+    drawn(
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .x_labels(points.len().clamp(2, 10))
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_labels(6)
+            .draw(),
+    )?;
+    for (name, colour, pick) in [("train", TRAIN, 0usize), ("test", TEST, 1usize)] {
+        let series = points.iter().enumerate().map(|(i, p)| {
+            let (train, test) = value(p);
+            ((i + 1) as f64, if pick == 0 { train } else { test })
+        });
+        drawn(chart.draw_series(LineSeries::new(series, colour.stroke_width(2))))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
+    }
+    drawn(
+        chart
+            .configure_series_labels()
+            .position(legend)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .draw(),
+    )?;
+    Ok(())
+}
