@@ -19,7 +19,7 @@ tasks:
       --mode forward|forward-backward|both
   gpu-bundle [DIR]   build what scripts/gpu-check.sh runs on a GPU machine without Rust into DIR
                      (default .device-bin): the release `vgg` and vgg-cuda's test binaries
-  figures            redraws the README's figures with `vgg` (docs/figures/vgg16.svg); a test
+  figures            redraws the README's figures with `vgg` (docs/figures/*.svg); a test
                      checks they are what `vgg` draws now";
 
 /// The cargo that runs this task (falling back to the one on PATH).
@@ -306,10 +306,16 @@ fn strip_all(dir: &Path) -> Result<()> {
 
 /// The README's figures, each the output of one `vgg` command (the same list as the test
 /// `committed_figures_are_current` in vgg-cli).
-const FIGURES: [(&str, &[&str]); 1] = [(
-    "docs/figures/vgg16.svg",
-    &["summary", "--model", "vgg16", "--format", "svg"],
-)];
+const FIGURES: [(&str, &[&str]); 2] = [
+    (
+        "docs/figures/vgg16.svg",
+        &["summary", "--model", "vgg16", "--format", "svg"],
+    ),
+    (
+        "docs/figures/rf-three-3x3.svg",
+        &["rf", "--layers", "conv3,conv3,conv3", "--format", "svg"],
+    ),
+];
 
 fn figures() -> Result<()> {
     cargo(&["build", "--quiet", "-p", "vgg-cli"])?;

@@ -7,6 +7,7 @@ use vgg_model::{
 };
 
 use crate::args::{self, Format};
+use crate::plot::{FieldStep, WeightComparison};
 use crate::table::Table;
 
 /// JSON schema version of `--format json`; bump it when a field changes meaning or disappears.
@@ -21,9 +22,10 @@ pub struct RfArgs {
     /// (convolutions padded to keep the size, stride S), poolK or poolK/S (stride K by default)
     #[arg(long)]
     pub layers: Option<String>,
-    /// What stdout shows: an aligned table, JSON (schema vgg-rf/1), CSV or Markdown
+    /// What stdout shows: an aligned table, JSON (schema vgg-rf/1), CSV, Markdown, or SVG (the
+    /// fields drawn over the input pixels; for a stack, beside one kernel of the same field)
     #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
+    pub format: RfFormat,
     /// Accepted for old command lines; receptive fields depend on none of these
     #[arg(
         long,
@@ -45,13 +47,95 @@ pub fn run(a: &RfArgs) -> anyhow::Result<String> {
             "--image-size, --channels, --classes, --hidden and --width-mult do not change receptive fields: ignored"
         );
     }
+    let format = match a.format {
+        RfFormat::Table => Format::Table,
+        RfFormat::Json => Format::Json,
+        RfFormat::Csv => Format::Csv,
+        RfFormat::Markdown => Format::Markdown,
+        RfFormat::Svg => {
+            return match &a.layers {
+                Some(layers) => stack_picture(layers, &vgg_model::parse_stack(layers)?),
+                None => model_picture(&ModelSpec::new(a.model, SpecOptions::default())?),
+            }
+        }
+    };
     match &a.layers {
-        Some(layers) => stack(layers, &vgg_model::parse_stack(layers)?, a.format),
+        Some(layers) => stack(layers, &vgg_model::parse_stack(layers)?, format),
         None => Ok(model(
             &ModelSpec::new(a.model, SpecOptions::default())?,
-            a.format,
+            format,
         )),
     }
+}
+
+/// The receptive-field command's formats: the shared ones, and the picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RfFormat {
+    /// Aligned columns for people
+    Table,
+    /// One JSON document with a schema field
+    Json,
+    /// RFC 4180 CSV, numbers without separators
+    Csv,
+    /// A Markdown table
+    Markdown,
+    /// The fields drawn as nested squares over the input pixels
+    Svg,
+}
+
+fn model_picture(spec: &ModelSpec) -> anyhow::Result<String> {
+    // The first layer and the end of each stage: every layer's square would crowd the picture.
+    let steps: Vec<FieldStep> = spec
+        .layers
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| *i == 0 || matches!(l.op, vgg_model::LayerOp::MaxPool { .. }))
+        .filter_map(|(_, l)| {
+            Some(FieldStep {
+                layer: l.name.clone(),
+                size: l.receptive_field?.size,
+            })
+        })
+        .collect();
+    let input = spec.input();
+    crate::plot::receptive_fields(
+        &format!(
+            "{}: the receptive field after each stage, over a {}x{} input",
+            spec.model.name(),
+            input.height,
+            input.width
+        ),
+        &steps,
+        Some(input.height.max(input.width)),
+        None,
+    )
+}
+
+fn stack_picture(text: &str, stack: &[StackLayer]) -> anyhow::Result<String> {
+    let fields = stack_fields(stack)?;
+    let steps: Vec<FieldStep> = stack
+        .iter()
+        .zip(&fields)
+        .map(|(layer, field)| FieldStep {
+            layer: layer.to_string(),
+            size: field.size,
+        })
+        .collect();
+    let convs = stack.iter().filter(|l| l.kind == StackKind::Conv).count();
+    let last = fields.last().expect("a parsed stack is never empty").size;
+    let weights = match (convs, last.checked_mul(last)) {
+        (1.., Some(single)) => Some(WeightComparison {
+            stack: stack_weights_per_c2(stack)?,
+            single,
+        }),
+        _ => None,
+    };
+    crate::plot::receptive_fields(
+        &format!("{text}: how the receptive field grows"),
+        &steps,
+        None,
+        weights,
+    )
 }
 
 #[derive(Serialize)]

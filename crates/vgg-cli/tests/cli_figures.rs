@@ -157,13 +157,44 @@ fn the_training_curves_are_drawn() {
 
 #[test]
 fn committed_figures_are_current() {
-    // The README shows docs/figures/vgg16.svg; `cargo xtask figures` redraws it.
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/figures/vgg16.svg");
-    let committed = std::fs::read_to_string(&path).unwrap();
-    let now = ok(&["summary", "--model", "vgg16", "--format", "svg"]);
+    // The README shows these; `cargo xtask figures` redraws them (its list is the same).
+    let figures: [(&str, &[&str]); 2] = [
+        (
+            "vgg16.svg",
+            &["summary", "--model", "vgg16", "--format", "svg"],
+        ),
+        (
+            "rf-three-3x3.svg",
+            &["rf", "--layers", "conv3,conv3,conv3", "--format", "svg"],
+        ),
+    ];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/figures");
+    for (name, args) in figures {
+        let committed = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            committed == ok(args),
+            "docs/figures/{name} is not what vgg draws now: run `cargo xtask figures`"
+        );
+    }
+}
+
+#[test]
+fn the_receptive_field_picture_shows_three_3x3_against_one_7x7() {
+    let svg = ok(&["rf", "--layers", "conv3,conv3,conv3", "--format", "svg"]);
+    for label in [
+        "after conv3/1: 3x3",
+        "after conv3/1: 5x5",
+        "after conv3/1: 7x7",
+        "one 7x7 kernel",
+        "27 for the stack, 49 for one kernel",
+    ] {
+        assert!(svg.contains(label), "no '{label}' in {svg}");
+    }
+    check(&svg, "rf-stack", 0.05);
+    let svg = ok(&["rf", "--model", "vgg16", "--format", "svg"]);
     assert!(
-        committed == now,
-        "docs/figures/vgg16.svg is not what vgg draws now: run `cargo xtask figures`"
+        svg.contains("after pool5: 212x212") && svg.contains("input 224x224"),
+        "{svg}"
     );
+    check(&svg, "rf-vgg16", 0.05);
 }
