@@ -97,6 +97,35 @@ pub enum Format {
     Markdown,
 }
 
+/// How a report that can also be drawn is printed on stdout (summary, rf): the report formats,
+/// or its figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FigureFormat {
+    /// Aligned columns for people
+    Table,
+    /// One JSON document with a schema field
+    Json,
+    /// RFC 4180 CSV, numbers without separators
+    Csv,
+    /// A Markdown table
+    Markdown,
+    /// The figure, as SVG
+    Svg,
+}
+
+impl FigureFormat {
+    /// The report format, or None for the figure.
+    pub fn report(self) -> Option<Format> {
+        match self {
+            FigureFormat::Table => Some(Format::Table),
+            FigureFormat::Json => Some(Format::Json),
+            FigureFormat::Csv => Some(Format::Csv),
+            FigureFormat::Markdown => Some(Format::Markdown),
+            FigureFormat::Svg => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,14 +232,14 @@ fn load<B: Backend>(
     input: &InputArgs,
     work: Workload,
     stages: &Stages,
-) -> Result<(Vgg<B>, B::Tensor, String)> {
+) -> Result<(Vgg<B>, B::Tensor)> {
     if let Some(n) = input.source.random {
         stages.stage(&format!("loading {}", weights.display()));
         let vgg = load_model(backend, net, weights, None, n, work, "")?;
         let i = vgg.spec().input();
         let shape = Shape::from([n, i.channels, i.height, i.width]);
         let x = backend.random_normal(&shape, 0.0, 0.1, input.seed)?;
-        return Ok((vgg, x, format!("{n} random images (seed {})", input.seed)));
+        return Ok((vgg, x));
     }
     let files = &input.source.input;
     let first = io::read_file(&files[0])?;
@@ -251,11 +251,12 @@ fn load<B: Backend>(
         _ => {
             stages.stage(&format!("preprocessing {}", plural(files.len(), "image")));
             let mut data = Vec::new();
-            for (i, path) in files.iter().enumerate() {
-                let bytes = if i == 0 {
-                    first.clone()
-                } else {
-                    io::read_file(path)?
+            let mut first = Some(first);
+            for path in files {
+                // The first file is already read (to tell a .npy from an image).
+                let bytes = match first.take() {
+                    Some(bytes) => bytes,
+                    None => io::read_file(path)?,
                 };
                 if is_npy(path, &bytes) {
                     bail!(
@@ -291,8 +292,8 @@ fn load<B: Backend>(
         &format!(" for {n} {h}x{w} images of {what}"),
     )?;
     let shape = Shape::from(host.shape.clone());
-    vgg.check_input(&shape).with_context(|| what.clone())?;
-    Ok((vgg, backend.upload(&shape, &host.data)?, what))
+    vgg.check_input(&shape).with_context(|| what)?;
+    Ok((vgg, backend.upload(&shape, &host.data)?))
 }
 
 /// The `k` most probable classes of one row of probabilities.
@@ -306,7 +307,7 @@ pub fn forward<B: Backend>(backend: &B, a: &ForwardArgs) -> Result<String> {
     io::check_output(&a.output)?;
     let stages = Stages::new("reading the inputs");
     // The file's values, the weights and what replaces them while loading.
-    let (vgg, x, _) = load(
+    let (vgg, x) = load(
         backend,
         &a.net,
         &a.weights.weights,
@@ -345,7 +346,7 @@ pub fn backward<B: Backend>(backend: &B, a: &BackwardArgs) -> Result<String> {
     io::check_output(&a.output)?;
     let stages = Stages::new("reading the inputs");
     // As forward, plus a gradient's host copy at a time.
-    let (vgg, x, _) = load(
+    let (vgg, x) = load(
         backend,
         &a.net,
         &a.weights.weights,

@@ -7,6 +7,8 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use vgg_model::{LayerOp, LayerSpec, ModelSpec};
 
+use crate::table::si;
+
 const CONV: RGBColor = RGBColor(78, 121, 167);
 const POOL: RGBColor = RGBColor(225, 87, 89);
 const LINEAR: RGBColor = RGBColor(89, 161, 79);
@@ -25,16 +27,6 @@ fn text(size: u32, colour: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {
         .into_font()
         .color(&colour)
         .pos(Pos::new(h, v))
-}
-
-/// Compact counts: 1792 -> 1.8K, 138357544 -> 138.4M, 15470264320 -> 15.5G.
-fn compact(n: u64) -> String {
-    match n {
-        0..=999 => n.to_string(),
-        1_000..=999_999 => format!("{:.1}K", n as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.1}M", n as f64 / 1e6),
-        _ => format!("{:.1}G", n as f64 / 1e9),
-    }
 }
 
 /// One drawn block: a layer, or the softmax after the last.
@@ -126,7 +118,7 @@ pub fn network_diagram(spec: &ModelSpec) -> Result<String> {
             input.width,
             input.channels,
             crate::table::thousands(spec.params()),
-            compact(spec.macs()),
+            si(spec.macs()),
         );
         drawn(root.draw(&Text::new(
             title,
@@ -182,7 +174,7 @@ fn draw_stages(root: &DrawingArea<SVGBackend, Shift>, blocks: &[Block], top: i32
                 text(12, INK, HPos::Center, VPos::Top),
             )))?;
             drawn(root.draw(&Text::new(
-                format!("{} params", compact(params)),
+                format!("{} params", si(params)),
                 (centre, top - 30),
                 text(11, INK, HPos::Center, VPos::Top),
             )))?;

@@ -6,7 +6,7 @@ use vgg_model::{
     StackLayer, VggConfig,
 };
 
-use crate::args::{self, Format};
+use crate::args::{self, FigureFormat, Format};
 use crate::plot::{FieldStep, WeightComparison};
 use crate::table::Table;
 
@@ -25,7 +25,7 @@ pub struct RfArgs {
     /// What stdout shows: an aligned table, JSON (schema vgg-rf/1), CSV, Markdown, or SVG (the
     /// fields drawn over the input pixels; for a stack, beside one kernel of the same field)
     #[arg(long, value_enum, default_value = "table")]
-    pub format: RfFormat,
+    pub format: FigureFormat,
     /// Accepted for old command lines; receptive fields depend on none of these
     #[arg(
         long,
@@ -47,17 +47,11 @@ pub fn run(a: &RfArgs) -> anyhow::Result<String> {
             "--image-size, --channels, --classes, --hidden and --width-mult do not change receptive fields: ignored"
         );
     }
-    let format = match a.format {
-        RfFormat::Table => Format::Table,
-        RfFormat::Json => Format::Json,
-        RfFormat::Csv => Format::Csv,
-        RfFormat::Markdown => Format::Markdown,
-        RfFormat::Svg => {
-            return match &a.layers {
-                Some(layers) => stack_picture(layers, &vgg_model::parse_stack(layers)?),
-                None => model_picture(&ModelSpec::new(a.model, SpecOptions::default())?),
-            }
-        }
+    let Some(format) = a.format.report() else {
+        return match &a.layers {
+            Some(layers) => stack_picture(layers, &vgg_model::parse_stack(layers)?),
+            None => model_picture(&ModelSpec::new(a.model, SpecOptions::default())?),
+        };
     };
     match &a.layers {
         Some(layers) => stack(layers, &vgg_model::parse_stack(layers)?, format),
@@ -66,21 +60,6 @@ pub fn run(a: &RfArgs) -> anyhow::Result<String> {
             format,
         )),
     }
-}
-
-/// The receptive-field command's formats: the shared ones, and the picture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RfFormat {
-    /// Aligned columns for people
-    Table,
-    /// One JSON document with a schema field
-    Json,
-    /// RFC 4180 CSV, numbers without separators
-    Csv,
-    /// A Markdown table
-    Markdown,
-    /// The fields drawn as nested squares over the input pixels
-    Svg,
 }
 
 fn model_picture(spec: &ModelSpec) -> anyhow::Result<String> {

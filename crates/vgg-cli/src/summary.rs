@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use vgg_model::{Chw, LayerOp, LayerSpec, MemoryEstimate, ModelSpec, PartialOptions};
 
-use crate::args::{self, Format};
+use crate::args::{self, FigureFormat, Format};
 use crate::options::{InputShape, NetDefaults, NetOptions};
 use crate::table::{bytes, si, thousands, Table};
 
@@ -26,7 +26,7 @@ pub struct SummaryArgs {
     /// What stdout shows: an aligned table, JSON (schema vgg-summary/1), CSV, Markdown, or SVG
     /// (the network diagram)
     #[arg(long, value_enum, default_value = "table")]
-    pub format: SummaryFormat,
+    pub format: FigureFormat,
     /// The table's columns, comma-separated, from layer, module (torchvision's name), op, input,
     /// output, weights, biases, params, macs, rf, jump, memory; or `torchinfo` (module, input,
     /// output, params, macs) [default: layer,op,output,weights,biases,params,macs,rf,jump,memory]
@@ -124,29 +124,10 @@ pub fn run(a: &SummaryArgs) -> Result<String> {
     if columns.is_empty() {
         bail!("--columns names no column");
     }
-    let format = match a.format {
-        SummaryFormat::Svg => return crate::plot::network_diagram(&spec),
-        SummaryFormat::Table => Format::Table,
-        SummaryFormat::Json => Format::Json,
-        SummaryFormat::Csv => Format::Csv,
-        SummaryFormat::Markdown => Format::Markdown,
+    let Some(format) = a.format.report() else {
+        return crate::plot::network_diagram(&spec);
     };
     render(&spec, a.batch_size, format, &columns, a.shapes)
-}
-
-/// The summary's formats: the shared ones, and the diagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SummaryFormat {
-    /// Aligned columns for people
-    Table,
-    /// One JSON document with a schema field
-    Json,
-    /// RFC 4180 CSV, numbers without separators
-    Csv,
-    /// A Markdown table
-    Markdown,
-    /// The network diagram: a block per layer, sized by its output, labelled with its shape
-    Svg,
 }
 
 /// JSON schema version; bump it when a field changes meaning or disappears.

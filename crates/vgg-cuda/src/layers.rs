@@ -132,9 +132,7 @@ impl Pooling for CudaBackend {
         let out_shape = g.output_shape();
         let n = out_shape.elements();
         let (_, mut arg) = self.alloc(out_shape.clone())?;
-        let planes = (g.batch * g.channels) as i64;
-        let dims = [g.in_h, g.in_w, g.out_h, g.out_w, g.kernel, g.stride].map(|v| v as i64);
-        let [in_h, in_w, out_h, out_w, kernel, stride] = dims;
+        let [planes, in_h, in_w, out_h, out_w, kernel, stride] = pool_dims(&g);
         let y = self.build(out_shape.clone(), |y| {
             launch!(
                 self,

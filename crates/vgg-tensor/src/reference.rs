@@ -239,39 +239,50 @@ fn tap(out: usize, k: usize, g: &ConvGeometry, len: usize) -> Option<usize> {
         .filter(|&i| i < len)
 }
 
-impl Convolution for ReferenceBackend {
-    fn conv2d(&self, x: &RefTensor, w: &RefTensor, p: Conv2dParams) -> Result<RefTensor> {
-        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
-        let mut y = vec![0.0f32; g.output_shape().elements()];
-        for n in 0..g.batch {
-            for k in 0..g.out_channels {
-                for oh in 0..g.out_h {
-                    for ow in 0..g.out_w {
-                        let mut acc = 0.0f64;
-                        for c in 0..g.in_channels {
-                            for ky in 0..g.kernel_h {
-                                let Some(ih) = tap(oh, ky, &g, g.in_h) else {
+/// Every (output, input, weight) flat index triple a convolution multiplies, outputs in order
+/// and each output's taps consecutive (over input channel, kernel row, kernel column): the one
+/// loop nest the forward pass and both gradients share.
+fn conv_taps(g: &ConvGeometry, mut visit: impl FnMut(usize, usize, usize)) {
+    for n in 0..g.batch {
+        for k in 0..g.out_channels {
+            for oh in 0..g.out_h {
+                for ow in 0..g.out_w {
+                    let y = ((n * g.out_channels + k) * g.out_h + oh) * g.out_w + ow;
+                    for c in 0..g.in_channels {
+                        for ky in 0..g.kernel_h {
+                            let Some(ih) = tap(oh, ky, g, g.in_h) else {
+                                continue;
+                            };
+                            for kx in 0..g.kernel_w {
+                                let Some(iw) = tap(ow, kx, g, g.in_w) else {
                                     continue;
                                 };
-                                for kx in 0..g.kernel_w {
-                                    let Some(iw) = tap(ow, kx, &g, g.in_w) else {
-                                        continue;
-                                    };
-                                    let xv = x.data
-                                        [((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw];
-                                    let wv = w.data[((k * g.in_channels + c) * g.kernel_h + ky)
-                                        * g.kernel_w
-                                        + kx];
-                                    acc += xv as f64 * wv as f64;
-                                }
+                                let x = ((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw;
+                                let w =
+                                    ((k * g.in_channels + c) * g.kernel_h + ky) * g.kernel_w + kx;
+                                visit(y, x, w);
                             }
                         }
-                        y[((n * g.out_channels + k) * g.out_h + oh) * g.out_w + ow] = acc as f32;
                     }
                 }
             }
         }
-        Ok(tensor(g.output_shape(), y))
+    }
+}
+
+/// f64 sums rounded to f32.
+fn rounded(shape: Shape, sums: Vec<f64>) -> RefTensor {
+    tensor(shape, sums.into_iter().map(|v| v as f32).collect())
+}
+
+impl Convolution for ReferenceBackend {
+    fn conv2d(&self, x: &RefTensor, w: &RefTensor, p: Conv2dParams) -> Result<RefTensor> {
+        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
+        let mut y = vec![0.0f64; g.output_shape().elements()];
+        conv_taps(&g, |yi, xi, wi| {
+            y[yi] += x.data[xi] as f64 * w.data[wi] as f64
+        });
+        Ok(rounded(g.output_shape(), y))
     }
 
     fn conv2d_backward_input(
@@ -284,37 +295,10 @@ impl Convolution for ReferenceBackend {
         let g = ConvGeometry::new(input_shape, &w.shape, p)?;
         g.check_output("conv2d_backward_input", &dy.shape)?;
         let mut dx = vec![0.0f64; input_shape.elements()];
-        for n in 0..g.batch {
-            for k in 0..g.out_channels {
-                for oh in 0..g.out_h {
-                    for ow in 0..g.out_w {
-                        let d = dy.data[((n * g.out_channels + k) * g.out_h + oh) * g.out_w + ow]
-                            as f64;
-                        for c in 0..g.in_channels {
-                            for ky in 0..g.kernel_h {
-                                let Some(ih) = tap(oh, ky, &g, g.in_h) else {
-                                    continue;
-                                };
-                                for kx in 0..g.kernel_w {
-                                    let Some(iw) = tap(ow, kx, &g, g.in_w) else {
-                                        continue;
-                                    };
-                                    let wv = w.data[((k * g.in_channels + c) * g.kernel_h + ky)
-                                        * g.kernel_w
-                                        + kx];
-                                    dx[((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw] +=
-                                        d * wv as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(tensor(
-            input_shape.clone(),
-            dx.into_iter().map(|v| v as f32).collect(),
-        ))
+        conv_taps(&g, |yi, xi, wi| {
+            dx[xi] += dy.data[yi] as f64 * w.data[wi] as f64
+        });
+        Ok(rounded(input_shape.clone(), dx))
     }
 
     fn conv2d_backward_weight(
@@ -327,36 +311,10 @@ impl Convolution for ReferenceBackend {
         let g = ConvGeometry::new(&x.shape, weight_shape, p)?;
         g.check_output("conv2d_backward_weight", &dy.shape)?;
         let mut dw = vec![0.0f64; weight_shape.elements()];
-        for n in 0..g.batch {
-            for k in 0..g.out_channels {
-                for oh in 0..g.out_h {
-                    for ow in 0..g.out_w {
-                        let d = dy.data[((n * g.out_channels + k) * g.out_h + oh) * g.out_w + ow]
-                            as f64;
-                        for c in 0..g.in_channels {
-                            for ky in 0..g.kernel_h {
-                                let Some(ih) = tap(oh, ky, &g, g.in_h) else {
-                                    continue;
-                                };
-                                for kx in 0..g.kernel_w {
-                                    let Some(iw) = tap(ow, kx, &g, g.in_w) else {
-                                        continue;
-                                    };
-                                    let xv = x.data
-                                        [((n * g.in_channels + c) * g.in_h + ih) * g.in_w + iw];
-                                    dw[((k * g.in_channels + c) * g.kernel_h + ky) * g.kernel_w
-                                        + kx] += d * xv as f64;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(tensor(
-            weight_shape.clone(),
-            dw.into_iter().map(|v| v as f32).collect(),
-        ))
+        conv_taps(&g, |yi, xi, wi| {
+            dw[wi] += dy.data[yi] as f64 * x.data[xi] as f64
+        });
+        Ok(rounded(weight_shape.clone(), dw))
     }
 }
 
