@@ -69,5 +69,7 @@ def reset_peak_rss():
 def write(args, framework, version, threads, results):
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"framework": framework, "version": version, "threads": threads, "batch": args.batch_size,
-                       "modes": results}, f, indent=2)
+            # Read by `vgg report` (crates/vgg-cli/src/report.rs) and `cargo xtask bench --peers`.
+            json.dump({"schema": "vgg-peer-bench/1", "framework": framework, "version": version,
+                       "threads": threads, "batch": args.batch_size, "image_size": args.image_size,
+                       "burn_in": args.burn_in, "num_batches": args.num_batches, "modes": results}, f, indent=2)

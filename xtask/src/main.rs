@@ -15,6 +15,8 @@ tasks:
       --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps
       --peers              also run the same protocol in PyTorch and TensorFlow (bench/peers/) where
                            $PYTHON (default python3) imports them, and print one side-by-side table
+      --report FILE.html   also write the results (with --peers, every framework's side by side) as
+                           one self-contained HTML page (`vgg report`)
       --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
       --mode forward|forward-backward|both
   gpu-bundle [DIR]   build what scripts/gpu-check.sh runs on a GPU machine without Rust into DIR
@@ -128,6 +130,7 @@ fn bench(args: &[String]) -> Result<()> {
         mode: "both".into(),
     };
     let mut peers = false;
+    let mut report: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -142,6 +145,7 @@ fn bench(args: &[String]) -> Result<()> {
                 s.burn_in = "1".into();
             }
             "--peers" => peers = true,
+            "--report" => report = Some(PathBuf::from(value()?)),
             "--batch-size" => s.batch = value()?,
             "--num-batches" => s.num_batches = value()?,
             "--burn-in" => s.burn_in = value()?,
@@ -166,6 +170,7 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("vgg bench failed");
     }
     let mut results = vec![("vgg (ours)".to_string(), read_json(&ours_json)?)];
+    let mut records = vec![ours_json.clone()];
     if peers {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
         for (name, module, script) in [
@@ -195,11 +200,21 @@ fn bench(args: &[String]) -> Result<()> {
                 bail!("{script} failed");
             }
             let record = read_json(&json)?;
+            records.push(json.clone());
             let label = format!("{name} {}", record["version"].as_str().unwrap_or("?"));
             results.push((label, record));
         }
     }
     print_comparison(&s, &results);
+    if let Some(page) = report {
+        let mut cmd = Command::new(&vgg);
+        cmd.arg("report").args(&records).arg("--output").arg(&page);
+        eprintln!("$ {cmd:?}");
+        if !cmd.status().context("running vgg report")?.success() {
+            bail!("vgg report failed");
+        }
+        eprintln!("wrote {}", page.display());
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! Every timed step counts toward the statistics, and each step's clock stops only after the
 //! device has finished its work.
 
+mod peak;
 mod stats;
 pub mod system;
 
@@ -12,15 +13,17 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vgg_autodiff::Tape;
 use vgg_model::{ModelError, ModelSpec, SpecOptions, Vgg, VggConfig, Workload};
 use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
 
+pub use peak::{measure_matmul_peak, MatmulPeak};
 pub use stats::Stats;
+pub use system::Machine;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 /// What one timed step runs.
 pub enum Mode {
@@ -40,7 +43,7 @@ impl Mode {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// What to benchmark: the network, the input and the number of steps.
 pub struct BenchConfig {
     /// The VGG configuration.
@@ -182,7 +185,7 @@ pub struct StepEvent {
 }
 
 /// Time spent in one layer, per timed step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LayerTime {
     /// The layer's name, as in the summary.
     pub layer: String,
@@ -192,7 +195,7 @@ pub struct LayerTime {
     pub backward_ms: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// The results of one mode.
 pub struct ModeReport {
     /// The mode timed.

@@ -1,10 +1,10 @@
 //! Statistics of step times.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Mean and population standard deviation (the reference's: sqrt(E\[t^2\] - E\[t\]^2), computed in two
 /// passes for accuracy), and order statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Number of samples.
     pub steps: usize,

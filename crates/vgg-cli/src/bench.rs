@@ -6,8 +6,12 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
 use serde::Serialize;
-use vgg_bench::{check_memory, Bench, BenchConfig, Mode, ModeReport, StepEvent};
+use vgg_bench::{
+    check_memory, measure_matmul_peak, Bench, BenchConfig, Machine, MatmulPeak, Mode, ModeReport,
+    StepEvent,
+};
 use vgg_tensor::Backend;
 
 use crate::args;
@@ -42,6 +46,11 @@ pub struct BenchArgs {
     /// see the README)
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write the results as one self-contained HTML page: settings and machine, step times
+    /// as a series and a distribution, throughput against the measured matrix-product peak, and
+    /// time per layer with --per-layer
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     /// Break the time down by layer (forward, and backward in forward-backward)
     #[arg(long)]
     pub per_layer: bool,
@@ -94,14 +103,33 @@ impl BenchArgs {
 /// JSON schema version of `--json`; bump it when a field changes meaning or disappears.
 pub const BENCH_SCHEMA: &str = "vgg-bench/1";
 
-#[derive(Serialize)]
-struct BenchJson<'a> {
-    schema: &'static str,
-    started: String,
-    backend: String,
-    threads: Option<usize>,
-    config: &'a BenchConfig,
-    modes: &'a [ModeReport],
+/// What `--json` writes and `--report` (and `vgg report`) draws.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchRecord {
+    /// [`BENCH_SCHEMA`].
+    pub schema: String,
+    /// When the run started, local time.
+    pub started: String,
+    /// The backend, as it names itself.
+    pub backend: String,
+    /// CPU threads asked for (None: the backend's default).
+    pub threads: Option<usize>,
+    /// The version of vgg that ran it.
+    #[serde(default)]
+    pub vgg_version: Option<String>,
+    /// The network, described as the first output line does.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// The machine it ran on.
+    #[serde(default)]
+    pub machine: Option<Machine>,
+    /// The backend's measured matrix-product rate, the ceiling the GFLOP/s are read against.
+    #[serde(default)]
+    pub matmul_peak: Option<MatmulPeak>,
+    /// The settings.
+    pub config: BenchConfig,
+    /// One report per mode run.
+    pub modes: Vec<ModeReport>,
 }
 
 /// Like Python's datetime.now(), as the reference prints it.
@@ -115,9 +143,8 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
     let started = now();
     let config = a.config()?;
     let modes = &a.mode.modes();
-    let json = a.json.clone();
     let spec = config.spec()?;
-    if let Some(path) = &json {
+    for path in a.json.iter().chain(&a.report) {
         vgg_nn::io::check_output(path)?;
     }
     if let Some(available) = crate::net::available_memory(&backend) {
@@ -144,6 +171,7 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         config.num_batches
     ))?;
     let bench = Bench::new(backend.clone(), config.clone())?;
+    let peak = measure_matmul_peak(&backend)?;
     let mut reports = Vec::new();
     for &mode in modes {
         if signals::stop_requested() {
@@ -203,30 +231,36 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         ))?;
         reports.push(report);
     }
-    if let Some(path) = &json {
-        let record = BenchJson {
-            schema: BENCH_SCHEMA,
-            started,
-            backend: backend.name(),
-            threads,
-            config: &config,
-            modes: &reports,
-        };
+    let record = BenchRecord {
+        schema: BENCH_SCHEMA.to_string(),
+        started,
+        backend: backend.name(),
+        threads,
+        vgg_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        network: Some(spec.describe_network()),
+        machine: Some(Machine::this()),
+        matmul_peak: Some(peak),
+        config,
+        modes: reports,
+    };
+    if let Some(path) = &a.json {
         let text = serde_json::to_string_pretty(&record).expect("the report serialises");
         vgg_nn::io::write_atomic(path, (text + "\n").as_bytes())?;
     }
-    Ok(summary(
-        &backend.name(),
-        &spec.describe_network(),
-        &config,
-        &reports,
-    ))
+    if let Some(path) = &a.report {
+        let page = crate::report::page(&[crate::report::Run::ours(record.clone())])?;
+        vgg_nn::io::write_atomic(path, page.as_bytes())?;
+    }
+    Ok(summary(&record))
 }
 
-fn summary(backend: &str, network: &str, config: &BenchConfig, reports: &[ModeReport]) -> String {
+fn summary(record: &BenchRecord) -> String {
+    let config = &record.config;
+    let reports = &record.modes;
+    let peak = record.matmul_peak.map(|p| p.gflops_per_second);
     let mut t = Table::new([
         "mode", "steps", "mean s", "sd s", "median s", "min s", "p90 s", "images/s", "GFLOP/s",
-        "peak RSS",
+        "of peak", "peak RSS",
     ]);
     for r in reports {
         let s = &r.stats;
@@ -240,19 +274,36 @@ fn summary(backend: &str, network: &str, config: &BenchConfig, reports: &[ModeRe
             format!("{:.3}", s.p90),
             format!("{:.2}", r.images_per_second),
             format!("{:.1}", r.gflops_per_second),
+            peak.map_or("-".to_string(), |p| {
+                format!("{:.0}%", 100.0 * r.gflops_per_second / p)
+            }),
             r.peak_rss_bytes.map_or("-".to_string(), bytes),
         ]);
     }
     let mut out = format!("\n{}", t.text());
     out.push_str(&format!(
-        "model {network}, batch {}, {}x{}, backend {backend}\n",
-        config.batch, config.height, config.width
+        "model {}, batch {}, {}x{}, backend {}\n",
+        record.network.as_deref().unwrap_or("?"),
+        config.batch,
+        config.height,
+        config.width,
+        record.backend
     ));
     out.push_str(
         "GFLOP/s counts 2 FLOPs per MAC of the spec; forward-backward counts the forward pass plus two more \
          (input and weight gradients) for every conv and linear layer, less conv1_1's input gradient, which is \
          never computed.\n",
     );
+    if let Some(p) = record.matmul_peak {
+        out.push_str(&format!(
+            "Of peak: against this backend's own {n}x{n}x{n} matrix product, {:.1} GFLOP/s (best of {}); \
+             convolutions run by a fast algorithm (Winograd F(4x4, 3x3) on the CPU) do less arithmetic \
+             than they are credited with, so more than 100% is possible.\n",
+            p.gflops_per_second,
+            p.repetitions,
+            n = p.n
+        ));
+    }
     for r in reports.iter().filter(|r| !r.per_layer.is_empty()) {
         // A forward run has no backward column to show.
         let backward = r.mode == Mode::ForwardBackward;

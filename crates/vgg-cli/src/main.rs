@@ -9,6 +9,7 @@ mod net;
 mod options;
 mod plot;
 mod progress;
+mod report;
 mod rf;
 mod signals;
 mod stdout;
@@ -66,6 +67,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// The reference's benchmark: forward and forward-backward seconds per batch
     Bench(bench::BenchArgs),
+    /// The benchmark report as one self-contained HTML page, from `bench --json` records and
+    /// the peers' (`cargo xtask bench --peers`), side by side
+    Report(report::ReportArgs),
     /// Shell completions for bash, zsh, fish, elvish or powershell, on stdout
     Completions {
         /// The shell to complete for
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
             let threads = a.device.cpu_threads()?;
             with_backend!(a.device, |b| bench::run(b, threads, &a))?
         }
+        Command::Report(a) => report::run(&a)?,
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vgg", &mut out);

@@ -198,3 +198,25 @@ fn the_receptive_field_picture_shows_three_3x3_against_one_7x7() {
     );
     check(&svg, "rf-vgg16", 0.05);
 }
+
+#[test]
+fn the_benchmark_report_charts_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    common::ok_owned(&common::tiny_bench(&[
+        "--per-layer",
+        "--report",
+        page.to_str().unwrap(),
+    ]));
+    let html = std::fs::read_to_string(&page).unwrap();
+    let charts: Vec<&str> = html
+        .split("<svg")
+        .skip(1)
+        .map(|rest| &rest[..rest.find("</svg>").expect("closed") + "</svg>".len()])
+        .collect();
+    // Per mode a series and a distribution, the throughput, and per mode the layers.
+    assert_eq!(charts.len(), 2 * 2 + 1 + 2);
+    for (i, chart) in charts.iter().enumerate() {
+        check(&format!("<svg{chart}"), &format!("report-chart-{i}"), 0.03);
+    }
+}

@@ -71,3 +71,36 @@ pub fn failed(args: &[&str], needles: &[&str]) {
         );
     }
 }
+
+/// `vgg bench` on a network small enough for a test (VGG-11 at width 1/8, 32x32, batch 2, one
+/// burn-in and eight timed steps), then `extra`.
+#[allow(dead_code)]
+pub fn tiny_bench(extra: &[&str]) -> Vec<String> {
+    [
+        "bench",
+        "--model",
+        "vgg11",
+        "--width-mult",
+        "0.125",
+        "--hidden",
+        "32",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--num-batches",
+        "8",
+        "--burn-in",
+        "1",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Runs `args` and expects success, returning stdout.
+#[allow(dead_code)]
+pub fn ok_owned(args: &[String]) -> String {
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}

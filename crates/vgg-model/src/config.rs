@@ -119,6 +119,13 @@ impl serde::Serialize for VggConfig {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for VggConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for VggConfig {
     type Err = SpecError;
 

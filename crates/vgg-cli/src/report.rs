@@ -1,0 +1,731 @@
+//! The benchmark report (`vgg bench --report`, `vgg report`): one self-contained HTML page, its
+//! charts inline SVG and its style inline CSS, with no script and nothing fetched, so it opens
+//! anywhere, offline, and can be mailed as one file.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use vgg_bench::{step_flops, LayerTime, Mode, Stats};
+use vgg_model::{ModelSpec, SpecOptions, VggConfig};
+
+use crate::bench::{BenchRecord, BENCH_SCHEMA};
+use crate::plot::{self, LayerBar, Rate, StepSeries, FRAMEWORK_COLOURS};
+use crate::table::bytes;
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// Benchmark records to draw: `vgg bench --json` files (schema vgg-bench/1) and the peers'
+    /// (`cargo xtask bench --peers` writes them to target/bench/). The first is the one the
+    /// others are compared with
+    #[arg(required = true, value_name = "RECORD.json")]
+    pub records: Vec<PathBuf>,
+    /// Where to write the page [default: stdout]
+    #[arg(long, short, value_name = "FILE.html")]
+    pub output: Option<PathBuf>,
+}
+
+/// The schema of the peers' records (bench/peers/common.py).
+pub const PEER_SCHEMA: &str = "vgg-peer-bench/1";
+
+/// Above this many steps a series is drawn from every k-th step, so the page stays small.
+const MAX_SERIES_POINTS: usize = 5000;
+
+/// `vgg report`: the page from records on disk, to `--output` or stdout.
+pub fn run(a: &ReportArgs) -> Result<String> {
+    if let Some(path) = &a.output {
+        vgg_nn::io::check_output(path)?;
+    }
+    let runs = a
+        .records
+        .iter()
+        .map(|path| load(path))
+        .collect::<Result<Vec<_>>>()?;
+    let runs = distinct_names(runs, &a.records);
+    let html = page(&runs)?;
+    match &a.output {
+        Some(path) => {
+            vgg_nn::io::write_atomic(path, html.as_bytes())?;
+            Ok(String::new())
+        }
+        None => Ok(html),
+    }
+}
+
+/// One framework's run, as the page shows it.
+#[derive(Debug)]
+pub struct Run {
+    /// The name in tables and legends.
+    pub name: String,
+    /// Images per step.
+    pub batch: usize,
+    /// The network, as `vgg bench` describes it.
+    pub network: String,
+    /// Input height and width, where the record says.
+    pub image: Option<(usize, usize)>,
+    /// Threads the framework ran with, where it says.
+    pub threads: Option<usize>,
+    /// Our full record, for the settings and machine.
+    pub ours: Option<BenchRecord>,
+    /// Each mode run.
+    pub modes: Vec<RunMode>,
+}
+
+/// One mode of a run.
+#[derive(Debug)]
+pub struct RunMode {
+    /// Which mode.
+    pub mode: Mode,
+    /// Every timed step, in order.
+    pub step_seconds: Vec<f64>,
+    /// Their statistics, computed here for every framework alike.
+    pub stats: Stats,
+    /// The direct method's FLOPs of one step, where the network is known.
+    pub flops_per_step: Option<u64>,
+    /// Peak resident memory during the mode.
+    pub peak_rss_bytes: Option<u64>,
+    /// Stopped early.
+    pub interrupted: bool,
+    /// Per-layer times (ours, with --per-layer).
+    pub per_layer: Vec<LayerTime>,
+}
+
+impl Run {
+    /// Our record, named "vgg".
+    pub fn ours(record: BenchRecord) -> Run {
+        let modes = record
+            .modes
+            .iter()
+            .map(|m| RunMode {
+                mode: m.mode,
+                stats: Stats::of(&m.step_seconds),
+                step_seconds: m.step_seconds.clone(),
+                flops_per_step: Some(m.flops_per_step),
+                peak_rss_bytes: m.peak_rss_bytes,
+                interrupted: m.interrupted,
+                per_layer: m.per_layer.clone(),
+            })
+            .collect();
+        Run {
+            name: "vgg".to_string(),
+            network: record
+                .network
+                .clone()
+                .unwrap_or_else(|| record.config.model.to_string()),
+            batch: record.config.batch,
+            image: Some((record.config.height, record.config.width)),
+            threads: record.threads,
+            ours: Some(record),
+            modes,
+        }
+    }
+}
+
+/// A peer's record (bench/peers/common.py writes it).
+#[derive(Deserialize)]
+struct PeerRecord {
+    framework: String,
+    version: String,
+    threads: Option<usize>,
+    batch: usize,
+    image_size: Option<usize>,
+    modes: std::collections::BTreeMap<String, PeerMode>,
+}
+
+#[derive(Deserialize)]
+struct PeerMode {
+    step_seconds: Vec<f64>,
+    #[serde(default)]
+    peak_rss_bytes: Option<u64>,
+}
+
+/// Reads one record, ours or a peer's, refusing what is neither or is inconsistent.
+fn load(path: &Path) -> Result<Run> {
+    let bytes = vgg_nn::io::read_file(path)?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let schema = value.get("schema").and_then(|s| s.as_str());
+    let run = match schema {
+        Some(BENCH_SCHEMA) => {
+            let record: BenchRecord = serde_json::from_value(value).with_context(|| {
+                format!("{} is not a valid {BENCH_SCHEMA} record", path.display())
+            })?;
+            Run::ours(record)
+        }
+        Some(PEER_SCHEMA) => {
+            let record: PeerRecord = serde_json::from_value(value).with_context(|| {
+                format!("{} is not a valid {PEER_SCHEMA} record", path.display())
+            })?;
+            peer(record)?
+        }
+        Some(other) => bail!(
+            "{}: schema '{other}' is not one this vgg reads ({BENCH_SCHEMA} from `vgg bench --json`, \
+             {PEER_SCHEMA} from bench/peers/); was it written by a newer vgg?",
+            path.display()
+        ),
+        None => bail!(
+            "{} is not a benchmark record: it has no \"schema\" field (write one with \
+             `vgg bench --json FILE` or `cargo xtask bench --peers`)",
+            path.display()
+        ),
+    };
+    for m in &run.modes {
+        if let Some(bad) = m.step_seconds.iter().find(|s| !s.is_finite() || **s < 0.0) {
+            bail!(
+                "{}: {} has a step time of {bad} s; step times are finite, non-negative seconds",
+                path.display(),
+                m.mode.label()
+            );
+        }
+    }
+    if run.batch == 0 {
+        bail!("{}: the batch size is 0", path.display());
+    }
+    Ok(run)
+}
+
+fn peer(record: PeerRecord) -> Result<Run> {
+    // The peers run VGG-16 as the reference does: 3 x S x S images, 1000 classes.
+    let spec = match record.image_size {
+        Some(s) => Some(ModelSpec::new(
+            VggConfig::Vgg16,
+            SpecOptions {
+                height: s,
+                width: s,
+                ..SpecOptions::default()
+            },
+        )?),
+        None => None,
+    };
+    let mut modes = Vec::new();
+    for (key, m) in record.modes {
+        let mode = match key.as_str() {
+            "forward" => Mode::Forward,
+            "forward-backward" => Mode::ForwardBackward,
+            other => bail!("mode '{other}' is neither forward nor forward-backward"),
+        };
+        modes.push(RunMode {
+            mode,
+            stats: Stats::of(&m.step_seconds),
+            step_seconds: m.step_seconds,
+            flops_per_step: spec.as_ref().map(|s| step_flops(s, record.batch, mode)),
+            peak_rss_bytes: m.peak_rss_bytes,
+            interrupted: false,
+            per_layer: Vec::new(),
+        });
+    }
+    modes.sort_by_key(|m| m.mode == Mode::ForwardBackward);
+    Ok(Run {
+        name: format!("{} {}", record.framework, record.version),
+        network: VggConfig::Vgg16.to_string(),
+        batch: record.batch,
+        image: record.image_size.map(|s| (s, s)),
+        threads: record.threads,
+        ours: None,
+        modes,
+    })
+}
+
+/// Names that tell the runs apart: a repeated name gets its file's name after it.
+fn distinct_names(mut runs: Vec<Run>, paths: &[PathBuf]) -> Vec<Run> {
+    let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
+    for (i, run) in runs.iter_mut().enumerate() {
+        if names.iter().filter(|n| **n == names[i]).count() > 1 {
+            let file = paths[i].file_name().map_or_else(
+                || paths[i].display().to_string(),
+                |f| f.to_string_lossy().into(),
+            );
+            run.name = format!("{} ({file})", run.name);
+        }
+    }
+    runs
+}
+
+/// Text for HTML: the records' strings are not ours.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;color:#282828;\
+background:#fff;max-width:1160px;margin:24px auto;padding:0 16px}h1{font-size:24px}h2{font-size:19px;\
+margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:16px}\
+table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{padding:3px 6px;white-space:nowrap;text-align:right;\
+border-bottom:1px solid #eee}th{background:#f4f4f4}td:first-child,th:first-child,.text{text-align:left}\
+table.settings td{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:16px}\
+.note{font-size:13px;color:#555}.warn{background:#fff4e0;padding:6px 10px;border-left:4px solid #e8a33d}\
+svg{display:block}";
+
+/// The page for `runs`; the first run is the one the others are compared with.
+pub fn page(runs: &[Run]) -> Result<String> {
+    let Some(first) = runs.first() else {
+        bail!("a report needs at least one record");
+    };
+    let ours = runs.iter().find_map(|r| r.ours.as_ref());
+    let network = &first.network;
+    let title = match first.image {
+        Some((h, w)) => format!("{network} benchmark: {h}x{w}, batch {}", first.batch),
+        None => format!("{network} benchmark: batch {}", first.batch),
+    };
+    let mut html = String::new();
+    let h = &mut html;
+    write!(
+        h,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n",
+        escape(&title),
+        escape(&title)
+    )?;
+    if let Some(o) = ours {
+        settings(h, o)?;
+    }
+    mismatches(h, runs)?;
+    results(h, runs, ours)?;
+    for mode in [Mode::Forward, Mode::ForwardBackward] {
+        let with: Vec<(usize, &Run, &RunMode)> = runs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.modes.iter().find(|m| m.mode == mode).map(|m| (i, r, m)))
+            .collect();
+        if with.is_empty() {
+            continue;
+        }
+        writeln!(h, "<h2>{}: step times</h2>", mode.label())?;
+        let (kept, stride) = thinned(&with);
+        if stride > 1 {
+            writeln!(
+                h,
+                "<p class=\"note\">The series shows every {stride}th step; the distribution, all.</p>"
+            )?;
+        }
+        let series: Vec<StepSeries> = with
+            .iter()
+            .zip(&kept)
+            .map(|((i, r, _), seconds)| StepSeries {
+                name: &r.name,
+                colour: colour(*i),
+                seconds,
+            })
+            .collect();
+        let all: Vec<StepSeries> = with
+            .iter()
+            .map(|(i, r, m)| StepSeries {
+                name: &r.name,
+                colour: colour(*i),
+                seconds: &m.step_seconds,
+            })
+            .collect();
+        writeln!(
+            h,
+            "<div class=\"charts\">\n{}\n{}\n</div>",
+            plot::step_times(
+                &format!("{}: seconds per step", mode.label()),
+                &series,
+                stride
+            )?,
+            plot::step_distribution(&format!("{}: distribution", mode.label()), &all)?
+        )?;
+    }
+    throughput(h, runs, ours)?;
+    per_layer(h, runs)?;
+    writeln!(
+        h,
+        "<h2>Notes</h2>\n<p class=\"note\">Every timed step counts, each clock stopped when the device \
+         has finished. The standard deviation is the population one, as the reference computes it. \
+         GFLOP/s counts 2 FLOPs per multiply-accumulate of the direct method; forward-backward counts \
+         the forward pass plus two more (input and weight gradients) for every convolution and linear \
+         layer, less the first convolution's input gradient. Convolutions run by a fast algorithm \
+         (Winograd) do less arithmetic than they are credited with, so more than 100% of the \
+         matrix-product peak is possible. Drawn by vgg {} (`vgg report`).</p>\n</body>\n</html>",
+        env!("CARGO_PKG_VERSION")
+    )?;
+    Ok(html)
+}
+
+fn colour(i: usize) -> plotters::style::RGBColor {
+    FRAMEWORK_COLOURS[i % FRAMEWORK_COLOURS.len()]
+}
+
+/// Every k-th step of each run's series, k chosen so none has more than MAX_SERIES_POINTS.
+fn thinned(with: &[(usize, &Run, &RunMode)]) -> (Vec<Vec<f64>>, usize) {
+    let most = with
+        .iter()
+        .map(|(_, _, m)| m.step_seconds.len())
+        .max()
+        .unwrap_or(0);
+    let stride = most.div_ceil(MAX_SERIES_POINTS).max(1);
+    let kept = with
+        .iter()
+        .map(|(_, _, m)| m.step_seconds.iter().copied().step_by(stride).collect())
+        .collect();
+    (kept, stride)
+}
+
+fn settings(h: &mut String, o: &BenchRecord) -> Result<()> {
+    let c = &o.config;
+    let mut rows: Vec<(&str, String)> = vec![
+        (
+            "network",
+            o.network.clone().unwrap_or_else(|| c.model.to_string()),
+        ),
+        (
+            "input",
+            format!("{}x{}x3, batch {}", c.height, c.width, c.batch),
+        ),
+        (
+            "steps per mode",
+            format!("{} burn-in + {} timed", c.burn_in, c.num_batches),
+        ),
+        ("seed", c.seed.to_string()),
+        ("backend", o.backend.clone()),
+        (
+            "threads",
+            o.threads
+                .map_or("the backend's default".to_string(), |t| t.to_string()),
+        ),
+        (
+            "per-layer timing",
+            if c.per_layer { "on" } else { "off" }.to_string(),
+        ),
+        ("started", o.started.clone()),
+    ];
+    if let Some(v) = &o.vgg_version {
+        rows.push(("vgg", v.clone()));
+    }
+    if let Some(m) = &o.machine {
+        rows.push((
+            "CPU",
+            m.cpu.clone().unwrap_or_else(|| "unknown".to_string()),
+        ));
+        rows.push(("logical CPUs", m.logical_cpus.to_string()));
+        if let Some(b) = m.memory_bytes {
+            rows.push(("memory", bytes(b)));
+        }
+        rows.push(("OS", m.os.clone()));
+    }
+    if let Some(p) = &o.matmul_peak {
+        rows.push((
+            "matrix-product peak",
+            format!(
+                "{:.1} GFLOP/s ({n}x{n}x{n} single precision on this backend, best of {})",
+                p.gflops_per_second,
+                p.repetitions,
+                n = p.n
+            ),
+        ));
+    }
+    writeln!(
+        h,
+        "<h2>Settings and machine</h2>\n<table class=\"settings\">"
+    )?;
+    for (k, v) in rows {
+        writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(&v))?;
+    }
+    writeln!(h, "</table>")?;
+    Ok(())
+}
+
+/// Says where runs were not measured alike (their ratios then mean little).
+fn mismatches(h: &mut String, runs: &[Run]) -> Result<()> {
+    let first = &runs[0];
+    for r in &runs[1..] {
+        let mut differ = Vec::new();
+        if r.network != first.network {
+            differ.push(format!("network {} against {}", r.network, first.network));
+        }
+        if r.batch != first.batch {
+            differ.push(format!("batch {} against {}", r.batch, first.batch));
+        }
+        if let (Some(a), Some(b)) = (r.image, first.image) {
+            if a != b {
+                differ.push(format!("input {}x{} against {}x{}", a.0, a.1, b.0, b.1));
+            }
+        }
+        if !differ.is_empty() {
+            writeln!(
+                h,
+                "<p class=\"warn\">{} was not run with the same settings as {}: {}.</p>",
+                escape(&r.name),
+                escape(&first.name),
+                escape(&differ.join(", "))
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn results(h: &mut String, runs: &[Run], ours: Option<&BenchRecord>) -> Result<()> {
+    let peak = ours
+        .and_then(|o| o.matmul_peak)
+        .map(|p| p.gflops_per_second);
+    writeln!(h, "<h2>Results</h2>\n<table>")?;
+    writeln!(
+        h,
+        "<tr><th>framework</th><th>threads</th><th class=\"text\">mode</th><th>steps</th><th>mean s</th><th>sd s</th>\
+         <th>median s</th><th>min s</th><th>p90 s</th><th>max s</th><th>images/s</th>\
+         <th>GFLOP/s</th><th>of peak</th><th>peak RSS</th><th>median / {}'s</th></tr>",
+        escape(&runs[0].name)
+    )?;
+    for r in runs {
+        for m in &r.modes {
+            let s = &m.stats;
+            let gflops = gflops(m);
+            let baseline = runs[0]
+                .modes
+                .iter()
+                .find(|b| b.mode == m.mode)
+                .map(|b| b.stats.median);
+            let cells = [
+                format!("{}", s.steps),
+                format!("{:.3}", s.mean),
+                format!("{:.3}", s.sd),
+                format!("{:.3}", s.median),
+                format!("{:.3}", s.min),
+                format!("{:.3}", s.p90),
+                format!("{:.3}", s.max),
+                if s.mean > 0.0 {
+                    format!("{:.2}", r.batch as f64 / s.mean)
+                } else {
+                    "-".to_string()
+                },
+                gflops.map_or("-".to_string(), |g| format!("{g:.1}")),
+                match (gflops, peak) {
+                    (Some(g), Some(p)) if p > 0.0 => format!("{:.0}%", 100.0 * g / p),
+                    _ => "-".to_string(),
+                },
+                m.peak_rss_bytes.map_or("-".to_string(), bytes),
+                match baseline {
+                    Some(b) if b > 0.0 => format!("{:.2}x", s.median / b),
+                    _ => "-".to_string(),
+                },
+            ];
+            write!(
+                h,
+                "<tr><td class=\"text\">{}</td><td>{}</td><td class=\"text\">{}{}</td>",
+                escape(&r.name),
+                r.threads.map_or("-".to_string(), |t| t.to_string()),
+                m.mode.label(),
+                if m.interrupted { " (interrupted)" } else { "" }
+            )?;
+            for c in cells {
+                write!(h, "<td>{c}</td>")?;
+            }
+            writeln!(h, "</tr>")?;
+        }
+    }
+    writeln!(h, "</table>")?;
+    Ok(())
+}
+
+/// Effective GFLOP/s at the mean step time.
+fn gflops(m: &RunMode) -> Option<f64> {
+    let flops = m.flops_per_step?;
+    (m.stats.mean > 0.0).then(|| flops as f64 / m.stats.mean / 1e9)
+}
+
+fn throughput(h: &mut String, runs: &[Run], ours: Option<&BenchRecord>) -> Result<()> {
+    let rates: Vec<Rate> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.modes.iter().filter_map(move |m| {
+                gflops(m).map(|g| Rate {
+                    label: format!("{} {}", r.name, m.mode.label().to_lowercase()),
+                    colour: colour(i),
+                    gflops_per_second: g,
+                })
+            })
+        })
+        .collect();
+    if rates.is_empty() {
+        return Ok(());
+    }
+    let peak = ours.and_then(|o| o.matmul_peak).map(|p| {
+        (
+            p.gflops_per_second,
+            format!("the {n}x{n}x{n} matrix product's rate", n = p.n),
+        )
+    });
+    writeln!(h, "<h2>Throughput</h2>")?;
+    writeln!(
+        h,
+        "{}",
+        plot::throughput(&rates, peak.as_ref().map(|(p, w)| (*p, w.as_str())))?
+    )?;
+    Ok(())
+}
+
+fn per_layer(h: &mut String, runs: &[Run]) -> Result<()> {
+    for r in runs {
+        for m in r.modes.iter().filter(|m| !m.per_layer.is_empty()) {
+            let backward = m.mode == Mode::ForwardBackward;
+            let bars: Vec<LayerBar> = m
+                .per_layer
+                .iter()
+                .map(|l| LayerBar {
+                    layer: &l.layer,
+                    forward_ms: l.forward_ms,
+                    backward_ms: l.backward_ms,
+                })
+                .collect();
+            writeln!(
+                h,
+                "<h2>{} by layer ({})</h2>",
+                m.mode.label(),
+                escape(&r.name)
+            )?;
+            writeln!(
+                h,
+                "{}",
+                plot::layer_times(
+                    &format!("{}: milliseconds per layer per timed step", m.mode.label()),
+                    &bars,
+                    backward
+                )?
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer_json(framework: &str, steps: &[f64]) -> serde_json::Value {
+        serde_json::json!({
+            "schema": PEER_SCHEMA, "framework": framework, "version": "1.0", "threads": 2,
+            "batch": 2, "image_size": 32,
+            "modes": {"forward-backward": {"step_seconds": steps}, "forward": {"step_seconds": steps}}
+        })
+    }
+
+    fn written(value: &serde_json::Value) -> (tempfile::TempDir, PathBuf) {
+        written_as(value, "record.json")
+    }
+
+    fn written_as(value: &serde_json::Value, name: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, value.to_string()).unwrap();
+        (dir, path)
+    }
+
+    fn load_error(value: serde_json::Value) -> String {
+        let (_dir, path) = written(&value);
+        format!("{:#}", load(&path).expect_err("refused"))
+    }
+
+    #[test]
+    fn a_peer_record_is_read_with_its_statistics_and_flops() {
+        let (_dir, path) = written(&peer_json("PyTorch", &[0.5, 0.25, 1.0]));
+        let run = load(&path).unwrap();
+        assert_eq!(run.name, "PyTorch 1.0");
+        // Forward first, whatever the file's order.
+        assert_eq!(run.modes[0].mode, Mode::Forward);
+        let m = &run.modes[1];
+        assert_eq!((m.stats.median, m.stats.max), (0.5, 1.0));
+        let spec = ModelSpec::new(
+            VggConfig::Vgg16,
+            SpecOptions {
+                height: 32,
+                width: 32,
+                ..SpecOptions::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            m.flops_per_step,
+            Some(step_flops(&spec, 2, Mode::ForwardBackward))
+        );
+        assert!(gflops(m).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn records_that_are_not_benchmarks_are_refused_by_name() {
+        assert!(load_error(serde_json::json!({"a": 1})).contains("no \"schema\" field"));
+        assert!(load_error(serde_json::json!({"schema": "vgg-bench/9"})).contains("newer vgg"));
+        assert!(load_error(serde_json::json!({"schema": BENCH_SCHEMA}))
+            .contains("not a valid vgg-bench/1 record"));
+        assert!(load_error(peer_json("X", &[0.1, -1.0])).contains("non-negative"));
+        let mut zero = peer_json("X", &[0.1]);
+        zero["batch"] = 0.into();
+        assert!(load_error(zero).contains("batch size is 0"));
+        let mut odd = peer_json("X", &[0.1]);
+        odd["modes"] = serde_json::json!({"sideways": {"step_seconds": [0.1]}});
+        assert!(load_error(odd).contains("sideways"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("text.json");
+        std::fs::write(&path, "not json").unwrap();
+        assert!(format!("{:#}", load(&path).unwrap_err()).contains("is not JSON"));
+    }
+
+    #[test]
+    fn the_page_escapes_what_the_records_say_and_warns_of_unlike_runs() {
+        let (_dir, a) = written(&peer_json("<script>alert(1)</script>", &[0.1, 0.2]));
+        let mut other = peer_json("B", &[0.3]);
+        other["batch"] = 4.into();
+        let (_dir2, b) = written(&other);
+        let runs = vec![load(&a).unwrap(), load(&b).unwrap()];
+        let html = page(&runs).unwrap();
+        assert!(!html.contains("<script>"), "unescaped");
+        assert!(html.contains("&lt;script&gt;"));
+        assert!(html.contains("batch 4 against 2"));
+        // Self-contained: nothing fetched.
+        for external in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
+            assert!(!html.contains(external), "{external}");
+        }
+        // Two modes, each a series and a distribution, and the throughput bars.
+        assert_eq!(html.matches("<svg").count(), 5);
+    }
+
+    #[test]
+    fn repeated_names_are_told_apart_by_file() {
+        let (_d1, a) = written_as(&peer_json("T", &[0.1]), "before.json");
+        let (_d2, b) = written_as(&peer_json("T", &[0.2]), "after.json");
+        let runs = distinct_names(vec![load(&a).unwrap(), load(&b).unwrap()], &[a, b]);
+        assert_eq!(runs[0].name, "T 1.0 (before.json)");
+        assert_eq!(runs[1].name, "T 1.0 (after.json)");
+        let (_d3, c) = written(&peer_json("U", &[0.1]));
+        let runs = distinct_names(vec![load(&c).unwrap()], &[c]);
+        assert_eq!(runs[0].name, "U 1.0");
+    }
+
+    #[test]
+    fn long_series_are_thinned_to_a_bounded_number_of_points() {
+        let many = vec![0.1; 3 * MAX_SERIES_POINTS + 1];
+        let run = Run {
+            name: "x".into(),
+            network: "vgg16".into(),
+            image: None,
+            batch: 1,
+            threads: None,
+            ours: None,
+            modes: vec![RunMode {
+                mode: Mode::Forward,
+                stats: Stats::of(&many),
+                step_seconds: many.clone(),
+                flops_per_step: None,
+                peak_rss_bytes: None,
+                interrupted: false,
+                per_layer: Vec::new(),
+            }],
+        };
+        let (kept, stride) = thinned(&[(0, &run, &run.modes[0])]);
+        assert_eq!(stride, 4);
+        assert!(kept[0].len() <= MAX_SERIES_POINTS);
+        assert!(page(&[run]).unwrap().contains("every 4th step"));
+    }
+}
