@@ -17,6 +17,8 @@ def parse_args(description):
     p.add_argument("--threads", type=int, default=0, help="0: the framework's default")
     p.add_argument("--json", help="write the summary here")
     p.add_argument("--device", default="cpu", help="PyTorch only: cpu or cuda")
+    p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default="contiguous",
+                   help="PyTorch only: NCHW (contiguous) or NHWC (channels_last) tensors")
     return p.parse_args()
 
 

@@ -34,9 +34,12 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = vgg16().to(device)
+    # channels_last lets oneDNN (CPU) and cuDNN keep NHWC activations, often their fastest layout.
+    memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    model = vgg16().to(device, memory_format=memory_format)
     params = list(model.parameters())
-    images = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1).to(device)
+    images = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1).to(
+        device, memory_format=memory_format)
     results = {}
     if device.type == "cuda":
         # PyTorch's defaults, stated: TF32 for cuDNN convolutions, full f32 for matrix products.
@@ -66,7 +69,8 @@ def main():
         step, label = (forward, "Forward") if mode == "forward" else (forward_backward, "Forward-backward")
         results[mode] = common.time_run(step, label, args)
         results[mode]["peak_rss_bytes"] = common.peak_rss_bytes()
-    common.write(args, "PyTorch", torch.__version__, torch.get_num_threads(), results)
+    framework = "PyTorch" if args.memory_format == "contiguous" else "PyTorch channels_last"
+    common.write(args, framework, torch.__version__, torch.get_num_threads(), results)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@ tasks:
   bench [options]    `vgg bench` in release mode with the reference's settings (VGG-16, batch 32,
                      10 burn-in + 100 timed steps, forward and forward-backward)
       --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps
-      --peers              also run the same protocol in PyTorch and TensorFlow (bench/peers/) where
-                           $PYTHON (default python3) imports them, and print one side-by-side table
+      --peers              also run the same protocol in PyTorch (NCHW and channels_last) and
+                           TensorFlow (bench/peers/) where $PYTHON (default python3) imports them,
+                           and print one side-by-side table with the best peer per mode
+      --isa native|avx512|avx2|portable   cap our kernels' vector unit (the peers keep theirs)
       --report FILE.html   also write the results (with --peers, every framework's side by side) as
                            one self-contained HTML page (`vgg report`)
       --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
@@ -131,6 +133,7 @@ fn bench(args: &[String]) -> Result<()> {
     };
     let mut peers = false;
     let mut report: Option<PathBuf> = None;
+    let mut ours_only: Vec<String> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -146,6 +149,7 @@ fn bench(args: &[String]) -> Result<()> {
             }
             "--peers" => peers = true,
             "--report" => report = Some(PathBuf::from(value()?)),
+            "--isa" => ours_only.extend(["--isa".to_string(), value()?]),
             "--batch-size" => s.batch = value()?,
             "--num-batches" => s.num_batches = value()?,
             "--burn-in" => s.burn_in = value()?,
@@ -163,6 +167,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mut cmd = Command::new(&vgg);
     cmd.arg("bench")
         .args(s.args())
+        .args(&ours_only)
         .arg("--json")
         .arg(&ours_json);
     eprintln!("$ {cmd:?}");
@@ -173,9 +178,28 @@ fn bench(args: &[String]) -> Result<()> {
     let mut records = vec![ours_json.clone()];
     if peers {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
-        for (name, module, script) in [
-            ("PyTorch", "torch", "pytorch_bench.py"),
-            ("TensorFlow", "tensorflow", "tensorflow_bench.py"),
+        for (name, module, script, options, file) in [
+            (
+                "PyTorch",
+                "torch",
+                "pytorch_bench.py",
+                &[][..],
+                "torch.json",
+            ),
+            (
+                "PyTorch channels_last",
+                "torch",
+                "pytorch_bench.py",
+                &["--memory-format", "channels_last"][..],
+                "torch-channels-last.json",
+            ),
+            (
+                "TensorFlow",
+                "tensorflow",
+                "tensorflow_bench.py",
+                &[][..],
+                "tensorflow.json",
+            ),
         ] {
             let importable = Command::new(&python)
                 .args(["-c", &format!("import {module}")])
@@ -185,10 +209,11 @@ fn bench(args: &[String]) -> Result<()> {
                 eprintln!("{name}: `{python} -c 'import {module}'` fails; skipped (set PYTHON to an interpreter that has it)");
                 continue;
             }
-            let json = out_dir.join(format!("{module}.json"));
+            let json = out_dir.join(file);
             let mut cmd = Command::new(&python);
             cmd.arg(root().join("bench/peers").join(script))
                 .args(s.args())
+                .args(options)
                 .arg("--json")
                 .arg(&json);
             eprintln!("$ {cmd:?}");
@@ -201,7 +226,11 @@ fn bench(args: &[String]) -> Result<()> {
             }
             let record = read_json(&json)?;
             records.push(json.clone());
-            let label = format!("{name} {}", record["version"].as_str().unwrap_or("?"));
+            let label = format!(
+                "{} {}",
+                record["framework"].as_str().unwrap_or(name),
+                record["version"].as_str().unwrap_or("?")
+            );
             results.push((label, record));
         }
     }
@@ -223,12 +252,25 @@ fn print_comparison(s: &Settings, results: &[(String, Value)]) {
         "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all); seconds per batch",
         s.batch, s.image_size, s.image_size, s.burn_in, s.num_batches, s.threads
     );
+    let ours_record = &results[0].1;
+    let ours = summaries(ours_record);
+    // Every framework runs the same network and batch, so our record's FLOPs per step hold for
+    // all; the peak is the matrix-product rate our run measured on this machine.
+    let flops = |mode: &str| {
+        ours_record["modes"].as_array().and_then(|modes| {
+            modes
+                .iter()
+                .find(|m| m["mode"] == mode)
+                .and_then(|m| m["flops_per_step"].as_f64())
+        })
+    };
+    let peak = ours_record["matmul_peak"]["gflops_per_second"].as_f64();
     println!(
-        "{:<24} {:<17} {:>9} {:>9} {:>12} {:>10}",
-        "framework", "mode", "mean", "median", "ours/this", "peak RSS"
+        "{:<34} {:<17} {:>9} {:>9} {:>9} {:>8} {:>10} {:>10}",
+        "framework", "mode", "mean", "median", "GFLOP/s", "of peak", "ours/this", "peak RSS"
     );
-    let ours = summaries(&results[0].1);
-    for (name, record) in results {
+    let mut best: Vec<(String, String, f64)> = Vec::new();
+    for (i, (name, record)) in results.iter().enumerate() {
         for (mode, mean, median, rss) in summaries(record) {
             let ratio = ours
                 .iter()
@@ -237,10 +279,37 @@ fn print_comparison(s: &Settings, results: &[(String, Value)]) {
             let rss = rss.map_or("-".to_string(), |b| {
                 format!("{:.2} GiB", b / (1u64 << 30) as f64)
             });
-            println!("{name:<24} {mode:<17} {mean:>9.3} {median:>9.3} {ratio:>12} {rss:>10}");
+            let gflops = flops(&mode).map(|f| f / mean / 1e9);
+            let of_peak = match (gflops, peak) {
+                (Some(g), Some(p)) if p > 0.0 => format!("{:.0}%", 100.0 * g / p),
+                _ => "-".to_string(),
+            };
+            let gflops = gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
+            println!(
+                "{name:<34} {mode:<17} {mean:>9.3} {median:>9.3} {gflops:>9} {of_peak:>8} {ratio:>10} {rss:>10}"
+            );
+            if i > 0 {
+                match best.iter_mut().find(|b| b.0 == mode) {
+                    Some(b) if b.2 <= median => {}
+                    Some(b) => *b = (mode.clone(), name.clone(), median),
+                    None => best.push((mode.clone(), name.clone(), median)),
+                }
+            }
         }
     }
-    println!("ours/this: our median over this framework's median (below 1: we are faster).");
+    for (mode, name, median) in &best {
+        if let Some(o) = ours.iter().find(|o| o.0 == *mode) {
+            println!(
+                "best peer, {mode}: {name} at {median:.3} s; ours/best {:.2}x",
+                o.2 / median
+            );
+        }
+    }
+    println!(
+        "ours/this: our median over this framework's median (below 1: we are faster). GFLOP/s: the \
+         direct method's arithmetic over the mean step; of peak: against the matrix-product rate \
+         `vgg bench` measured on this machine."
+    );
 }
 
 /// The release `vgg` and the CUDA crate's test executables, copied into `dir` for a machine that

@@ -14,6 +14,74 @@ fn when<T>(need: bool, f: impl FnOnce() -> vgg_tensor::Result<T>) -> Result<Opti
     Ok(if need { Some(f()?) } else { None })
 }
 
+/// The input and weight gradients of a convolution given dz, its output's gradient before the
+/// bias (with `db`, the bias gradient, passed through).
+fn conv_grads<B: Backend>(
+    b: &B,
+    dz: &Tensor<B>,
+    x: &Tensor<B>,
+    w: &Tensor<B>,
+    p: Conv2dParams,
+    needs: &[bool],
+    db: Option<Tensor<B>>,
+) -> Result<Vec<Option<Tensor<B>>>> {
+    Ok(vec![
+        when(needs[0], || b.conv2d_backward_input(dz, w, x.shape(), p))?,
+        when(needs[1], || b.conv2d_backward_weight(x, dz, w.shape(), p))?,
+        db,
+    ])
+}
+
+/// A convolution with bias and ReLU whose output is not on the tape yet
+/// (`Tape::conv2d_bias_relu_deferred`).
+pub struct DeferredConv<B: Backend> {
+    x: Var<B>,
+    w: Var<B>,
+    bias: Var<B>,
+    p: Conv2dParams,
+    y: Tensor<B>,
+}
+
+impl<B: Backend> DeferredConv<B> {
+    /// The convolution's output (after the ReLU).
+    pub fn value(&self) -> &Tensor<B> {
+        &self.y
+    }
+
+    /// Records it as `Tape::conv2d_bias_act` would have.
+    pub fn record(self, tape: &Tape<B>) -> Result<Var<B>> {
+        tape.record_conv(&self.x, &self.w, &self.bias, self.p, self.y, true)
+    }
+
+    /// Max-pools the output and records convolution, ReLU and pool as one node, which keeps the
+    /// pooled output and the indices but not the convolution's output: a gradient reaches only
+    /// each window's maximum, where the ReLU's mask is the pooled value's sign. The gradients
+    /// are those of the three ops recorded apart, to the bit.
+    pub fn max_pool2d(self, tape: &Tape<B>, pool: Pool2dParams) -> Result<Var<B>> {
+        let DeferredConv { x, w, bias, p, y } = self;
+        let (pooled, indices) = tape.backend().max_pool2d(&y, pool)?;
+        let conv_shape = y.shape().clone();
+        drop(y);
+        let (xv, wv, pv) = (x.value.clone(), w.value.clone(), pooled.clone());
+        // As `max_pool2d` counts them: at most a u32 index per output.
+        let saved = xv.bytes() + wv.bytes() + 2 * pv.bytes();
+        tape.record(
+            "conv2d_bias_relu_max_pool2d",
+            &[&x, &w, &bias],
+            pooled,
+            saved,
+            Box::new(move |b, dy, needs| {
+                let masked = b.relu_backward(dy, &pv)?;
+                drop(pv);
+                let dz = b.max_pool2d_backward(&masked, &indices, &conv_shape)?;
+                drop(masked);
+                let db = when(needs[2], || b.channel_bias_grad(&dz))?;
+                conv_grads(b, &dz, &xv, &wv, p, needs, db)
+            }),
+        )
+    }
+}
+
 /// `g` broadcast to `shape` (the gradient of a reduction that kept its axes).
 fn expand<B: Backend>(b: &B, g: &Tensor<B>, shape: &Shape) -> vgg_tensor::Result<Tensor<B>> {
     b.add(&b.zeros(shape)?, g)
@@ -88,6 +156,19 @@ impl<B: Backend> Tape<B> {
         let y = self
             .backend()
             .conv2d_bias_act(&x.value, &w.value, &bias.value, p, relu)?;
+        self.record_conv(x, w, bias, p, y, relu)
+    }
+
+    /// Records a computed `conv2d_bias_act`.
+    fn record_conv(
+        &self,
+        x: &Var<B>,
+        w: &Var<B>,
+        bias: &Var<B>,
+        p: Conv2dParams,
+        y: Tensor<B>,
+        relu: bool,
+    ) -> Result<Var<B>> {
         let (xv, wv) = (x.value.clone(), w.value.clone());
         let yv = relu.then(|| y.clone());
         let saved = xv.bytes() + wv.bytes() + yv.as_ref().map_or(0, |y| y.bytes());
@@ -109,17 +190,33 @@ impl<B: Backend> Tape<B> {
                     (dz, None)
                 };
                 drop(yv);
-                Ok(vec![
-                    when(needs[0], || {
-                        b.conv2d_backward_input(&dz, &wv, xv.shape(), p)
-                    })?,
-                    when(needs[1], || {
-                        b.conv2d_backward_weight(&xv, &dz, wv.shape(), p)
-                    })?,
-                    db,
-                ])
+                conv_grads(b, &dz, &xv, &wv, p, needs, db)
             }),
         )
+    }
+
+    /// Convolution, bias and ReLU computed but not yet recorded: `DeferredConv::max_pool2d`
+    /// records it together with the max-pool after it, `DeferredConv::record` alone.
+    pub fn conv2d_bias_relu_deferred(
+        &self,
+        x: &Var<B>,
+        w: &Var<B>,
+        bias: &Var<B>,
+        p: Conv2dParams,
+    ) -> Result<DeferredConv<B>> {
+        for v in [x, w, bias] {
+            self.check("conv2d_bias_act", v)?;
+        }
+        let y = self
+            .backend()
+            .conv2d_bias_act(&x.value, &w.value, &bias.value, p, true)?;
+        Ok(DeferredConv {
+            x: x.clone(),
+            w: w.clone(),
+            bias: bias.clone(),
+            p,
+            y,
+        })
     }
 
     /// Max-pool (floored sizes); backward routes each gradient to its maximum.

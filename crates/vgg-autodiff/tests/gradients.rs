@@ -210,3 +210,83 @@ fn the_checker_catches_a_wrong_gradient() {
     let err = check_gradients(&b, &[x], wrong, &GradCheck::default()).unwrap_err();
     assert!(matches!(err, AutodiffError::GradientMismatch(_)), "{err}");
 }
+
+/// Convolution, ReLU and max-pool recorded as one node give the gradients of the three recorded
+/// apart, to the bit, with ties in the pool windows, negative maxima (ReLU closed) and a NaN,
+/// while keeping less: the pooled output instead of the convolution's.
+#[test]
+fn conv_relu_pool_as_one_node_matches_the_three_apart() {
+    let b = cpu();
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    let pool = Pool2dParams {
+        kernel: 2,
+        stride: 2,
+    };
+    // Rounded values: many equal maxima; some windows all negative.
+    let rounded = |t: CpuTensor| {
+        let v: Vec<f32> = b
+            .download(&t)
+            .unwrap()
+            .iter()
+            .map(|x| (x * 2.0).round() / 2.0)
+            .collect();
+        b.upload(t.shape(), &v).unwrap()
+    };
+    let mut xv = b.download(&normal(&b, &[2, 3, 8, 8], 1)).unwrap();
+    xv[37] = f32::NAN;
+    let x = b.upload(&Shape::from([2, 3, 8, 8]), &xv).unwrap();
+    let w = rounded(normal(&b, &[4, 3, 3, 3], 2));
+    let bias = b
+        .upload(&Shape::from([4]), &[-0.5, 0.0, 0.5, -2.0])
+        .unwrap();
+    let upstream = normal(&b, &[2, 4, 4, 4], 3);
+    let run = |fused: bool| {
+        let tape = Tape::new(b.clone());
+        let (xs, ws, bs) = (
+            tape.param("x", x.clone()),
+            tape.param("w", w.clone()),
+            tape.param("b", bias.clone()),
+        );
+        let y = if fused {
+            tape.conv2d_bias_relu_deferred(&xs, &ws, &bs, p)
+                .unwrap()
+                .max_pool2d(&tape, pool)
+                .unwrap()
+        } else {
+            let c = tape.conv2d_bias_act(&xs, &ws, &bs, p, true).unwrap();
+            tape.max_pool2d(&c, pool).unwrap()
+        };
+        let saved = tape.saved_bytes();
+        let weighted = tape.mul(&y, &tape.constant(upstream.clone())).unwrap();
+        let loss = tape.sum(&weighted).unwrap();
+        let g = tape.backward(&loss).unwrap();
+        let grads: Vec<Vec<u32>> = [&xs, &ws, &bs]
+            .iter()
+            .map(|v| {
+                let t = g.get(v).unwrap();
+                b.download(&t)
+                    .unwrap()
+                    .iter()
+                    .map(|f| f.to_bits())
+                    .collect()
+            })
+            .collect();
+        (b.download(y.value()).unwrap(), grads, saved)
+    };
+    let (y_apart, apart, saved_apart) = run(false);
+    let (y_fused, fused, saved_fused) = run(true);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&y_fused), bits(&y_apart));
+    for (name, (f, a)) in ["x", "w", "bias"].iter().zip(fused.iter().zip(&apart)) {
+        assert_eq!(f, a, "gradient of {name}");
+    }
+    // The NaN reached the output and the gradients as it does apart.
+    assert!(y_fused.iter().any(|v| v.is_nan()));
+    // Apart: x, w, the convolution's output and the pool's indices (a u32 per output); as one:
+    // x, w, the pooled output and the indices.
+    let (conv_out, pooled) = (2 * 4 * 8 * 8 * 4, 2 * 4 * 4 * 4 * 4);
+    assert_eq!(saved_apart - saved_fused, conv_out - pooled);
+}

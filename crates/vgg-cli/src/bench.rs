@@ -171,7 +171,6 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         config.num_batches
     ))?;
     let bench = Bench::new(backend.clone(), config.clone())?;
-    let peak = measure_matmul_peak(&backend)?;
     let mut reports = Vec::new();
     for &mode in modes {
         if signals::stop_requested() {
@@ -231,6 +230,14 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         ))?;
         reports.push(report);
     }
+    // Measured after the modes, so its buffers touch neither their times nor their peak memory.
+    // After Ctrl-C, not at all.
+    drop(bench);
+    let peak = if signals::stop_requested() {
+        None
+    } else {
+        Some(measure_matmul_peak(&backend)?)
+    };
     let record = BenchRecord {
         schema: BENCH_SCHEMA.to_string(),
         started,
@@ -239,7 +246,7 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         vgg_version: Some(env!("CARGO_PKG_VERSION").to_string()),
         network: Some(spec.describe_network()),
         machine: Some(Machine::this()),
-        matmul_peak: Some(peak),
+        matmul_peak: peak,
         config,
         modes: reports,
     };
@@ -334,6 +341,12 @@ fn summary(record: &BenchRecord) -> String {
             r.mode.label(),
             t.text()
         ));
+        if backward {
+            out.push_str(
+                "A max-pool's backward counts toward the convolution before it: the two are one \
+                 tape node, which keeps the pooled output instead of the convolution's.\n",
+            );
+        }
     }
     out
 }

@@ -102,6 +102,15 @@ pub struct DeviceArgs {
     /// CPU threads: 0 for one per core, at most 8 per core
     #[arg(long, default_value = "0", value_parser = args::threads)]
     pub threads: usize,
+    /// With --backend cpu: the widest vector unit our kernels may use (native: the widest the
+    /// CPU has), to compare instruction sets on one machine; the GEMM crate's kernels keep their
+    /// own choice
+    #[arg(long, value_enum, default_value = "native")]
+    pub isa: IsaChoice,
+    /// With --backend cpu: the convolution algorithm (auto: Winograd F(4x4, 3x3) where it
+    /// measured faster, im2col elsewhere; im2col: everywhere)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub conv_algorithm: ConvChoice,
     /// With --backend cuda: which GPU, counting from 0
     #[arg(long, default_value = "0")]
     pub gpu: usize,
@@ -117,12 +126,50 @@ pub enum BackendChoice {
     Cuda,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsaChoice {
+    Native,
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConvChoice {
+    Auto,
+    Im2col,
+}
+
 impl DeviceArgs {
     pub fn cpu(&self) -> Result<vgg_ndarray::CpuBackend> {
-        Ok(vgg_ndarray::CpuBackend::new(self.threads)?)
+        use vgg_ndarray::{ConvAlgorithm, CpuConfig, Isa};
+        let isa = match self.isa {
+            IsaChoice::Native => None,
+            IsaChoice::Avx512 => Some(Isa::Avx512),
+            IsaChoice::Avx2 => Some(Isa::Avx2),
+            IsaChoice::Portable => Some(Isa::Portable),
+        };
+        let convolution = match self.conv_algorithm {
+            ConvChoice::Auto => ConvAlgorithm::Auto,
+            ConvChoice::Im2col => ConvAlgorithm::Im2col,
+        };
+        let config = CpuConfig {
+            isa,
+            convolution,
+            ..CpuConfig::detect(self.threads)
+        };
+        if let Err(e) = config.kernel_isa() {
+            anyhow::bail!("--isa: {e}");
+        }
+        Ok(vgg_ndarray::CpuBackend::with_config(config)?)
     }
 
     pub fn cuda(&self) -> Result<vgg_cuda::CudaBackend> {
+        if self.isa != IsaChoice::Native || self.conv_algorithm != ConvChoice::Auto {
+            anyhow::bail!(
+                "--isa and --conv-algorithm choose the CPU backend's kernels; leave them out with --backend cuda"
+            );
+        }
         Ok(vgg_cuda::CudaBackend::new(vgg_cuda::CudaOptions {
             ordinal: self.gpu,
             allow_tf32: !self.no_tf32,

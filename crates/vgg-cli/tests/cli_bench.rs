@@ -230,3 +230,42 @@ fn ctrl_c_reports_what_was_measured() {
         "the summary is printed: {stdout}"
     );
 }
+
+#[test]
+fn the_cpu_kernels_can_be_capped_and_the_algorithm_chosen() {
+    let args = tiny(&[
+        "--mode",
+        "forward",
+        "--isa",
+        "portable",
+        "--conv-algorithm",
+        "im2col",
+    ]);
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = out.lines().next().unwrap();
+    assert!(
+        first.contains("portable") && first.contains("im2col only"),
+        "{first}"
+    );
+    // The of-peak column and its footnote come with every run.
+    assert!(
+        out.contains("of peak") && out.contains("matrix product"),
+        "{out}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    let has_avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has_avx512 = false;
+    let args = tiny(&["--isa", "avx512"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if has_avx512 {
+        assert!(ok(&args).lines().next().unwrap().contains("AVX-512"));
+    } else {
+        refused(&args, &["--isa", "no AVX-512"]);
+    }
+    let args = tiny(&["--backend", "cuda", "--isa", "avx2"]);
+    refused(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--backend cuda"],
+    );
+}

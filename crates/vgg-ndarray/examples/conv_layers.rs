@@ -1,10 +1,10 @@
 //! Times every VGG-16 convolution shape's forward, input gradient and weight gradient (batch 8
-//! by default), median of 5 runs each. Run once with `VGG_CONV=im2col` for the im2col path:
-//!   cargo run --release -p vgg-ndarray --example conv_layers [batch]
+//! by default), median of 5 runs each; `im2col` as a second argument for the im2col path:
+//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [im2col]
 
 use std::time::Instant;
 
-use vgg_ndarray::CpuBackend;
+use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{Backend, Conv2dParams, ConvGeometry, Shape};
 
@@ -26,7 +26,15 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(8);
-    let b = CpuBackend::new(0).expect("a CPU backend");
+    let convolution = match std::env::args().nth(2).as_deref() {
+        Some("im2col") => ConvAlgorithm::Im2col,
+        _ => ConvAlgorithm::Auto,
+    };
+    let b = CpuBackend::with_config(CpuConfig {
+        convolution,
+        ..CpuConfig::detect(0)
+    })
+    .expect("a CPU backend");
     let p = Conv2dParams {
         stride: 1,
         padding: 1,
@@ -41,10 +49,7 @@ fn main() {
         ("conv4_2", 512, 512, 28),
         ("conv5_2", 512, 512, 14),
     ];
-    println!(
-        "batch {batch}, VGG_CONV={}",
-        std::env::var("VGG_CONV").unwrap_or_default()
-    );
+    println!("batch {batch}, {}", b.name());
     println!(
         "layer     forward ms  input-grad ms  weight-grad ms   (GFLOP/s of the direct method)"
     );

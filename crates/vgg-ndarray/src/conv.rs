@@ -1,15 +1,13 @@
 //! Convolution by tiled im2col and GEMM. Each worker's column buffer holds one tile of output rows
-//! of one image (at most `TILE_BYTES`), never the whole batch, so scratch memory is bounded by
-//! tile x threads whatever the batch. 1x1 stride-1 unpadded convolutions read the input directly.
+//! of one image (at most `Tuning::im2col_tile_bytes`), never the whole batch, so scratch memory
+//! is bounded by tile x threads whatever the batch. 1x1 stride-1 unpadded convolutions read the
+//! input directly.
 
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
+use crate::config::{ConvAlgorithm, Tuning};
 use crate::gemm::{sgemm, Mat, MatMut};
-
-/// Upper bound of the column scratch of one convolution call (one tile of one image), unless a
-/// single output row needs more.
-pub const TILE_BYTES: usize = 2 << 20;
 
 /// Rows (K = Cin*KH*KW) of the column matrix.
 fn col_rows(g: &ConvGeometry) -> usize {
@@ -204,15 +202,8 @@ fn image(t: &[f32], n: usize, len: usize) -> &[f32] {
 }
 
 /// y = conv(x, w): per tile, Y[Cout, tile] = W[Cout, K] x col[K, tile].
-pub fn forward(
-    x: &[f32],
-    w: &[f32],
-    g: &ConvGeometry,
-    threads: usize,
-    tile_bytes: usize,
-    y: &mut [f32],
-) {
-    forward_fused(x, w, None, false, g, threads, tile_bytes, y)
+pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]) {
+    forward_fused(x, w, None, false, g, t, y)
 }
 
 /// Whether a convolution (or, with `weight_grad`, its weight gradient) takes the Winograd path:
@@ -221,18 +212,16 @@ pub fn forward(
 /// weights are streamed in large chunks (`winograd::large_chunks`, as for conv5: 17.2-17.6 vs
 /// 20.2-21.7 ms at batch 8, 53 vs 74-94 ms at batch 32); with small chunks each thread's sums
 /// over few tiles cost more than im2col (conv5 before large chunks: 42.9 vs 22.0 ms).
-/// `VGG_CONV=im2col` turns it off, for comparisons.
-pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool) -> bool {
-    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let mode = MODE.get_or_init(|| std::env::var("VGG_CONV").unwrap_or_default());
+/// `ConvAlgorithm::Im2col` turns it off, for comparisons.
+pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
     let area = g.out_h * g.out_w;
     let large_enough = if weight_grad && area < 28 * 28 {
-        crate::winograd::large_chunks(g)
+        crate::winograd::large_chunks(g, t)
     } else {
         true
     };
     crate::winograd::applies(g)
-        && mode != "im2col"
+        && t.convolution == ConvAlgorithm::Auto
         && g.in_channels >= 16
         && area >= 14 * 14
         && large_enough
@@ -240,24 +229,23 @@ pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool) -> bool {
 
 /// The output pass fused into the convolution: per tile, right after its GEMM and while the tile
 /// is in cache, add the bias (`[Cout]`) and apply ReLU, instead of two more passes over memory.
-#[allow(clippy::too_many_arguments)]
 pub fn forward_fused(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
     relu: bool,
     g: &ConvGeometry,
-    threads: usize,
-    tile_bytes: usize,
+    t: &Tuning,
     y: &mut [f32],
 ) {
+    let (threads, tile_bytes) = (t.threads, t.im2col_tile_bytes);
     assert_eq!(
         y.len(),
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
-    if use_winograd(g, false) {
-        return crate::winograd::forward(x, w, bias, relu, g, threads, y);
+    if use_winograd(g, false, t) {
+        return crate::winograd::forward(x, w, bias, relu, g, t, y);
     }
     let weights = Mat::row_major(w, g.out_channels, col_rows(g));
     let in_image = g.in_channels * g.in_h * g.in_w;
@@ -328,18 +316,12 @@ fn flip_kernel(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
 
 /// dx: the flipped-kernel convolution for stride 1; otherwise per tile
 /// dcol[K, tile] = W^T[K, Cout] x dY[Cout, tile], then col2im.
-pub fn backward_input(
-    dy: &[f32],
-    w: &[f32],
-    g: &ConvGeometry,
-    threads: usize,
-    tile_bytes: usize,
-    dx: &mut [f32],
-) {
+pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &mut [f32]) {
+    let (threads, tile_bytes) = (t.threads, t.im2col_tile_bytes);
     let in_image = g.in_channels * g.in_h * g.in_w;
     assert_eq!(dx.len(), g.batch * in_image, "conv input-gradient length");
     if let Some(flipped) = flipped_geometry(g) {
-        return forward(dy, &flip_kernel(w, g), &flipped, threads, tile_bytes, dx);
+        return forward(dy, &flip_kernel(w, g), &flipped, t, dx);
     }
     dx.fill(0.0);
     let out_image = g.out_channels * g.out_h * g.out_w;
@@ -370,15 +352,10 @@ pub fn backward_input(
 
 /// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
 /// many images as threads, each worker sums a contiguous group of images into its own dW.
-pub fn backward_weight(
-    x: &[f32],
-    dy: &[f32],
-    g: &ConvGeometry,
-    threads: usize,
-    tile_bytes: usize,
-) -> Vec<f32> {
-    if use_winograd(g, true) {
-        return crate::winograd::backward_weight(x, dy, g, threads);
+pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
+    let (threads, tile_bytes) = (t.threads, t.im2col_tile_bytes);
+    if use_winograd(g, true, t) {
+        return crate::winograd::backward_weight(x, dy, g, t);
     }
     let k = col_rows(g);
     let in_image = g.in_channels * g.in_h * g.in_w;
@@ -442,8 +419,13 @@ mod tests {
             let w_shape = Shape::from([4, 3, 3, 3]);
             let g =
                 ConvGeometry::new(&x_shape, &w_shape, Conv2dParams { stride, padding }).unwrap();
-            let one_row = 1;
-            assert_eq!(tile_rows(&g, one_row), 1);
+            let one_row = Tuning {
+                threads: 1,
+                im2col_tile_bytes: 1,
+                ..Tuning::detect(1)
+            };
+            let two = Tuning::detect(2);
+            assert_eq!(tile_rows(&g, one_row.im2col_tile_bytes), 1);
             let (x, w) = (values(x_shape.elements(), 1), values(w_shape.elements(), 2));
             let dy = values(g.output_shape().elements(), 3);
             let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-5);
@@ -453,15 +435,15 @@ mod tests {
                 out
             };
             let (ylen, xlen) = (g.output_shape().elements(), x.len());
-            let y1 = run(&|y| forward(&x, &w, &g, 1, one_row, y), ylen);
-            let y2 = run(&|y| forward(&x, &w, &g, 2, TILE_BYTES, y), ylen);
+            let y1 = run(&|y| forward(&x, &w, &g, &one_row, y), ylen);
+            let y2 = run(&|y| forward(&x, &w, &g, &two, y), ylen);
             assert!(close(&y1, &y2));
-            let dx1 = run(&|dx| backward_input(&dy, &w, &g, 1, one_row, dx), xlen);
-            let dx2 = run(&|dx| backward_input(&dy, &w, &g, 2, TILE_BYTES, dx), xlen);
+            let dx1 = run(&|dx| backward_input(&dy, &w, &g, &one_row, dx), xlen);
+            let dx2 = run(&|dx| backward_input(&dy, &w, &g, &two, dx), xlen);
             assert!(close(&dx1, &dx2));
             assert!(close(
-                &backward_weight(&x, &dy, &g, 1, one_row),
-                &backward_weight(&x, &dy, &g, 2, TILE_BYTES)
+                &backward_weight(&x, &dy, &g, &one_row),
+                &backward_weight(&x, &dy, &g, &two)
             ));
         }
     }

@@ -4,6 +4,7 @@
 
 mod arena;
 mod buffer;
+pub mod config;
 pub mod conv;
 pub mod gemm;
 pub mod generic;
@@ -26,6 +27,7 @@ use vgg_tensor::{
 
 pub use crate::buffer::MemoryStats;
 use crate::buffer::{Buffer, Pool};
+pub use crate::config::{CacheSizes, ConvAlgorithm, CpuConfig, Isa, Tuning};
 use crate::gemm::{sgemm, Mat, MatMut};
 
 /// Elements per parallel task in elementwise kernels and reductions. Reductions sum their
@@ -85,18 +87,24 @@ pub struct CpuPoolIndices {
     indices: Arc<Vec<u8>>,
 }
 
-/// The CPU backend: a rayon pool of `threads` workers and a pool of recycled buffers.
+/// The CPU backend: a rayon pool of `threads` workers, a pool of recycled buffers, and the
+/// tuning every kernel call is given.
 #[derive(Clone)]
 pub struct CpuBackend {
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     buffers: Arc<Pool>,
+    config: CpuConfig,
+    isa: Isa,
+    tuning: Tuning,
 }
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuBackend")
             .field("threads", &self.threads)
+            .field("isa", &self.isa)
+            .field("tuning", &self.tuning)
             .finish()
     }
 }
@@ -106,6 +114,14 @@ impl CpuBackend {
     /// `MAX_THREADS_PER_CORE` per core is refused: it only slows every op down, and starting
     /// many thousands of threads takes minutes.
     pub fn new(threads: usize) -> Result<CpuBackend> {
+        CpuBackend::with_config(CpuConfig::detect(threads))
+    }
+
+    /// A backend as `config` says (threads as for `new`), refusing an instruction set the CPU
+    /// lacks.
+    pub fn with_config(config: CpuConfig) -> Result<CpuBackend> {
+        let threads = config.threads;
+        let isa = config.kernel_isa()?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let most = cores.saturating_mul(MAX_THREADS_PER_CORE);
         if threads > most {
@@ -120,13 +136,46 @@ impl CpuBackend {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("vgg-cpu-{i}"))
+            // Every kernel runs on these workers, so the cap holds for all of this backend's.
+            .start_handler(move |_| simd::cap_this_thread(isa))
             .build()
             .map_err(|e| TensorError::Device(format!("cannot start {threads} CPU threads: {e}")))?;
+        let config = CpuConfig { threads, ..config };
         Ok(CpuBackend {
             pool: Arc::new(pool),
             threads,
             buffers: Pool::new(),
+            config,
+            isa,
+            tuning: Tuning::of(&config),
         })
+    }
+
+    /// What the backend was configured with (threads resolved).
+    pub fn config(&self) -> &CpuConfig {
+        &self.config
+    }
+
+    /// The sizes and choices its kernels are given.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    /// The widest vector unit our kernels use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The vector unit of the GEMM crate's kernels, which choose it themselves from what the CPU
+    /// has (AVX-512 only in a build with its `x86-v4` feature, which this crate turns on): a cap
+    /// in `CpuConfig::isa` does not reach them.
+    pub fn gemm_isa() -> Isa {
+        Isa::detected()
+    }
+
+    /// The instruction set kernels see on this backend's workers (for tests of the cap).
+    pub fn worker_isa(&self) -> Isa {
+        self.run(simd::level)
     }
 
     /// The number of threads the kernels use.
@@ -233,7 +282,21 @@ impl Device for CpuBackend {
     type Tensor = CpuTensor;
 
     fn name(&self) -> String {
-        format!("cpu ({} threads)", self.threads)
+        let gemm = CpuBackend::gemm_isa();
+        let gemm = if gemm == self.isa {
+            String::new()
+        } else {
+            format!(", GEMM {}", gemm.name())
+        };
+        let algorithm = match self.config.convolution {
+            ConvAlgorithm::Auto => "",
+            ConvAlgorithm::Im2col => ", im2col only",
+        };
+        format!(
+            "cpu ({} threads, {}{gemm}{algorithm})",
+            self.threads,
+            self.isa.name()
+        )
     }
 
     fn execute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -373,14 +436,7 @@ impl Convolution for CpuBackend {
     fn conv2d(&self, x: &CpuTensor, w: &CpuTensor, p: Conv2dParams) -> Result<CpuTensor> {
         let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
         Ok(self.build(g.output_shape(), |y| {
-            conv::forward(
-                x.as_slice(),
-                w.as_slice(),
-                &g,
-                self.threads,
-                conv::TILE_BYTES,
-                y,
-            )
+            conv::forward(x.as_slice(), w.as_slice(), &g, &self.tuning, y)
         }))
     }
 
@@ -394,14 +450,7 @@ impl Convolution for CpuBackend {
         let g = ConvGeometry::new(input_shape, &w.shape, p)?;
         g.check_output("conv2d_backward_input", &dy.shape)?;
         Ok(self.build(input_shape.clone(), |dx| {
-            conv::backward_input(
-                dy.as_slice(),
-                w.as_slice(),
-                &g,
-                self.threads,
-                conv::TILE_BYTES,
-                dx,
-            )
+            conv::backward_input(dy.as_slice(), w.as_slice(), &g, &self.tuning, dx)
         }))
     }
 
@@ -414,15 +463,7 @@ impl Convolution for CpuBackend {
     ) -> Result<CpuTensor> {
         let g = ConvGeometry::new(&x.shape, weight_shape, p)?;
         g.check_output("conv2d_backward_weight", &dy.shape)?;
-        let dw = self.run(|| {
-            conv::backward_weight(
-                x.as_slice(),
-                dy.as_slice(),
-                &g,
-                self.threads,
-                conv::TILE_BYTES,
-            )
-        });
+        let dw = self.run(|| conv::backward_weight(x.as_slice(), dy.as_slice(), &g, &self.tuning));
         Ok(self.adopt(weight_shape.clone(), dw))
     }
 }
@@ -499,7 +540,7 @@ impl Backend for CpuBackend {
         let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
         g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
         Ok(self.build(g.output_shape(), |y| {
-            if conv::use_winograd(&g, false) {
+            if conv::use_winograd(&g, false, &self.tuning) {
                 // Fixed weights (inference, benchmarks) keep their transform between calls.
                 let u = w.buf.derived((g.out_channels, g.in_channels), |lasting| {
                     let (k, c) = (g.out_channels, g.in_channels);
@@ -511,7 +552,7 @@ impl Backend for CpuBackend {
                     Some(b.as_slice()),
                     relu,
                     &g,
-                    self.threads,
+                    &self.tuning,
                     y,
                 )
             } else {
@@ -521,8 +562,7 @@ impl Backend for CpuBackend {
                     Some(b.as_slice()),
                     relu,
                     &g,
-                    self.threads,
-                    conv::TILE_BYTES,
+                    &self.tuning,
                     y,
                 )
             }

@@ -1,9 +1,32 @@
 //! Runtime choice of vector width. The crate is compiled for the default x86-64 target (SSE2),
 //! so hot loops that the compiler vectorises well are compiled again for AVX-512 and for
-//! AVX2+FMA, and the widest the CPU has is called.
+//! AVX2+FMA, and the widest the CPU has, up to the backend's `CpuConfig::isa`, is called.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use crate::config::Isa;
+
+thread_local! {
+    /// The widest set kernels on this thread may use: set on each worker of a backend's pool
+    /// when it starts (None elsewhere: the CPU's widest).
+    static CAP: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// Caps the kernels run on this thread at `isa` (a backend's workers call it as they start).
+pub(crate) fn cap_this_thread(isa: Isa) {
+    CAP.with(|c| c.set(Some(isa)));
+}
+
+/// The set kernels on this thread use: the CPU's widest, lowered to the thread's cap.
+pub(crate) fn level() -> Isa {
+    static DETECTED: OnceLock<Isa> = OnceLock::new();
+    let widest = *DETECTED.get_or_init(Isa::detected);
+    CAP.with(|c| c.get()).map_or(widest, |cap| cap.min(widest))
+}
 
 /// `$vis fn $name(args)` that calls `$generic(args)` (an `#[inline(always)]` function) compiled
-/// for AVX-512 or AVX2+FMA where the CPU has them, and as it is otherwise.
+/// for AVX-512 or AVX2+FMA where `level` allows, and as it is otherwise.
 macro_rules! dispatch_simd {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $generic:path) => {
         $(#[$doc])*
@@ -18,15 +41,12 @@ macro_rules! dispatch_simd {
                 unsafe fn avx2($($arg: $ty),*) {
                     $generic($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the function is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                match $crate::simd::level() {
+                    // SAFETY: `level` never exceeds what the CPU has (`Isa::detected`).
+                    $crate::config::Isa::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
+                    $crate::config::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::config::Isa::Portable => {}
                 }
             }
             $generic($($arg),*)

@@ -152,8 +152,7 @@ crate::simd::dispatch_simd! {
 
 /// 4 x 4 register blocks where AVX-512's 32 registers hold them, else 4 x 2 (see `BLOCK`).
 fn block(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if !std::arch::is_x86_feature_detected!("avx512f") {
+    if crate::simd::level() < crate::config::Isa::Avx512 {
         return block_4x2(a, packed, b, m, k, ct);
     }
     block_4x4(a, packed, b, m, k, ct)

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
 use crate::arena::Memory;
+use crate::config::Tuning;
 use crate::gemm::{sgemm, Mat, MatMut};
 
 /// Output block side.
@@ -116,13 +117,8 @@ fn gt6(u: &[Lanes; A]) -> [Lanes; 3] {
     r
 }
 
-/// Chunk sizes (see `Chunks`): transformed input and output bytes per chunk where the
-/// transformed weights fit in cache, and where they do not; tiles a chunk's GEMMs need at least;
-/// transformed-weight bytes that still count as cached.
-const CHUNK_BYTES: usize = 3 << 19;
-const LARGE_CHUNK_BYTES: usize = 32 << 20;
+/// Tiles a chunk's GEMMs need at least (see `Chunks`; its byte sizes come from `Tuning`).
 const MIN_TILES: usize = 64;
-const CACHED_WEIGHT_BYTES: usize = 6 << 20;
 
 /// The 2-D transform F d Ft of N x N lane blocks, given F as `f` (N values in, P out): F applied
 /// to every column, then to every row of the result.
@@ -171,6 +167,7 @@ pub(crate) fn transform_weights(w: &[f32], k: usize, c: usize, lasting: bool) ->
     let out = OutPtr {
         ptr: u.as_mut_ptr(),
         len: u.len(),
+        streaming: false,
     };
     (0..k).into_par_iter().for_each(|ko| {
         let filters = &w[ko * c * 9..(ko + 1) * c * 9];
@@ -322,7 +319,7 @@ fn transform_output_generic(
     let k_count = g.out_channels;
     let plane = g.out_h * g.out_w;
     // An output far larger than the caches is not read back from them: store it around them.
-    let streaming = y.len * 4 > STREAMING_BYTES;
+    let streaming = y.streaming;
     for (ri, row) in rows.clone().enumerate() {
         let (n, th) = (row / tiles_h, row % tiles_h);
         for ko in 0..k_count {
@@ -440,6 +437,8 @@ fn copy_lanes(dst: &mut [f32], src: &[f32]) {
 struct OutPtr {
     ptr: *mut f32,
     len: usize,
+    /// Written with non-temporal stores (`Tuning::streaming_bytes`).
+    streaming: bool,
 }
 
 // SAFETY: chunks write disjoint elements (their own tile rows), and the pointer outlives them.
@@ -456,9 +455,6 @@ fn store_fence() {
         std::arch::x86_64::_mm_sfence()
     };
 }
-
-/// Outputs larger than this (half the L3) are written with non-temporal stores.
-const STREAMING_BYTES: usize = 16 << 20;
 
 impl OutPtr {
     /// `write_slice`, with non-temporal stores when `streaming` and the row segment is 16-byte
@@ -537,16 +533,17 @@ mod simd {
 
 /// Whether the transformed weights are too large to stay in cache, so chunks are large
 /// (`Chunks`).
-pub(crate) fn large_chunks(g: &ConvGeometry) -> bool {
-    POSITIONS * g.out_channels * g.in_channels * 4 > CACHED_WEIGHT_BYTES
+pub(crate) fn large_chunks(g: &ConvGeometry, t: &Tuning) -> bool {
+    POSITIONS * g.out_channels * g.in_channels * 4 > t.cached_weight_bytes
 }
 
 /// How a convolution's tile rows (over batch x tile rows) are cut into chunks. Every chunk's
 /// GEMMs read all the transformed weights (36 k x c values). Where those stay in cache
-/// (`CACHED_WEIGHT_BYTES`), chunks are small,
+/// (`Tuning::cached_weight_bytes`), chunks are small,
 /// so their transformed input and output (36 (c + k) values per tile) stay near the core's L2
-/// (`CHUNK_BYTES`, at least `MIN_TILES` for the GEMMs). Where they do not (256 channels and more:
-/// 9-36 MiB), each chunk streams them from memory, so chunks grow to `LARGE_CHUNK_BYTES` (the L3)
+/// (`Tuning::chunk_bytes`, at least `MIN_TILES` for the GEMMs). Where they do not (256 channels and
+/// more: 9-36 MiB), each chunk streams them from memory, so chunks grow to the L3
+/// (`Tuning::large_chunk_bytes`)
 /// to read them fewer times. The count is a multiple of the threads, so none waits on another's
 /// extra chunk. Measured per layer: docs/performance.md.
 struct Chunks {
@@ -561,15 +558,16 @@ struct Chunks {
 }
 
 impl Chunks {
-    fn new(g: &ConvGeometry, threads: usize) -> Chunks {
+    fn new(g: &ConvGeometry, t: &Tuning) -> Chunks {
+        let threads = t.threads;
         let (tiles_h, tiles_w) = tile_grid(g);
         let total_rows = g.batch * tiles_h;
         let (c, k) = (g.in_channels, g.out_channels);
         let row_bytes = (POSITIONS * (c + k) * tiles_w * 4).max(1);
-        let rows = if large_chunks(g) {
-            LARGE_CHUNK_BYTES / row_bytes
+        let rows = if large_chunks(g, t) {
+            t.large_chunk_bytes / row_bytes
         } else {
-            (CHUNK_BYTES / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
+            (t.chunk_bytes / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
         };
         let count = total_rows
             .div_ceil(rows.max(1))
@@ -645,7 +643,7 @@ pub fn forward(
     bias: Option<&[f32]>,
     relu: bool,
     g: &ConvGeometry,
-    threads: usize,
+    t: &Tuning,
     y: &mut [f32],
 ) {
     assert_eq!(
@@ -654,7 +652,7 @@ pub fn forward(
         "conv weights length"
     );
     let u = transform_weights(w, g.out_channels, g.in_channels, false);
-    forward_transformed(x, &u, bias, relu, g, threads, y);
+    forward_transformed(x, &u, bias, relu, g, t, y);
 }
 
 /// `forward` with the weights already transformed (`transform_weights`).
@@ -665,16 +663,17 @@ pub(crate) fn forward_transformed(
     bias: Option<&[f32]>,
     relu: bool,
     g: &ConvGeometry,
-    threads: usize,
+    t: &Tuning,
     y: &mut [f32],
 ) {
     check_lengths(g, x, y, "conv output");
     let (k, c) = (g.out_channels, g.in_channels);
     assert_eq!(u.len(), POSITIONS * k * c, "transformed weights length");
-    let chunks = Chunks::new(g, threads);
+    let chunks = Chunks::new(g, t);
     let out = OutPtr {
         ptr: y.as_mut_ptr(),
         len: y.len(),
+        streaming: y.len() * 4 > t.streaming_bytes,
     };
     (0..chunks.count).into_par_iter().for_each(|chunk| {
         chunks.with_scratch(chunk, |rows, tiles, v, mm| {
@@ -703,10 +702,11 @@ pub(crate) fn forward_transformed(
 /// dW for a 3x3 stride-1 convolution (`applies`): per chunk, `dU[pos] += dM[pos] V[pos]^T` with
 /// dM = A dY At and V = Bt x B as in the forward pass; then dW = Gt dU G. Each thread sums its
 /// own chunks (a fixed split, so the result does not depend on scheduling).
-pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, threads: usize) -> Vec<f32> {
+pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
+    let threads = t.threads;
     check_lengths(g, x, dy, "conv output-gradient");
     let (k, c) = (g.out_channels, g.in_channels);
-    let chunks = Chunks::new(g, threads);
+    let chunks = Chunks::new(g, t);
     // ConvGeometry rejects empty inputs, so there is at least one chunk, and every worker gets one.
     assert!(chunks.count > 0, "a convolution has at least one tile");
     let workers = threads.clamp(1, chunks.count);
@@ -847,8 +847,8 @@ mod tests {
             .collect()
     }
 
-    /// An output beyond STREAMING_BYTES takes the non-temporal stores: every value is written
-    /// and right (sampled against the definition).
+    /// An output beyond `Tuning::streaming_bytes` takes the non-temporal stores: every value is
+    /// written and right (sampled against the definition).
     #[test]
     fn large_outputs_are_streamed_correctly() {
         let dims = [1, 16, 512, 576];
@@ -867,12 +867,16 @@ mod tests {
         random::fill_normal(&mut wt, 2, 0, 0.0, 0.1);
         let b = vec![0.05; 16];
         let mut y = vec![f32::NAN; 16 * 512 * 576];
-        assert!(y.len() * 4 > STREAMING_BYTES);
+        let t = Tuning {
+            streaming_bytes: 16 << 20,
+            ..Tuning::detect(2)
+        };
+        assert!(y.len() * 4 > t.streaming_bytes);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        pool.install(|| forward(&x, &wt, Some(&b), true, &g, 2, &mut y));
+        pool.install(|| forward(&x, &wt, Some(&b), true, &g, &t, &mut y));
         assert!(y.iter().all(|v| v.is_finite()), "every output is written");
         for i in (0..y.len()).step_by(997) {
             let at = [0, i / (512 * 576), i / 576 % 512, i % 576];
@@ -911,7 +915,17 @@ mod tests {
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| forward(&x, &wt, Some(&b), relu, &g, threads, &mut y));
+        pool.install(|| {
+            forward(
+                &x,
+                &wt,
+                Some(&b),
+                relu,
+                &g,
+                &Tuning::detect(threads),
+                &mut y,
+            )
+        });
         let want = direct(&x, &wt, &b, relu, &g);
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let worst = y
@@ -1003,7 +1017,7 @@ mod tests {
             .num_threads(threads)
             .build()
             .unwrap();
-        let got = pool.install(|| backward_weight(&x, &dy, &g, threads));
+        let got = pool.install(|| backward_weight(&x, &dy, &g, &Tuning::detect(threads)));
         let want = direct_weight_grad(&x, &dy, &g);
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         got.iter()

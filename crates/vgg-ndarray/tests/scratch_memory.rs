@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use vgg_ndarray::{conv::TILE_BYTES, CpuBackend};
+use vgg_ndarray::CpuBackend;
 use vgg_tensor::prelude::*;
 use vgg_tensor::{Conv2dParams, Shape};
 
@@ -90,7 +90,8 @@ fn conv1_2_at_batch_32_needs_scratch_of_a_tile_per_thread() {
     let weight = 64 * 64 * 9 * 4;
     // Per worker: one column tile, the GEMM's packing buffers (under 1 MiB) and, for the weight
     // gradient, its own partial dW; the input gradient also holds the flipped kernel.
-    let bound = threads * (TILE_BYTES + (1 << 20) + weight) + weight;
+    let tile = b.tuning().im2col_tile_bytes;
+    let bound = threads * (tile + (1 << 20) + weight) + weight;
     let small = conv1_2_scratch(&b, 4);
     let large = conv1_2_scratch(&b, 32);
     for (i, what) in ["forward", "input grad", "weight grad"].iter().enumerate() {

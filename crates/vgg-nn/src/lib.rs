@@ -176,7 +176,8 @@ impl<B: Backend> Sequential<B> {
             .collect()
     }
 
-    /// Runs every layer, fusing a convolution with the ReLU after it. Each intermediate value is
+    /// Runs every layer, fusing a convolution with the ReLU after it, and recording the pair with
+    /// a max-pool after them as one node (`DeferredConv::max_pool2d`). Each intermediate value is
     /// dropped as soon as the next exists, so an inference tape holds one layer's input and output.
     pub fn forward(
         &self,
@@ -206,10 +207,28 @@ impl<B: Backend> Sequential<B> {
                 Layer::Conv2d(c) => {
                     let w = tape.param(format!("{}.{i}.weight", self.prefix), c.weight.clone());
                     let b = tape.param(format!("{}.{i}.bias", self.prefix), c.bias.clone());
-                    if next_is_relu {
-                        i += 1;
+                    match (next_is_relu, self.layers.get(i + 2)) {
+                        // Convolution, ReLU and max-pool: one tape node, which keeps the pooled
+                        // output rather than the convolution's (labelled with the convolution,
+                        // so its backward, the pool's included, counts there).
+                        (true, Some(Layer::MaxPool2d(p))) => {
+                            let conv = tape.conv2d_bias_relu_deferred(&h, &w, &b, c.params)?;
+                            drop(h);
+                            after(first, i + 1);
+                            i += 2;
+                            let pooled = conv.max_pool2d(tape, *p)?;
+                            tape.set_label(None);
+                            after(i, i);
+                            i += 1;
+                            h = pooled;
+                            continue;
+                        }
+                        (true, _) => {
+                            i += 1;
+                            tape.conv2d_bias_act(&h, &w, &b, c.params, true)?
+                        }
+                        (false, _) => tape.conv2d_bias_act(&h, &w, &b, c.params, false)?,
                     }
-                    tape.conv2d_bias_act(&h, &w, &b, c.params, next_is_relu)?
                 }
                 Layer::Linear(l) => {
                     let w = tape.param(format!("{}.{i}.weight", self.prefix), l.weight.clone());

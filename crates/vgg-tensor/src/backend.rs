@@ -27,7 +27,7 @@ pub trait Device: Clone + fmt::Debug + Send + Sync + 'static {
     /// The backend's tensor, which lives on its device.
     type Tensor: DeviceTensor;
 
-    /// A human-readable description: "cpu (2 threads)", the GPU's name.
+    /// A human-readable description: "cpu (2 threads, AVX2)", the GPU's name.
     fn name(&self) -> String;
 
     /// Runs `f` where this backend's ops are cheapest to start: wrap loops of many ops (a training

@@ -1,0 +1,259 @@
+//! How the CPU backend runs, stated on the backend rather than read from the environment inside
+//! a kernel: the threads, the convolution algorithm, the widest vector unit the kernels may use,
+//! and the cache sizes every tile and chunk size is derived from.
+
+use vgg_tensor::{Result, TensorError};
+
+/// Which algorithm the 3x3 convolutions may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConvAlgorithm {
+    /// Winograd F(4x4, 3x3) where it measured faster (`conv::use_winograd`), im2col elsewhere.
+    #[default]
+    Auto,
+    /// im2col and GEMM everywhere, for comparisons.
+    Im2col,
+}
+
+/// A vector instruction set of the kernels, in increasing width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// The baseline x86-64 target (SSE2), or whatever the compiler makes of the loops elsewhere.
+    Portable,
+    /// AVX2 with FMA: 16 registers of 8 lanes.
+    Avx2,
+    /// AVX-512F: 32 registers of 16 lanes.
+    Avx512,
+}
+
+impl Isa {
+    /// The widest set this CPU has.
+    pub fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Its usual name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "AVX2",
+            Isa::Avx512 => "AVX-512",
+        }
+    }
+}
+
+/// Data-cache sizes in bytes: the L1 and L2 of one core, the L3 its cores share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// Level-1 data cache of a core.
+    pub l1d: usize,
+    /// Level-2 cache of a core.
+    pub l2: usize,
+    /// Level-3 cache shared by the core's complex (its size where the OS reports none: 0 is
+    /// read as "none", and the L2 then stands for it).
+    pub l3: usize,
+}
+
+impl CacheSizes {
+    /// The sizes the kernels were first tuned on (a Zen 5 core: 48 KiB, 1 MiB, 32 MiB shared),
+    /// used where the OS says nothing.
+    pub const FALLBACK: CacheSizes = CacheSizes {
+        l1d: 48 << 10,
+        l2: 1 << 20,
+        l3: 32 << 20,
+    };
+
+    /// This machine's, from Linux's sysfs (cpu0's caches), each missing one from `FALLBACK`.
+    pub fn detect() -> CacheSizes {
+        let mut found = [None; 3];
+        for index in 0..8 {
+            let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
+            let read = |name: &str| std::fs::read_to_string(format!("{dir}/{name}")).ok();
+            let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size"))
+            else {
+                continue;
+            };
+            let kind = kind.trim();
+            if kind != "Data" && kind != "Unified" {
+                continue;
+            }
+            if let (Ok(level @ 1..=3), Some(bytes)) =
+                (level.trim().parse::<usize>(), parse_size(&size))
+            {
+                found[level - 1] = Some(bytes);
+            }
+        }
+        let f = CacheSizes::FALLBACK;
+        CacheSizes {
+            l1d: found[0].unwrap_or(f.l1d),
+            l2: found[1].unwrap_or(f.l2),
+            l3: found[2].unwrap_or(f.l3),
+        }
+    }
+}
+
+/// sysfs sizes: "32K", "1024K", "32768K", "8M", or bytes.
+fn parse_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: usize = digits.parse().ok()?;
+    let shift = match unit.trim() {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift).filter(|&b| b > 0)
+}
+
+/// Everything the CPU backend is told, with `detect`ed defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuConfig {
+    /// Worker threads; 0 means one per available core.
+    pub threads: usize,
+    /// The convolution algorithm.
+    pub convolution: ConvAlgorithm,
+    /// The widest vector unit our kernels may use (None: the widest the CPU has). The GEMM
+    /// crate's kernels choose their own, at build time (see `CpuBackend::gemm_isa`).
+    pub isa: Option<Isa>,
+    /// The cache sizes the tiles and chunks are derived from.
+    pub caches: CacheSizes,
+}
+
+impl CpuConfig {
+    /// `threads` workers, the automatic algorithm, the CPU's widest vector unit, its caches.
+    pub fn detect(threads: usize) -> CpuConfig {
+        CpuConfig {
+            threads,
+            convolution: ConvAlgorithm::Auto,
+            isa: None,
+            caches: CacheSizes::detect(),
+        }
+    }
+
+    /// The instruction set the kernels will use, refusing one the CPU does not have.
+    pub fn kernel_isa(&self) -> Result<Isa> {
+        let widest = Isa::detected();
+        match self.isa {
+            None => Ok(widest),
+            Some(asked) if asked <= widest => Ok(asked),
+            Some(asked) => Err(TensorError::InvalidArgument {
+                op: "CpuBackend",
+                message: format!(
+                    "this CPU has no {} (its widest vector unit is {}); ask for {} or less",
+                    asked.name(),
+                    widest.name(),
+                    widest.name()
+                ),
+            }),
+        }
+    }
+}
+
+/// Sizes derived from the caches, and the choices the kernels read: one value per backend,
+/// passed to every kernel call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Worker threads.
+    pub threads: usize,
+    /// The convolution algorithm.
+    pub convolution: ConvAlgorithm,
+    /// The most bytes of one im2col column tile (twice the L2: the column tile and the GEMM's
+    /// packed panels share it).
+    pub im2col_tile_bytes: usize,
+    /// Winograd chunks' transformed input and output where the weights stay cached (1.5 L2).
+    pub chunk_bytes: usize,
+    /// Winograd chunks where the weights stream from memory (the L3).
+    pub large_chunk_bytes: usize,
+    /// Transformed weights up to this size count as cached (3/16 of the L3).
+    pub cached_weight_bytes: usize,
+    /// Outputs larger than this are written around the caches (half the L3).
+    pub streaming_bytes: usize,
+}
+
+impl Tuning {
+    /// The tuning of `config` (its thread count taken as given: 0 is resolved by the backend).
+    pub fn of(config: &CpuConfig) -> Tuning {
+        let CacheSizes { l2, l3, .. } = config.caches;
+        // A machine reporting no L3 has its L2 as its last level.
+        let last = l3.max(l2);
+        Tuning {
+            threads: config.threads.max(1),
+            convolution: config.convolution,
+            im2col_tile_bytes: 2 * l2,
+            chunk_bytes: l2 + l2 / 2,
+            large_chunk_bytes: last,
+            cached_weight_bytes: last / 16 * 3,
+            streaming_bytes: last / 2,
+        }
+    }
+
+    /// This machine's tuning for `threads` workers (for kernels called outside a backend).
+    pub fn detect(threads: usize) -> Tuning {
+        Tuning::of(&CpuConfig::detect(threads))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_sizes_parse() {
+        assert_eq!(parse_size("32K\n"), Some(32 << 10));
+        assert_eq!(parse_size("32768K"), Some(32 << 20));
+        assert_eq!(parse_size("8M"), Some(8 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("0K"), None);
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("99999999999999999999G"), None);
+    }
+
+    #[test]
+    fn the_fallback_caches_give_the_sizes_first_tuned_by_hand() {
+        let t = Tuning::of(&CpuConfig {
+            caches: CacheSizes::FALLBACK,
+            ..CpuConfig::detect(2)
+        });
+        assert_eq!(t.im2col_tile_bytes, 2 << 20);
+        assert_eq!(t.chunk_bytes, 3 << 19);
+        assert_eq!(t.large_chunk_bytes, 32 << 20);
+        assert_eq!(t.cached_weight_bytes, 6 << 20);
+        assert_eq!(t.streaming_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn this_machines_caches_are_plausible() {
+        let c = CacheSizes::detect();
+        assert!(c.l1d >= 4 << 10 && c.l1d <= c.l2.max(c.l1d));
+        assert!(c.l2 >= 64 << 10);
+    }
+
+    #[test]
+    fn an_isa_the_cpu_lacks_is_refused() {
+        let widest = Isa::detected();
+        let mut config = CpuConfig::detect(1);
+        assert_eq!(config.kernel_isa().unwrap(), widest);
+        config.isa = Some(Isa::Portable);
+        assert_eq!(config.kernel_isa().unwrap(), Isa::Portable);
+        if widest < Isa::Avx512 {
+            config.isa = Some(Isa::Avx512);
+            let e = config.kernel_isa().unwrap_err().to_string();
+            assert!(e.contains("no AVX-512") && e.contains(widest.name()), "{e}");
+        }
+    }
+}

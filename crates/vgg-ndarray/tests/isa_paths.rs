@@ -1,0 +1,110 @@
+//! Every instruction-set path of the kernels, on whatever this machine has: a backend capped at
+//! each set up to the CPU's widest runs its kernels at that set (on its own workers), and gives
+//! the portable path's results to rounding. Covers the Winograd transforms (forward, input and
+//! weight gradients), im2col, the skinny fully connected kernel, and the im2col-only setting.
+
+use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa};
+use vgg_tensor::prelude::*;
+use vgg_tensor::{Conv2dParams, Shape};
+
+fn backend(isa: Isa, convolution: ConvAlgorithm) -> CpuBackend {
+    CpuBackend::with_config(CpuConfig {
+        isa: Some(isa),
+        convolution,
+        ..CpuConfig::detect(2)
+    })
+    .unwrap()
+}
+
+/// Forward, input and weight gradient of a Winograd-sized convolution (16 -> 32 channels at
+/// 28x28, batch 2: every one of them on the Winograd path) and a skinny linear layer (4 rows).
+fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
+    b.clone().execute(|| {
+        let p = Conv2dParams {
+            stride: 1,
+            padding: 1,
+        };
+        let x = b
+            .random_normal(&Shape::from([2, 16, 28, 28]), 0.0, 1.0, 1)
+            .unwrap();
+        let w = b
+            .random_normal(&Shape::from([32, 16, 3, 3]), 0.0, 0.1, 2)
+            .unwrap();
+        let bias = b.random_normal(&Shape::from([32]), 0.0, 0.1, 3).unwrap();
+        let y = b.conv2d_bias_act(&x, &w, &bias, p, true).unwrap();
+        let dy = b.random_normal(y.shape(), 0.0, 1.0, 4).unwrap();
+        let dx = b.conv2d_backward_input(&dy, &w, x.shape(), p).unwrap();
+        let dw = b.conv2d_backward_weight(&x, &dy, w.shape(), p).unwrap();
+        let a = b
+            .random_normal(&Shape::from([4, 300]), 0.0, 1.0, 5)
+            .unwrap();
+        let fc = b
+            .random_normal(&Shape::from([70, 300]), 0.0, 0.1, 6)
+            .unwrap();
+        let h = b.matmul(&a, &fc, false, true).unwrap();
+        [y, dx, dw, h]
+            .iter()
+            .map(|t| b.download(t).unwrap())
+            .collect()
+    })
+}
+
+fn assert_close(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.len(), w.len());
+        let scale = w.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0);
+        let worst = g
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "{what}, output {i}: differs by {worst} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn every_instruction_set_up_to_the_cpus_gives_the_portable_results() {
+    let widest = Isa::detected();
+    let portable = backend(Isa::Portable, ConvAlgorithm::Auto);
+    assert_eq!(portable.worker_isa(), Isa::Portable);
+    assert!(portable.name().contains("portable"), "{}", portable.name());
+    let want = outputs(&portable);
+    for isa in [Isa::Avx2, Isa::Avx512]
+        .into_iter()
+        .filter(|&i| i <= widest)
+    {
+        let b = backend(isa, ConvAlgorithm::Auto);
+        assert_eq!(b.worker_isa(), isa, "the workers run at the cap");
+        assert_close(&outputs(&b), &want, isa.name());
+    }
+    let native = CpuBackend::new(2).unwrap();
+    assert_eq!(native.worker_isa(), widest);
+    assert_eq!(native.isa(), widest);
+}
+
+#[test]
+fn im2col_only_gives_the_winograd_results() {
+    let winograd = outputs(&backend(Isa::detected(), ConvAlgorithm::Auto));
+    let b = backend(Isa::detected(), ConvAlgorithm::Im2col);
+    assert!(b.name().contains("im2col only"), "{}", b.name());
+    assert_close(&outputs(&b), &winograd, "im2col");
+}
+
+#[test]
+fn avx512_is_taken_where_the_cpu_has_it_and_refused_where_not() {
+    let asked = CpuBackend::with_config(CpuConfig {
+        isa: Some(Isa::Avx512),
+        ..CpuConfig::detect(1)
+    });
+    match (Isa::detected(), asked) {
+        (Isa::Avx512, Ok(b)) => assert_eq!(b.worker_isa(), Isa::Avx512),
+        (widest, Err(e)) if widest < Isa::Avx512 => {
+            let e = e.to_string();
+            assert!(e.contains("no AVX-512") && e.contains(widest.name()), "{e}");
+        }
+        (widest, other) => panic!("widest {widest:?}, got {other:?}"),
+    }
+}
