@@ -185,8 +185,9 @@ pub struct MemoryEstimate {
     pub forward_activation_bytes: u64,
     /// Inference keeps only one layer's input and output at a time: the largest such pair.
     pub inference_peak_activation_bytes: u64,
-    /// What a forward-backward pass keeps for backward: the input, every layer's output
-    /// (ReLU outputs double as their masks) and one index per pooled output.
+    /// What a forward-backward pass keeps for backward: the input, every layer's output (ReLU
+    /// outputs double as their masks) except a convolution's right before a max-pool (the pooled
+    /// output's sign is its mask where gradients flow), and one index per pooled output.
     pub saved_for_backward_bytes: u64,
     /// The parameters.
     pub param_bytes: u64,
@@ -318,7 +319,15 @@ impl ModelSpec {
             .map(|l| l.output.elements().max(l.input.elements()))
             .max()
             .unwrap_or(0);
-        let saved = sum(vec![input_bytes, bytes(outputs)?, bytes(pooled)?])?;
+        // A convolution followed by a max-pool is one tape node keeping only the pooled output.
+        let before_pools = sum(self
+            .layers
+            .windows(2)
+            .filter(|w| w[0].is_conv() && matches!(w[1].op, LayerOp::MaxPool { .. }))
+            .map(|w| w[0].output.elements())
+            .collect())?;
+        let kept = outputs - before_pools;
+        let saved = sum(vec![input_bytes, bytes(kept)?, bytes(pooled)?])?;
         let param_bytes = self.params() * F32_BYTES;
         let params_and_grads = param_bytes.checked_mul(2).ok_or_else(overflow)?;
         let two_largest = bytes(largest_output.checked_mul(2).ok_or_else(overflow)?)?;
@@ -782,6 +791,14 @@ mod tests {
         );
         assert_eq!(one.param_bytes, 553_430_176);
         assert!(eight.estimated_forward_backward_bytes > eight.saved_for_backward_bytes);
+        // Kept for backward, by hand: everything but conv1_2, conv2_2, conv3_3, conv4_3 and
+        // conv5_3's outputs (64x224^2 + 128x112^2 + 256x56^2 + 512x28^2 + 512x14^2 floats), plus
+        // an index per pooled output (a quarter of those).
+        let before_pools = 4 * (3_211_264 + 1_605_632 + 802_816 + 401_408 + 100_352);
+        assert_eq!(
+            one.saved_for_backward_bytes,
+            one.input_bytes + one.forward_activation_bytes - before_pools + before_pools / 4
+        );
         // Overflow is an error, not a wrapped or saturated figure.
         let e = s.memory(usize::MAX).unwrap_err().to_string();
         assert!(e.contains("does not fit in 64 bits"), "{e}");
