@@ -80,11 +80,7 @@ pub fn step_times(title: &str, series: &[StepSeries], stride: usize) -> Result<S
         let root = SVGBackend::with_string(&mut svg, STEP_CHART).into_drawing_area();
         drawn(root.fill(&WHITE))?;
         let mut chart = drawn(
-            ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 15))
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(56)
+            framed(&root, title, 56)
                 .build_cartesian_2d(0.0..(steps.max(2) - 1) as f64, padded(0.0, top)),
         )?;
         drawn(
@@ -157,14 +153,8 @@ pub fn step_distribution(title: &str, series: &[StepSeries]) -> Result<String> {
     {
         let root = SVGBackend::with_string(&mut svg, STEP_CHART).into_drawing_area();
         drawn(root.fill(&WHITE))?;
-        let mut chart = drawn(
-            ChartBuilder::on(&root)
-                .caption(title, ("sans-serif", 15))
-                .margin(12)
-                .x_label_area_size(36)
-                .y_label_area_size(56)
-                .build_cartesian_2d(lo..hi, 0.0..tallest as f64 * 1.12),
-        )?;
+        let mut chart =
+            drawn(framed(&root, title, 56).build_cartesian_2d(lo..hi, 0.0..tallest as f64 * 1.12))?;
         drawn(
             chart
                 .configure_mesh()
@@ -213,6 +203,21 @@ pub fn step_distribution(title: &str, series: &[StepSeries]) -> Result<String> {
         drawn(root.present())?;
     }
     Ok(svg)
+}
+
+/// The frame of every report chart: caption, margin, and room for the axes' labels.
+fn framed<'a, 'b, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    y_label_area: u32,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(caption, ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(y_label_area);
+    builder
 }
 
 fn legend<'a, DB: DrawingBackend + 'a, X: Ranged, Y: Ranged>(
@@ -392,11 +397,7 @@ fn bar_chart<'a, 'b>(
 ) -> Result<BarChart<'a, 'b>> {
     let rows = labels.len().max(1);
     let mut chart = drawn(
-        ChartBuilder::on(root)
-            .caption(caption, ("sans-serif", 15))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(label_room(labels))
+        framed(root, caption, label_room(labels))
             .build_cartesian_2d(0.0..x_end.max(1e-9), (0..segments).into_segmented()),
     )?;
     drawn(
