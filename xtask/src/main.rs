@@ -1,5 +1,7 @@
 //! `cargo xtask <task>`: the project's chores, in Rust so they run wherever cargo does.
 
+mod training;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +23,10 @@ tasks:
                            one self-contained HTML page (`vgg report`)
       --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
       --mode forward|forward-backward|both
+      --training           time `vgg train`'s epochs instead (VGG-11 at width 1/4, Adam, batch 32),
+                           with --peers beside PyTorch's (bench/peers/pytorch_train.py)
+          --dataset digits|cifar10  --data DIR (cifar10 without it: random images of its size)
+          --epochs N (default 3)
   gpu-bundle [DIR]   build what scripts/gpu-check.sh runs on a GPU machine without Rust into DIR
                      (default .device-bin): the release `vgg` and vgg-cuda's test binaries
   figures            redraws the README's figures with `vgg` (docs/figures/*.svg); a test
@@ -122,6 +128,14 @@ fn read_json(path: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Whether `python` imports `module`.
+fn python_has(python: &str, module: &str) -> bool {
+    Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 fn bench(args: &[String]) -> Result<()> {
     let mut s = Settings {
         batch: "32".into(),
@@ -132,6 +146,14 @@ fn bench(args: &[String]) -> Result<()> {
         mode: "both".into(),
     };
     let mut peers = false;
+    let mut training = false;
+    let mut t = training::TrainingSettings {
+        dataset: "digits".into(),
+        data: None,
+        epochs: "3".into(),
+        batch: String::new(),
+        threads: String::new(),
+    };
     let mut report: Option<PathBuf> = None;
     let mut ours_only: Vec<String> = Vec::new();
     let mut it = args.iter();
@@ -148,6 +170,10 @@ fn bench(args: &[String]) -> Result<()> {
                 s.burn_in = "1".into();
             }
             "--peers" => peers = true,
+            "--training" => training = true,
+            "--dataset" => t.dataset = value()?,
+            "--data" => t.data = Some(PathBuf::from(value()?)),
+            "--epochs" => t.epochs = value()?,
             "--report" => report = Some(PathBuf::from(value()?)),
             "--isa" => ours_only.extend(["--isa".to_string(), value()?]),
             "--batch-size" => s.batch = value()?,
@@ -160,6 +186,10 @@ fn bench(args: &[String]) -> Result<()> {
         }
     }
     cargo(&["build", "--release", "--quiet", "-p", "vgg-cli"])?;
+    if training {
+        (t.batch, t.threads) = (s.batch, s.threads);
+        return training::run(&t, peers, &ours_only);
+    }
     let out_dir = root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let ours_json = out_dir.join("vgg.json");
@@ -201,11 +231,7 @@ fn bench(args: &[String]) -> Result<()> {
                 "tensorflow.json",
             ),
         ] {
-            let importable = Command::new(&python)
-                .args(["-c", &format!("import {module}")])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            if !importable {
+            if !python_has(&python, module) {
                 eprintln!("{name}: `{python} -c 'import {module}'` fails; skipped (set PYTHON to an interpreter that has it)");
                 continue;
             }

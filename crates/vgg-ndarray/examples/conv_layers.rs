@@ -1,6 +1,10 @@
 //! Times every VGG-16 convolution shape's forward, input gradient and weight gradient (batch 8
-//! by default), median of 5 runs each; `im2col` as a second argument for the im2col path:
-//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [im2col]
+//! by default), median of 5 runs each; `im2col` as a second argument for the im2col path, `small`
+//! as a third for the layers of `vgg train`'s network instead (VGG-11 at width 1/4 on 32x32
+//! digits, where per-call overhead rather than arithmetic shows), `quarter` for VGG-16's at width
+//! 1/4 (few channels, large images):
+//! 1/4 (few channels, large images), or shapes of one's own as cin:cout:size,...:
+//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|im2col] [small|quarter|16:32:16,...]
 
 use std::time::Instant;
 
@@ -39,7 +43,7 @@ fn main() {
         stride: 1,
         padding: 1,
     };
-    let layers = [
+    let vgg16 = [
         ("conv1_2", 64, 64, 224),
         ("conv2_1", 64, 128, 112),
         ("conv2_2", 128, 128, 112),
@@ -49,12 +53,51 @@ fn main() {
         ("conv4_2", 512, 512, 28),
         ("conv5_2", 512, 512, 14),
     ];
+    let small = [
+        ("conv1_1", 1, 16, 32),
+        ("conv2_1", 16, 32, 16),
+        ("conv3_1", 32, 64, 8),
+        ("conv3_2", 64, 64, 8),
+        ("conv4_1", 64, 128, 4),
+        ("conv4_2", 128, 128, 4),
+        ("conv5_1", 128, 128, 2),
+    ];
+    // VGG-16 at width 1/4, where few channels meet large images.
+    let quarter = [
+        ("conv1_2", 16, 16, 224),
+        ("conv2_1", 16, 32, 112),
+        ("conv2_2", 32, 32, 112),
+        ("conv3_1", 32, 64, 56),
+        ("conv3_2", 64, 64, 56),
+        ("conv4_1", 64, 128, 28),
+        ("conv5_2", 128, 128, 14),
+    ];
+    // Or any shapes, as cin:cout:size[,cin:cout:size...].
+    let given: Vec<(&str, usize, usize, usize)> = std::env::args()
+        .nth(3)
+        .filter(|a| a.contains(':'))
+        .map(|a| {
+            a.split(',')
+                .map(|l| {
+                    let v: Vec<usize> =
+                        l.split(':').map(|n| n.parse().expect("a number")).collect();
+                    ("given", v[0], v[1], v[2])
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let layers: &[(&str, usize, usize, usize)] = match std::env::args().nth(3).as_deref() {
+        Some("small") => &small,
+        Some("quarter") => &quarter,
+        Some(_) if !given.is_empty() => &given,
+        _ => &vgg16,
+    };
     println!("batch {batch}, {}", b.name());
     println!(
         "layer     forward ms  input-grad ms  weight-grad ms   (GFLOP/s of the direct method)"
     );
     b.clone().execute(|| {
-        for (name, cin, cout, size) in layers {
+        for &(name, cin, cout, size) in layers {
             let xs = Shape::from([batch, cin, size, size]);
             let ws = Shape::from([cout, cin, 3, 3]);
             let g = ConvGeometry::new(&xs, &ws, p).unwrap();
@@ -67,7 +110,7 @@ fn main() {
             let dw = median_ms(|| drop(b.conv2d_backward_weight(&x, &dy, &ws, p).unwrap()));
             let gflop = 2.0 * g.macs() as f64 / 1e9;
             println!(
-                "{name:8} {fwd:10.1} {dx:14.1} {dw:15.1}   ({:.0} / {:.0} / {:.0})",
+                "{name:8} {fwd:10.2} {dx:14.2} {dw:15.2}   ({:.0} / {:.0} / {:.0})",
                 gflop / fwd * 1e3,
                 gflop / dx * 1e3,
                 gflop / dw * 1e3

@@ -167,10 +167,15 @@ impl CpuBackend {
     }
 
     /// The vector unit of the GEMM crate's kernels, which choose it themselves from what the CPU
-    /// has (AVX-512 only in a build with its `x86-v4` feature, which this crate turns on): a cap
-    /// in `CpuConfig::isa` does not reach them.
+    /// has (AVX-512 only with this crate's `avx512-gemm` feature, on by default): a cap in
+    /// `CpuConfig::isa` does not reach them, a build without the feature does.
     pub fn gemm_isa() -> Isa {
-        Isa::detected()
+        let widest = Isa::detected();
+        if cfg!(feature = "avx512-gemm") {
+            widest
+        } else {
+            widest.min(Isa::Avx2)
+        }
     }
 
     /// The instruction set kernels see on this backend's workers (for tests of the cap).
@@ -248,6 +253,27 @@ impl CpuBackend {
                     }
                 })
         })
+    }
+}
+
+/// Sum of one plane in f64, over four interleaved accumulators: a fixed order (the same sum
+/// wherever it is taken), and additions that do not each wait for the one before.
+fn plane_sum(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let mut quads = x.chunks_exact(4);
+    for q in &mut quads {
+        for (a, &v) in acc.iter_mut().zip(q) {
+            *a += v as f64;
+        }
+    }
+    let tail: f64 = quads.remainder().iter().map(|&v| v as f64).sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `db[ch]`: the sum over images of the plane sums (`[n, c]`) of channel `ch`, in image order.
+fn per_channel(plane_sums: &[f64], n: usize, c: usize, db: &mut [f32]) {
+    for (ch, db) in db.iter_mut().enumerate() {
+        *db = (0..n).map(|img| plane_sums[img * c + ch]).sum::<f64>() as f32;
     }
 }
 
@@ -588,19 +614,12 @@ impl Backend for CpuBackend {
         let (n, c, h, w) = dy.shape.nchw("channel_bias_grad")?;
         let plane = h * w;
         let data = dy.as_slice();
-        Ok(self.build(Shape::from([c]), |db| {
-            db.par_iter_mut().enumerate().for_each(|(ch, db)| {
-                *db = (0..n)
-                    .map(|img| {
-                        let start = (img * c + ch) * plane;
-                        data[start..start + plane]
-                            .iter()
-                            .map(|&v| v as f64)
-                            .sum::<f64>()
-                    })
-                    .sum::<f64>() as f32
-            })
-        }))
+        let plane_sums: Vec<f64> = if plane == 0 {
+            vec![0.0; n * c]
+        } else {
+            data.par_chunks(plane).map(plane_sum).collect()
+        };
+        Ok(self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db)))
     }
 
     fn add_row_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
@@ -646,26 +665,20 @@ impl Backend for CpuBackend {
         same_shape("bias_act_backward", &dy.shape, &y.shape)?;
         let plane = (h * w).max(1);
         let mut plane_sums = vec![0.0f64; n * c];
-        // One pass: mask each plane and sum it (in f64, in order, as channel_bias_grad does).
+        // One pass: mask each plane and sum it while it is in cache (as channel_bias_grad sums).
         let dz = self.build(dy.shape.clone(), |dz| {
             dz.par_chunks_mut(plane)
                 .zip(dy.as_slice().par_chunks(plane))
                 .zip(y.as_slice().par_chunks(plane))
                 .zip(plane_sums.par_iter_mut())
                 .for_each(|(((dz, dy), y), sum)| {
-                    let mut acc = 0.0f64;
                     for ((dz, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
                         *dz = if y > 0.0 { d } else { 0.0 };
-                        acc += *dz as f64;
                     }
-                    *sum = acc;
+                    *sum = plane_sum(dz);
                 })
         });
-        let db = self.build(Shape::from([c]), |db| {
-            for (ch, db) in db.iter_mut().enumerate() {
-                *db = (0..n).map(|img| plane_sums[img * c + ch]).sum::<f64>() as f32;
-            }
-        });
+        let db = self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db));
         Ok((dz, db))
     }
 

@@ -3,9 +3,10 @@
 //! the portable path's results to rounding. Covers the Winograd transforms (forward, input and
 //! weight gradients), im2col, the skinny fully connected kernel, and the im2col-only setting.
 
+use vgg_ndarray::conv::use_winograd;
 use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa};
 use vgg_tensor::prelude::*;
-use vgg_tensor::{Conv2dParams, Shape};
+use vgg_tensor::{Conv2dParams, ConvGeometry, Shape};
 
 fn backend(isa: Isa, convolution: ConvAlgorithm) -> CpuBackend {
     CpuBackend::with_config(CpuConfig {
@@ -17,19 +18,24 @@ fn backend(isa: Isa, convolution: ConvAlgorithm) -> CpuBackend {
 }
 
 /// Forward, input and weight gradient of a Winograd-sized convolution (16 -> 32 channels at
-/// 28x28, batch 2: every one of them on the Winograd path) and a skinny linear layer (4 rows).
+/// 56x56: every one of them on the Winograd path, unless the backend is im2col-only) and a
+/// skinny linear layer (4 rows).
 fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
     b.clone().execute(|| {
         let p = Conv2dParams {
             stride: 1,
             padding: 1,
         };
-        let x = b
-            .random_normal(&Shape::from([2, 16, 28, 28]), 0.0, 1.0, 1)
-            .unwrap();
-        let w = b
-            .random_normal(&Shape::from([32, 16, 3, 3]), 0.0, 0.1, 2)
-            .unwrap();
+        let (xs, ws) = (Shape::from([1, 16, 56, 56]), Shape::from([32, 16, 3, 3]));
+        let g = ConvGeometry::new(&xs, &ws, p).unwrap();
+        let flipped =
+            ConvGeometry::new(&g.output_shape(), &Shape::from([16, 32, 3, 3]), p).unwrap();
+        let winograd = b.tuning().convolution == ConvAlgorithm::Auto;
+        for (g, weight_grad) in [(&g, false), (&flipped, false), (&g, true)] {
+            assert_eq!(use_winograd(g, weight_grad, b.tuning()), winograd);
+        }
+        let x = b.random_normal(&xs, 0.0, 1.0, 1).unwrap();
+        let w = b.random_normal(&ws, 0.0, 0.1, 2).unwrap();
         let bias = b.random_normal(&Shape::from([32]), 0.0, 0.1, 3).unwrap();
         let y = b.conv2d_bias_act(&x, &w, &bias, p, true).unwrap();
         let dy = b.random_normal(y.shape(), 0.0, 1.0, 4).unwrap();

@@ -249,6 +249,44 @@ fn convolutions_of_any_stride_and_padding_match_the_reference() {
     }
 }
 
+/// Small images go several to one GEMM (and "same"-padded stride-1 ones build their columns by
+/// shifting whole planes): batches that split into uneven groups, on 1 to 3 threads, images as
+/// narrow as the padding allows and narrower, against the reference's loops.
+#[test]
+fn small_images_grouped_per_gemm_match_the_reference() {
+    let r = ReferenceBackend;
+    for threads in [1, 2, 3] {
+        let b = CpuBackend::new(threads).unwrap();
+        for (xd, wd, stride, padding) in [
+            ([5, 3, 4, 4], [6, 3, 3, 3], 1, 1),
+            ([8, 16, 2, 2], [8, 16, 3, 3], 1, 1),
+            ([7, 2, 6, 7], [3, 2, 5, 5], 1, 2),
+            ([5, 2, 3, 1], [2, 2, 3, 3], 1, 1),
+            ([6, 4, 9, 9], [3, 4, 3, 3], 2, 1),
+            ([9, 8, 8, 8], [16, 8, 3, 3], 1, 1),
+            ([4, 1, 5, 5], [2, 1, 3, 3], 1, 0),
+        ] {
+            let p = Conv2dParams { stride, padding };
+            let (x, xr) = pair(&xd, 21);
+            let (w, wr) = pair(&wd, 22);
+            let (bias, bias_r) = pair(&wd[..1], 23);
+            let what = format!("{xd:?} * {wd:?} /{stride} p{padding}, {threads} threads");
+            let (y, dx, dw) = b.clone().execute(|| {
+                let y = b.conv2d_bias_act(&x, &w, &bias, p, true).unwrap();
+                let dx = b.conv2d_backward_input(&y, &w, x.shape(), p).unwrap();
+                let dw = b.conv2d_backward_weight(&x, &y, w.shape(), p).unwrap();
+                (y, dx, dw)
+            });
+            let yr = r.conv2d_bias_act(&xr, &wr, &bias_r, p, true).unwrap();
+            same(&what, &y, &yr, 1e-4, 1e-4);
+            let dxr = r.conv2d_backward_input(&yr, &wr, xr.shape(), p).unwrap();
+            same(&format!("{what} input gradient"), &dx, &dxr, 1e-4, 1e-4);
+            let dwr = r.conv2d_backward_weight(&xr, &yr, wr.shape(), p).unwrap();
+            same(&format!("{what} weight gradient"), &dw, &dwr, 1e-4, 1e-4);
+        }
+    }
+}
+
 /// The CPU's fused composites against the composites written in primitives.
 #[test]
 fn fused_composites_match_the_defaults() {

@@ -3,6 +3,8 @@
 //! is bounded by tile x threads whatever the batch. 1x1 stride-1 unpadded convolutions read the
 //! input directly.
 
+mod grouped;
+
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
@@ -56,40 +58,190 @@ fn valid_span(kx: usize, padding: usize, in_w: usize, out_w: usize) -> (usize, u
     (lo, hi)
 }
 
+/// Stride 1 and "same" padding (the output as wide as the input, as in every VGG convolution and
+/// its input gradient): an im2col row is the input plane shifted by a whole number of rows and
+/// columns, so it is built by one copy and a few zeros instead of a copy per output row.
+fn is_same_padded(g: &ConvGeometry) -> bool {
+    g.stride == 1 && g.kernel_w == 2 * g.padding + 1 && g.out_w == g.in_w && g.padding < g.in_w
+}
+
+/// The im2col row of tap (ky, kx) of `plane` for output rows from `r0` on, as `is_same_padded`
+/// allows: element j of the tile reads plane[j + shift], which is in the plane unless its row is
+/// outside the image; the columns that wrapped round a row's edge are then zeroed.
+fn shifted_plane(
+    plane: &[f32],
+    g: &ConvGeometry,
+    r0: usize,
+    ky: usize,
+    kx: usize,
+    dst: &mut [f32],
+) {
+    let w = g.in_w as isize;
+    let shift =
+        r0 as isize * w + (ky as isize - g.padding as isize) * w + kx as isize - g.padding as isize;
+    let len = dst.len() as isize;
+    let lo = (-shift).clamp(0, len);
+    let hi = (plane.len() as isize - shift).clamp(lo, len);
+    let (lo, hi) = (lo as usize, hi as usize);
+    // Only whole rows above or below the image fall outside the plane: a memset each, rarely.
+    dst[..lo].fill(0.0);
+    dst[hi..].fill(0.0);
+    if hi == lo {
+        return;
+    }
+    let from = (shift + lo as isize) as usize;
+    let (src, inside) = (&plane[from..from + (hi - lo)], &mut dst[lo..hi]);
+    // Columns [0, pad - kx) read the previous row's end, [w - (kx - pad), w) the next row's start.
+    let (left, right) = (g.padding.saturating_sub(kx), kx.saturating_sub(g.padding));
+    let keep = g.out_w - right;
+    inside.copy_from_slice(src);
+    // Strided stores: a fill per row would be a call to memset for every element or two.
+    for column in (0..left).chain(keep..g.out_w) {
+        dst.iter_mut()
+            .skip(column)
+            .step_by(g.out_w)
+            .for_each(|v| *v = 0.0);
+    }
+}
+
 /// Fills `col` ([K, (r1-r0)*out_w], row-major) with the patches of output rows [r0, r1) of `image`.
 /// Split across workers only when the GEMM is too; otherwise a worker builds its own tile, which
 /// then sits in its own cache for its GEMM.
 fn im2col(image: &[f32], g: &ConvGeometry, r0: usize, r1: usize, col: &mut [f32], parallel: bool) {
+    im2col_images(image, 1, g, r0, r1, col, parallel);
+}
+
+/// `im2col` of `count` consecutive images side by side: row k of `col` holds each image's
+/// `(r1 - r0) * out_w` columns in turn. A worker visits each (channel, ky, kx) row once for all
+/// the images, so small images do not pay the per-row set-up once per image.
+fn im2col_images(
+    images: &[f32],
+    count: usize,
+    g: &ConvGeometry,
+    r0: usize,
+    r1: usize,
+    col: &mut [f32],
+    parallel: bool,
+) {
     let tile = (r1 - r0) * g.out_w;
+    if tile <= GATHER_TILE {
+        return im2col_gathered(images, count, g, r0, r1, col, parallel);
+    }
+    let row_len = count * tile;
     let plane_len = g.in_h * g.in_w;
+    let in_image = g.in_channels * plane_len;
+    let same_padded = is_same_padded(g);
     let fill_row = |(row, dst): (usize, &mut [f32])| {
         let ci = row / (g.kernel_h * g.kernel_w);
         let ky = (row / g.kernel_w) % g.kernel_h;
         let kx = row % g.kernel_w;
-        let plane = &image[ci * plane_len..(ci + 1) * plane_len];
-        for (oh, d) in (r0..r1).zip(dst.chunks_exact_mut(g.out_w)) {
-            let Some(ih) = source(oh, ky, g.stride, g.padding, g.in_h) else {
-                d.fill(0.0);
-                continue;
-            };
-            let src = &plane[ih * g.in_w..(ih + 1) * g.in_w];
-            if g.stride == 1 {
-                let (lo, hi) = valid_span(kx, g.padding, g.in_w, g.out_w);
-                d[..lo].fill(0.0);
-                d[hi..].fill(0.0);
-                d[lo..hi].copy_from_slice(&src[lo + kx - g.padding..hi + kx - g.padding]);
+        for (i, dst) in dst.chunks_exact_mut(tile).enumerate() {
+            let plane = &images[i * in_image + ci * plane_len..][..plane_len];
+            if same_padded {
+                shifted_plane(plane, g, r0, ky, kx, dst);
             } else {
-                for (ow, v) in d.iter_mut().enumerate() {
-                    *v = source(ow, kx, g.stride, g.padding, g.in_w).map_or(0.0, |iw| src[iw]);
+                general_rows(plane, g, r0, r1, ky, kx, dst);
+            }
+        }
+    };
+    let rows = &mut col[..col_rows(g) * row_len];
+    if parallel {
+        rows.par_chunks_mut(row_len).enumerate().for_each(fill_row);
+    } else {
+        rows.chunks_mut(row_len).enumerate().for_each(fill_row);
+    }
+}
+
+/// Tiles of at most this many output pixels (4x4 images) are built through a table of source
+/// indices: copying them row by row is a memcpy call for every few elements (the digits
+/// network's 2x2 layer at batch 32: 0.79 -> 0.45 ms forward; at 8x8 the copies were faster).
+const GATHER_TILE: usize = 16;
+
+/// `im2col_images` for small tiles: one table says where each output pixel of each tap reads
+/// (or that it reads a zero), and each input plane, copied once beside a zero, is gathered
+/// through it for every tap.
+fn im2col_gathered(
+    images: &[f32],
+    count: usize,
+    g: &ConvGeometry,
+    r0: usize,
+    r1: usize,
+    col: &mut [f32],
+    parallel: bool,
+) {
+    let tile = (r1 - r0) * g.out_w;
+    let (taps, row_len) = (g.kernel_h * g.kernel_w, count * tile);
+    let plane_len = g.in_h * g.in_w;
+    let in_image = g.in_channels * plane_len;
+    let zero = plane_len;
+    let mut table = Vec::with_capacity(taps * tile);
+    for ky in 0..g.kernel_h {
+        for kx in 0..g.kernel_w {
+            for oh in r0..r1 {
+                let ih = source(oh, ky, g.stride, g.padding, g.in_h);
+                for ow in 0..g.out_w {
+                    let iw = source(ow, kx, g.stride, g.padding, g.in_w);
+                    table.push(ih.zip(iw).map_or(zero, |(ih, iw)| ih * g.in_w + iw));
+                }
+            }
+        }
+    }
+    let fill_channel = |plane: &mut Vec<f32>, (ci, rows): (usize, &mut [f32])| {
+        for i in 0..count {
+            plane[..plane_len]
+                .copy_from_slice(&images[i * in_image + ci * plane_len..][..plane_len]);
+            for (tap, from) in table.chunks_exact(tile).enumerate() {
+                let dst = &mut rows[tap * row_len + i * tile..][..tile];
+                for (d, &s) in dst.iter_mut().zip(from) {
+                    *d = plane[s];
                 }
             }
         }
     };
-    let rows = &mut col[..col_rows(g) * tile];
+    let channels = &mut col[..col_rows(g) * row_len];
+    let with_zero = || vec![0.0; plane_len + 1];
     if parallel {
-        rows.par_chunks_mut(tile).enumerate().for_each(fill_row);
+        channels
+            .par_chunks_mut(taps * row_len)
+            .enumerate()
+            .for_each_init(with_zero, fill_channel);
     } else {
-        rows.chunks_mut(tile).enumerate().for_each(fill_row);
+        let mut plane = with_zero();
+        channels
+            .chunks_mut(taps * row_len)
+            .enumerate()
+            .for_each(|c| fill_channel(&mut plane, c));
+    }
+}
+
+/// One im2col row (channel, ky, kx) of output rows [r0, r1) of one input plane, for any stride
+/// and padding.
+#[allow(clippy::too_many_arguments)]
+fn general_rows(
+    plane: &[f32],
+    g: &ConvGeometry,
+    r0: usize,
+    r1: usize,
+    ky: usize,
+    kx: usize,
+    dst: &mut [f32],
+) {
+    for (oh, d) in (r0..r1).zip(dst.chunks_exact_mut(g.out_w)) {
+        let Some(ih) = source(oh, ky, g.stride, g.padding, g.in_h) else {
+            d.fill(0.0);
+            continue;
+        };
+        let src = &plane[ih * g.in_w..(ih + 1) * g.in_w];
+        if g.stride == 1 {
+            let (lo, hi) = valid_span(kx, g.padding, g.in_w, g.out_w);
+            d[..lo].fill(0.0);
+            d[hi..].fill(0.0);
+            d[lo..hi].copy_from_slice(&src[lo + kx - g.padding..hi + kx - g.padding]);
+        } else {
+            for (ow, v) in d.iter_mut().enumerate() {
+                *v = source(ow, kx, g.stride, g.padding, g.in_w).map_or(0.0, |iw| src[iw]);
+            }
+        }
     }
 }
 
@@ -212,9 +364,14 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// weights are streamed in large chunks (`winograd::large_chunks`, as for conv5: 17.2-17.6 vs
 /// 20.2-21.7 ms at batch 8, 53 vs 74-94 ms at batch 32); with small chunks each thread's sums
 /// over few tiles cost more than im2col (conv5 before large chunks: 42.9 vs 22.0 ms).
-/// `ConvAlgorithm::Im2col` turns it off, for comparisons.
-pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
+/// Under 128 input channels it also needs 56x56 outputs: its 36 GEMMs have the input channels as
+/// their inner dimension, too short to pay for the transforms on smaller images (batch 32 on an
+/// AVX2 Zen 3: 16->32 channels at 16x16 2.0-2.6 vs 0.8-1.0 ms, 32->32 at 32x32 8.8-11.7 vs
+/// 7.8-7.9 ms; equal at 64 channels and 28x28, at 128 channels and 16x16, and at 16 channels
+/// and 64x64). `ConvAlgorithm::Im2col` turns it off, for comparisons.
+pub fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
     let area = g.out_h * g.out_w;
+    let enough_channels = g.in_channels >= 128 || area >= 56 * 56;
     let large_enough = if weight_grad && area < 28 * 28 {
         crate::winograd::large_chunks(g, t)
     } else {
@@ -224,6 +381,7 @@ pub(crate) fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> b
         && t.convolution == ConvAlgorithm::Auto
         && g.in_channels >= 16
         && area >= 14 * 14
+        && enough_channels
         && large_enough
 }
 
@@ -247,6 +405,9 @@ pub fn forward_fused(
     if use_winograd(g, false, t) {
         return crate::winograd::forward(x, w, bias, relu, g, t, y);
     }
+    if grouped::images_per_group(g, t) > 1 {
+        return grouped::forward(x, w, bias, relu, g, t, y);
+    }
     let weights = Mat::row_major(w, g.out_channels, col_rows(g));
     let in_image = g.in_channels * g.in_h * g.in_w;
     let hw = g.out_h * g.out_w;
@@ -265,16 +426,44 @@ pub fn forward_fused(
                 continue;
             }
             for c in 0..g.out_channels {
-                let b = bias.map_or(0.0, |b| b[c]);
+                let b = bias.map(|b| b[c]);
                 let row = &mut y[c * hw + r0 * g.out_w..c * hw + r1 * g.out_w];
-                if relu {
-                    row.iter_mut().for_each(|v| *v = vgg_tensor::relu(*v + b));
-                } else {
-                    row.iter_mut().for_each(|v| *v += b);
-                }
+                epilogue(row, b, relu);
             }
         }
     });
+}
+
+/// `row[i] += bias`, then ReLU where `relu`.
+fn epilogue(row: &mut [f32], bias: Option<f32>, relu: bool) {
+    let b = bias.unwrap_or(0.0);
+    if relu {
+        row.iter_mut().for_each(|v| *v = vgg_tensor::relu(*v + b));
+    } else if bias.is_some() {
+        row.iter_mut().for_each(|v| *v += b);
+    }
+}
+
+/// `dst = src + bias`, then ReLU where `relu`: `epilogue` on the way from a scratch tile.
+fn store_epilogue(dst: &mut [f32], src: &[f32], bias: Option<f32>, relu: bool) {
+    let b = bias.unwrap_or(0.0);
+    if relu {
+        dst.iter_mut()
+            .zip(src)
+            .for_each(|(d, &s)| *d = vgg_tensor::relu(s + b));
+    } else {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s + b);
+    }
+}
+
+/// The sum of the workers' partial weight gradients.
+fn sum_partials(partials: Vec<Vec<f32>>) -> Vec<f32> {
+    let mut partials = partials.into_iter();
+    let mut sum = partials.next().expect("at least one partial sum");
+    for p in partials {
+        sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    sum
 }
 
 /// For stride 1, the input gradient is a forward convolution of dy with the kernel flipped in
@@ -357,6 +546,9 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
     if use_winograd(g, true, t) {
         return crate::winograd::backward_weight(x, dy, g, t);
     }
+    if grouped::images_per_group(g, t) > 1 {
+        return grouped::backward_weight(x, dy, g, t);
+    }
     let k = col_rows(g);
     let in_image = g.in_channels * g.in_h * g.in_w;
     let out_image = g.out_channels * g.out_h * g.out_w;
@@ -392,12 +584,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
             dw
         })
         .collect();
-    let mut partials = partials.into_iter();
-    let mut dw = partials.next().expect("at least one group");
-    for p in partials {
-        dw.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
-    dw
+    sum_partials(partials)
 }
 
 #[cfg(test)]
