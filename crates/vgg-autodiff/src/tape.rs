@@ -272,14 +272,28 @@ impl<B: Backend> Tape<B> {
     pub fn backward_observed(
         self,
         loss: &Var<B>,
-        mut observe: impl FnMut(BackwardStep),
+        observe: impl FnMut(BackwardStep),
     ) -> Result<Gradients<B>> {
+        self.backward_streaming(loss, observe, |_, _| Ok::<(), AutodiffError>(()))
+    }
+
+    /// `backward_observed`, also handing each parameter's gradient to `on_param` (with the
+    /// parameter's name) as soon as it is final: the walk has passed every op that used the
+    /// parameter. Gradients arrive while the rest of the walk is still to run, so work on them
+    /// (sending them to other processes, say) can overlap it. An error from `on_param` stops the
+    /// walk and is returned.
+    pub fn backward_streaming<E: From<AutodiffError>>(
+        self,
+        loss: &Var<B>,
+        mut observe: impl FnMut(BackwardStep),
+        mut on_param: impl FnMut(&str, &B::Tensor) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Gradients<B>, E> {
         self.check("backward", loss)?;
         if loss.shape().elements() != 1 {
-            return Err(AutodiffError::NotScalar(loss.shape().clone()));
+            return Err(AutodiffError::NotScalar(loss.shape().clone()).into());
         }
         if !loss.is_tracked() {
-            return Err(AutodiffError::LossUntracked);
+            return Err(AutodiffError::LossUntracked.into());
         }
         let State {
             mut nodes,
@@ -292,7 +306,11 @@ impl<B: Backend> Tape<B> {
             saved_bytes -= dropped.saved_bytes;
         }
         let mut grads: Vec<Option<B::Tensor>> = (0..nodes.len()).map(|_| None).collect();
-        grads[loss.id] = Some(backend.full(loss.shape(), 1.0)?);
+        grads[loss.id] = Some(
+            backend
+                .full(loss.shape(), 1.0)
+                .map_err(AutodiffError::from)?,
+        );
         let mut param_grads = HashMap::new();
         while let Some(node) = nodes.pop() {
             let id = nodes.len();
@@ -312,6 +330,8 @@ impl<B: Backend> Tape<B> {
                     }
                 }
                 (None, Some(grad)) if params.contains_key(&id) => {
+                    // A parameter's node comes before every op that uses it: its sum is complete.
+                    on_param(&params[&id], &grad)?;
                     param_grads.insert(id, grad);
                 }
                 // A closure whose output got no gradient is dropped unrun.

@@ -294,3 +294,53 @@ fn misuse_is_an_error_not_a_panic() {
     assert_eq!(b.download(&grads.get(&w).unwrap()).unwrap(), [1.0; 4]);
     assert!(grads.by_name("w").is_some() && grads.by_name("nope").is_none());
 }
+
+/// `backward_streaming` hands each parameter's gradient over once, final, as soon as the walk
+/// has passed its last use: the parameter used last comes first, long before the walk ends.
+#[test]
+fn parameter_gradients_stream_out_as_soon_as_they_are_final() {
+    let b = cpu();
+    let tape = Tape::new(b.clone());
+    let x = tape.constant(b.upload(&Shape::from([2]), &[1.0, -2.0]).unwrap());
+    let first = tape.param("first", b.upload(&Shape::from([2]), &[0.5, 0.25]).unwrap());
+    let h = tape.relu(&tape.mul(&x, &first).unwrap()).unwrap();
+    // `first` is used twice: its gradient is final only after both uses.
+    let h = tape.mul(&h, &first).unwrap();
+    let second = tape.param("second", b.upload(&Shape::from([2]), &[3.0, 4.0]).unwrap());
+    let loss = tape.sum(&tape.mul(&h, &second).unwrap()).unwrap();
+    let mut seen: Vec<(String, Vec<f32>, usize)> = Vec::new();
+    let nodes_left = std::cell::Cell::new(usize::MAX);
+    let grads = tape
+        .backward_streaming(
+            &loss,
+            |step| nodes_left.set(step.node),
+            |name, g| {
+                seen.push((name.to_string(), b.download(g).unwrap(), nodes_left.get()));
+                Ok::<(), AutodiffError>(())
+            },
+        )
+        .unwrap();
+    let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(names, ["second", "first"]);
+    for (name, g, _) in &seen {
+        assert_eq!(
+            &b.download(grads.by_name(name).unwrap()).unwrap(),
+            g,
+            "{name}"
+        );
+    }
+    // second: h = relu(x*first)*first = [0.25, 0]; d/dfirst = 2*x*first*second where open.
+    assert_eq!(seen[0].1, [0.25, 0.0]);
+    assert_eq!(seen[1].1, [2.0 * 1.0 * 0.5 * 3.0, 0.0]);
+    // `second` came out while most of the walk was still ahead.
+    assert!(seen[0].2 > 2, "{seen:?}");
+
+    // An error from the callback stops the walk and is returned.
+    let tape = Tape::new(b.clone());
+    let w = tape.param("w", b.upload(&Shape::from([1]), &[1.0]).unwrap());
+    let loss = tape.sum(&w).unwrap();
+    let e = tape
+        .backward_streaming(&loss, |_| {}, |_, _| Err(AutodiffError::LossUntracked))
+        .unwrap_err();
+    assert_eq!(e, AutodiffError::LossUntracked);
+}

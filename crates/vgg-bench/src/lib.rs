@@ -5,6 +5,7 @@
 //! Every timed step counts toward the statistics, and each step's clock stops only after the
 //! device has finished its work.
 
+mod parallel;
 mod peak;
 mod stats;
 pub mod system;
@@ -19,6 +20,7 @@ use vgg_model::{ModelError, ModelSpec, SpecOptions, Vgg, VggConfig, Workload};
 use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
 
+pub use parallel::{ParallelOptions, ParallelReport, ParallelStep};
 pub use peak::{measure_matmul_peak, MatmulPeak};
 pub use stats::Stats;
 pub use system::Machine;
@@ -104,6 +106,9 @@ pub enum BenchError {
     #[error(transparent)]
     /// A backend op failed.
     Tensor(#[from] vgg_tensor::TensorError),
+    #[error(transparent)]
+    /// The ranks of a data-parallel run failed to work together.
+    Dist(#[from] vgg_dist::DistError),
     #[error("{0} must be at least 1")]
     /// A count that must be at least 1 was 0.
     Zero(&'static str),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use vgg_bench::{
     check_memory, measure_matmul_peak, Bench, BenchConfig, Machine, MatmulPeak, Mode, ModeReport,
-    StepEvent,
+    ParallelOptions, ParallelReport, StepEvent,
 };
 use vgg_tensor::Backend;
 
@@ -56,6 +56,8 @@ pub struct BenchArgs {
     pub per_layer: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub dist: crate::dist::DistArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -142,6 +144,10 @@ fn now() -> String {
 pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Result<String> {
     let started = now();
     let config = a.config()?;
+    let comm = crate::dist::communicator(&a.dist)?;
+    if comm.size() > 1 {
+        return run_parallel(backend, a, config, &*comm, started);
+    }
     let modes = &a.mode.modes();
     let spec = config.spec()?;
     for path in a.json.iter().chain(&a.report) {
@@ -259,6 +265,150 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         vgg_nn::io::write_atomic(path, page.as_bytes())?;
     }
     Ok(summary(&record))
+}
+
+/// What `--json` writes under mpirun.
+#[derive(Serialize)]
+struct ParallelRecord<'a> {
+    schema: &'static str,
+    started: String,
+    backend: String,
+    network: String,
+    machine: Machine,
+    config: &'a BenchConfig,
+    data_parallel: &'a ParallelReport,
+}
+
+/// `vgg bench` as one rank of several: the data-parallel training step; rank 0 reports.
+fn run_parallel<B: Backend>(
+    backend: B,
+    a: &BenchArgs,
+    config: BenchConfig,
+    comm: &dyn vgg_dist::Communicator,
+    started: String,
+) -> Result<String> {
+    if a.mode == BenchMode::Forward || a.per_layer || a.report.is_some() {
+        anyhow::bail!(
+            "under mpirun, bench times the data-parallel training step (forward-backward, allreduce, \
+             SGD step): leave out --mode forward, --per-layer and --report"
+        );
+    }
+    let root = comm.rank() == 0;
+    let spec = config.spec()?;
+    if root {
+        if let Some(path) = &a.json {
+            vgg_nn::io::check_output(path)?;
+        }
+    }
+    if let Some(available) = crate::net::available_memory(&backend) {
+        check_memory(&spec, config.batch, &[Mode::ForwardBackward], available)?;
+    }
+    comm.check_same(
+        "benchmark settings",
+        &format!(
+            "{config:?} {} {:?}",
+            a.dist.bucket_bytes(),
+            a.dist.no_overlap
+        ),
+    )?;
+    signals::allow_graceful_stop();
+    if root {
+        stdout::line(&format!(
+            "{} ({}x{}, batch {} per rank) on {} x {} ({}): the training step, {} burn-in + {} timed steps, \
+             first on rank 0 alone, then on every rank",
+            spec.describe_network(),
+            config.height,
+            config.width,
+            config.batch,
+            backend.name(),
+            comm.size(),
+            comm.describe(),
+            config.burn_in,
+            config.num_batches
+        ))?;
+    }
+    let mut bench = Bench::new(backend.clone(), config.clone())?;
+    let mut said = Ok(());
+    let mut on_step = |index: usize, burn_in: bool, seconds: f64| {
+        if root && !burn_in && index % 10 == 0 {
+            said = stdout::line(&format!("{}: step {index}, duration = {seconds:.3}", now()));
+        }
+        if signals::stop_requested() || said.is_err() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let options = ParallelOptions {
+        bucket_bytes: a.dist.bucket_bytes(),
+        overlap: !a.dist.no_overlap,
+        solo_baseline: true,
+    };
+    let report = bench.run_data_parallel(comm, options, &mut on_step)?;
+    said?;
+    if !root {
+        return Ok(String::new());
+    }
+    if let Some(path) = &a.json {
+        let record = ParallelRecord {
+            schema: "vgg-bench-parallel/1",
+            started,
+            backend: backend.name(),
+            network: spec.describe_network(),
+            machine: Machine::this(),
+            config: &config,
+            data_parallel: &report,
+        };
+        let text = serde_json::to_string_pretty(&record).expect("the report serialises");
+        vgg_nn::io::write_atomic(path, (text + "\n").as_bytes())?;
+    }
+    Ok(parallel_summary(&report))
+}
+
+fn parallel_summary(r: &ParallelReport) -> String {
+    let mut t = Table::new(["", "mean s", "share"]);
+    let m = &r.mean;
+    let share = |x: f64| format!("{:.1}%", 100.0 * x / m.total.max(f64::MIN_POSITIVE));
+    for (name, value) in [
+        ("forward-backward (compute)", m.compute),
+        ("allreduce, exposed", m.exposed_communication),
+        ("SGD step", m.optimizer),
+        ("step", m.total),
+    ] {
+        t.push(vec![name.to_string(), format!("{value:.3}"), share(value)]);
+    }
+    let mut out = format!("\n{}", t.text());
+    out.push_str(&format!(
+        "{}, {} images per rank; {} of gradients per rank per step in {}; \
+         allreduce {:.3} s per step, of which {:.3} s overlapped backward\n",
+        r.communicator,
+        r.batch_per_rank,
+        bytes(r.gradient_bytes),
+        if r.overlap {
+            crate::table::plural(r.buckets, "bucket") + " sent during backward"
+        } else {
+            "one allreduce after backward".to_string()
+        },
+        m.exposed_communication + m.overlapped_communication,
+        m.overlapped_communication
+    ));
+    out.push_str(&format!(
+        "job: {:.2} images/s, median step {:.3} s ({} steps{})\n",
+        r.images_per_second,
+        r.stats.median,
+        r.stats.steps,
+        if r.interrupted { ", interrupted" } else { "" }
+    ));
+    if let (Some(solo), Some(e)) = (r.solo, r.efficiency) {
+        out.push_str(&format!(
+            "one rank alone: {:.3} s per step (mean), {:.2} images/s; scaling efficiency {:.1}% \
+             (solo step time over the job's, same batch per rank)\n",
+            solo.mean,
+            r.batch_per_rank as f64 / solo.mean.max(f64::MIN_POSITIVE),
+            100.0 * e
+        ));
+    }
+    out
 }
 
 fn summary(record: &BenchRecord) -> String {

@@ -4,6 +4,7 @@
 
 use vgg_autodiff::AutodiffError;
 use vgg_bench::BenchError;
+use vgg_dist::DistError;
 use vgg_model::ModelError;
 use vgg_nn::io::IoError;
 use vgg_tensor::TensorError;
@@ -44,8 +45,12 @@ fn is_runtime_failure(e: &(dyn std::error::Error + 'static)) -> bool {
             TrainError::Model(m) => model(m),
             TrainError::Autodiff(a) => autodiff(a),
             TrainError::Tensor(t) => tensor(t),
+            TrainError::Dist(d) => dist(d),
             _ => false,
         };
+    }
+    if let Some(d) = e.downcast_ref::<DistError>() {
+        return dist(d);
     }
     if let Some(b) = e.downcast_ref::<BenchError>() {
         return match b {
@@ -56,6 +61,16 @@ fn is_runtime_failure(e: &(dyn std::error::Error + 'static)) -> bool {
         };
     }
     e.is::<std::io::Error>()
+}
+
+/// Another rank failing, stalling or MPI breaking is a failure while running; ranks started
+/// differently, or mpirun around a vgg without MPI, is bad usage.
+fn dist(e: &DistError) -> bool {
+    match e {
+        DistError::Timeout { .. } | DistError::PeerGone { .. } | DistError::Mpi(_) => true,
+        DistError::Tensor(t) => tensor(t),
+        _ => false,
+    }
 }
 
 fn tensor(e: &TensorError) -> bool {

@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod classify;
+mod dist;
 mod eval;
 mod exit;
 mod net;
@@ -166,12 +167,22 @@ fn main() -> ExitCode {
         net::set_max_memory(bytes);
     }
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            dist::finish();
+            ExitCode::SUCCESS
+        }
         // The reader of the results went away (`vgg bench | head -1`): end quietly.
-        Err(e) if stdout::closed(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) if stdout::closed(e.as_ref()) => {
+            // Under mpirun the other ranks may be waiting for this one.
+            dist::end_job(0);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            stdout::warn(&format!("error: {e:#}"));
-            ExitCode::from(exit::code(&e))
+            stdout::warn(&format!("error: {}{e:#}", dist::who()));
+            let code = exit::code(&e);
+            // The other ranks would wait for this one forever.
+            dist::end_job(code);
+            ExitCode::from(code)
         }
     }
 }

@@ -156,7 +156,10 @@ impl DeviceArgs {
         let config = CpuConfig {
             isa,
             convolution,
-            ..CpuConfig::detect(self.threads)
+            ..CpuConfig::detect(match self.threads {
+                0 => crate::dist::default_threads(),
+                n => n,
+            })
         };
         if let Err(e) = config.kernel_isa() {
             anyhow::bail!("--isa: {e}");

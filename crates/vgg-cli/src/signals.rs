@@ -21,6 +21,13 @@ pub fn install() {
             return;
         }
         vgg_nn::io::remove_partial_outputs();
+        if crate::dist::job().is_some() {
+            warn(&format!(
+                "error: {}stopped by a signal: Ctrl-C, or mpirun ending the job because another \
+                 rank failed or exited (its own message says why)",
+                crate::dist::who()
+            ));
+        }
         std::process::exit(EXIT_INTERRUPTED.into());
     });
 }

@@ -152,6 +152,8 @@ pub struct TrainArgs {
     pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub dist: crate::dist::DistArgs,
 }
 
 /// The network `vgg train` builds where the flags do not say: VGG-11 at a quarter of the width,
@@ -232,10 +234,18 @@ struct EpochJson {
     test_loss: f64,
     test_accuracy: f64,
     seconds: f64,
+    /// Under mpirun: seconds of gradient allreduces, and the part the steps waited for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    communication_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exposed_communication_seconds: Option<f64>,
 }
 
-/// Writes the checkpoint, the log and the plot after each epoch, then prints the epoch's line.
+/// Writes the checkpoint, the log and the plot after each epoch, then prints the epoch's line
+/// (rank 0 alone under mpirun).
 struct Reporter<'a, B: Backend> {
+    /// Ranks in the job (1: one process).
+    ranks: usize,
     backend: &'a B,
     args: &'a TrainArgs,
     bar: ProgressBar,
@@ -254,6 +264,8 @@ impl<B: Backend> Reporter<'_, B> {
             test_loss: r.test_loss,
             test_accuracy: r.test_accuracy,
             seconds: r.seconds,
+            communication_seconds: (self.ranks > 1).then_some(r.communication.total),
+            exposed_communication_seconds: (self.ranks > 1).then_some(r.communication.exposed),
         });
         // The checkpoint is safe on disk before anything is printed.
         let mut file = checkpoint(self.backend, state)?;
@@ -273,8 +285,8 @@ impl<B: Backend> Reporter<'_, B> {
         if let Some(path) = &self.args.plot {
             io::write_atomic(path, plot_svg(&self.log)?.as_bytes())?;
         }
-        let line = format!(
-            "epoch {}/{}: lr {:.3e}, train loss {:.4}, train accuracy {:.2}%, test loss {:.4}, test accuracy {:.2}% ({:.1} s)",
+        let mut line = format!(
+            "epoch {}/{}: lr {:.3e}, train loss {:.4}, train accuracy {:.2}%, test loss {:.4}, test accuracy {:.2}% ({:.1} s",
             r.epoch,
             self.args.epochs,
             r.lr,
@@ -284,6 +296,13 @@ impl<B: Backend> Reporter<'_, B> {
             100.0 * r.test_accuracy,
             r.seconds
         );
+        if self.ranks > 1 {
+            line += &format!(
+                "; allreduce {:.2} s, {:.2} s of it exposed",
+                r.communication.total, r.communication.exposed
+            );
+        }
+        line.push(')');
         self.bar.suspend(|| stdout::line(&line))
     }
 }
@@ -295,6 +314,9 @@ impl<B: Backend> Observer<B> for Reporter<'_, B> {
     }
 
     fn epoch(&mut self, r: &EpochReport, state: &TrainState<B>) -> Result<(), TrainError> {
+        if !crate::dist::writes_results() {
+            return Ok(());
+        }
         self.bar.set_position(0);
         self.report(r, state).map_err(|e| {
             let reason = format!("{e:#}");
@@ -309,7 +331,12 @@ impl<B: Backend> Observer<B> for Reporter<'_, B> {
 
 pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     let config = args.config()?;
-    args.check_outputs()?;
+    let comm = crate::dist::communicator(&args.dist)?;
+    let root = comm.rank() == 0;
+    // Rank 0 alone writes.
+    if root {
+        args.check_outputs()?;
+    }
     let (train_set, test_set) = args.data.load(args.seed)?;
     // The data set fixes the input and the classes.
     let from_data = PartialOptions {
@@ -352,16 +379,41 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
             epochs_done: 0,
         },
     };
-    stdout::line(&format!(
-        "{} on {}: {} training and {} test images, {} parameters, from epoch {}",
-        state.model.spec().describe(),
-        backend.name(),
-        train_set.len(),
-        test_set.len(),
-        state.model.param_count(),
-        state.epochs_done.saturating_add(1)
-    ))?;
-    let bar = if std::io::stdout().is_terminal() {
+    if root {
+        let ranks = if comm.size() > 1 {
+            format!(
+                " x {} ({}; each batch of {} split, {} per rank; gradients in {})",
+                comm.size(),
+                comm.describe(),
+                config.batch_size,
+                crate::table::plural(config.batch_size.div_ceil(comm.size()), "image"),
+                if args.dist.no_overlap {
+                    "one allreduce after backward".to_string()
+                } else {
+                    format!(
+                        "{} during backward",
+                        crate::table::plural(
+                            vgg_train::gradient_buckets(&state.model, args.dist.bucket_bytes())
+                                .len(),
+                            "bucket"
+                        )
+                    )
+                }
+            )
+        } else {
+            String::new()
+        };
+        stdout::line(&format!(
+            "{} on {}{ranks}: {} training and {} test images, {} parameters, from epoch {}",
+            state.model.spec().describe(),
+            backend.name(),
+            train_set.len(),
+            test_set.len(),
+            state.model.param_count(),
+            state.epochs_done.saturating_add(1)
+        ))?;
+    }
+    let bar = if root && std::io::stdout().is_terminal() {
         let bar = ProgressBar::new(1);
         bar.set_style(
             ProgressStyle::with_template("  [{bar:30}] {pos}/{len} batches")
@@ -373,22 +425,32 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
         ProgressBar::hidden()
     };
     let mut reporter = Reporter {
+        ranks: comm.size(),
         backend,
         args,
         bar,
         log: Vec::new(),
         failure: None,
     };
-    let reports = vgg_train::train(
+    let parallel = vgg_train::Parallel {
+        comm: &*comm,
+        bucket_bytes: args.dist.bucket_bytes(),
+        overlap: !args.dist.no_overlap,
+    };
+    let reports = vgg_train::train_parallel(
         backend,
         &mut state,
         &train_set,
         &test_set,
         &config,
         &mut reporter,
+        &parallel,
     )
     .map_err(|e| reporter.failure.take().unwrap_or_else(|| e.into()))?;
     reporter.bar.finish_and_clear();
+    if !root {
+        return Ok(String::new());
+    }
     let summary = match reports.last() {
         Some(r) => format!(
             "test accuracy {:.2}% after {}",

@@ -1,6 +1,8 @@
 //! Training VGG networks on labelled images: seeded mini-batches, cross-entropy, an optimiser, a
 //! held-out test set, per-epoch reports and checkpoints (weights and optimiser state) that resume
-//! to the same result as an uninterrupted run.
+//! to the same result as an uninterrupted run. Data-parallel over several ranks with
+//! [`train_parallel`]: each global batch is split across the ranks and their gradients averaged
+//! (`vgg-dist`), so N ranks train as one process would on the whole batch.
 
 pub mod data;
 
@@ -8,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use vgg_autodiff::Tape;
+use vgg_dist::{CommTimes, Communicator, GradientBuckets, GradientReducer, Solo, StepReducer};
 use vgg_model::{ModelError, ModelSpec, Vgg};
 use vgg_nn::init::param_seed;
 use vgg_nn::io::TensorFile;
@@ -52,6 +55,9 @@ pub enum TrainError {
         /// What the observer said.
         reason: String,
     },
+    /// The ranks of a data-parallel run failed to work together.
+    #[error(transparent)]
+    Dist(#[from] vgg_dist::DistError),
     /// A `TrainConfig` field has a value that makes no sense.
     #[error("the training setting {setting} = {value} makes no sense: {expected}")]
     Setting {
@@ -100,6 +106,8 @@ pub struct EpochReport {
     pub test_accuracy: f64,
     /// Wall-clock seconds of the epoch.
     pub seconds: f64,
+    /// Communication between ranks over the epoch's steps (zeros with one process).
+    pub communication: CommTimes,
 }
 
 impl TrainConfig {
@@ -216,8 +224,21 @@ pub fn evaluate<B: Backend>(
     data: &Dataset,
     batch: usize,
 ) -> Result<(f64, f64), TrainError> {
-    let (mut loss, mut correct) = (0.0f64, 0usize);
-    let order: Vec<usize> = (0..data.len()).collect();
+    evaluate_parallel(backend, model, data, batch, &Solo)
+}
+
+/// `evaluate` with the images shared among the ranks of `comm`; every rank gets the totals.
+pub fn evaluate_parallel<B: Backend>(
+    backend: &B,
+    model: &Vgg<B>,
+    data: &Dataset,
+    batch: usize,
+    comm: &dyn Communicator,
+) -> Result<(f64, f64), TrainError> {
+    let mine = share(data.len(), comm.rank(), comm.size());
+    let order: Vec<usize> = mine.collect();
+    // Sums, then divided: the same whichever rank counted what.
+    let mut sums = [0.0f64; 2];
     for chunk in order.chunks(batch.max(1)) {
         let (images, labels) = data.gather(chunk);
         let x = backend.upload(
@@ -227,16 +248,101 @@ pub fn evaluate<B: Backend>(
         let tape = Tape::inference(backend.clone());
         let logits = model.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
         let (l, _) = backend.cross_entropy(logits.value(), &labels)?;
-        loss += backend.scalar_value(&l)? as f64 * chunk.len() as f64;
-        let predicted = backend.argmax_rows(logits.value())?;
-        correct += predicted
-            .iter()
-            .zip(&labels)
-            .filter(|(p, l)| p == l)
-            .count();
+        sums[0] += backend.scalar_value(&l)? as f64 * chunk.len() as f64;
+        sums[1] += correct(backend, logits.value(), &labels)? as f64;
     }
+    comm.allreduce_f64(&mut sums)?;
     let n = data.len().max(1) as f64;
-    Ok((loss / n, correct as f64 / n))
+    Ok((sums[0] / n, sums[1] / n))
+}
+
+/// The part of `0..n` that rank `rank` of `size` takes: contiguous, sizes differing by at most 1.
+pub fn share(n: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
+    let size = size.max(1);
+    let at = |r: usize| (n as u128 * r as u128 / size as u128) as usize;
+    at(rank)..at(rank + 1)
+}
+
+fn correct<B: Backend>(
+    backend: &B,
+    logits: &B::Tensor,
+    labels: &[usize],
+) -> Result<usize, TrainError> {
+    Ok(backend
+        .argmax_rows(logits)?
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p == l)
+        .count())
+}
+
+/// How a data-parallel run shares its work among ranks.
+pub struct Parallel<'a> {
+    /// The ranks.
+    pub comm: &'a dyn Communicator,
+    /// Gradient bytes per allreduce bucket (PyTorch's DDP: 25 MB).
+    pub bucket_bytes: usize,
+    /// Start each bucket's allreduce as soon as backward has produced it (false: one allreduce
+    /// of everything after backward).
+    pub overlap: bool,
+}
+
+impl Parallel<'static> {
+    /// One process: nothing is shared.
+    pub fn solo() -> Parallel<'static> {
+        Parallel {
+            comm: &Solo,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+            overlap: true,
+        }
+    }
+}
+
+/// PyTorch DistributedDataParallel's bucket size.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+
+/// The gradient buckets of `model`: parameters in the order backward produces their gradients.
+pub fn gradient_buckets<B: Backend>(model: &Vgg<B>, bucket_bytes: usize) -> GradientBuckets {
+    let params: Vec<(String, Shape)> = model
+        .named_params()
+        .into_iter()
+        .rev()
+        .map(|(name, t)| (name, t.shape().clone()))
+        .collect();
+    GradientBuckets::new(&params, bucket_bytes)
+}
+
+/// Makes every rank start alike: checks that the ranks have the same settings, data and progress
+/// (`what_runs` describes them) and gives every rank rank 0's weights.
+pub fn share_state<B: Backend>(
+    backend: &B,
+    comm: &dyn Communicator,
+    state: &mut TrainState<B>,
+    what_runs: &str,
+) -> Result<(), TrainError> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let progress = format!(
+        "{what_runs}; {}; epoch {}, step {}",
+        state.model.spec().describe(),
+        state.epochs_done,
+        state.optimizer.steps
+    );
+    comm.check_same("settings, data or checkpoint", &progress)?;
+    let root = comm.rank() == 0;
+    for (_, t) in state.model.named_params_mut() {
+        let mut host = if root {
+            backend.download(t)?
+        } else {
+            vec![0.0; t.shape().elements()]
+        };
+        comm.broadcast_f32(&mut host, 0)?;
+        if !root {
+            *t = backend.upload(t.shape(), &host)?;
+        }
+    }
+    Ok(())
 }
 
 /// Trains from `state.epochs_done` up to `config.epochs`, shuffling each epoch with a seed of its
@@ -249,7 +355,46 @@ pub fn train<B: Backend>(
     config: &TrainConfig,
     observer: &mut dyn Observer<B>,
 ) -> Result<Vec<EpochReport>, TrainError> {
+    train_parallel(
+        backend,
+        state,
+        train_set,
+        test_set,
+        config,
+        observer,
+        &Parallel::solo(),
+    )
+}
+
+/// `train` on the ranks of `parallel.comm`, each with the same data, settings and state: rank 0's
+/// weights are given to all, each global batch of `config.batch_size` images is split among the
+/// ranks, and their gradients averaged, weighted by their images, before every rank takes the
+/// same optimiser step. The weights are those of one process training on the whole batches, to
+/// float rounding (with dropout, each rank draws its own masks). Every rank gets the reports;
+/// the observer decides which rank writes.
+pub fn train_parallel<B: Backend>(
+    backend: &B,
+    state: &mut TrainState<B>,
+    train_set: &Dataset,
+    test_set: &Dataset,
+    config: &TrainConfig,
+    observer: &mut dyn Observer<B>,
+    parallel: &Parallel<'_>,
+) -> Result<Vec<EpochReport>, TrainError> {
     config.validate()?;
+    let comm = parallel.comm;
+    let (rank, size) = (comm.rank(), comm.size());
+    share_state(
+        backend,
+        comm,
+        state,
+        &format!(
+            "{config:?}; {} training and {} test images",
+            train_set.len(),
+            test_set.len()
+        ),
+    )?;
+    let layout = gradient_buckets(&state.model, parallel.bucket_bytes);
     let mut reports = Vec::new();
     let shape = |n: usize| Shape::from([n, train_set.channels, train_set.height, train_set.width]);
     for epoch in state.epochs_done..config.epochs {
@@ -260,50 +405,102 @@ pub fn train<B: Backend>(
         let lr = config.schedule.lr(config.lr, epoch);
         let order = data::permutation(train_set.len(), param_seed(config.seed, epoch));
         let batches: Vec<&[usize]> = order.chunks(config.batch_size.max(1)).collect();
-        let (mut loss_sum, mut correct) = (0.0f64, 0usize);
-        for (b, chunk) in batches.iter().enumerate() {
-            let (images, labels) = train_set.gather(chunk);
-            let x = backend.upload(&shape(chunk.len()), &images)?;
-            let tape = Tape::new(backend.clone());
+        let (mut loss_sum, mut correct_sum) = (0.0f64, 0usize);
+        let mut communication = CommTimes::default();
+        for (b, batch) in batches.iter().enumerate() {
+            let chunk = &batch[share(batch.len(), rank, size)];
+            let mut seed = param_seed(config.seed ^ 0xd50, optimizer.steps as usize);
+            if size > 1 {
+                // Each rank's images get masks of their own.
+                seed = param_seed(seed, rank);
+            }
             let run = RunOptions {
                 keep_prob: config.keep_prob,
-                seed: param_seed(config.seed ^ 0xd50, optimizer.steps as usize),
+                seed,
             };
-            let logits = model.forward(&tape, &tape.constant(x), run)?;
-            correct += backend
-                .argmax_rows(logits.value())?
-                .iter()
-                .zip(&labels)
-                .filter(|(p, l)| p == l)
-                .count();
-            let loss = tape.cross_entropy(&logits, &labels)?;
-            let value = backend.scalar_value(loss.value())?;
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    value,
-                    epoch: epoch + 1,
-                    step: optimizer.steps.saturating_add(1),
-                });
+            let step = optimizer.steps.saturating_add(1);
+            let mut sums = [0.0f64; 2];
+            let mut reducer = StepReducer::new(
+                comm,
+                &layout,
+                chunk.len() as f32 / batch.len() as f32,
+                parallel.overlap,
+            );
+            let mut local_grads = None;
+            if !chunk.is_empty() {
+                let (images, labels) = train_set.gather(chunk);
+                let x = backend.upload(&shape(chunk.len()), &images)?;
+                let tape = Tape::new(backend.clone());
+                let logits = model.forward(&tape, &tape.constant(x), run)?;
+                sums[1] = correct(backend, logits.value(), &labels)? as f64;
+                let loss = tape.cross_entropy(&logits, &labels)?;
+                let value = backend.scalar_value(loss.value())?;
+                sums[0] = value as f64 * chunk.len() as f64;
+                // One process stops before backward; several decide together, after it.
+                if size == 1 && !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        value,
+                        epoch: epoch + 1,
+                        step,
+                    });
+                }
+                drop(logits);
+                let grads = if size == 1 {
+                    tape.backward(&loss)?
+                } else {
+                    tape.backward_streaming(
+                        &loss,
+                        |_| {},
+                        |name, g| reducer.add(backend, name, g).map_err(TrainError::from),
+                    )?
+                };
+                local_grads = Some(grads);
             }
-            loss_sum += value as f64 * chunk.len() as f64;
-            drop(logits);
-            let grads: HashMap<String, B::Tensor> =
-                tape.backward(&loss)?.into_named().into_iter().collect();
+            let grads: HashMap<String, B::Tensor> = if size == 1 {
+                local_grads
+                    .map(|g| g.into_named().into_iter().collect())
+                    .unwrap_or_default()
+            } else {
+                drop(local_grads);
+                let (grads, times) = reducer.finish(backend)?;
+                comm.allreduce_f64(&mut sums)?;
+                let mean = (sums[0] / batch.len() as f64) as f32;
+                if !mean.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        value: mean,
+                        epoch: epoch + 1,
+                        step,
+                    });
+                }
+                communication.total += times.total;
+                communication.exposed += times.exposed;
+                communication.copies += times.copies;
+                communication.in_backward += times.in_backward;
+                grads
+            };
+            loss_sum += sums[0];
+            correct_sum += sums[1] as usize;
             optimizer.step(backend, model.named_params_mut(), &grads, lr)?;
             observer.batch(b + 1, batches.len());
         }
-        let (test_loss, test_accuracy) =
-            evaluate(backend, &state.model, test_set, config.batch_size)?;
+        let (test_loss, test_accuracy) = evaluate_parallel(
+            backend,
+            &state.model,
+            test_set,
+            config.batch_size.div_ceil(size),
+            comm,
+        )?;
         state.epochs_done = epoch + 1;
         let n = train_set.len().max(1) as f64;
         let report = EpochReport {
             epoch: epoch + 1,
             lr,
             train_loss: loss_sum / n,
-            train_accuracy: correct as f64 / n,
+            train_accuracy: correct_sum as f64 / n,
             test_loss,
             test_accuracy,
             seconds: start.elapsed().as_secs_f64(),
+            communication,
         };
         observer.epoch(&report, state)?;
         reports.push(report);

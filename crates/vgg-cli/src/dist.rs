@@ -1,0 +1,120 @@
+//! Running as one rank of several (`mpirun -np N vgg train|bench ...`): the communicator, the
+//! options for gradient buckets, and ending the whole job when this rank fails, so that the other
+//! ranks do not wait for it forever.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::Result;
+use vgg_dist::{Communicator, Solo};
+
+use crate::args;
+
+/// How ranks share gradients (train and bench under mpirun).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DistArgs {
+    /// Under mpirun: gradient bytes per allreduce bucket, e.g. 25M; a bucket is sent as soon as
+    /// backward has produced it, while backward goes on
+    #[arg(long, default_value = "25M", value_parser = args::byte_size)]
+    pub bucket_size: u64,
+    /// Under mpirun: send all gradients in one allreduce after backward instead of in buckets
+    /// during it (to measure what overlapping saves)
+    #[arg(long)]
+    pub no_overlap: bool,
+    /// Under mpirun: seconds a rank waits for the others in one exchange before it ends the job
+    /// with an error naming the exchange (another rank failed or stalled)
+    #[arg(long, default_value = "300", value_parser = args::positive)]
+    pub comm_timeout: usize,
+}
+
+impl DistArgs {
+    /// Bucket bytes: everything in one bucket without overlap.
+    pub fn bucket_bytes(&self) -> usize {
+        if self.no_overlap {
+            usize::MAX
+        } else {
+            usize::try_from(self.bucket_size).unwrap_or(usize::MAX)
+        }
+    }
+}
+
+/// The job's communicator, from its start until `finish`.
+static JOB: Mutex<Option<Arc<dyn Communicator>>> = Mutex::new(None);
+
+fn job_lock() -> MutexGuard<'static, Option<Arc<dyn Communicator>>> {
+    JOB.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The ranks this process belongs to: MPI's when a launcher started several, else this process
+/// alone. Made once; later calls return the same.
+pub fn communicator(args: &DistArgs) -> Result<Arc<dyn Communicator>> {
+    let mut job = job_lock();
+    if let Some(comm) = job.as_ref() {
+        return Ok(comm.clone());
+    }
+    let comm: Arc<dyn Communicator> = match vgg_dist::launched_by_mpi() {
+        Some((_, size, _)) if size > 1 => start_mpi(size, args)?,
+        _ => Arc::new(Solo),
+    };
+    *job = Some(comm.clone());
+    Ok(comm)
+}
+
+/// Leaves the job after a command succeeded on this rank: MPI is finalised (every rank must,
+/// or mpirun calls the job failed).
+pub fn finish() {
+    let comm = job_lock().take();
+    drop(comm);
+}
+
+#[cfg(feature = "mpi")]
+fn start_mpi(_size: usize, args: &DistArgs) -> Result<Arc<dyn Communicator>> {
+    let timeout = Duration::from_secs(args.comm_timeout as u64);
+    Ok(Arc::new(vgg_dist::mpi::Mpi::init(timeout)?))
+}
+
+#[cfg(not(feature = "mpi"))]
+fn start_mpi(size: usize, args: &DistArgs) -> Result<Arc<dyn Communicator>> {
+    let _ = Duration::from_secs(args.comm_timeout as u64);
+    Err(vgg_dist::DistError::NoMpi { size }.into())
+}
+
+/// (rank, size) of the job this process is in, once its communicator exists.
+pub fn job() -> Option<(usize, usize)> {
+    job_lock()
+        .as_ref()
+        .map(|c| (c.rank(), c.size()))
+        .filter(|&(_, size)| size > 1)
+}
+
+/// Where this rank's message should say who it is: "rank 1 of 2: ".
+pub fn who() -> String {
+    job().map_or_else(String::new, |(rank, size)| {
+        format!("rank {rank} of {size}: ")
+    })
+}
+
+/// Whether this process writes the results: one process, or rank 0 of a job.
+pub fn writes_results() -> bool {
+    job().is_none_or(|(rank, _)| rank == 0)
+}
+
+/// In a job of several ranks, ends them all with `code` (MPI_Abort): the others may be waiting
+/// for this one in an exchange it will never join. Returns where there is no such job.
+pub fn end_job(code: u8) {
+    let comm = job_lock().clone();
+    if let Some(comm) = comm.filter(|c| c.size() > 1) {
+        comm.abort(code.into());
+    }
+}
+
+/// CPU threads per rank where `--threads` is 0: the cores shared among the ranks a launcher put
+/// on this machine (0, one per core, when it put one).
+pub fn default_threads() -> usize {
+    match vgg_dist::launched_by_mpi() {
+        Some((_, _, local)) if local > 1 => {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / local).max(1))
+        }
+        _ => 0,
+    }
+}

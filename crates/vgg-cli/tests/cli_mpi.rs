@@ -1,0 +1,271 @@
+//! `mpirun -np 2 vgg train|bench ...`: with the `mpi` feature (which `.ci/run` builds and runs
+//! these with, Open MPI installed), two ranks train to the weights of one process, a failing
+//! rank ends the job with named errors within seconds, and the benchmark reports scaling.
+//! Without the feature, a vgg started by a launcher refuses instead of running N copies.
+
+mod common;
+
+#[cfg(feature = "mpi")]
+mod with_mpi {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::process::{Command, Output};
+    use std::time::{Duration, Instant};
+
+    use super::common::{stderr, stdout};
+
+    /// `mpirun` with `groups` of (ranks, program and arguments), the vgg under test by default.
+    fn mpirun(groups: &[(usize, Vec<String>)]) -> Output {
+        let mut cmd = Command::new("mpirun");
+        // CI runs as root; these runs are small enough to share the cores.
+        cmd.env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .args(["--oversubscribe", "--bind-to", "none"]);
+        for (i, (np, args)) in groups.iter().enumerate() {
+            if i > 0 {
+                cmd.arg(":");
+            }
+            cmd.args(["-np", &np.to_string()]).args(args);
+        }
+        cmd.output()
+            .expect("mpirun runs (Open MPI: apt-get install openmpi-bin)")
+    }
+
+    fn vgg(args: &[&str]) -> Vec<String> {
+        std::iter::once(env!("CARGO_BIN_EXE_vgg"))
+            .chain(args.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    fn weights(path: &Path) -> BTreeMap<String, Vec<f32>> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        file.tensors()
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("optimizer."))
+            .map(|(name, view)| {
+                let values = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                (name, values)
+            })
+            .collect()
+    }
+
+    fn train_args(output: &Path, epochs: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "train",
+            "--epochs",
+            epochs,
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.02",
+            "--seed",
+            "3",
+            "--width-mult",
+            "0.125",
+            "--hidden",
+            "64",
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        vgg(&args)
+    }
+
+    #[test]
+    fn two_ranks_train_to_the_weights_of_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two) = (dir.path().join("one.st"), dir.path().join("two.st"));
+        let log = dir.path().join("log.json");
+        let solo = Command::new(env!("CARGO_BIN_EXE_vgg"))
+            .args(&train_args(&one, "1", &[])[1..])
+            .output()
+            .unwrap();
+        assert!(solo.status.success(), "{}", stderr(&solo));
+        let out = mpirun(&[(
+            2,
+            train_args(
+                &two,
+                "1",
+                &["--json", log.to_str().unwrap(), "--bucket-size", "64K"],
+            ),
+        )]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        // Rank 0 alone reports.
+        assert_eq!(text.matches("epoch 1/1").count(), 1, "{text}");
+        assert!(text.contains("x 2 (MPI (Open MPI"), "{text}");
+        assert!(text.contains("16 images per rank"), "{text}");
+        let (a, b) = (weights(&one), weights(&two));
+        assert_eq!(a.len(), 22);
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        // Not to the bit: the gradients' sums run in another order.
+        let mut worst = 0.0f32;
+        for (name, x) in &a {
+            for (p, q) in x.iter().zip(&b[name]) {
+                worst = worst.max((p - q).abs() / p.abs().max(1e-2));
+            }
+        }
+        assert!(worst < 2e-3, "relative difference {worst}");
+        let log: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+        let epoch = &log[0];
+        assert!(
+            epoch["communication_seconds"].as_f64().unwrap() > 0.0,
+            "{log}"
+        );
+        assert!(epoch["exposed_communication_seconds"].as_f64().is_some());
+    }
+
+    /// Rank 1 fails on its own (its data directory does not exist): it names its error, and the
+    /// job ends at once instead of rank 0 waiting for it.
+    #[test]
+    fn a_failing_rank_ends_the_job_with_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("w.st");
+        let start = Instant::now();
+        let out = mpirun(&[
+            (1, train_args(&out_path, "50", &[])),
+            (
+                1,
+                train_args(&out_path, "50", &["--data", "/nonexistent/digits"]),
+            ),
+        ]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.contains("error: rank 1 of 2: "), "{err}");
+        assert!(err.contains("/nonexistent/digits"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(!out_path.exists(), "no checkpoint from a failed job");
+    }
+
+    /// Rank 1 is killed mid-training (a crash): rank 0 is ended within seconds and says why.
+    #[test]
+    fn a_killed_rank_ends_the_job_within_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("w.st");
+        let mut killed = vec![
+            "timeout".to_string(),
+            "-s".into(),
+            "KILL".into(),
+            "5".into(),
+        ];
+        killed.extend(train_args(&out_path, "50", &[]));
+        let start = Instant::now();
+        let out = mpirun(&[(1, train_args(&out_path, "50", &[])), (1, killed)]);
+        let err = stderr(&out);
+        let took = start.elapsed();
+        assert!(!out.status.success(), "{err}");
+        // 50 epochs take minutes: the job ended because rank 1 died, a few seconds after.
+        assert!(took < Duration::from_secs(40), "{took:?}\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("rank 0 of 2: stopped by a signal")
+                || err.contains("rank 0 of 2: rank 1 left")
+                || err.contains("rank 0 of 2: allreduce waited"),
+            "rank 0 must say why it stopped: {err}"
+        );
+    }
+
+    #[test]
+    fn ranks_started_with_other_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out_path = dir.path().join("w.st");
+        let out = mpirun(&[
+            (1, train_args(&out_path, "1", &["--batch-size", "32"])),
+            (1, train_args(&out_path, "1", &["--batch-size", "16"])),
+        ]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("differs from rank 0"), "{err}");
+        assert!(err.contains("batch_size: 16"), "{err}");
+    }
+
+    #[test]
+    fn the_benchmark_reports_the_job_and_its_scaling() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("b.json");
+        let out = mpirun(&[(
+            2,
+            vgg(&[
+                "bench",
+                "--model",
+                "vgg11",
+                "--width-mult",
+                "0.125",
+                "--hidden",
+                "64",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "2",
+                "--num-batches",
+                "4",
+                "--burn-in",
+                "1",
+                "--bucket-size",
+                "16K",
+                "--json",
+                json.to_str().unwrap(),
+            ]),
+        )]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        for needle in [
+            "forward-backward (compute)",
+            "allreduce, exposed",
+            "SGD step",
+            "overlapped backward",
+            "images/s",
+            "scaling efficiency",
+        ] {
+            assert!(text.contains(needle), "'{needle}' missing: {text}");
+        }
+        assert_eq!(
+            text.matches("scaling efficiency").count(),
+            1,
+            "rank 0 alone: {text}"
+        );
+        let record: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(record["schema"], "vgg-bench-parallel/1");
+        let report = &record["data_parallel"];
+        assert_eq!(report["ranks"], 2);
+        assert_eq!(report["steps"].as_array().unwrap().len(), 4);
+        assert!(report["buckets"].as_u64().unwrap() > 1, "{report}");
+        let e = report["efficiency"].as_f64().unwrap();
+        assert!(e > 0.0 && e.is_finite(), "{report}");
+    }
+}
+
+/// A vgg without MPI, started by a launcher, would run as N independent copies writing the same
+/// files: it refuses and says how to get one with MPI.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_launcher_without_mpi_built_in_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(["train", "--epochs", "1", "--output"])
+        .arg(dir.path().join("w.st"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("built without MPI") && err.contains("--features mpi"),
+        "{err}"
+    );
+    assert!(!dir.path().join("w.st").exists());
+}

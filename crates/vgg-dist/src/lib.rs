@@ -1,0 +1,286 @@
+//! Data-parallel runs over several processes.
+//!
+//! A [`Communicator`] is the group of processes (ranks) a run is split over: [`Solo`] for one
+//! process (the default, nothing to install), `mpi::Mpi` over the system's MPI with the `mpi`
+//! feature (`mpirun -np N vgg train ...`), and [`LocalGroup`] for ranks as threads of one process
+//! (tests, and trying the code without MPI). Its collectives work on host buffers, so every
+//! backend can use it; [`GradientBuckets`] and [`StepReducer`] average a step's gradients in
+//! buckets started while backward is still running, as PyTorch's DistributedDataParallel does.
+//!
+//! A communicator for device tensors (NCCL for CUDA) would take the reducer's place for its
+//! backend: [`GradientReducer`] is the interface the training loop uses, and [`StepReducer`] is
+//! its host-buffer implementation for any [`Communicator`].
+
+mod bucket;
+mod local;
+#[cfg(feature = "mpi")]
+pub mod mpi;
+pub mod scaling;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub use bucket::{CommTimes, GradientBuckets, GradientReducer, StepReducer};
+pub use local::LocalGroup;
+
+/// What can go wrong between processes.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// A collective waited longer than the communicator's timeout: another rank failed, stalled
+    /// or took another path.
+    #[error(
+        "rank {rank} of {size}: {op} waited {seconds:.0} s for the other ranks; one of them has failed, \
+         stalled or was started with other settings (raise the limit with --comm-timeout if a step \
+         is really that slow)"
+    )]
+    Timeout {
+        /// The collective.
+        op: &'static str,
+        /// This rank.
+        rank: usize,
+        /// Ranks in the group.
+        size: usize,
+        /// How long it waited.
+        seconds: f64,
+    },
+    /// Another rank left the group while this one waited for it.
+    #[error("rank {rank} of {size}: rank {gone} left the job during {op}; its own error says why")]
+    PeerGone {
+        /// The collective.
+        op: &'static str,
+        /// This rank.
+        rank: usize,
+        /// Ranks in the group.
+        size: usize,
+        /// The rank that left.
+        gone: usize,
+    },
+    /// The ranks were not started alike.
+    #[error(
+        "rank {rank} differs from rank 0 in {what}: every rank must be started with the same \
+         command, settings and files (rank 0: {root}; rank {rank}: {ours})"
+    )]
+    Mismatch {
+        /// This rank.
+        rank: usize,
+        /// What differs.
+        what: &'static str,
+        /// Rank 0's value.
+        root: String,
+        /// This rank's value.
+        ours: String,
+    },
+    /// This rank agrees with rank 0, but others do not.
+    #[error(
+        "rank {rank}: {ranks} other rank(s) differ from rank 0 in {what}; their errors say how"
+    )]
+    OtherMismatch {
+        /// This rank.
+        rank: usize,
+        /// What differs.
+        what: &'static str,
+        /// How many ranks differ.
+        ranks: usize,
+    },
+    /// The MPI library failed or could not start.
+    #[error("MPI: {0}")]
+    Mpi(String),
+    /// A launcher started this process as one of several ranks, but this build has no MPI.
+    #[error(
+        "this process was started by an MPI launcher as one of {size} ranks, but this vgg was built \
+         without MPI, so every rank would run alone and write the same files: build it with \
+         `--features mpi` (see the README's \"Scaling out\"), or run it without mpirun"
+    )]
+    NoMpi {
+        /// Ranks the launcher started.
+        size: usize,
+    },
+    /// A buffer handed to a collective does not fit the group's layout.
+    #[error("{0}")]
+    Layout(String),
+    /// A backend op (a gradient's download or upload) failed.
+    #[error(transparent)]
+    Tensor(#[from] vgg_tensor::TensorError),
+}
+
+/// Results of this crate.
+pub type Result<T, E = DistError> = std::result::Result<T, E>;
+
+/// The result of an allreduce: the summed buffer and the seconds the collective itself took,
+/// from its start to its completion, whether or not anybody waited for it.
+#[derive(Debug)]
+pub struct Reduced {
+    /// The element-wise sum over the ranks.
+    pub data: Vec<f32>,
+    /// Seconds between the collective's start and its end.
+    pub seconds: f64,
+}
+
+/// An allreduce that has started; `wait` blocks until it ends.
+#[derive(Debug)]
+pub struct PendingReduce {
+    receiver: mpsc::Receiver<Result<Reduced>>,
+}
+
+impl PendingReduce {
+    /// A pending reduction whose result comes through `receiver`.
+    pub fn from_channel(receiver: mpsc::Receiver<Result<Reduced>>) -> PendingReduce {
+        PendingReduce { receiver }
+    }
+
+    /// A reduction that is already done.
+    pub fn ready(result: Result<Reduced>) -> PendingReduce {
+        let (sender, receiver) = mpsc::channel();
+        let _ = sender.send(result);
+        PendingReduce { receiver }
+    }
+
+    /// The summed buffer, once every rank has contributed.
+    pub fn wait(self) -> Result<Reduced> {
+        self.receiver
+            .recv()
+            .unwrap_or_else(|_| Err(DistError::Mpi("the communication thread ended".into())))
+    }
+}
+
+/// A group of ranks that run the same program on different data. Every rank must call the
+/// collectives in the same order with buffers of the same length.
+pub trait Communicator: Send + Sync {
+    /// This process's rank, from 0.
+    fn rank(&self) -> usize;
+
+    /// Ranks in the group.
+    fn size(&self) -> usize;
+
+    /// What carries the data: "one process", "MPI (Open MPI v4.1.4), 2 ranks".
+    fn describe(&self) -> String;
+
+    /// Starts summing `data` element-wise over the ranks; the result is the same on every rank.
+    /// The call returns at once where the communicator can overlap the reduction with other work.
+    fn start_allreduce(&self, data: Vec<f32>) -> Result<PendingReduce>;
+
+    /// Sums `data` element-wise over the ranks, in f64 (counts and loss sums), and waits.
+    fn allreduce_f64(&self, data: &mut [f64]) -> Result<()>;
+
+    /// Replaces `data` on every rank with rank `root`'s; every rank gives the same length.
+    fn broadcast(&self, data: &mut [u8], root: usize) -> Result<()>;
+
+    /// Waits until every rank has reached it.
+    fn barrier(&self) -> Result<()>;
+
+    /// Ends every rank of the job at once with `code`, for an error on one rank that the others
+    /// cannot learn of (they would wait for it forever). With one process, exits.
+    fn abort(&self, code: i32) -> !;
+
+    /// `start_allreduce(data)` and wait.
+    fn allreduce(&self, data: Vec<f32>) -> Result<Reduced> {
+        self.start_allreduce(data)?.wait()
+    }
+
+    /// Replaces `data` on every rank with rank `root`'s.
+    fn broadcast_f32(&self, data: &mut [f32], root: usize) -> Result<()> {
+        let mut bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.broadcast(&mut bytes, root)?;
+        for (v, b) in data.iter_mut().zip(bytes.chunks_exact(4)) {
+            *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    /// Checks that every rank has the same `value` of `what` as rank 0 (settings, data sizes):
+    /// ranks started differently would exchange buffers that do not match, or wait forever.
+    fn check_same(&self, what: &'static str, value: &str) -> Result<()> {
+        if self.size() == 1 {
+            return Ok(());
+        }
+        let mut length = (value.len() as u64).to_le_bytes();
+        self.broadcast(&mut length, 0)?;
+        // Every rank joins the second broadcast with rank 0's length, whatever its own.
+        let root_len = usize::try_from(u64::from_le_bytes(length))
+            .map_err(|_| DistError::Layout(format!("rank 0's {what} is too long")))?;
+        let mut root = vec![0u8; root_len];
+        if root_len == value.len() {
+            root.copy_from_slice(value.as_bytes());
+        }
+        self.broadcast(&mut root, 0)?;
+        let root = String::from_utf8_lossy(&root).into_owned();
+        let mut differing = [f64::from(u8::from(root != value))];
+        self.allreduce_f64(&mut differing)?;
+        if root != value {
+            return Err(DistError::Mismatch {
+                rank: self.rank(),
+                what,
+                root,
+                ours: value.to_string(),
+            });
+        }
+        if differing[0] > 0.0 {
+            return Err(DistError::OtherMismatch {
+                rank: self.rank(),
+                what,
+                ranks: differing[0] as usize,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One process alone: every collective is the identity.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Solo;
+
+impl Communicator for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+
+    fn size(&self) -> usize {
+        1
+    }
+
+    fn describe(&self) -> String {
+        "one process".into()
+    }
+
+    fn start_allreduce(&self, data: Vec<f32>) -> Result<PendingReduce> {
+        Ok(PendingReduce::ready(Ok(Reduced { data, seconds: 0.0 })))
+    }
+
+    fn allreduce_f64(&self, _data: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+
+    fn broadcast(&self, _data: &mut [u8], _root: usize) -> Result<()> {
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+/// The ranks a launcher (mpirun, mpiexec, srun with PMI) started this process among, read from
+/// the variables it sets: `(rank, size, ranks on this node)`. None when no launcher started it.
+pub fn launched_by_mpi() -> Option<(usize, usize, usize)> {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok()?.trim().parse::<usize>().ok())
+    };
+    let size = var(&[
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_SIZE",
+        "MPI_LOCALNRANKS",
+    ])?;
+    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]).unwrap_or(0);
+    let local = var(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]).unwrap_or(size);
+    Some((rank, size, local.max(1)))
+}
+
+/// How long a collective may wait for the other ranks before the job is declared broken.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

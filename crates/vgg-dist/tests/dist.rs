@@ -1,0 +1,226 @@
+//! The communicators' collectives, the bucket layout and the reducer, with ranks as threads.
+
+use std::collections::HashMap;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vgg_dist::{
+    Communicator, DistError, GradientBuckets, GradientReducer, LocalGroup, Solo, StepReducer,
+};
+use vgg_ndarray::CpuBackend;
+use vgg_tensor::prelude::*;
+
+/// Runs `body(rank, comm)` on `size` threads and returns their results in rank order.
+fn on_ranks<T: Send + 'static>(
+    size: usize,
+    body: impl Fn(LocalGroup) -> T + Send + Sync + Clone + 'static,
+) -> Vec<T> {
+    let handles: Vec<_> = LocalGroup::new(size, Duration::from_secs(20))
+        .into_iter()
+        .map(|comm| {
+            let body = body.clone();
+            thread::spawn(move || body(comm))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn collectives_give_every_rank_the_same_answer() {
+    let results = on_ranks(3, |comm| {
+        let r = comm.rank() as f32;
+        let sum = comm.allreduce(vec![r, 10.0 * r, 1.0]).unwrap().data;
+        let mut counts = [comm.rank() as f64, 1.0];
+        comm.allreduce_f64(&mut counts).unwrap();
+        let mut from_one = [comm.rank() as u8; 4];
+        comm.broadcast(&mut from_one, 1).unwrap();
+        let mut weights = vec![r; 3];
+        comm.broadcast_f32(&mut weights, 2).unwrap();
+        comm.barrier().unwrap();
+        (sum, counts, from_one, weights)
+    });
+    for (sum, counts, from_one, weights) in results {
+        assert_eq!(sum, [3.0, 30.0, 3.0]);
+        assert_eq!(counts, [3.0, 3.0]);
+        assert_eq!(from_one, [1; 4]);
+        assert_eq!(weights, [2.0; 3]);
+    }
+}
+
+#[test]
+fn ranks_started_differently_are_named_on_every_rank() {
+    let results = on_ranks(3, |comm| {
+        let settings = if comm.rank() == 2 {
+            "batch 16"
+        } else {
+            "batch 32"
+        };
+        comm.check_same("settings", settings)
+    });
+    match &results[2] {
+        Err(DistError::Mismatch {
+            rank, root, ours, ..
+        }) => {
+            assert_eq!(
+                (*rank, root.as_str(), ours.as_str()),
+                (2, "batch 32", "batch 16")
+            );
+        }
+        other => panic!("rank 2 should see the difference: {other:?}"),
+    }
+    for r in &results[..2] {
+        assert!(
+            matches!(r, Err(DistError::OtherMismatch { ranks: 1, .. })),
+            "ranks that agree with rank 0 must stop too: {r:?}"
+        );
+    }
+    // Equal settings pass; so does one process.
+    assert!(on_ranks(2, |c| c.check_same("s", "same"))
+        .iter()
+        .all(Result::is_ok));
+    Solo.check_same("s", "anything").unwrap();
+}
+
+#[test]
+fn a_rank_that_leaves_is_named_instead_of_waited_for() {
+    let start = Instant::now();
+    let results = on_ranks(2, |comm| {
+        if comm.rank() == 1 {
+            drop(comm);
+            return None;
+        }
+        Some(comm.allreduce(vec![1.0]).map(|r| r.data))
+    });
+    match &results[0] {
+        Some(Err(e @ DistError::PeerGone { gone: 1, .. })) => {
+            assert!(e.to_string().contains("rank 1 left the job"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_stalled_rank_ends_in_a_timeout() {
+    let mut group = LocalGroup::new(2, Duration::from_millis(200));
+    let stalled = group.pop().unwrap();
+    let waiting = group.pop().unwrap();
+    let start = Instant::now();
+    let e = waiting.barrier().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DistError::Timeout {
+                op: "barrier",
+                rank: 0,
+                size: 2,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--comm-timeout"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    drop(stalled);
+}
+
+fn params() -> Vec<(String, Shape)> {
+    vec![
+        ("fc.bias".into(), Shape::from([10])),
+        ("fc.weight".into(), Shape::from([10, 40])),
+        ("conv.bias".into(), Shape::from([4])),
+        ("conv.weight".into(), Shape::from([4, 1, 3, 3])),
+    ]
+}
+
+#[test]
+fn buckets_follow_the_order_and_the_size() {
+    // 400 elements = 1600 bytes: a 1 KiB bucket closes after fc.weight.
+    let b = GradientBuckets::new(&params(), 1024);
+    assert_eq!(b.bucket_elements(), [410, 40]);
+    assert_eq!(
+        GradientBuckets::new(&params(), usize::MAX).bucket_elements(),
+        [450]
+    );
+    // Tiny buckets: one parameter each.
+    assert_eq!(GradientBuckets::new(&params(), 4).len(), 4);
+    assert_ne!(
+        b.fingerprint(),
+        GradientBuckets::new(&params(), 4).fingerprint()
+    );
+}
+
+/// Each rank's gradients are `rank + 1` everywhere; rank r has weight w_r.
+fn reduce_on_ranks(weights: &'static [f32], overlap: bool, skip: Option<&'static str>) {
+    let results = on_ranks(weights.len(), move |comm| {
+        let cpu = CpuBackend::new(1).unwrap();
+        let layout = GradientBuckets::new(&params(), 1024);
+        let r = comm.rank();
+        let mut reducer = StepReducer::new(&comm, &layout, weights[r], overlap);
+        // Backward's order, fc first; one parameter may get no gradient.
+        for (name, shape) in params() {
+            if Some(name.as_str()) == skip {
+                continue;
+            }
+            let g = cpu.full(&shape, (r + 1) as f32).unwrap();
+            reducer.add(&cpu, &name, &g).unwrap();
+        }
+        let (grads, times) = GradientReducer::<CpuBackend>::finish(reducer, &cpu).unwrap();
+        assert!(times.total >= 0.0 && times.exposed >= 0.0);
+        grads
+            .into_iter()
+            .map(|(n, t)| (n, cpu.download(&t).unwrap()))
+            .collect::<HashMap<_, _>>()
+    });
+    let expected: f32 = weights
+        .iter()
+        .enumerate()
+        .map(|(r, w)| w * (r + 1) as f32)
+        .sum();
+    for grads in &results {
+        assert_eq!(grads.len(), 4);
+        for (name, shape) in params() {
+            let g = &grads[&name];
+            assert_eq!(g.len(), shape.elements());
+            let want = if Some(name.as_str()) == skip {
+                0.0
+            } else {
+                expected
+            };
+            assert!(
+                g.iter().all(|&v| (v - want).abs() < 1e-6),
+                "{name}: {g:?} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_reducer_weights_each_rank_by_its_images() {
+    reduce_on_ranks(&[0.5, 0.5], true, None);
+    reduce_on_ranks(&[0.75, 0.25, 0.0], true, None);
+    reduce_on_ranks(&[0.5, 0.5], false, None);
+    // A parameter the loss did not reach is zero on every rank, and the bucket still goes.
+    reduce_on_ranks(&[0.5, 0.5], true, Some("conv.bias"));
+}
+
+#[test]
+fn the_reducer_refuses_gradients_that_do_not_fit() {
+    let cpu = CpuBackend::new(1).unwrap();
+    let layout = GradientBuckets::new(&params(), 1024);
+    let mut reducer = StepReducer::new(&Solo, &layout, 1.0, true);
+    let bad = cpu.zeros(&Shape::from([3])).unwrap();
+    let e = reducer.add(&cpu, "fc.bias", &bad).unwrap_err();
+    assert!(e.to_string().contains("expects [10]"), "{e}");
+    let e = reducer.add(&cpu, "nowhere", &bad).unwrap_err();
+    assert!(e.to_string().contains("in no bucket"), "{e}");
+}
+
+#[test]
+fn a_launcher_is_recognised_by_its_variables() {
+    // Read from the environment of this test process: no launcher started it.
+    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_none() && std::env::var_os("PMI_SIZE").is_none()
+    {
+        assert_eq!(vgg_dist::launched_by_mpi(), None);
+    }
+}
