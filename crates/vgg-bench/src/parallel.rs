@@ -10,12 +10,16 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use vgg_autodiff::Tape;
-use vgg_dist::{Communicator, GradientReducer, Solo, StepReducer};
+use vgg_dist::{BucketMemory, Communicator, GradientReducer, Solo, StepReducer};
 use vgg_nn::optim::{Optimizer, OptimizerKind};
 use vgg_nn::RunOptions;
 use vgg_tensor::Backend;
 
 use crate::{Bench, BenchError, Stats};
+
+/// The SGD step's rate: the l2 loss of random weights is large, and a tiny rate keeps the weights
+/// finite over the steps (only the step's time matters here).
+const LR: f32 = 1e-9;
 
 /// Seconds of one data-parallel step, as rank 0 saw them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -105,7 +109,9 @@ impl<B: Backend> Bench<B> {
             if comm.rank() == 0 {
                 let mut solo_opt = Optimizer::new(optimizer.kind);
                 for i in 0..total_steps {
-                    let t = self.parallel_step(&Solo, &layout, &mut solo_opt, i, true)?;
+                    let mut unused = BucketMemory::default();
+                    let t =
+                        self.parallel_step(&Solo, &layout, &mut solo_opt, &mut unused, i, false)?;
                     if i >= self.config.burn_in {
                         times.push(t.total);
                     }
@@ -118,9 +124,17 @@ impl<B: Backend> Bench<B> {
             None
         };
         let mut steps = Vec::new();
+        let mut memory = BucketMemory::default();
         let mut interrupted = false;
         for i in 0..total_steps {
-            let t = self.parallel_step(comm, &layout, &mut optimizer, i, options.overlap)?;
+            let t = self.parallel_step(
+                comm,
+                &layout,
+                &mut optimizer,
+                &mut memory,
+                i,
+                options.overlap,
+            )?;
             let burn_in = i < self.config.burn_in;
             if !burn_in {
                 steps.push(t);
@@ -179,6 +193,7 @@ impl<B: Backend> Bench<B> {
         comm: &dyn Communicator,
         layout: &vgg_dist::GradientBuckets,
         optimizer: &mut Optimizer<B>,
+        memory: &mut BucketMemory,
         step: usize,
         overlap: bool,
     ) -> Result<ParallelStep, BenchError> {
@@ -201,7 +216,23 @@ impl<B: Backend> Bench<B> {
         let logits = model.forward(&tape, &x, run)?;
         let loss = tape.l2_loss(&logits)?;
         drop(logits);
-        let mut reducer = StepReducer::new(comm, layout, 1.0 / comm.size() as f32, overlap);
+        if comm.size() == 1 {
+            // The baseline: one process's step, its own gradients as they are.
+            let grads: HashMap<String, B::Tensor> =
+                tape.backward(&loss)?.into_named().into_iter().collect();
+            b.synchronize()?;
+            let computed = start.elapsed().as_secs_f64();
+            optimizer.step(b, model.named_params_mut(), &grads, LR)?;
+            b.synchronize()?;
+            let total = start.elapsed().as_secs_f64();
+            return Ok(ParallelStep {
+                compute: computed,
+                optimizer: total - computed,
+                total,
+                ..ParallelStep::default()
+            });
+        }
+        let mut reducer = StepReducer::new(comm, layout, 1.0 / comm.size() as f32, overlap, memory);
         let grads = tape.backward_streaming(
             &loss,
             |_| {},
@@ -212,8 +243,7 @@ impl<B: Backend> Bench<B> {
         let computed = start.elapsed().as_secs_f64();
         let (grads, times): (HashMap<String, B::Tensor>, _) = reducer.finish(b)?;
         let reduced = start.elapsed().as_secs_f64();
-        // The l2 loss of random weights is large: a tiny rate keeps the weights finite.
-        optimizer.step(b, model.named_params_mut(), &grads, 1e-9)?;
+        optimizer.step(b, model.named_params_mut(), &grads, LR)?;
         b.synchronize()?;
         let total = start.elapsed().as_secs_f64();
         // A communicator that cannot overlap reduces inside backward: that time is exposed too.

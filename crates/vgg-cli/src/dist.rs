@@ -94,11 +94,6 @@ pub fn who() -> String {
     })
 }
 
-/// Whether this process writes the results: one process, or rank 0 of a job.
-pub fn writes_results() -> bool {
-    job().is_none_or(|(rank, _)| rank == 0)
-}
-
 /// In a job of several ranks, ends them all with `code` (MPI_Abort): the others may be waiting
 /// for this one in an exchange it will never join. Returns where there is no such job.
 pub fn end_job(code: u8) {

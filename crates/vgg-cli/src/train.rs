@@ -246,6 +246,8 @@ struct EpochJson {
 struct Reporter<'a, B: Backend> {
     /// Ranks in the job (1: one process).
     ranks: usize,
+    /// Whether this process writes: one process, or rank 0.
+    root: bool,
     backend: &'a B,
     args: &'a TrainArgs,
     bar: ProgressBar,
@@ -314,7 +316,7 @@ impl<B: Backend> Observer<B> for Reporter<'_, B> {
     }
 
     fn epoch(&mut self, r: &EpochReport, state: &TrainState<B>) -> Result<(), TrainError> {
-        if !crate::dist::writes_results() {
+        if !self.root {
             return Ok(());
         }
         self.bar.set_position(0);
@@ -426,6 +428,7 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     };
     let mut reporter = Reporter {
         ranks: comm.size(),
+        root,
         backend,
         args,
         bar,

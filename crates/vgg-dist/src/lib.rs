@@ -18,9 +18,8 @@ pub mod mpi;
 pub mod scaling;
 
 use std::sync::mpsc;
-use std::time::Duration;
 
-pub use bucket::{CommTimes, GradientBuckets, GradientReducer, StepReducer};
+pub use bucket::{BucketMemory, CommTimes, GradientBuckets, GradientReducer, StepReducer};
 pub use local::LocalGroup;
 
 /// What can go wrong between processes.
@@ -271,16 +270,9 @@ pub fn launched_by_mpi() -> Option<(usize, usize, usize)> {
             .iter()
             .find_map(|n| std::env::var(n).ok()?.trim().parse::<usize>().ok())
     };
-    let size = var(&[
-        "OMPI_COMM_WORLD_SIZE",
-        "PMI_SIZE",
-        "PMIX_SIZE",
-        "MPI_LOCALNRANKS",
-    ])?;
-    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"]).unwrap_or(0);
+    // Open MPI's mpirun; MPICH's and Intel MPI's Hydra, and Slurm's PMI, set PMI_*.
+    let size = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
+    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMI_RANK"]).unwrap_or(0);
     let local = var(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]).unwrap_or(size);
     Some((rank, size, local.max(1)))
 }
-
-/// How long a collective may wait for the other ranks before the job is declared broken.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);

@@ -7,6 +7,8 @@
 //! threads need, and a collective that waits past the timeout is reported by name instead of
 //! hanging the job.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -150,6 +152,9 @@ struct Service<'q> {
     world: SimpleCommunicator,
     queue: &'q mpsc::Receiver<Job>,
     timeout: Duration,
+    /// Sent buffers kept, by length, as the receive buffers of later allreduces of that length
+    /// (the same buckets every step): no fresh memory to fault in.
+    spares: RefCell<HashMap<usize, Vec<f32>>>,
 }
 
 impl Service<'_> {
@@ -239,6 +244,7 @@ fn serve(
         world,
         queue: &queue,
         timeout,
+        spares: RefCell::new(HashMap::new()),
     };
     while let Ok(job) = queue.recv() {
         service.run(job);
@@ -256,7 +262,8 @@ impl Service<'_> {
                     return;
                 }
                 let start = Instant::now();
-                let mut sum = vec![0.0f32; data.len()];
+                let spare = self.spares.borrow_mut().remove(&data.len());
+                let mut sum = spare.unwrap_or_else(|| vec![0.0f32; data.len()]);
                 ::mpi::request::scope(|scope| {
                     let request = world.immediate_all_reduce_into(
                         scope,
@@ -268,6 +275,7 @@ impl Service<'_> {
                 });
                 let seconds = start.elapsed().as_secs_f64();
                 let _ = reply.send(Ok(Reduced { data: sum, seconds }));
+                self.spares.borrow_mut().insert(data.len(), data);
             }
             Job::AllreduceF64(data, reply) => {
                 let mut sum = vec![0.0f64; data.len()];

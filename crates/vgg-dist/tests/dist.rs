@@ -5,7 +5,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vgg_dist::{
-    Communicator, DistError, GradientBuckets, GradientReducer, LocalGroup, Solo, StepReducer,
+    BucketMemory, Communicator, DistError, GradientBuckets, GradientReducer, LocalGroup, Solo,
+    StepReducer,
 };
 use vgg_ndarray::CpuBackend;
 use vgg_tensor::prelude::*;
@@ -156,21 +157,27 @@ fn reduce_on_ranks(weights: &'static [f32], overlap: bool, skip: Option<&'static
         let cpu = CpuBackend::new(1).unwrap();
         let layout = GradientBuckets::new(&params(), 1024);
         let r = comm.rank();
-        let mut reducer = StepReducer::new(&comm, &layout, weights[r], overlap);
-        // Backward's order, fc first; one parameter may get no gradient.
-        for (name, shape) in params() {
-            if Some(name.as_str()) == skip {
-                continue;
+        let mut memory = BucketMemory::default();
+        // Two steps: the second reuses the first's buffers, which hold its sums.
+        let mut last = HashMap::new();
+        for _ in 0..2 {
+            let mut reducer = StepReducer::new(&comm, &layout, weights[r], overlap, &mut memory);
+            // Backward's order, fc first; one parameter may get no gradient.
+            for (name, shape) in params() {
+                if Some(name.as_str()) == skip {
+                    continue;
+                }
+                let g = cpu.full(&shape, (r + 1) as f32).unwrap();
+                reducer.add(&cpu, &name, &g).unwrap();
             }
-            let g = cpu.full(&shape, (r + 1) as f32).unwrap();
-            reducer.add(&cpu, &name, &g).unwrap();
+            let (grads, times) = GradientReducer::<CpuBackend>::finish(reducer, &cpu).unwrap();
+            assert!(times.total >= 0.0 && times.exposed >= 0.0);
+            last = grads
+                .into_iter()
+                .map(|(n, t)| (n, cpu.download(&t).unwrap()))
+                .collect::<HashMap<_, _>>();
         }
-        let (grads, times) = GradientReducer::<CpuBackend>::finish(reducer, &cpu).unwrap();
-        assert!(times.total >= 0.0 && times.exposed >= 0.0);
-        grads
-            .into_iter()
-            .map(|(n, t)| (n, cpu.download(&t).unwrap()))
-            .collect::<HashMap<_, _>>()
+        last
     });
     let expected: f32 = weights
         .iter()
@@ -208,12 +215,17 @@ fn the_reducer_weights_each_rank_by_its_images() {
 fn the_reducer_refuses_gradients_that_do_not_fit() {
     let cpu = CpuBackend::new(1).unwrap();
     let layout = GradientBuckets::new(&params(), 1024);
-    let mut reducer = StepReducer::new(&Solo, &layout, 1.0, true);
+    let mut memory = BucketMemory::default();
+    let mut reducer = StepReducer::new(&Solo, &layout, 1.0, true, &mut memory);
     let bad = cpu.zeros(&Shape::from([3])).unwrap();
     let e = reducer.add(&cpu, "fc.bias", &bad).unwrap_err();
     assert!(e.to_string().contains("expects [10]"), "{e}");
     let e = reducer.add(&cpu, "nowhere", &bad).unwrap_err();
     assert!(e.to_string().contains("in no bucket"), "{e}");
+    let fine = cpu.zeros(&Shape::from([4])).unwrap();
+    reducer.add(&cpu, "conv.bias", &fine).unwrap();
+    let e = reducer.add(&cpu, "conv.bias", &fine).unwrap_err();
+    assert!(e.to_string().contains("a second gradient"), "{e}");
 }
 
 #[test]

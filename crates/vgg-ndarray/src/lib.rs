@@ -338,6 +338,12 @@ impl Device for CpuBackend {
         Ok(t.as_slice().to_vec())
     }
 
+    fn download_into(&self, t: &CpuTensor, out: &mut [f32]) -> Result<()> {
+        vgg_tensor::check_download_into(t.shape(), out.len())?;
+        out.copy_from_slice(t.as_slice());
+        Ok(())
+    }
+
     fn full(&self, shape: &Shape, value: f32) -> Result<CpuTensor> {
         shape.checked_elements()?;
         Ok(self.build(shape.clone(), |out| {

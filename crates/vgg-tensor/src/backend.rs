@@ -55,6 +55,14 @@ pub trait Device: Clone + fmt::Debug + Send + Sync + 'static {
     /// A tensor's values, row-major.
     fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
 
+    /// A tensor's values, row-major, into `out`, which holds exactly its elements: for callers
+    /// that reuse one host buffer step after step. By default through `download`.
+    fn download_into(&self, t: &Self::Tensor, out: &mut [f32]) -> Result<()> {
+        crate::check_download_into(t.shape(), out.len())?;
+        out.copy_from_slice(&self.download(t)?);
+        Ok(())
+    }
+
     /// A tensor whose every element is `value`.
     fn full(&self, shape: &Shape, value: f32) -> Result<Self::Tensor>;
 

@@ -59,6 +59,17 @@ pub fn check_upload(shape: &Shape, values: usize) -> Result<usize> {
     Ok(n)
 }
 
+/// A host buffer for `download_into` must hold the tensor exactly.
+pub fn check_download_into(shape: &Shape, len: usize) -> Result<()> {
+    if shape.elements() != len {
+        return Err(TensorError::InvalidArgument {
+            op: "download_into",
+            message: format!("a buffer of {len} elements for a tensor of shape {shape}"),
+        });
+    }
+    Ok(())
+}
+
 /// `reshape` keeps the element count.
 pub fn check_reshape(from: &Shape, to: &Shape) -> Result<()> {
     if to.checked_elements()? != from.elements() {

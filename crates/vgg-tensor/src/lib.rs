@@ -21,8 +21,9 @@ use std::fmt;
 pub use backend::{Backend, Convolution, Device, Elementwise, Layout, Matmul, Pooling, Reduce};
 pub use checks::{
     adam_corrections, argmax, broadcast_shapes, check_argmax_rows, check_axes, check_channel_bias,
-    check_concat, check_keep_prob, check_labels, check_permutation, check_reshape, check_row_bias,
-    check_scalar, check_slice, check_upload, matmul_dims, same_shape,
+    check_concat, check_download_into, check_keep_prob, check_labels, check_permutation,
+    check_reshape, check_row_bias, check_scalar, check_slice, check_upload, matmul_dims,
+    same_shape,
 };
 pub use ops::{BinaryOp, ReduceOp, UnaryOp};
 pub use shape::{window_len, Conv2dParams, ConvGeometry, Pool2dParams, PoolGeometry, Shape};

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use vgg_autodiff::Tape;
-use vgg_dist::{CommTimes, Communicator, GradientBuckets, GradientReducer, Solo, StepReducer};
+use vgg_dist::{
+    BucketMemory, CommTimes, Communicator, GradientBuckets, GradientReducer, Solo, StepReducer,
+};
 use vgg_model::{ModelError, ModelSpec, Vgg};
 use vgg_nn::init::param_seed;
 use vgg_nn::io::TensorFile;
@@ -395,6 +397,7 @@ pub fn train_parallel<B: Backend>(
         ),
     )?;
     let layout = gradient_buckets(&state.model, parallel.bucket_bytes);
+    let mut memory = BucketMemory::default();
     let mut reports = Vec::new();
     let shape = |n: usize| Shape::from([n, train_set.channels, train_set.height, train_set.width]);
     for epoch in state.epochs_done..config.epochs {
@@ -420,12 +423,16 @@ pub fn train_parallel<B: Backend>(
             };
             let step = optimizer.steps.saturating_add(1);
             let mut sums = [0.0f64; 2];
-            let mut reducer = StepReducer::new(
-                comm,
-                &layout,
-                chunk.len() as f32 / batch.len() as f32,
-                parallel.overlap,
-            );
+            // One process uses its own gradients as they are: no buckets, no copies.
+            let mut reducer = (size > 1).then(|| {
+                StepReducer::new(
+                    comm,
+                    &layout,
+                    chunk.len() as f32 / batch.len() as f32,
+                    parallel.overlap,
+                    &mut memory,
+                )
+            });
             let mut local_grads = None;
             if !chunk.is_empty() {
                 let (images, labels) = train_set.gather(chunk);
@@ -445,38 +452,34 @@ pub fn train_parallel<B: Backend>(
                     });
                 }
                 drop(logits);
-                let grads = if size == 1 {
-                    tape.backward(&loss)?
-                } else {
-                    tape.backward_streaming(
+                match reducer.as_mut() {
+                    None => local_grads = Some(tape.backward(&loss)?),
+                    // The buckets hold what is needed: the local gradients go at once.
+                    Some(reducer) => drop(tape.backward_streaming(
                         &loss,
                         |_| {},
                         |name, g| reducer.add(backend, name, g).map_err(TrainError::from),
-                    )?
-                };
-                local_grads = Some(grads);
-            }
-            let grads: HashMap<String, B::Tensor> = if size == 1 {
-                local_grads
-                    .map(|g| g.into_named().into_iter().collect())
-                    .unwrap_or_default()
-            } else {
-                drop(local_grads);
-                let (grads, times) = reducer.finish(backend)?;
-                comm.allreduce_f64(&mut sums)?;
-                let mean = (sums[0] / batch.len() as f64) as f32;
-                if !mean.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        value: mean,
-                        epoch: epoch + 1,
-                        step,
-                    });
+                    )?),
                 }
-                communication.total += times.total;
-                communication.exposed += times.exposed;
-                communication.copies += times.copies;
-                communication.in_backward += times.in_backward;
-                grads
+            }
+            let grads: HashMap<String, B::Tensor> = match reducer {
+                None => local_grads
+                    .map(|g| g.into_named().into_iter().collect())
+                    .unwrap_or_default(),
+                Some(reducer) => {
+                    let (grads, times) = reducer.finish(backend)?;
+                    comm.allreduce_f64(&mut sums)?;
+                    let mean = (sums[0] / batch.len() as f64) as f32;
+                    if !mean.is_finite() {
+                        return Err(TrainError::NonFinite {
+                            value: mean,
+                            epoch: epoch + 1,
+                            step,
+                        });
+                    }
+                    communication += times;
+                    grads
+                }
             };
             loss_sum += sums[0];
             correct_sum += sums[1] as usize;
