@@ -3,7 +3,6 @@
 //! ranks do not wait for it forever.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use anyhow::Result;
 use vgg_dist::{Communicator, Solo};
@@ -69,13 +68,12 @@ pub fn finish() {
 
 #[cfg(feature = "mpi")]
 fn start_mpi(_size: usize, args: &DistArgs) -> Result<Arc<dyn Communicator>> {
-    let timeout = Duration::from_secs(args.comm_timeout as u64);
+    let timeout = std::time::Duration::from_secs(args.comm_timeout as u64);
     Ok(Arc::new(vgg_dist::mpi::Mpi::init(timeout)?))
 }
 
 #[cfg(not(feature = "mpi"))]
-fn start_mpi(size: usize, args: &DistArgs) -> Result<Arc<dyn Communicator>> {
-    let _ = Duration::from_secs(args.comm_timeout as u64);
+fn start_mpi(size: usize, _args: &DistArgs) -> Result<Arc<dyn Communicator>> {
     Err(vgg_dist::DistError::NoMpi { size }.into())
 }
 

@@ -195,30 +195,14 @@ mod with_mpi {
     fn the_benchmark_reports_the_job_and_its_scaling() {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("b.json");
-        let out = mpirun(&[(
-            2,
-            vgg(&[
-                "bench",
-                "--model",
-                "vgg11",
-                "--width-mult",
-                "0.125",
-                "--hidden",
-                "64",
-                "--image-size",
-                "32",
-                "--batch-size",
-                "2",
-                "--num-batches",
-                "4",
-                "--burn-in",
-                "1",
-                "--bucket-size",
-                "16K",
-                "--json",
-                json.to_str().unwrap(),
-            ]),
-        )]);
+        let mut bench = vec![env!("CARGO_BIN_EXE_vgg").to_string()];
+        bench.extend(super::common::tiny_bench(&[
+            "--bucket-size",
+            "16K",
+            "--json",
+            json.to_str().unwrap(),
+        ]));
+        let out = mpirun(&[(2, bench)]);
         let text = stdout(&out);
         assert!(out.status.success(), "{text}\n{}", stderr(&out));
         for needle in [
@@ -241,7 +225,7 @@ mod with_mpi {
         assert_eq!(record["schema"], "vgg-bench-parallel/1");
         let report = &record["data_parallel"];
         assert_eq!(report["ranks"], 2);
-        assert_eq!(report["steps"].as_array().unwrap().len(), 4);
+        assert_eq!(report["steps"].as_array().unwrap().len(), 8);
         assert!(report["buckets"].as_u64().unwrap() > 1, "{report}");
         let e = report["efficiency"].as_f64().unwrap();
         assert!(e > 0.0 && e.is_finite(), "{report}");

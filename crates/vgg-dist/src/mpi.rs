@@ -253,6 +253,16 @@ fn serve(
 }
 
 impl Service<'_> {
+    /// `sum` = the element-wise sum of every rank's `data`, once all have given theirs.
+    fn sum_into<T: Equivalence>(&self, data: &[T], sum: &mut [T], report: impl FnOnce(DistError)) {
+        ::mpi::request::scope(|scope| {
+            let request =
+                self.world
+                    .immediate_all_reduce_into(scope, data, sum, SystemOperation::sum());
+            self.complete("allreduce", request, report);
+        });
+    }
+
     fn run(&self, job: Job) {
         let world = &self.world;
         match job {
@@ -264,30 +274,15 @@ impl Service<'_> {
                 let start = Instant::now();
                 let spare = self.spares.borrow_mut().remove(&data.len());
                 let mut sum = spare.unwrap_or_else(|| vec![0.0f32; data.len()]);
-                ::mpi::request::scope(|scope| {
-                    let request = world.immediate_all_reduce_into(
-                        scope,
-                        &data[..],
-                        &mut sum[..],
-                        SystemOperation::sum(),
-                    );
-                    self.complete("allreduce", request, |e| drop(reply.send(Err(e))));
-                });
+                self.sum_into(&data, &mut sum, |e| drop(reply.send(Err(e))));
                 let seconds = start.elapsed().as_secs_f64();
                 let _ = reply.send(Ok(Reduced { data: sum, seconds }));
                 self.spares.borrow_mut().insert(data.len(), data);
             }
             Job::AllreduceF64(data, reply) => {
+                // Counts and loss sums: a few values.
                 let mut sum = vec![0.0f64; data.len()];
-                ::mpi::request::scope(|scope| {
-                    let request = world.immediate_all_reduce_into(
-                        scope,
-                        &data[..],
-                        &mut sum[..],
-                        SystemOperation::sum(),
-                    );
-                    self.complete("allreduce", request, |e| drop(reply.send(Err(e))));
-                });
+                self.sum_into(&data, &mut sum, |e| drop(reply.send(Err(e))));
                 let _ = reply.send(Ok(sum));
             }
             Job::Broadcast(mut data, root, reply) => {
