@@ -31,7 +31,7 @@ mod tape;
 
 pub use check::{check_gradients, GradCheck, GradCheckReport};
 pub use custom::CustomOp;
-pub use ops::{BatchNormOutput, DeferredConv};
+pub use ops::{BatchNormOutput, DeferredConv, Recompute};
 pub use tape::{BackwardFn, BackwardStep, Gradients, Tape, Tensor, Var};
 
 use vgg_tensor::{Shape, TensorError};

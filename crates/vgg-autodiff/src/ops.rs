@@ -1,12 +1,14 @@
 //! The differentiable ops. Each computes its forward value on the backend and records a closure
 //! that owns what its backward needs; inputs that need no gradient get no gradient work.
 
+use std::rc::Rc;
+
 use vgg_tensor::{
     Backend, BinaryOp, Conv2dParams, DeviceTensor, Pool2dParams, ReduceOp, Shape, TensorError,
     UnaryOp,
 };
 
-use crate::tape::{Tape, Tensor, Var};
+use crate::tape::{Recipe, Tape, Tensor, Var};
 use crate::Result;
 
 /// Runs `f` only for inputs whose gradient is needed.
@@ -14,22 +16,107 @@ fn when<T>(need: bool, f: impl FnOnce() -> vgg_tensor::Result<T>) -> Result<Opti
     Ok(if need { Some(f()?) } else { None })
 }
 
+/// An input kept for backward: its value, or how to compute it again.
+enum Saved<B: Backend> {
+    Value(Tensor<B>),
+    Recipe(Recipe<B>, Shape),
+}
+
+impl<B: Backend> Saved<B> {
+    fn of(x: &Var<B>) -> Saved<B> {
+        match &x.recipe {
+            Some(recipe) => Saved::Recipe(recipe.clone(), x.shape().clone()),
+            None => Saved::Value(x.value.clone()),
+        }
+    }
+
+    /// Bytes held until backward.
+    fn bytes(&self) -> usize {
+        match self {
+            Saved::Value(t) => t.bytes(),
+            Saved::Recipe(..) => 0,
+        }
+    }
+
+    fn shape(&self) -> &Shape {
+        match self {
+            Saved::Value(t) => t.shape(),
+            Saved::Recipe(_, shape) => shape,
+        }
+    }
+
+    /// The value: shared where kept, computed where not.
+    fn get(&self, b: &B) -> vgg_tensor::Result<Tensor<B>> {
+        match self {
+            Saved::Value(t) => Ok(t.clone()),
+            Saved::Recipe(recipe, _) => recipe(b),
+        }
+    }
+}
+
 /// The input and weight gradients of a convolution given dz, its output's gradient before the
-/// bias (with `db`, the bias gradient, passed through).
+/// bias (with `db`, the bias gradient, passed through). The weight gradient comes first, so the
+/// input `x`, taken by value, is released before the input gradient's buffer is made: where
+/// nothing else holds `x`, the peak is one activation lower.
 fn conv_grads<B: Backend>(
     b: &B,
     dz: &Tensor<B>,
-    x: &Tensor<B>,
+    x: Saved<B>,
     w: &Tensor<B>,
     p: Conv2dParams,
     needs: &[bool],
     db: Option<Tensor<B>>,
 ) -> Result<Vec<Option<Tensor<B>>>> {
-    Ok(vec![
-        when(needs[0], || b.conv2d_backward_input(dz, w, x.shape(), p))?,
-        when(needs[1], || b.conv2d_backward_weight(x, dz, w.shape(), p))?,
-        db,
-    ])
+    let input_shape = x.shape().clone();
+    let dw = when(needs[1], || {
+        b.conv2d_backward_weight(&x.get(b)?, dz, w.shape(), p)
+    })?;
+    drop(x);
+    let dx = when(needs[0], || b.conv2d_backward_input(dz, w, &input_shape, p))?;
+    Ok(vec![dx, dw, db])
+}
+
+/// When a ReLU convolution's output is recomputed in backward instead of kept (see
+/// [`Tape::set_recompute`]). Neither the convolution (for its ReLU's mask) nor the convolutions
+/// that read its output keep it: each computes it again from the input when its backward runs,
+/// so it is freed as soon as forward is done with it instead of living through all of backward.
+/// In a VGG the first layer's output is the largest activation, and the peak of backward is
+/// where the layer above's gradients meet it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recompute {
+    /// Only convolutions whose inner dimension (input channels x kernel height x kernel width)
+    /// is at most this: cheap to run again (a first layer on RGB images: 27).
+    pub max_inner: usize,
+    /// Only outputs of at least this many bytes: where the memory is worth the time.
+    pub min_output_bytes: usize,
+}
+
+impl Recompute {
+    /// Never recompute: every ReLU convolution keeps its output.
+    pub const NEVER: Recompute = Recompute {
+        max_inner: 0,
+        min_output_bytes: usize::MAX,
+    };
+
+    /// Whether a convolution of weight shape `w` (OIHW) whose output takes `output_bytes` is
+    /// recomputed.
+    pub fn applies(&self, w: &Shape, output_bytes: usize) -> bool {
+        let inner: usize = w.dims().iter().skip(1).product();
+        w.rank() == 4 && inner <= self.max_inner && output_bytes >= self.min_output_bytes
+    }
+}
+
+impl Default for Recompute {
+    /// A first layer on RGB images (27) with 64 MiB of output or more: VGG-16's conv1_1 from
+    /// batch 6 at 224x224 (411 MB at batch 32, which comes off the forward-backward peak), for
+    /// two runs of that layer in backward (under 1% of a step); small images and batches are
+    /// untouched.
+    fn default() -> Self {
+        Recompute {
+            max_inner: 32,
+            min_output_bytes: 64 << 20,
+        }
+    }
 }
 
 /// A convolution with bias and ReLU whose output is not on the tape yet
@@ -62,7 +149,7 @@ impl<B: Backend> DeferredConv<B> {
         let (pooled, indices) = tape.backend().max_pool2d(&y, pool)?;
         let conv_shape = y.shape().clone();
         drop(y);
-        let (xv, wv, pv) = (x.value.clone(), w.value.clone(), pooled.clone());
+        let (xv, wv, pv) = (Saved::of(&x), w.value.clone(), pooled.clone());
         // As `max_pool2d` counts them: at most a u32 index per output.
         let saved = xv.bytes() + wv.bytes() + 2 * pv.bytes();
         tape.record(
@@ -74,9 +161,9 @@ impl<B: Backend> DeferredConv<B> {
                 let masked = b.relu_backward(dy, &pv)?;
                 drop(pv);
                 let dz = b.max_pool2d_backward(&masked, &indices, &conv_shape)?;
-                drop(masked);
+                drop((masked, indices));
                 let db = when(needs[2], || b.channel_bias_grad(&dz))?;
-                conv_grads(b, &dz, &xv, &wv, p, needs, db)
+                conv_grads(b, &dz, xv, &wv, p, needs, db)
             }),
         )
     }
@@ -108,7 +195,7 @@ impl<B: Backend> Tape<B> {
     /// 2-D convolution, NCHW input and OIHW weight.
     pub fn conv2d(&self, x: &Var<B>, w: &Var<B>, p: Conv2dParams) -> Result<Var<B>> {
         let y = self.backend().conv2d(&x.value, &w.value, p)?;
-        let (xv, wv) = (x.value.clone(), w.value.clone());
+        let (xv, wv) = (Saved::of(x), w.value.clone());
         let saved = xv.bytes() + wv.bytes();
         self.record(
             "conv2d",
@@ -116,12 +203,9 @@ impl<B: Backend> Tape<B> {
             y,
             saved,
             Box::new(move |b, dy, needs| {
-                Ok(vec![
-                    when(needs[0], || b.conv2d_backward_input(dy, &wv, xv.shape(), p))?,
-                    when(needs[1], || {
-                        b.conv2d_backward_weight(&xv, dy, wv.shape(), p)
-                    })?,
-                ])
+                let mut grads = conv_grads(b, dy, xv, &wv, p, needs, None)?;
+                grads.truncate(2);
+                Ok(grads)
             }),
         )
     }
@@ -159,7 +243,8 @@ impl<B: Backend> Tape<B> {
         self.record_conv(x, w, bias, p, y, relu)
     }
 
-    /// Records a computed `conv2d_bias_act`.
+    /// Records a computed `conv2d_bias_act`. Its backward needs the ReLU's output for the mask:
+    /// kept, or recomputed from the input where the tape's [`Recompute`] says so.
     fn record_conv(
         &self,
         x: &Var<B>,
@@ -169,7 +254,32 @@ impl<B: Backend> Tape<B> {
         y: Tensor<B>,
         relu: bool,
     ) -> Result<Var<B>> {
-        let (xv, wv) = (x.value.clone(), w.value.clone());
+        let (xv, wv) = (Saved::of(x), w.value.clone());
+        if relu && self.recompute().applies(wv.shape(), y.bytes()) {
+            // Neither this node nor the ops that use the output keep it: each computes it again.
+            let (xr, wr, br) = (Saved::of(x), wv.clone(), bias.value.clone());
+            let recipe: Recipe<B> =
+                Rc::new(move |b: &B| b.conv2d_bias_act(&xr.get(b)?, &wr, &br, p, true));
+            let again = recipe.clone();
+            let saved = xv.bytes() + wv.bytes() + bias.value.bytes();
+            let mut out = self.record(
+                "conv2d_bias_act",
+                &[x, w, bias],
+                y,
+                saved,
+                Box::new(move |b, dy, needs| {
+                    // The same kernels on the same values: the output of forward, to the bit.
+                    let y = again(b)?;
+                    drop(again);
+                    let (dz, db) = b.bias_relu_backward_consuming(dy, y)?;
+                    conv_grads(b, &dz, xv, &wv, p, needs, needs[2].then_some(db))
+                }),
+            )?;
+            if out.is_tracked() {
+                out.recipe = Some(recipe);
+            }
+            return Ok(out);
+        }
         let yv = relu.then(|| y.clone());
         let saved = xv.bytes() + wv.bytes() + yv.as_ref().map_or(0, |y| y.bytes());
         self.record(
@@ -190,7 +300,7 @@ impl<B: Backend> Tape<B> {
                     (dz, None)
                 };
                 drop(yv);
-                conv_grads(b, &dz, &xv, &wv, p, needs, db)
+                conv_grads(b, &dz, xv, &wv, p, needs, db)
             }),
         )
     }

@@ -1,6 +1,6 @@
 //! The tape, its values and the backward walk.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vgg_tensor::{Backend, Device, DeviceTensor, Shape};
 
-use crate::{AutodiffError, Result};
+use crate::{AutodiffError, Recompute, Result};
 
 /// A tensor of backend `B`.
 pub type Tensor<B> = <B as Device>::Tensor;
@@ -22,11 +22,17 @@ static NEXT_TAPE: AtomicU64 = AtomicU64::new(1);
 /// Marks values that have no node on the tape.
 const UNTRACKED: usize = usize::MAX;
 
+/// How to compute a value again from what the tape keeps anyway (see `Recompute`).
+pub(crate) type Recipe<B> = Rc<dyn Fn(&B) -> vgg_tensor::Result<Tensor<B>>>;
+
 /// A value computed on a tape. Cloning shares the tensor.
 pub struct Var<B: Backend> {
     pub(crate) id: usize,
     pub(crate) tape: u64,
     pub(crate) value: B::Tensor,
+    /// Set where the value is cheap to recompute: ops that use it then keep this instead of the
+    /// value for their backward, so the value is freed once forward is done with it.
+    pub(crate) recipe: Option<Recipe<B>>,
 }
 
 impl<B: Backend> Clone for Var<B> {
@@ -35,6 +41,7 @@ impl<B: Backend> Clone for Var<B> {
             id: self.id,
             tape: self.tape,
             value: self.value.clone(),
+            recipe: self.recipe.clone(),
         }
     }
 }
@@ -97,6 +104,8 @@ pub struct Tape<B: Backend> {
     state: RefCell<State<B>>,
     /// Attached to the nodes recorded while it is set (per-layer profiles).
     label: RefCell<Option<Rc<str>>>,
+    /// Which ReLU convolutions recompute their output in backward instead of keeping it.
+    recompute: Cell<Recompute>,
 }
 
 /// Progress of a backward walk, for observers.
@@ -132,12 +141,25 @@ impl<B: Backend> Tape<B> {
                 saved_bytes: 0,
             }),
             label: RefCell::new(None),
+            recompute: Cell::new(Recompute::default()),
         }
     }
 
     /// Labels the ops recorded from now on (None: no label), e.g. with the layer they belong to.
     pub fn set_label(&self, label: Option<&str>) {
         *self.label.borrow_mut() = label.map(Rc::from);
+    }
+
+    /// Which ReLU convolutions recorded from now on recompute their output in backward instead
+    /// of keeping it ([`Recompute::default`] unless set; [`Recompute::NEVER`] keeps every one).
+    /// The gradients are the same either way.
+    pub fn set_recompute(&self, policy: Recompute) {
+        self.recompute.set(policy);
+    }
+
+    /// The recompute policy in force.
+    pub fn recompute(&self) -> Recompute {
+        self.recompute.get()
     }
 
     /// The backend the tape's ops run on.
@@ -171,6 +193,7 @@ impl<B: Backend> Tape<B> {
             id: UNTRACKED,
             tape: self.id,
             value,
+            recipe: None,
         }
     }
 
@@ -194,6 +217,7 @@ impl<B: Backend> Tape<B> {
             id,
             tape: self.id,
             value,
+            recipe: None,
         }
     }
 
@@ -258,6 +282,7 @@ impl<B: Backend> Tape<B> {
             id,
             tape: self.id,
             value,
+            recipe: None,
         })
     }
 

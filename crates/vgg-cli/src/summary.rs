@@ -328,7 +328,7 @@ fn footer(spec: &ModelSpec, batch: usize, m: &MemoryEstimate, macs_batch: u64) -
             bytes(m.inference_peak_activation_bytes)
         ),
         format!(
-            "Kept for backward (input, outputs but those pooled, pool indices): {}",
+            "Kept for backward (input, outputs but those pooled or recomputed, pool indices): {}",
             bytes(m.saved_for_backward_bytes)
         ),
         format!("Params + gradients: {}", bytes(m.params_and_grads_bytes)),

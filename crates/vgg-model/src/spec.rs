@@ -187,7 +187,8 @@ pub struct MemoryEstimate {
     pub inference_peak_activation_bytes: u64,
     /// What a forward-backward pass keeps for backward: the input, every layer's output (ReLU
     /// outputs double as their masks) except a convolution's right before a max-pool (the pooled
-    /// output's sign is its mask where gradients flow), and one index per pooled output.
+    /// output's sign is its mask where gradients flow) and one the tape recomputes (a first
+    /// layer's, from 64 MiB: `vgg_autodiff::Recompute`), and one index per pooled output.
     pub saved_for_backward_bytes: u64,
     /// The parameters.
     pub param_bytes: u64,
@@ -326,7 +327,21 @@ impl ModelSpec {
             .filter(|w| w[0].is_conv() && matches!(w[1].op, LayerOp::MaxPool { .. }))
             .map(|w| w[0].output.elements())
             .collect())?;
-        let kept = outputs - before_pools;
+        // A small first layer's large output is recomputed in backward (the tape's default
+        // `Recompute`), not kept.
+        let policy = vgg_autodiff::Recompute::default();
+        let recomputed = sum(self
+            .layers
+            .windows(2)
+            .filter(|w| w[0].is_conv() && w[0].relu && !matches!(w[1].op, LayerOp::MaxPool { .. }))
+            .filter(|w| {
+                let bytes = bytes(w[0].output.elements()).unwrap_or(u64::MAX);
+                let shape = vgg_tensor::Shape::from(w[0].weight_shape().unwrap_or_default());
+                policy.applies(&shape, usize::try_from(bytes).unwrap_or(usize::MAX))
+            })
+            .map(|w| w[0].output.elements())
+            .collect())?;
+        let kept = outputs - before_pools - recomputed;
         let saved = sum(vec![input_bytes, bytes(kept)?, bytes(pooled)?])?;
         let param_bytes = self.params() * F32_BYTES;
         let params_and_grads = param_bytes.checked_mul(2).ok_or_else(overflow)?;
@@ -798,6 +813,12 @@ mod tests {
         assert_eq!(
             one.saved_for_backward_bytes,
             one.input_bytes + one.forward_activation_bytes - before_pools + before_pools / 4
+        );
+        // From batch 32 conv1_1's output (411 MB) is recomputed in backward instead of kept.
+        let batch32 = s.memory(32).unwrap();
+        assert_eq!(
+            32 * one.saved_for_backward_bytes - batch32.saved_for_backward_bytes,
+            32 * 4 * 3_211_264
         );
         // Overflow is an error, not a wrapped or saturated figure.
         let e = s.memory(usize::MAX).unwrap_err().to_string();

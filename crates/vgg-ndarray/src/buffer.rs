@@ -116,15 +116,18 @@ impl Buffer {
     /// with the same contents and key on, it is kept with the buffer and returned again: weights
     /// that stay fixed across steps (inference, benchmarks) pay for it once, while weights updated
     /// between steps (training) never hold the extra memory. Writing through `as_mut_slice`
-    /// forgets it.
+    /// forgets it. `worth_keeping` false: made afresh and not kept (one already kept is still
+    /// returned).
     pub(crate) fn derived(
         &self,
         key: DerivedKey,
+        worth_keeping: bool,
         make: impl FnOnce(bool) -> Memory,
     ) -> Arc<Memory> {
         let lock = || self.derived.lock().unwrap_or_else(|e| e.into_inner());
         let keep = match &*lock() {
             Derived::Kept(k, value) if *k == key => return value.clone(),
+            _ if !worth_keeping => return Arc::new(make(false)),
             Derived::Asked(k) => *k == key,
             _ => false,
         };
@@ -178,7 +181,7 @@ mod tests {
         let mut buf = Buffer::from_vec(&pool, vec![2.0; 4]);
         let calls = std::cell::Cell::new(0);
         let sum = |b: &Buffer| {
-            b.derived((1, 4), |_| {
+            b.derived((1, 4), true, |_| {
                 calls.set(calls.get() + 1);
                 Memory::Heap(vec![b.as_slice().iter().sum()])
             })
@@ -191,7 +194,29 @@ mod tests {
         buf.as_mut_slice()[0] = 5.0;
         assert_eq!(sum(&buf)[0], 11.0, "a write forgets the kept value");
         assert_eq!(calls.get(), 3);
-        let other_key = buf.derived((4, 1), |_| Memory::Heap(vec![-1.0]));
+        let other_key = buf.derived((4, 1), true, |_| Memory::Heap(vec![-1.0]));
         assert_eq!(other_key[0], -1.0, "another key is another value");
+    }
+
+    #[test]
+    fn derived_values_not_worth_keeping_are_made_each_time() {
+        let pool = Pool::new();
+        let buf = Buffer::from_vec(&pool, vec![2.0; 4]);
+        let calls = std::cell::Cell::new(0);
+        let sum = |keep: bool| {
+            buf.derived((1, 4), keep, |lasting| {
+                assert!(!lasting || keep, "nothing kept where it is not worth it");
+                calls.set(calls.get() + 1);
+                Memory::Heap(vec![buf.as_slice().iter().sum()])
+            })
+        };
+        for _ in 0..3 {
+            assert_eq!(sum(false)[0], 8.0);
+        }
+        assert_eq!(calls.get(), 3, "computed on every request");
+        sum(true);
+        sum(true);
+        assert_eq!(sum(false)[0], 8.0);
+        assert_eq!(calls.get(), 5, "one kept is returned to any request");
     }
 }

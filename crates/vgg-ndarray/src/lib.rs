@@ -271,6 +271,37 @@ fn plane_sum(x: &[f32]) -> f64 {
 }
 
 /// `db[ch]`: the sum over images of the plane sums (`[n, c]`) of channel `ch`, in image order.
+/// dz = dy where y > 0, else 0 (NaN included), and each plane's sum, taken while the plane is in
+/// cache (as `channel_bias_grad` sums). `y` None: dz holds y and is overwritten in place.
+fn relu_mask_planes(
+    dz: &mut [f32],
+    dy: &[f32],
+    y: Option<&[f32]>,
+    plane: usize,
+    plane_sums: &mut [f64],
+) {
+    dz.par_chunks_mut(plane)
+        .zip(dy.par_chunks(plane))
+        .zip(plane_sums.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, ((dz, dy), sum))| {
+            match y {
+                Some(y) => {
+                    let y = &y[i * plane..i * plane + dz.len()];
+                    for ((z, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
+                        *z = if y > 0.0 { d } else { 0.0 };
+                    }
+                }
+                None => {
+                    for (z, &d) in dz.iter_mut().zip(dy) {
+                        *z = if *z > 0.0 { d } else { 0.0 };
+                    }
+                }
+            }
+            *sum = plane_sum(dz);
+        });
+}
+
 fn per_channel(plane_sums: &[f64], n: usize, c: usize, db: &mut [f32]) {
     for (ch, db) in db.iter_mut().enumerate() {
         *db = (0..n).map(|img| plane_sums[img * c + ch]).sum::<f64>() as f32;
@@ -573,11 +604,15 @@ impl Backend for CpuBackend {
         g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
         Ok(self.build(g.output_shape(), |y| {
             if conv::use_winograd(&g, false, &self.tuning) {
-                // Fixed weights (inference, benchmarks) keep their transform between calls.
-                let u = w.buf.derived((g.out_channels, g.in_channels), |lasting| {
-                    let (k, c) = (g.out_channels, g.in_channels);
-                    winograd::transform_weights(w.as_slice(), k, c, lasting)
-                });
+                // Fixed weights (inference, benchmarks) keep their transform between calls,
+                // where it is worth its memory.
+                let keep = winograd::worth_keeping_weights(&g);
+                let u = w
+                    .buf
+                    .derived((g.out_channels, g.in_channels), keep, |lasting| {
+                        let (k, c) = (g.out_channels, g.in_channels);
+                        winograd::transform_weights(w.as_slice(), k, c, lasting)
+                    });
                 winograd::forward_transformed(
                     x.as_slice(),
                     &u,
@@ -671,21 +706,36 @@ impl Backend for CpuBackend {
         same_shape("bias_act_backward", &dy.shape, &y.shape)?;
         let plane = (h * w).max(1);
         let mut plane_sums = vec![0.0f64; n * c];
-        // One pass: mask each plane and sum it while it is in cache (as channel_bias_grad sums).
         let dz = self.build(dy.shape.clone(), |dz| {
-            dz.par_chunks_mut(plane)
-                .zip(dy.as_slice().par_chunks(plane))
-                .zip(y.as_slice().par_chunks(plane))
-                .zip(plane_sums.par_iter_mut())
-                .for_each(|(((dz, dy), y), sum)| {
-                    for ((dz, &d), &y) in dz.iter_mut().zip(dy).zip(y) {
-                        *dz = if y > 0.0 { d } else { 0.0 };
-                    }
-                    *sum = plane_sum(dz);
-                })
+            relu_mask_planes(
+                dz,
+                dy.as_slice(),
+                Some(y.as_slice()),
+                plane,
+                &mut plane_sums,
+            )
         });
         let db = self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db));
         Ok((dz, db))
+    }
+
+    fn bias_relu_backward_consuming(
+        &self,
+        dy: &CpuTensor,
+        mut y: CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        if Arc::get_mut(&mut y.buf).is_none() {
+            return self.bias_act_backward(dy, Some(&y));
+        }
+        let (n, c, h, w) = dy.shape.nchw("bias_act_backward")?;
+        same_shape("bias_act_backward", &dy.shape, &y.shape)?;
+        let plane = (h * w).max(1);
+        let mut plane_sums = vec![0.0f64; n * c];
+        let pool = self.pool.clone();
+        let dz = y.as_mut_slice();
+        pool.install(|| relu_mask_planes(dz, dy.as_slice(), None, plane, &mut plane_sums));
+        let db = self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db));
+        Ok((y, db))
     }
 
     fn relu_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {

@@ -159,6 +159,18 @@ fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
     r
 }
 
+/// Whether a layer's transformed weights are worth keeping between calls. Making them writes 4x
+/// the weights (memory-bound), while the call's GEMMs do 36 k c multiply-adds per tile: at ~10 GB/s
+/// against ~100 GFLOP/s the transform is about 25 / tiles of the layer's time, so it is kept where
+/// that passes 5% (under 500 tiles: VGG-16 conv5 up to batch 16, conv4 up to batch 8, every layer at
+/// batch 1). Past that it costs little, and keeping it would hold 4x the weights (235 MB for VGG-16's
+/// layers on Winograd) for next to nothing.
+pub(crate) fn worth_keeping_weights(g: &ConvGeometry) -> bool {
+    const KEEP_BELOW_TILES: usize = 500;
+    let (tiles_h, tiles_w) = tile_grid(g);
+    g.batch * tiles_h * tiles_w < KEEP_BELOW_TILES
+}
+
 /// U[pos][k][c] = (G w[k][c] Gt)[pos] for OIHW 3x3 weights, 16 input channels at a time: the
 /// weights as `forward_transformed` takes them (`lasting`: see `Memory::new`).
 pub(crate) fn transform_weights(w: &[f32], k: usize, c: usize, lasting: bool) -> Memory {
@@ -845,6 +857,28 @@ mod tests {
                 direct_at(x, w, b, relu, g, at)
             })
             .collect()
+    }
+
+    /// Transformed weights are kept where making them is a large share of a call: small batches
+    /// and the small images of the last layers.
+    #[test]
+    fn transformed_weights_are_kept_for_small_calls_only() {
+        let kept = |batch: usize, channels: usize, side: usize| {
+            let g = ConvGeometry::new(
+                &Shape::from([batch, channels, side, side]),
+                &Shape::from([channels, channels, 3, 3]),
+                Conv2dParams {
+                    stride: 1,
+                    padding: 1,
+                },
+            )
+            .unwrap();
+            worth_keeping_weights(&g)
+        };
+        // VGG-16's conv5 (14x14: 16 tiles per image), conv4 (28x28: 49), conv3 (56x56: 196).
+        assert!(kept(1, 512, 14) && kept(16, 512, 14) && !kept(32, 512, 14));
+        assert!(kept(8, 512, 28) && !kept(16, 512, 28));
+        assert!(kept(1, 256, 56) && !kept(8, 256, 56));
     }
 
     /// An output beyond `Tuning::streaming_bytes` takes the non-temporal stores: every value is

@@ -245,6 +245,26 @@ fn fused_bias_relu_backward_equals_its_parts() {
         b.bias_act_backward(&dy, Some(&other)),
         Err(TensorError::ShapeMismatch { .. })
     ));
+
+    // Given y by value: in place where y is not shared, a copy where it is, the same values.
+    let (dz, db) = b.bias_act_backward(&dy, Some(&y)).unwrap();
+    let shared = y.clone();
+    let (dz_shared, db_shared) = b.bias_relu_backward_consuming(&dy, shared).unwrap();
+    assert_eq!(
+        host(&b, &y),
+        host(&b, &b.relu(&y).unwrap()),
+        "a shared y is left alone"
+    );
+    let unique = b.upload(y.shape(), &b.download(&y).unwrap()).unwrap();
+    let (dz_unique, db_unique) = b.bias_relu_backward_consuming(&dy, unique).unwrap();
+    for (z, d) in [(&dz_shared, &db_shared), (&dz_unique, &db_unique)] {
+        assert_eq!(host(&b, z), host(&b, &dz));
+        assert_eq!(host(&b, d), host(&b, &db));
+    }
+    assert!(matches!(
+        b.bias_relu_backward_consuming(&dy, other),
+        Err(TensorError::ShapeMismatch { .. })
+    ));
 }
 
 #[test]

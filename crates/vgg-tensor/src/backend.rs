@@ -332,6 +332,17 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         composite::bias_act_backward(self, dy, y)
     }
 
+    /// `bias_act_backward` with the ReLU, given its output `y` by value: a backend may write dz
+    /// into y's storage where no other tensor shares it (an output recomputed for backward), one
+    /// buffer fewer at the peak. By default `bias_act_backward(dy, Some(&y))`.
+    fn bias_relu_backward_consuming(
+        &self,
+        dy: &Self::Tensor,
+        y: Self::Tensor,
+    ) -> Result<(Self::Tensor, Self::Tensor)> {
+        self.bias_act_backward(dy, Some(&y))
+    }
+
     /// Keeps each element with probability `keep_prob` (mask from `seed`: element i is kept when
     /// uniform i of the stream is below `keep_prob`), scaling kept ones by 1/keep_prob.
     fn dropout(&self, x: &Self::Tensor, keep_prob: f32, seed: u64) -> Result<Self::Tensor> {
