@@ -363,17 +363,22 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// below 14x14 outputs. Below 28x28 the weight gradient takes it only where the transformed
 /// weights are streamed in large chunks (`winograd::large_chunks`, as for conv5: 17.2-17.6 vs
 /// 20.2-21.7 ms at batch 8, 53 vs 74-94 ms at batch 32); with small chunks each thread's sums
-/// over few tiles cost more than im2col (conv5 before large chunks: 42.9 vs 22.0 ms).
+/// over few tiles cost more than im2col (conv5 before large chunks: 42.9 vs 22.0 ms), and so
+/// they do under 4 images' worth of 14x14 pixels (conv5 at batch 1: backward 21 ms on im2col,
+/// 33-39 with the weight gradient on Winograd).
 /// Under 128 input channels it also needs 56x56 outputs: its 36 GEMMs have the input channels as
 /// their inner dimension, too short to pay for the transforms on smaller images (batch 32 on an
 /// AVX2 Zen 3: 16->32 channels at 16x16 2.0-2.6 vs 0.8-1.0 ms, 32->32 at 32x32 8.8-11.7 vs
 /// 7.8-7.9 ms; equal at 64 channels and 28x28, at 128 channels and 16x16, and at 16 channels
 /// and 64x64). `ConvAlgorithm::Im2col` turns it off, for comparisons.
 pub fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
+    const WEIGHT_GRAD_MIN_PIXELS: usize = 4 * 14 * 14;
     let area = g.out_h * g.out_w;
     let enough_channels = g.in_channels >= 128 || area >= 56 * 56;
     let large_enough = if weight_grad && area < 28 * 28 {
-        crate::winograd::large_chunks(g, t)
+        // Each thread sums its tiles' products into 36 k x c values: with few tiles (conv5 at
+        // batch 1: 16) that sum and its output transform cost more than im2col's one GEMM.
+        crate::winograd::large_chunks(g, t) && g.batch * area >= WEIGHT_GRAD_MIN_PIXELS
     } else {
         true
     };
