@@ -11,7 +11,8 @@ use serde_json::Value;
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci                 runs .ci/run: fmt, clippy -D warnings, the tests, the CUDA kernels through NVRTC
+  ci                 runs .ci/run: fmt, clippy -D warnings, the tests, the two-rank MPI tests, the
+                     CUDA kernels through NVRTC
   bench [options]    `vgg bench` in release mode with the reference's settings (VGG-16, batch 32,
                      10 burn-in + 100 timed steps, forward and forward-backward)
       --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps
