@@ -17,6 +17,7 @@ fn when<T>(need: bool, f: impl FnOnce() -> vgg_tensor::Result<T>) -> Result<Opti
 }
 
 /// An input kept for backward: its value, or how to compute it again.
+#[derive(Clone)]
 enum Saved<B: Backend> {
     Value(Tensor<B>),
     Recipe(Recipe<B>, Shape),
@@ -257,7 +258,7 @@ impl<B: Backend> Tape<B> {
         let (xv, wv) = (Saved::of(x), w.value.clone());
         if relu && self.recompute().applies(wv.shape(), y.bytes()) {
             // Neither this node nor the ops that use the output keep it: each computes it again.
-            let (xr, wr, br) = (Saved::of(x), wv.clone(), bias.value.clone());
+            let (xr, wr, br) = (xv.clone(), wv.clone(), bias.value.clone());
             let recipe: Recipe<B> =
                 Rc::new(move |b: &B| b.conv2d_bias_act(&xr.get(b)?, &wr, &br, p, true));
             let again = recipe.clone();

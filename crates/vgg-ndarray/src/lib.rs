@@ -208,6 +208,37 @@ impl CpuBackend {
         self.pool.install(f)
     }
 
+    /// `bias_act_backward` with the ReLU: dz = dy where y > 0, and the bias gradient, in one pass.
+    /// `in_place`: dz is written into y's own buffer (which nothing else may share).
+    fn bias_relu_backward(
+        &self,
+        dy: &CpuTensor,
+        mut y: CpuTensor,
+        in_place: bool,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        let (n, c, h, w) = dy.shape.nchw("bias_act_backward")?;
+        same_shape("bias_act_backward", &dy.shape, &y.shape)?;
+        let plane = (h * w).max(1);
+        let mut plane_sums = vec![0.0f64; n * c];
+        let dz = if in_place {
+            let dz = y.as_mut_slice();
+            self.run(|| relu_mask_planes(dz, dy.as_slice(), None, plane, &mut plane_sums));
+            y
+        } else {
+            self.build(dy.shape.clone(), |dz| {
+                relu_mask_planes(
+                    dz,
+                    dy.as_slice(),
+                    Some(y.as_slice()),
+                    plane,
+                    &mut plane_sums,
+                )
+            })
+        };
+        let db = self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db));
+        Ok((dz, db))
+    }
+
     /// A tensor of `shape` whose values `fill` writes, all of them.
     fn build(&self, shape: Shape, fill: impl FnOnce(&mut [f32]) + Send) -> CpuTensor {
         let mut buf = Buffer::uninit(&self.buffers, shape.elements());
@@ -270,7 +301,6 @@ fn plane_sum(x: &[f32]) -> f64 {
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// `db[ch]`: the sum over images of the plane sums (`[n, c]`) of channel `ch`, in image order.
 /// dz = dy where y > 0, else 0 (NaN included), and each plane's sum, taken while the plane is in
 /// cache (as `channel_bias_grad` sums). `y` None: dz holds y and is overwritten in place.
 fn relu_mask_planes(
@@ -302,6 +332,7 @@ fn relu_mask_planes(
         });
 }
 
+/// `db[ch]`: the sum over images of the plane sums (`[n, c]`) of channel `ch`, in image order.
 fn per_channel(plane_sums: &[f64], n: usize, c: usize, db: &mut [f32]) {
     for (ch, db) in db.iter_mut().enumerate() {
         *db = (0..n).map(|img| plane_sums[img * c + ch]).sum::<f64>() as f32;
@@ -698,25 +729,12 @@ impl Backend for CpuBackend {
         dy: &CpuTensor,
         y: Option<&CpuTensor>,
     ) -> Result<(CpuTensor, CpuTensor)> {
-        let (n, c, h, w) = dy.shape.nchw("bias_act_backward")?;
+        dy.shape.nchw("bias_act_backward")?;
         let Some(y) = y else {
             // No ReLU: dz is dy itself, and one pass sums it.
             return Ok((dy.clone(), self.channel_bias_grad(dy)?));
         };
-        same_shape("bias_act_backward", &dy.shape, &y.shape)?;
-        let plane = (h * w).max(1);
-        let mut plane_sums = vec![0.0f64; n * c];
-        let dz = self.build(dy.shape.clone(), |dz| {
-            relu_mask_planes(
-                dz,
-                dy.as_slice(),
-                Some(y.as_slice()),
-                plane,
-                &mut plane_sums,
-            )
-        });
-        let db = self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db));
-        Ok((dz, db))
+        self.bias_relu_backward(dy, y.clone(), false)
     }
 
     fn bias_relu_backward_consuming(
@@ -724,18 +742,8 @@ impl Backend for CpuBackend {
         dy: &CpuTensor,
         mut y: CpuTensor,
     ) -> Result<(CpuTensor, CpuTensor)> {
-        if Arc::get_mut(&mut y.buf).is_none() {
-            return self.bias_act_backward(dy, Some(&y));
-        }
-        let (n, c, h, w) = dy.shape.nchw("bias_act_backward")?;
-        same_shape("bias_act_backward", &dy.shape, &y.shape)?;
-        let plane = (h * w).max(1);
-        let mut plane_sums = vec![0.0f64; n * c];
-        let pool = self.pool.clone();
-        let dz = y.as_mut_slice();
-        pool.install(|| relu_mask_planes(dz, dy.as_slice(), None, plane, &mut plane_sums));
-        let db = self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db));
-        Ok((y, db))
+        let unshared = Arc::get_mut(&mut y.buf).is_some();
+        self.bias_relu_backward(dy, y, unshared)
     }
 
     fn relu_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
