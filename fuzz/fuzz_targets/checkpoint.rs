@@ -1,5 +1,6 @@
-//! Any bytes as a training checkpoint given to `vgg train --resume`: parsing and resuming end in
-//! an error or a training state, never a crash.
+//! Any bytes as a training checkpoint given to `vgg train --resume`: parsing, reading its
+//! metadata (data set, split, seed) and resuming with the optimiser it names end in an error or a
+//! training state, never a crash.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -38,9 +39,18 @@ fuzz_target!(|data: &[u8]| {
         batch_size: 16,
         lr: 1e-3,
         schedule: Schedule::Constant,
-        optimizer: OptimizerKind::Sgd {
-            momentum: 0.9,
-            weight_decay: 0.0,
+        // The optimiser the file names, so that both kinds' state (Adam's moments too) is reached.
+        optimizer: match file.metadata.get("train.optimizer").map(String::as_str) {
+            Some("adam") => OptimizerKind::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+            _ => OptimizerKind::Sgd {
+                momentum: 0.9,
+                weight_decay: 0.0,
+            },
         },
         keep_prob: 1.0,
         seed: 1,
@@ -52,5 +62,6 @@ fuzz_target!(|data: &[u8]| {
         (Some(e), Some(s)) if e > 0 && s % e == 0 => (s / e).saturating_mul(config.batch_size),
         _ => 40,
     };
+    let _ = vgg_train::meta::Provenance::read(&file.metadata);
     let _ = vgg_train::resume(backend(), spec, &config, images, &file);
 });

@@ -7,6 +7,7 @@
 
 mod parallel;
 mod peak;
+pub mod record;
 mod stats;
 pub mod system;
 
@@ -112,6 +113,14 @@ pub enum BenchError {
     #[error("{0} must be at least 1")]
     /// A count that must be at least 1 was 0.
     Zero(&'static str),
+    #[error(
+        "the FLOPs of a step on a batch of {batch} do not fit in 64 bits; use a smaller batch"
+    )]
+    /// A step's FLOPs overflow a counter.
+    TooManyFlops {
+        /// Images per step.
+        batch: usize,
+    },
     #[error("{burn_in} burn-in steps and {timed} timed steps are too many to count")]
     /// Burn-in plus timed steps overflow a counter.
     TooManySteps {
@@ -227,9 +236,10 @@ pub struct ModeReport {
 
 /// FLOPs of one step: forward is the spec's (1 MAC = 2 FLOPs) times the batch; backward costs two
 /// forwards (input and weight gradients) for each convolution and linear layer, less the first
-/// convolution's input gradient, which is never computed.
-pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> u64 {
-    let forward = spec.flops();
+/// convolution's input gradient, which is never computed. None where the count does not fit in 64
+/// bits.
+pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> Option<u64> {
+    let forward = spec.macs().checked_mul(2)?;
     let per_image = match mode {
         Mode::Forward => forward,
         Mode::ForwardBackward => {
@@ -237,11 +247,11 @@ pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> u64 {
                 .layers
                 .iter()
                 .find(|l| l.is_conv())
-                .map_or(0, |l| 2 * l.macs);
-            3 * forward - first_conv
+                .map_or(Some(0), |l| l.macs.checked_mul(2))?;
+            forward.checked_mul(3)?.checked_sub(first_conv)?
         }
     };
-    per_image * batch as u64
+    per_image.checked_mul(u64::try_from(batch).ok()?)
 }
 
 /// The model and images of a benchmark, built once for all modes.
@@ -381,7 +391,9 @@ impl<B: Backend> Bench<B> {
             }
         }
         let spec = self.model.spec();
-        let flops = step_flops(spec, self.config.batch, mode);
+        let flops = step_flops(spec, self.config.batch, mode).ok_or(BenchError::TooManyFlops {
+            batch: self.config.batch,
+        })?;
         let stats = Stats::of(&step_seconds);
         let steps = step_seconds.len().max(1) as f64;
         let order: Vec<String> = spec.layers.iter().map(|l| l.name.clone()).collect();

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Deserialize;
 use serde::Serialize;
+use vgg_bench::record::{BenchRecord, BENCH_SCHEMA};
 use vgg_bench::{
-    check_memory, measure_matmul_peak, Bench, BenchConfig, Machine, MatmulPeak, Mode, ModeReport,
-    ParallelOptions, ParallelReport, StepEvent,
+    check_memory, measure_matmul_peak, Bench, BenchConfig, Machine, Mode, ParallelOptions,
+    ParallelReport, StepEvent,
 };
 use vgg_tensor::Backend;
 
@@ -102,38 +102,6 @@ impl BenchArgs {
     }
 }
 
-/// JSON schema version of `--json`; bump it when a field changes meaning or disappears.
-pub const BENCH_SCHEMA: &str = "vgg-bench/1";
-
-/// What `--json` writes and `--report` (and `vgg report`) draws.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BenchRecord {
-    /// [`BENCH_SCHEMA`].
-    pub schema: String,
-    /// When the run started, local time.
-    pub started: String,
-    /// The backend, as it names itself.
-    pub backend: String,
-    /// CPU threads asked for (None: the backend's default).
-    pub threads: Option<usize>,
-    /// The version of vgg that ran it.
-    #[serde(default)]
-    pub vgg_version: Option<String>,
-    /// The network, described as the first output line does.
-    #[serde(default)]
-    pub network: Option<String>,
-    /// The machine it ran on.
-    #[serde(default)]
-    pub machine: Option<Machine>,
-    /// The backend's measured matrix-product rate, the ceiling the GFLOP/s are read against.
-    #[serde(default)]
-    pub matmul_peak: Option<MatmulPeak>,
-    /// The settings.
-    pub config: BenchConfig,
-    /// One report per mode run.
-    pub modes: Vec<ModeReport>,
-}
-
 /// Like Python's datetime.now(), as the reference prints it.
 fn now() -> String {
     chrono::Local::now()
@@ -152,6 +120,10 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
     let spec = config.spec()?;
     for path in a.json.iter().chain(&a.report) {
         vgg_nn::io::check_output(path)?;
+    }
+    if let (Some(json), Some(report)) = (&a.json, &a.report) {
+        let named = |name, path| vgg_nn::io::NamedPath { name, path };
+        vgg_nn::io::check_distinct(&[named("--json", json), named("--report", report)], &[])?;
     }
     if let Some(available) = crate::net::available_memory(&backend) {
         check_memory(&spec, config.batch, modes, available)?;
@@ -261,7 +233,7 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         vgg_nn::io::write_atomic(path, (text + "\n").as_bytes())?;
     }
     if let Some(path) = &a.report {
-        let page = crate::report::page(&[crate::report::Run::ours(record.clone())])?;
+        let page = crate::report::page(&[vgg_bench::record::Run::ours(record.clone())])?;
         vgg_nn::io::write_atomic(path, page.as_bytes())?;
     }
     Ok(summary(&record))

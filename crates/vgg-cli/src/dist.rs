@@ -51,8 +51,8 @@ pub fn communicator(args: &DistArgs) -> Result<Arc<dyn Communicator>> {
     if let Some(comm) = job.as_ref() {
         return Ok(comm.clone());
     }
-    let comm: Arc<dyn Communicator> = match vgg_dist::launched_by_mpi() {
-        Some((_, size, _)) if size > 1 => start_mpi(size, args)?,
+    let comm: Arc<dyn Communicator> = match vgg_dist::launched_by_mpi()? {
+        Some(launch) if launch.size > 1 => start_mpi(launch, args)?,
         _ => Arc::new(Solo),
     };
     *job = Some(comm.clone());
@@ -67,14 +67,18 @@ pub fn finish() {
 }
 
 #[cfg(feature = "mpi")]
-fn start_mpi(_size: usize, args: &DistArgs) -> Result<Arc<dyn Communicator>> {
+fn start_mpi(_launch: vgg_dist::Launch, args: &DistArgs) -> Result<Arc<dyn Communicator>> {
     let timeout = std::time::Duration::from_secs(args.comm_timeout as u64);
     Ok(Arc::new(vgg_dist::mpi::Mpi::init(timeout)?))
 }
 
 #[cfg(not(feature = "mpi"))]
-fn start_mpi(size: usize, _args: &DistArgs) -> Result<Arc<dyn Communicator>> {
-    Err(vgg_dist::DistError::NoMpi { size }.into())
+fn start_mpi(launch: vgg_dist::Launch, _args: &DistArgs) -> Result<Arc<dyn Communicator>> {
+    Err(vgg_dist::DistError::NoMpi {
+        launcher: launch.launcher,
+        size: launch.size,
+    }
+    .into())
 }
 
 /// (rank, size) of the job this process is in, once its communicator exists.
@@ -104,9 +108,10 @@ pub fn end_job(code: u8) {
 /// CPU threads per rank where `--threads` is 0: the cores shared among the ranks a launcher put
 /// on this machine (0, one per core, when it put one).
 pub fn default_threads() -> usize {
+    // A malformed launcher variable is refused when the communicator is made.
     match vgg_dist::launched_by_mpi() {
-        Some((_, _, local)) if local > 1 => {
-            std::thread::available_parallelism().map_or(1, |n| (n.get() / local).max(1))
+        Ok(Some(launch)) if launch.local > 1 => {
+            std::thread::available_parallelism().map_or(1, |n| (n.get() / launch.local).max(1))
         }
         _ => 0,
     }

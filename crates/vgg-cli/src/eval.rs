@@ -4,13 +4,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use vgg_autodiff::Tape;
 use vgg_model::Workload;
 use vgg_nn::RunOptions;
 use vgg_tensor::{Backend, Shape};
-use vgg_train::meta;
+use vgg_train::meta::Provenance;
 
 use crate::args::{self, Format};
 use crate::net::load_model;
@@ -88,20 +88,23 @@ struct EvalJson {
 
 pub fn run<B: Backend>(backend: &B, a: &EvalArgs) -> Result<String> {
     let file = crate::net::read_weights(&a.weights.weights)?;
-    let recorded = |key: &str| file.metadata.get(key).cloned();
-    let dataset = match (a.dataset, recorded(meta::DATASET).as_deref()) {
+    let recorded = Provenance::read(&file.metadata)
+        .with_context(|| format!("reading {}", a.weights.weights.display()))?;
+    let dataset = match (a.dataset, recorded.dataset.as_deref()) {
+        (Some(d), Some(r)) if d.name() != r => {
+            tracing::warn!(
+                "{} was trained on {r}; evaluating it on {} as --dataset says",
+                a.weights.weights.display(),
+                d.name()
+            );
+            d
+        }
         (Some(d), _) => d,
         (None, Some("cifar10")) => DatasetChoice::Cifar10,
         _ => DatasetChoice::Digits,
     };
-    let test_fraction = a
-        .test_fraction
-        .or_else(|| recorded(meta::TEST_FRACTION)?.parse().ok())
-        .unwrap_or(0.2);
-    let seed = a
-        .seed
-        .or_else(|| recorded(meta::SEED)?.parse().ok())
-        .unwrap_or(0);
+    let test_fraction = a.test_fraction.or(recorded.test_fraction).unwrap_or(0.2);
+    let seed = a.seed.or(recorded.seed).unwrap_or(0);
     let data = DataArgs {
         dataset,
         data: a.data.clone(),

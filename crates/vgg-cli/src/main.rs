@@ -164,12 +164,17 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose);
     signals::install();
     if let Some(bytes) = cli.max_memory {
-        net::set_max_memory(bytes);
+        vgg_tensor::memory::set_budget(bytes);
     }
     match run(cli) {
         Ok(()) => {
             dist::finish();
-            ExitCode::SUCCESS
+            // A command stopped early by Ctrl-C reports what it did, and says it was interrupted.
+            if signals::stop_requested() {
+                ExitCode::from(signals::EXIT_INTERRUPTED)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         // The reader of the results went away (`vgg bench | head -1`): end quietly.
         Err(e) if stdout::closed(e.as_ref()) => {

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use vgg_autodiff::Tape;
 use vgg_model::model::options_from_metadata;
 use vgg_model::{ModelSpec, PartialOptions, Vgg, VggConfig, Workload};
-use vgg_nn::io::{self, HostTensor, TensorFile};
+use vgg_nn::io::{self, HostTensor, NamedPath, TensorFile};
 use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
 
@@ -129,20 +129,9 @@ pub fn init<B: Backend>(backend: &B, a: &InitArgs) -> Result<String> {
     ))
 }
 
-/// `--max-memory`, set once by main.
-static MAX_MEMORY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-
-/// Caps the memory every check below plans with.
-pub fn set_max_memory(bytes: u64) {
-    let _ = MAX_MEMORY.set(bytes);
-}
-
 /// The memory a command may plan to use: the backend's free memory, capped by `--max-memory`.
 pub fn available_memory<B: Backend>(backend: &B) -> Option<u64> {
-    match (backend.available_bytes(), MAX_MEMORY.get()) {
-        (Some(free), Some(&cap)) => Some(free.min(cap)),
-        (free, cap) => free.or(cap.copied()),
-    }
+    vgg_tensor::memory::within_budget(backend.available_bytes())
 }
 
 /// Refuses `work` on a batch of `batch` that the available memory cannot hold, before anything
@@ -209,11 +198,29 @@ pub fn load_model<B: Backend>(
         ..Default::default()
     }
     .or(meta_options);
+    // Weights made for one input size refused at another: say so, not which tensor disagrees.
+    let other_size = |e: anyhow::Error| match (size, meta_options.input) {
+        (Some((h, w)), Some((mh, mw))) if (h, w) != (mh, mw) => {
+            let crop = io::image::CROP;
+            anyhow!(
+                "{} holds a network made for {mh}x{mw} inputs, but the inputs are {h}x{w}{}: \
+                 give {mh}x{mw} inputs (a .npy of N x C x {mh} x {mw}), or weights made for {h}x{w}",
+                weights.display(),
+                if (h, w) == (crop, crop) {
+                    format!(" (image files are resized and centre-cropped to {crop}x{crop}, as for ImageNet)")
+                } else {
+                    String::new()
+                }
+            )
+        }
+        _ => e.context(context()),
+    };
+    // An input too small for the network keeps the spec's own message, which says how small.
     let spec = flags
         .spec(meta_model, known, NetDefaults::default())
         .with_context(context)?;
     check_memory(backend, &spec, batch, work)?;
-    Vgg::from_tensors(backend, spec, &file).with_context(context)
+    Vgg::from_tensors(backend, spec, &file).map_err(|e| other_size(e.into()))
 }
 
 /// Whether an input file is a NumPy array (by name or by its first bytes) rather than an image.
@@ -303,8 +310,30 @@ pub fn top_k(probs: &[f32], k: usize) -> Vec<(usize, f32)> {
     order.into_iter().take(k).map(|i| (i, probs[i])).collect()
 }
 
+/// The output of forward or backward: writable, and none of the files the command reads.
+fn check_output_of(output: &Path, weights: &WeightsArg, input: &InputArgs) -> Result<()> {
+    io::check_output(output)?;
+    let inputs: Vec<NamedPath> = std::iter::once(NamedPath {
+        name: "--weights",
+        path: &weights.weights,
+    })
+    .chain(input.source.input.iter().map(|path| NamedPath {
+        name: "--input",
+        path,
+    }))
+    .collect();
+    io::check_distinct(
+        &[NamedPath {
+            name: "--output",
+            path: output,
+        }],
+        &inputs,
+    )?;
+    Ok(())
+}
+
 pub fn forward<B: Backend>(backend: &B, a: &ForwardArgs) -> Result<String> {
-    io::check_output(&a.output)?;
+    check_output_of(&a.output, &a.weights, &a.input)?;
     let stages = Stages::new("reading the inputs");
     // The file's values, the weights and what replaces them while loading.
     let (vgg, x) = load(
@@ -343,7 +372,7 @@ pub fn forward<B: Backend>(backend: &B, a: &ForwardArgs) -> Result<String> {
 }
 
 pub fn backward<B: Backend>(backend: &B, a: &BackwardArgs) -> Result<String> {
-    io::check_output(&a.output)?;
+    check_output_of(&a.output, &a.weights, &a.input)?;
     let stages = Stages::new("reading the inputs");
     // As forward, plus a gradient's host copy at a time.
     let (vgg, x) = load(

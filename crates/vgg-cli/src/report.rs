@@ -3,14 +3,13 @@
 //! anywhere, offline, and can be mailed as one file.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use serde::Deserialize;
-use vgg_bench::{step_flops, LayerTime, Mode, Stats};
-use vgg_model::{ModelSpec, SpecOptions, VggConfig};
+use anyhow::{bail, Result};
+use vgg_bench::record::{self, BenchRecord, Run, RunMode};
+use vgg_bench::Mode;
+use vgg_nn::io::NamedPath;
 
-use crate::bench::{BenchRecord, BENCH_SCHEMA};
 use crate::plot::{self, LayerBar, Rate, StepSeries, FRAMEWORK_COLOURS};
 use crate::table::bytes;
 
@@ -26,9 +25,6 @@ pub struct ReportArgs {
     pub output: Option<PathBuf>,
 }
 
-/// The schema of the peers' records (bench/peers/common.py).
-pub const PEER_SCHEMA: &str = "vgg-peer-bench/1";
-
 /// Above this many steps a series is drawn from every k-th step, so the page stays small.
 const MAX_SERIES_POINTS: usize = 5000;
 
@@ -36,12 +32,27 @@ const MAX_SERIES_POINTS: usize = 5000;
 pub fn run(a: &ReportArgs) -> Result<String> {
     if let Some(path) = &a.output {
         vgg_nn::io::check_output(path)?;
+        let records: Vec<NamedPath> = a
+            .records
+            .iter()
+            .map(|path| NamedPath {
+                name: "a record",
+                path,
+            })
+            .collect();
+        vgg_nn::io::check_distinct(
+            &[NamedPath {
+                name: "--output",
+                path,
+            }],
+            &records,
+        )?;
     }
     let runs = a
         .records
         .iter()
-        .map(|path| load(path))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|path| record::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let runs = distinct_names(runs, &a.records);
     let html = page(&runs)?;
     match &a.output {
@@ -51,180 +62,6 @@ pub fn run(a: &ReportArgs) -> Result<String> {
         }
         None => Ok(html),
     }
-}
-
-/// One framework's run, as the page shows it.
-#[derive(Debug)]
-pub struct Run {
-    /// The name in tables and legends.
-    pub name: String,
-    /// Images per step.
-    pub batch: usize,
-    /// The network, as `vgg bench` describes it.
-    pub network: String,
-    /// Input height and width, where the record says.
-    pub image: Option<(usize, usize)>,
-    /// Threads the framework ran with, where it says.
-    pub threads: Option<usize>,
-    /// Our full record, for the settings and machine.
-    pub ours: Option<BenchRecord>,
-    /// Each mode run.
-    pub modes: Vec<RunMode>,
-}
-
-/// One mode of a run.
-#[derive(Debug)]
-pub struct RunMode {
-    /// Which mode.
-    pub mode: Mode,
-    /// Every timed step, in order.
-    pub step_seconds: Vec<f64>,
-    /// Their statistics, computed here for every framework alike.
-    pub stats: Stats,
-    /// The direct method's FLOPs of one step, where the network is known.
-    pub flops_per_step: Option<u64>,
-    /// Peak resident memory during the mode.
-    pub peak_rss_bytes: Option<u64>,
-    /// Stopped early.
-    pub interrupted: bool,
-    /// Per-layer times (ours, with --per-layer).
-    pub per_layer: Vec<LayerTime>,
-}
-
-impl Run {
-    /// Our record, named "vgg".
-    pub fn ours(record: BenchRecord) -> Run {
-        let modes = record
-            .modes
-            .iter()
-            .map(|m| RunMode {
-                mode: m.mode,
-                stats: Stats::of(&m.step_seconds),
-                step_seconds: m.step_seconds.clone(),
-                flops_per_step: Some(m.flops_per_step),
-                peak_rss_bytes: m.peak_rss_bytes,
-                interrupted: m.interrupted,
-                per_layer: m.per_layer.clone(),
-            })
-            .collect();
-        Run {
-            name: "vgg".to_string(),
-            network: record
-                .network
-                .clone()
-                .unwrap_or_else(|| record.config.model.to_string()),
-            batch: record.config.batch,
-            image: Some((record.config.height, record.config.width)),
-            threads: record.threads,
-            ours: Some(record),
-            modes,
-        }
-    }
-}
-
-/// A peer's record (bench/peers/common.py writes it).
-#[derive(Deserialize)]
-struct PeerRecord {
-    framework: String,
-    version: String,
-    threads: Option<usize>,
-    batch: usize,
-    image_size: Option<usize>,
-    modes: std::collections::BTreeMap<String, PeerMode>,
-}
-
-#[derive(Deserialize)]
-struct PeerMode {
-    step_seconds: Vec<f64>,
-    #[serde(default)]
-    peak_rss_bytes: Option<u64>,
-}
-
-/// Reads one record, ours or a peer's, refusing what is neither or is inconsistent.
-fn load(path: &Path) -> Result<Run> {
-    let bytes = vgg_nn::io::read_file(path)?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
-    let schema = value.get("schema").and_then(|s| s.as_str());
-    let run = match schema {
-        Some(BENCH_SCHEMA) => {
-            let record: BenchRecord = serde_json::from_value(value).with_context(|| {
-                format!("{} is not a valid {BENCH_SCHEMA} record", path.display())
-            })?;
-            Run::ours(record)
-        }
-        Some(PEER_SCHEMA) => {
-            let record: PeerRecord = serde_json::from_value(value).with_context(|| {
-                format!("{} is not a valid {PEER_SCHEMA} record", path.display())
-            })?;
-            peer(record)?
-        }
-        Some(other) => bail!(
-            "{}: schema '{other}' is not one this vgg reads ({BENCH_SCHEMA} from `vgg bench --json`, \
-             {PEER_SCHEMA} from bench/peers/); was it written by a newer vgg?",
-            path.display()
-        ),
-        None => bail!(
-            "{} is not a benchmark record: it has no \"schema\" field (write one with \
-             `vgg bench --json FILE` or `cargo xtask bench --peers`)",
-            path.display()
-        ),
-    };
-    for m in &run.modes {
-        if let Some(bad) = m.step_seconds.iter().find(|s| !s.is_finite() || **s < 0.0) {
-            bail!(
-                "{}: {} has a step time of {bad} s; step times are finite, non-negative seconds",
-                path.display(),
-                m.mode.label()
-            );
-        }
-    }
-    if run.batch == 0 {
-        bail!("{}: the batch size is 0", path.display());
-    }
-    Ok(run)
-}
-
-fn peer(record: PeerRecord) -> Result<Run> {
-    // The peers run VGG-16 as the reference does: 3 x S x S images, 1000 classes.
-    let spec = match record.image_size {
-        Some(s) => Some(ModelSpec::new(
-            VggConfig::Vgg16,
-            SpecOptions {
-                height: s,
-                width: s,
-                ..SpecOptions::default()
-            },
-        )?),
-        None => None,
-    };
-    let mut modes = Vec::new();
-    for (key, m) in record.modes {
-        let mode = match key.as_str() {
-            "forward" => Mode::Forward,
-            "forward-backward" => Mode::ForwardBackward,
-            other => bail!("mode '{other}' is neither forward nor forward-backward"),
-        };
-        modes.push(RunMode {
-            mode,
-            stats: Stats::of(&m.step_seconds),
-            step_seconds: m.step_seconds,
-            flops_per_step: spec.as_ref().map(|s| step_flops(s, record.batch, mode)),
-            peak_rss_bytes: m.peak_rss_bytes,
-            interrupted: false,
-            per_layer: Vec::new(),
-        });
-    }
-    modes.sort_by_key(|m| m.mode == Mode::ForwardBackward);
-    Ok(Run {
-        name: format!("{} {}", record.framework, record.version),
-        network: VggConfig::Vgg16.to_string(),
-        batch: record.batch,
-        image: record.image_size.map(|s| (s, s)),
-        threads: record.threads,
-        ours: None,
-        modes,
-    })
 }
 
 /// Names that tell the runs apart: a repeated name gets its file's name after it.
@@ -481,7 +318,7 @@ fn results(h: &mut String, runs: &[Run], ours: Option<&BenchRecord>) -> Result<(
     for r in runs {
         for m in &r.modes {
             let s = &m.stats;
-            let gflops = gflops(m);
+            let gflops = m.gflops_per_second();
             let baseline = runs[0]
                 .modes
                 .iter()
@@ -495,11 +332,8 @@ fn results(h: &mut String, runs: &[Run], ours: Option<&BenchRecord>) -> Result<(
                 format!("{:.3}", s.min),
                 format!("{:.3}", s.p90),
                 format!("{:.3}", s.max),
-                if s.mean > 0.0 {
-                    format!("{:.2}", r.batch as f64 / s.mean)
-                } else {
-                    "-".to_string()
-                },
+                m.images_per_second(r.batch)
+                    .map_or("-".to_string(), |i| format!("{i:.2}")),
                 gflops.map_or("-".to_string(), |g| format!("{g:.1}")),
                 match (gflops, peak) {
                     (Some(g), Some(p)) if p > 0.0 => format!("{:.0}%", 100.0 * g / p),
@@ -529,19 +363,13 @@ fn results(h: &mut String, runs: &[Run], ours: Option<&BenchRecord>) -> Result<(
     Ok(())
 }
 
-/// Effective GFLOP/s at the mean step time.
-fn gflops(m: &RunMode) -> Option<f64> {
-    let flops = m.flops_per_step?;
-    (m.stats.mean > 0.0).then(|| flops as f64 / m.stats.mean / 1e9)
-}
-
 fn throughput(h: &mut String, runs: &[Run], ours: Option<&BenchRecord>) -> Result<()> {
     let rates: Vec<Rate> = runs
         .iter()
         .enumerate()
         .flat_map(|(i, r)| {
             r.modes.iter().filter_map(move |m| {
-                gflops(m).map(|g| Rate {
+                m.gflops_per_second().map(|g| Rate {
                     label: format!("{} {}", r.name, m.mode.label().to_lowercase()),
                     colour: colour(i),
                     gflops_per_second: g,
@@ -603,6 +431,9 @@ fn per_layer(h: &mut String, runs: &[Run]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vgg_bench::record::{load, BENCH_SCHEMA, PEER_SCHEMA};
+    use vgg_bench::{step_flops, Stats};
+    use vgg_model::{ModelSpec, SpecOptions, VggConfig};
 
     fn peer_json(framework: &str, steps: &[f64]) -> serde_json::Value {
         serde_json::json!({
@@ -648,9 +479,9 @@ mod tests {
         .unwrap();
         assert_eq!(
             m.flops_per_step,
-            Some(step_flops(&spec, 2, Mode::ForwardBackward))
+            step_flops(&spec, 2, Mode::ForwardBackward)
         );
-        assert!(gflops(m).unwrap() > 0.0);
+        assert!(m.gflops_per_second().unwrap() > 0.0);
     }
 
     #[test]
@@ -659,7 +490,7 @@ mod tests {
         assert!(load_error(serde_json::json!({"schema": "vgg-bench/9"})).contains("newer vgg"));
         assert!(load_error(serde_json::json!({"schema": BENCH_SCHEMA}))
             .contains("not a valid vgg-bench/1 record"));
-        assert!(load_error(peer_json("X", &[0.1, -1.0])).contains("non-negative"));
+        assert!(load_error(peer_json("X", &[0.1, -1.0])).contains("step time of -1 s"));
         let mut zero = peer_json("X", &[0.1]);
         zero["batch"] = 0.into();
         assert!(load_error(zero).contains("batch size is 0"));

@@ -2,16 +2,17 @@
 //! reports, checkpoints, resuming, a JSON log and an SVG plot of the curves.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use vgg_model::{PartialOptions, SpecOptions, Vgg, VggConfig, Workload};
-use vgg_nn::io;
+use vgg_nn::io::{self, NamedPath};
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
 use vgg_nn::InitScheme;
 use vgg_tensor::Backend;
+use vgg_train::meta::Provenance;
 use vgg_train::{
     checkpoint, data, meta, resume, EpochReport, Observer, TrainConfig, TrainError, TrainState,
 };
@@ -215,12 +216,33 @@ impl TrainArgs {
         Ok(config)
     }
 
-    /// Every file this run writes, checked before any work starts.
+    /// Every file this run writes, checked before any work starts: writable, each its own, and
+    /// none the checkpoint resumed from, which only --output may rewrite (that is its point).
     fn check_outputs(&self) -> Result<()> {
-        let outputs = [Some(&self.output), self.json.as_ref(), self.plot.as_ref()];
-        for path in outputs.into_iter().flatten() {
-            io::check_output(path)?;
+        fn named<'a>(name: &'a str, path: Option<&'a PathBuf>) -> Option<NamedPath<'a>> {
+            path.map(|path| NamedPath { name, path })
         }
+        let logs: Vec<NamedPath> = [
+            named("--json", self.json.as_ref()),
+            named("--plot", self.plot.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let all: Vec<NamedPath> = std::iter::once(NamedPath {
+            name: "--output",
+            path: &self.output,
+        })
+        .chain(logs.iter().copied())
+        .collect();
+        for o in &all {
+            io::check_output(o.path)?;
+        }
+        io::check_distinct(&all, &[])?;
+        let resumed: Vec<NamedPath> = named("--resume", self.resume.as_ref())
+            .into_iter()
+            .collect();
+        io::check_distinct(&logs, &resumed)?;
         Ok(())
     }
 }
@@ -331,6 +353,36 @@ impl<B: Backend> Observer<B> for Reporter<'_, B> {
     }
 }
 
+/// A resumed run goes on with the data, split and seed it started with: another would silently
+/// make a different run than the uninterrupted one.
+fn check_same_data(recorded: &Provenance, args: &TrainArgs, path: &Path) -> Result<()> {
+    let d = &args.data;
+    let mut differ = Vec::new();
+    if let Some(r) = recorded.dataset.as_deref() {
+        if r != d.dataset.name() {
+            differ.push(format!("--dataset {r}"));
+        }
+    }
+    // CIFAR-10 has its own test set; the fraction splits the digits only.
+    if d.dataset == DatasetChoice::Digits {
+        if let Some(f) = recorded.test_fraction.filter(|f| *f != d.test_fraction) {
+            differ.push(format!("--test-fraction {f}"));
+        }
+    }
+    if let Some(s) = recorded.seed.filter(|s| *s != args.seed) {
+        differ.push(format!("--seed {s}"));
+    }
+    if !differ.is_empty() {
+        bail!(
+            "{} was trained on other data than this run's: resume with {} (a resumed run goes on \
+             with the data set, split and seed it started with)",
+            path.display(),
+            differ.join(" ")
+        );
+    }
+    Ok(())
+}
+
 pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     let config = args.config()?;
     let comm = crate::dist::communicator(&args.dist)?;
@@ -372,6 +424,9 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     let mut state = match &args.resume {
         Some(path) => {
             let file = io::load_safetensors(path)?;
+            let recorded = Provenance::read(&file.metadata)
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            check_same_data(&recorded, args, path)?;
             resume(backend, spec, &config, train_set.len(), &file)
                 .with_context(|| format!("resuming from {}", path.display()))?
         }

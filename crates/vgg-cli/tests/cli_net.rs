@@ -209,12 +209,12 @@ fn bad_inputs_are_named() {
         &[],
         &["16x16", "at least 32x32"],
     );
-    // Another size than the weights were made for: fc6 no longer fits.
+    // Another size than the weights were made for: said as such, not as fc6's shape.
     forward_refused(
         &weights,
         s(&save("big.npy", vec![1, 3, 64, 64])),
         &[],
-        &["classifier.0.weight has shape", "vgg.input=32x32"],
+        &["made for 32x32 inputs", "the inputs are 64x64"],
     );
     let not_npy = tmp("text.npy");
     std::fs::write(&not_npy, "1,2,3").unwrap();

@@ -224,9 +224,11 @@ fn errors_say_what_a_file_is_and_print_os_errors_once() {
         s(&out),
     ]);
     let err = stderr(&e);
+    // Named as the input size it is, not as the tensor that then disagrees.
     assert!(
-        err.starts_with("error: loading ")
-            && err.contains("weights.safetensors for 1 64x64 images"),
+        err.starts_with("error: ")
+            && err.contains("weights.safetensors holds a network made for 32x32 inputs")
+            && err.contains("the inputs are 64x64"),
         "{err}"
     );
 }

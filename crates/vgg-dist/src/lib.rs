@@ -86,13 +86,28 @@ pub enum DistError {
     Mpi(String),
     /// A launcher started this process as one of several ranks, but this build has no MPI.
     #[error(
-        "this process was started by an MPI launcher as one of {size} ranks, but this vgg was built \
+        "this process was started by {launcher} as one of {size} ranks, but this vgg was built \
          without MPI, so every rank would run alone and write the same files: build it with \
-         `--features mpi` (see the README's \"Scaling out\"), or run it without mpirun"
+         `--features mpi` (see the README's \"Scaling out\"), or run it without the launcher"
     )]
     NoMpi {
+        /// The launcher, in words.
+        launcher: &'static str,
         /// Ranks the launcher started.
         size: usize,
+    },
+    /// A launcher's variable is set but cannot be read.
+    #[error(
+        "{variable}={value} is {reason}: a launcher sets it to tell this process its place among \
+         several; unset it, or start vgg through the launcher as usual"
+    )]
+    BadLaunch {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// A buffer handed to a collective does not fit the group's layout.
     #[error("{0}")]
@@ -262,17 +277,100 @@ impl Communicator for Solo {
     }
 }
 
-/// The ranks a launcher (mpirun, mpiexec, srun with PMI) started this process among, read from
-/// the variables it sets: `(rank, size, ranks on this node)`. None when no launcher started it.
-pub fn launched_by_mpi() -> Option<(usize, usize, usize)> {
-    let var = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok()?.trim().parse::<usize>().ok())
+/// Where a launcher started this process: which launcher, this rank, the ranks in all, and the
+/// ranks on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    /// The launcher, in words.
+    pub launcher: &'static str,
+    /// This process's rank.
+    pub rank: usize,
+    /// Ranks in the job.
+    pub size: usize,
+    /// Ranks on this node (at least 1).
+    pub local: usize,
+}
+
+/// The launchers recognised, each by the variables it sets in every rank: (launcher, size, rank,
+/// ranks on this node). The first whose size variable is set wins.
+const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
+    (
+        "Open MPI's mpirun",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+    ),
+    (
+        "MPICH's or Intel MPI's mpiexec (Hydra, PMI)",
+        "PMI_SIZE",
+        "PMI_RANK",
+        "MPI_LOCALNRANKS",
+    ),
+    (
+        "MVAPICH's mpirun_rsh",
+        "MV2_COMM_WORLD_SIZE",
+        "MV2_COMM_WORLD_RANK",
+        "MV2_COMM_WORLD_LOCAL_SIZE",
+    ),
+    // srun sets SLURM_STEP_* in a job step's tasks only, not in the batch script that starts
+    // them, so a lone `vgg` in an allocation of many tasks still runs alone.
+    (
+        "Slurm's srun",
+        "SLURM_STEP_NUM_TASKS",
+        "SLURM_PROCID",
+        "SLURM_STEP_TASKS_PER_NODE",
+    ),
+];
+
+/// The ranks a launcher (mpirun, mpiexec, srun) started this process among, read from the
+/// variables it sets. None when no launcher started it; an error when a launcher's variable is
+/// set but malformed (taking it as one rank would let N copies write the same files).
+pub fn launched_by_mpi() -> Result<Option<Launch>> {
+    launch_from(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+}
+
+/// [`launched_by_mpi`] over any source of variables.
+pub fn launch_from(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> {
+    let number = |name: &'static str, value: &str| -> Result<usize> {
+        // Slurm's tasks per node read "2(x3),1": this node's count comes first.
+        let digits = value.trim().split(['(', ',']).next().unwrap_or("");
+        digits.parse::<usize>().map_err(|_| DistError::BadLaunch {
+            variable: name,
+            value: value.chars().take(100).collect(),
+            reason: "not a whole number",
+        })
     };
-    // Open MPI's mpirun; MPICH's and Intel MPI's Hydra, and Slurm's PMI, set PMI_*.
-    let size = var(&["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"])?;
-    let rank = var(&["OMPI_COMM_WORLD_RANK", "PMI_RANK"]).unwrap_or(0);
-    let local = var(&["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]).unwrap_or(size);
-    Some((rank, size, local.max(1)))
+    for (launcher, size_var, rank_var, local_var) in LAUNCHERS {
+        let Some(size) = var(size_var) else { continue };
+        let size = number(size_var, &size)?;
+        if size == 0 {
+            return Err(DistError::BadLaunch {
+                variable: size_var,
+                value: "0".into(),
+                reason: "a job has at least one rank",
+            });
+        }
+        let rank = match var(rank_var) {
+            Some(r) => number(rank_var, &r)?,
+            None => 0,
+        };
+        if rank >= size {
+            return Err(DistError::BadLaunch {
+                variable: rank_var,
+                value: rank.to_string(),
+                reason: "the rank is not below the job's size",
+            });
+        }
+        let local = match var(local_var) {
+            Some(l) => number(local_var, &l)?.clamp(1, size),
+            None => size,
+        };
+        return Ok(Some(Launch {
+            launcher,
+            rank,
+            size,
+            local,
+        }));
+    }
+    Ok(None)
 }

@@ -230,9 +230,60 @@ fn the_reducer_refuses_gradients_that_do_not_fit() {
 
 #[test]
 fn a_launcher_is_recognised_by_its_variables() {
-    // Read from the environment of this test process: no launcher started it.
-    if std::env::var_os("OMPI_COMM_WORLD_SIZE").is_none() && std::env::var_os("PMI_SIZE").is_none()
-    {
-        assert_eq!(vgg_dist::launched_by_mpi(), None);
+    use std::collections::HashMap;
+    let launch = |vars: &[(&str, &str)]| {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        vgg_dist::launch_from(|name| vars.get(name).cloned())
+    };
+    assert_eq!(launch(&[]).unwrap(), None);
+    // Open MPI, MPICH/Intel MPI's Hydra, MVAPICH and Slurm's srun.
+    type Vars<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(Vars, (usize, usize, usize)); 5] = [
+        (
+            &[
+                ("OMPI_COMM_WORLD_SIZE", "4"),
+                ("OMPI_COMM_WORLD_RANK", "3"),
+                ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
+            ],
+            (3, 4, 2),
+        ),
+        (
+            &[
+                ("PMI_SIZE", "2"),
+                ("PMI_RANK", "1"),
+                ("MPI_LOCALNRANKS", "2"),
+            ],
+            (1, 2, 2),
+        ),
+        (&[("MV2_COMM_WORLD_SIZE", "3")], (0, 3, 3)),
+        (
+            &[
+                ("SLURM_STEP_NUM_TASKS", "6"),
+                ("SLURM_PROCID", "5"),
+                ("SLURM_STEP_TASKS_PER_NODE", "2(x3)"),
+            ],
+            (5, 6, 2),
+        ),
+        // An allocation's batch script is no step: SLURM_NTASKS alone starts nothing.
+        (&[("SLURM_NTASKS", "8"), ("PMI_SIZE", "1")], (0, 1, 1)),
+    ];
+    for (vars, (rank, size, local)) in cases {
+        let l = launch(vars).unwrap().expect("a launcher");
+        assert_eq!((l.rank, l.size, l.local), (rank, size, local), "{vars:?}");
+    }
+    assert_eq!(launch(&[("SLURM_NTASKS", "8")]).unwrap(), None);
+    // Malformed values are errors, never one rank.
+    for vars in [
+        &[("OMPI_COMM_WORLD_SIZE", "two")][..],
+        &[("OMPI_COMM_WORLD_SIZE", "")],
+        &[("PMI_SIZE", "0")],
+        &[("PMI_SIZE", "2"), ("PMI_RANK", "2")],
+        &[("SLURM_STEP_NUM_TASKS", "-1")],
+    ] {
+        let e = launch(vars).unwrap_err().to_string();
+        assert!(e.contains(vars.last().unwrap().0), "{vars:?}: {e}");
     }
 }

@@ -39,6 +39,11 @@ impl OptimizerKind {
         }
     }
 
+    /// Whether a state slot can only hold values >= 0 (Adam's second moment).
+    fn non_negative(&self, slot: &str) -> bool {
+        matches!(self, OptimizerKind::Adam { .. }) && slot == "v"
+    }
+
     /// Names of the per-parameter state tensors.
     fn slots(&self) -> &'static [&'static str] {
         match self {
@@ -211,6 +216,23 @@ impl<B: Backend> Optimizer<B> {
                     )))
                 }
                 Some(_) => {}
+            }
+            let non_finite = t.non_finite();
+            if non_finite > 0 {
+                return Err(refuse(format!(
+                    "'{name}' holds {non_finite} NaN or infinite values: the optimiser would turn \
+                     the weights into NaN or stop them moving; the checkpoint is corrupt or comes \
+                     from a run that diverged"
+                )));
+            }
+            if self.kind.non_negative(slot) {
+                let negative = t.data.iter().filter(|v| **v < 0.0).count();
+                if negative > 0 {
+                    return Err(refuse(format!(
+                        "'{name}' holds {negative} negative values, but it is a mean of squared \
+                         gradients, never negative: the checkpoint is corrupt"
+                    )));
+                }
             }
             let tensor = backend.upload(&shape, &t.data)?;
             let entry = by_param

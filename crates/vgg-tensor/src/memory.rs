@@ -1,6 +1,35 @@
 //! How much memory the host can give: every size a user controls is checked against it before
 //! anything that large is allocated.
 
+use std::sync::OnceLock;
+
+/// The process's memory budget (`--max-memory`), set once by the program that runs the work.
+static BUDGET: OnceLock<u64> = OnceLock::new();
+
+/// Caps every plan this process makes (weights, batches, files read) at `bytes`; the first call
+/// wins, later ones are ignored.
+pub fn set_budget(bytes: u64) {
+    let _ = BUDGET.set(bytes);
+}
+
+/// The budget set by [`set_budget`], if any.
+pub fn budget() -> Option<u64> {
+    BUDGET.get().copied()
+}
+
+/// `free` (what a device or the host reports) lowered to the budget; None where neither is known.
+pub fn within_budget(free: Option<u64>) -> Option<u64> {
+    match (free, budget()) {
+        (Some(free), Some(cap)) => Some(free.min(cap)),
+        (free, cap) => free.or(cap),
+    }
+}
+
+/// The host memory this process may plan to use: [`host_available_bytes`] within the budget.
+pub fn host_budget_bytes() -> Option<u64> {
+    within_budget(host_available_bytes())
+}
+
 /// Memory available to new allocations without swapping: Linux's MemAvailable, lowered to what
 /// the process's cgroup still allows (a container's limit). None where neither can be read.
 pub fn host_available_bytes() -> Option<u64> {

@@ -525,6 +525,67 @@ pub mod meta {
     pub const TEST_FRACTION: &str = "train.test_fraction";
     /// The seed of the split, the shuffles and the dropout masks.
     pub const SEED: &str = "train.seed";
+
+    /// The data sets a checkpoint may name.
+    pub const DATASETS: [&str; 2] = ["digits", "cifar10"];
+
+    /// The data a checkpoint was trained on, as its metadata records it (None: not recorded,
+    /// as in files from before these keys).
+    #[derive(Debug, Clone, PartialEq, Default)]
+    pub struct Provenance {
+        /// One of [`DATASETS`].
+        pub dataset: Option<String>,
+        /// In (0, 1).
+        pub test_fraction: Option<f64>,
+        /// The seed.
+        pub seed: Option<u64>,
+    }
+
+    impl Provenance {
+        /// Reads and checks what `metadata` records: a value that is not a known data set, a
+        /// fraction in (0, 1) or a seed is refused, naming its key.
+        pub fn read(
+            metadata: &std::collections::HashMap<String, String>,
+        ) -> Result<Provenance, super::TrainError> {
+            let bad = |key: &str, value: &str, expected: &str| {
+                super::TrainError::Checkpoint(format!(
+                    "its metadata says {key} = '{}', which is not {expected}: the file is damaged \
+                     or was edited",
+                    value.chars().take(100).collect::<String>()
+                ))
+            };
+            let dataset = match metadata.get(DATASET) {
+                Some(d) if DATASETS.contains(&d.as_str()) => Some(d.clone()),
+                Some(d) => {
+                    return Err(bad(
+                        DATASET,
+                        d,
+                        &format!("a data set vgg knows ({})", DATASETS.join(", ")),
+                    ))
+                }
+                None => None,
+            };
+            let test_fraction = match metadata.get(TEST_FRACTION) {
+                Some(f) => match f.parse::<f64>() {
+                    Ok(v) if v > 0.0 && v < 1.0 => Some(v),
+                    _ => return Err(bad(TEST_FRACTION, f, "a fraction between 0 and 1")),
+                },
+                None => None,
+            };
+            let seed = match metadata.get(SEED) {
+                Some(v) => Some(
+                    v.parse::<u64>()
+                        .map_err(|_| bad(SEED, v, "a seed (an integer from 0 to 2^64-1)"))?,
+                ),
+                None => None,
+            };
+            Ok(Provenance {
+                dataset,
+                test_fraction,
+                seed,
+            })
+        }
+    }
 }
 
 /// Weights, optimiser state and how far training got, as one safetensors file.

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::Dtype;
 
 pub use npy::{load_npy, npy_bytes, parse_npy, save_npy};
-pub use output::{check_output, remove_partial_outputs, write_atomic, write_with};
+pub use output::{
+    check_distinct, check_output, remove_partial_outputs, write_atomic, write_with, NamedPath,
+};
 pub use safetensors_file::{save_safetensors, save_safetensors_streamed, sniff};
 
 /// A tensor in host memory, row-major.
@@ -143,6 +145,18 @@ pub enum IoError {
         /// The memory available, formatted.
         available: String,
     },
+    #[error("{}", same_file_message(output, other, *other_is_input, path))]
+    /// An output is the same file as another output or as an input.
+    SameFile {
+        /// The output, as the command names it.
+        output: String,
+        /// The other output or the input, as the command names it.
+        other: String,
+        /// Whether `other` is an input.
+        other_is_input: bool,
+        /// The output's path.
+        path: PathBuf,
+    },
     #[error("{path}: {what}")]
     /// An image could not be decoded or is out of bounds.
     BadImage {
@@ -153,34 +167,112 @@ pub enum IoError {
     },
 }
 
-/// A whole input file, refusing directories and files larger than the memory available.
+fn same_file_message(output: &str, other: &str, other_is_input: bool, path: &Path) -> String {
+    if other_is_input {
+        format!(
+            "{output} {} is the file {other} reads: writing it would destroy the input; give {output} another path",
+            path.display()
+        )
+    } else {
+        format!(
+            "{output} and {other} both name {}: one would overwrite the other; give each its own path",
+            path.display()
+        )
+    }
+}
+
+/// A whole input file. Only regular files are read (through links, which inputs may be): a
+/// directory, device, pipe or socket is refused before a byte is read, and a pipe is opened
+/// without waiting for a writer. The bytes read are bounded by the memory this process may use
+/// (`memory::host_budget_bytes`, which `--max-memory` lowers), whatever the file claims or grows to.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, IoError> {
     let err = |error| IoError::Read {
         path: path.to_path_buf(),
         error,
     };
-    let mut file = std::fs::File::open(path).map_err(err)?;
-    let meta = file.metadata().map_err(err)?;
-    if meta.is_dir() {
-        return Err(IoError::NotRegularFile {
-            path: path.to_path_buf(),
-            kind: "a directory",
-        });
-    }
+    let file = open_regular(path)?;
     // A file is held twice while it is parsed (its bytes and the values).
-    let size = meta.len();
-    if let Some(available) = vgg_tensor::memory::host_available_bytes() {
-        if size.saturating_mul(2) > available {
-            return Err(IoError::TooLarge {
-                path: path.to_path_buf(),
-                size: vgg_tensor::memory::human_bytes(size),
-                available: vgg_tensor::memory::human_bytes(available),
-            });
-        }
+    let limit = vgg_tensor::memory::host_budget_bytes().map_or(u64::MAX, |a| a / 2);
+    let too_large = |size: u64| IoError::TooLarge {
+        path: path.to_path_buf(),
+        size: vgg_tensor::memory::human_bytes(size),
+        available: vgg_tensor::memory::human_bytes(limit.saturating_mul(2)),
+    };
+    let size = file.metadata().map_err(err)?.len();
+    if size > limit {
+        return Err(too_large(size));
     }
     let mut bytes = Vec::with_capacity(size as usize);
-    file.read_to_end(&mut bytes).map_err(err)?;
+    // One byte more than allowed tells a file that grew past the limit from one that fits.
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
     Ok(bytes)
+}
+
+/// Opens `path` for reading if it is a regular file (a link to one included).
+fn open_regular(path: &Path) -> Result<std::fs::File, IoError> {
+    let err = |error| IoError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO for reading would otherwise block until something writes to it.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).map_err(err)?;
+    let kind = file.metadata().map_err(err)?.file_type();
+    if !kind.is_file() {
+        return Err(IoError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: kind_in_words(kind),
+        });
+    }
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // Back to blocking reads, as a regular file expects; failing that is harmless for one.
+        // SAFETY: fcntl on a descriptor this function owns, with flags it read from it.
+        unsafe {
+            let fd = file.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, in words.
+pub(crate) fn kind_in_words(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn f32_from_le(bytes: &[u8]) -> Vec<f32> {

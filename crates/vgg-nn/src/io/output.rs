@@ -42,13 +42,7 @@ fn not_regular(path: &Path) -> Option<&'static str> {
     if kind.is_file() {
         return None;
     }
-    Some(if kind.is_symlink() {
-        "a symbolic link"
-    } else if kind.is_dir() {
-        "a directory"
-    } else {
-        "a device, pipe or socket"
-    })
+    Some(super::kind_in_words(kind))
 }
 
 /// The target's current permissions, kept by the replacement.
@@ -145,6 +139,70 @@ pub fn write_with(
     })();
     pending().retain(|p| p != &temp_path);
     result
+}
+
+/// A file a command reads or writes, under the name the command gives it (a flag, say).
+#[derive(Debug, Clone, Copy)]
+pub struct NamedPath<'a> {
+    /// How the command names it.
+    pub name: &'a str,
+    /// The path.
+    pub path: &'a Path,
+}
+
+/// What a path resolves to: the file itself where it exists (through links), else the canonical
+/// directory and the name a new file would take there.
+#[derive(Debug, PartialEq, Eq)]
+enum FileIdentity {
+    Existing { device: u64, inode: u64 },
+    New(PathBuf),
+}
+
+fn identity(path: &Path) -> Option<FileIdentity> {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        return Some(FileIdentity::Existing {
+            device: meta.dev(),
+            inode: meta.ino(),
+        });
+    }
+    let dir = std::fs::canonicalize(directory_of(path)).ok()?;
+    Some(FileIdentity::New(dir.join(path.file_name()?)))
+}
+
+/// Refuses, before any work starts, two outputs that are the same file, and an output that is
+/// one of the inputs (compared as files: through links, `..` and hard links). A command whose
+/// point is to rewrite an input leaves that input out of `inputs`.
+pub fn check_distinct(outputs: &[NamedPath], inputs: &[NamedPath]) -> Result<(), IoError> {
+    let ids: Vec<Option<FileIdentity>> = outputs.iter().map(|o| identity(o.path)).collect();
+    for (i, (out, id)) in outputs.iter().zip(&ids).enumerate() {
+        let Some(id) = id else { continue };
+        if let Some(other) = outputs[..i]
+            .iter()
+            .zip(&ids)
+            .find(|(_, other)| other.as_ref() == Some(id))
+        {
+            return Err(IoError::SameFile {
+                output: out.name.to_string(),
+                other: other.0.name.to_string(),
+                other_is_input: false,
+                path: out.path.to_path_buf(),
+            });
+        }
+        if let Some(input) = inputs
+            .iter()
+            .find(|input| identity(input.path).as_ref() == Some(id))
+        {
+            return Err(IoError::SameFile {
+                output: out.name.to_string(),
+                other: input.name.to_string(),
+                other_is_input: true,
+                path: out.path.to_path_buf(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Makes the rename durable. Best effort: some file systems cannot sync a directory.
