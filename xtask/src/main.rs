@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's chores, in Rust so they run wherever cargo does.
 
+mod test;
 mod training;
 
 use std::path::{Path, PathBuf};
@@ -11,8 +12,11 @@ use serde_json::Value;
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci                 runs .ci/run: fmt, clippy -D warnings, the tests, the two-rank MPI tests, the
-                     CUDA kernels through NVRTC
+  ci                 runs .ci/run: fmt, clippy -D warnings, the API docs, then `test`
+  test [--setup-only]  every test: installs what the tests need where it is missing (a font,
+                     Chromium, Open MPI, libclang, pip; with apt-get, as root or through sudo,
+                     saying what and why), then the workspace's tests, the two-rank MPI tests and
+                     the CUDA kernels' NVRTC compile, each stage timed; --setup-only installs only
   bench [options]    `vgg bench` in release mode with the reference's settings (VGG-16, batch 32,
                      10 burn-in + 100 timed steps, forward and forward-backward)
       --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps
@@ -90,6 +94,36 @@ impl Settings {
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Cargo's target directory for this workspace, as cargo itself reports it (so `CARGO_TARGET_DIR`
+/// and `build.target-dir` are honoured).
+fn target_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new(cargo_program())
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .current_dir(root())
+            .output();
+        out.ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| serde_json::from_slice::<Value>(&o.stdout).ok())
+            .and_then(|m| m["target_directory"].as_str().map(PathBuf::from))
+            .unwrap_or_else(|| root().join("target"))
+    })
+    .clone()
+}
+
+/// A `vgg` that cargo has just built in `profile` ("release", "debug"), named if it is not there.
+fn built_vgg(profile: &str) -> Result<PathBuf> {
+    let vgg = target_dir().join(profile).join("vgg");
+    if !vgg.is_file() {
+        bail!(
+            "{} is not there after building it: is another cargo using another target directory?",
+            vgg.display()
+        );
+    }
+    Ok(vgg)
 }
 
 /// (mode, mean s, median s, peak RSS bytes) of our JSON record or a peer's.
@@ -191,10 +225,10 @@ fn bench(args: &[String]) -> Result<()> {
         (t.batch, t.threads) = (s.batch, s.threads);
         return training::run(&t, peers, &ours_only);
     }
-    let out_dir = root().join("target/bench");
+    let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let ours_json = out_dir.join("vgg.json");
-    let vgg = root().join("target/release/vgg");
+    let vgg = built_vgg("release")?;
     let mut cmd = Command::new(&vgg);
     cmd.arg("bench")
         .args(s.args())
@@ -388,7 +422,7 @@ fn gpu_bundle(dir: &str) -> Result<()> {
         bail!("cargo built no test executables for vgg-cuda");
     }
     // Where cargo built it, whatever directory the task runs from.
-    let vgg = root().join("target/release/vgg");
+    let vgg = built_vgg("release")?;
     std::fs::copy(&vgg, dir.join("vgg")).with_context(|| format!("copying {}", vgg.display()))?;
     // Debug info is most of their size; the GPU machine's upload limit is tens of MiB.
     strip_all(dir)?;
@@ -430,7 +464,7 @@ const FIGURES: [(&str, &[&str]); 2] = [
 
 fn figures() -> Result<()> {
     cargo(&["build", "--quiet", "-p", "vgg-cli"])?;
-    let vgg = root().join("target/debug/vgg");
+    let vgg = built_vgg("debug")?;
     for (path, args) in FIGURES {
         let out = Command::new(&vgg)
             .args(args)
@@ -455,6 +489,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("test") => test::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("gpu-bundle") => gpu_bundle(args.get(1).map(String::as_str).unwrap_or(".device-bin")),
         Some("figures") => figures(),

@@ -79,13 +79,13 @@ fn epoch_summary(epochs: &[Value]) -> (f64, f64) {
 
 /// Runs the comparison and prints it.
 pub fn run(t: &TrainingSettings, peers: bool, ours_only: &[String]) -> Result<()> {
-    let out_dir = root().join("target/bench");
+    let out_dir = super::target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let data = match (&t.data, t.dataset.as_str()) {
         (Some(d), _) => Some(d.clone()),
         (None, "cifar10") => {
             eprintln!(
-                "no --data: training on random images in CIFAR-10's size and format (target/bench/cifar10-random); \
+                "no --data: training on random images in CIFAR-10's size and format (bench/cifar10-random in the target directory); \
                  the times are the real data's, the accuracies chance"
             );
             Some(synthetic_cifar(&out_dir.join("cifar10-random"))?)
@@ -102,7 +102,7 @@ pub fn run(t: &TrainingSettings, peers: bool, ours_only: &[String]) -> Result<()
         }
     };
     let ours_json = out_dir.join("train-vgg.json");
-    let mut cmd = Command::new(root().join("target/release/vgg"));
+    let mut cmd = Command::new(super::built_vgg("release")?);
     cmd.arg("train");
     common(&mut cmd);
     cmd.args(ours_only)
