@@ -37,6 +37,8 @@ struct State {
     touched: usize,
     /// Bytes in blocks alive now.
     in_use: usize,
+    /// The most `in_use` has been since the last `reset_peak`.
+    peak_in_use: usize,
 }
 
 impl State {
@@ -67,6 +69,7 @@ impl State {
             }
         };
         self.in_use += bytes;
+        self.peak_in_use = self.peak_in_use.max(self.in_use);
         Some(start)
     }
 
@@ -257,6 +260,34 @@ impl std::ops::DerefMut for Memory {
             Memory::Heap(v) => v,
             Memory::Arena(b) => b.as_mut_slice(),
         }
+    }
+}
+
+/// What the arena has handed out, shared by every CPU backend of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ArenaUsage {
+    /// Bytes in blocks alive now (tensors and kernels' scratch; whole pages).
+    pub in_use_bytes: usize,
+    /// The most `in_use_bytes` has been since the last [`reset_arena_peak`].
+    pub peak_in_use_bytes: usize,
+}
+
+/// The arena's usage now (zeros where there is no arena).
+pub fn arena_usage() -> ArenaUsage {
+    region().map_or_else(ArenaUsage::default, |r| {
+        let s = r.state.lock().unwrap_or_else(|e| e.into_inner());
+        ArenaUsage {
+            in_use_bytes: s.in_use,
+            peak_in_use_bytes: s.peak_in_use,
+        }
+    })
+}
+
+/// Starts a new peak measurement from the bytes in use now.
+pub fn reset_arena_peak() {
+    if let Some(r) = region() {
+        let mut s = r.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.peak_in_use = s.in_use;
     }
 }
 

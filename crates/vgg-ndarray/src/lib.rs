@@ -25,6 +25,7 @@ use vgg_tensor::{
     UnaryOp,
 };
 
+pub use crate::arena::{arena_usage, reset_arena_peak, ArenaUsage};
 pub use crate::buffer::MemoryStats;
 use crate::buffer::{Buffer, Pool};
 pub use crate::config::{CacheSizes, ConvAlgorithm, CpuConfig, Isa, Tuning};

@@ -10,6 +10,7 @@
 mod backend;
 mod checks;
 mod composite;
+pub mod conformance;
 pub mod memory;
 pub mod ops;
 pub mod random;
