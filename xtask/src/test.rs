@@ -231,7 +231,10 @@ pub fn run(args: &[String]) -> Result<()> {
         "the tests (cargo test --workspace)",
         stage(
             "the tests (cargo test --workspace)",
-            cargo().args(["test", "--workspace"]).args(locked),
+            // Every failing test binary is reported, not only the first.
+            cargo()
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(locked),
         )?,
     ));
     times.push((

@@ -490,7 +490,7 @@ mod tests {
         assert!(load_error(serde_json::json!({"schema": "vgg-bench/9"})).contains("newer vgg"));
         assert!(load_error(serde_json::json!({"schema": BENCH_SCHEMA}))
             .contains("not a valid vgg-bench/1 record"));
-        assert!(load_error(peer_json("X", &[0.1, -1.0])).contains("step time of -1 s"));
+        assert!(load_error(peer_json("X", &[0.1, -1.0])).contains("step time of -1e0 s"));
         let mut zero = peer_json("X", &[0.1]);
         zero["batch"] = 0.into();
         assert!(load_error(zero).contains("batch size is 0"));

@@ -7,7 +7,8 @@
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
-use super::{col_rows, im2col_images, image, is_pointwise, store_epilogue, sum_partials};
+use super::gradient_sum::{GradientSum, PIXELS_PER_PART};
+use super::{col_rows, im2col_images, image, is_pointwise, store_epilogue};
 use crate::arena::Memory;
 use crate::config::Tuning;
 use crate::gemm::{sgemm, Mat, MatMut};
@@ -100,20 +101,22 @@ pub(super) fn forward(
 /// `conv::backward_weight` in groups of `images_per_group` images: each worker sums its groups'
 /// dY[Cout, cols] x col[K, cols]^T into a dW of its own.
 pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
-    let per_group = images_per_group(g, t);
     let (k, hw) = (col_rows(g), g.out_h * g.out_w);
+    // Groups of at most PIXELS_PER_PART pixels: each GEMM's f32 sum stays short, and the groups'
+    // parts are added in f64 (gradient_sum.rs).
+    let per_group = images_per_group(g, t).min((PIXELS_PER_PART / hw.max(1)).max(1));
     let out_image = g.out_channels * hw;
     let groups = g.batch.div_ceil(per_group);
     let workers = groups.min(t.threads.max(1));
     let gemm_threads = if workers == 1 { t.threads } else { 1 };
-    let partials: Vec<Vec<f32>> = (0..workers)
+    let sums: Vec<GradientSum> = (0..workers)
         .into_par_iter()
         .map(|worker| {
-            let mut dw = vec![0.0; g.out_channels * k];
+            let mut sum = GradientSum::new(g.out_channels * k);
             let mut col = Memory::uninit(k * per_group * hw);
             let mut gathered = Memory::uninit(g.out_channels * per_group * hw);
             let mine = worker * groups / workers..(worker + 1) * groups / workers;
-            for (j, group) in mine.enumerate() {
+            for group in mine {
                 let n0 = group * per_group;
                 let images = per_group.min(g.batch - n0);
                 let cols = images * hw;
@@ -125,19 +128,20 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
                     }
                 }
                 let dst = MatMut {
-                    data: &mut dw,
+                    data: sum.part(),
                     offset: 0,
                     rows: g.out_channels,
                     cols: k,
                     row_stride: k,
                 };
                 let dy = Mat::row_major(&gathered[..g.out_channels * cols], g.out_channels, cols);
-                sgemm(dst, dy, columns.t(), j > 0, gemm_threads);
+                sgemm(dst, dy, columns.t(), false, gemm_threads);
+                sum.add_part();
             }
-            dw
+            sum
         })
         .collect();
-    sum_partials(partials)
+    GradientSum::finish(sums)
 }
 
 #[cfg(test)]

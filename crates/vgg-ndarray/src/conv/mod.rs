@@ -3,6 +3,7 @@
 //! is bounded by tile x threads whatever the batch. 1x1 stride-1 unpadded convolutions read the
 //! input directly.
 
+pub mod gradient_sum;
 mod grouped;
 
 use rayon::prelude::*;
@@ -10,6 +11,7 @@ use vgg_tensor::ConvGeometry;
 
 use crate::config::{ConvAlgorithm, Tuning};
 use crate::gemm::{sgemm, Mat, MatMut};
+use gradient_sum::{GradientSum, PIXELS_PER_PART};
 
 /// Rows (K = Cin*KH*KW) of the column matrix.
 fn col_rows(g: &ConvGeometry) -> usize {
@@ -461,16 +463,6 @@ fn store_epilogue(dst: &mut [f32], src: &[f32], bias: Option<f32>, relu: bool) {
     }
 }
 
-/// The sum of the workers' partial weight gradients.
-fn sum_partials(partials: Vec<Vec<f32>>) -> Vec<f32> {
-    let mut partials = partials.into_iter();
-    let mut sum = partials.next().expect("at least one partial sum");
-    for p in partials {
-        sum.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
-    }
-    sum
-}
-
 /// For stride 1, the input gradient is a forward convolution of dy with the kernel flipped in
 /// space and transposed in channels, padded by k-1-p: a GEMM with no col2im scatter.
 fn flipped_geometry(g: &ConvGeometry) -> Option<ConvGeometry> {
@@ -547,49 +539,55 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
 /// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
 /// many images as threads, each worker sums a contiguous group of images into its own dW.
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
-    let (threads, tile_bytes) = (t.threads, t.im2col_tile_bytes);
     if use_winograd(g, true, t) {
         return crate::winograd::backward_weight(x, dy, g, t);
     }
     if grouped::images_per_group(g, t) > 1 {
         return grouped::backward_weight(x, dy, g, t);
     }
+    let threads = t.threads;
     let k = col_rows(g);
+    // Tiles of at most PIXELS_PER_PART output pixels: each GEMM's f32 sum stays short, and the
+    // tiles' parts are added in f64 (gradient_sum.rs).
+    let part_rows = (PIXELS_PER_PART / g.out_w.max(1)).max(1);
+    let tile_bytes = t
+        .im2col_tile_bytes
+        .min(part_rows * k * g.out_w * std::mem::size_of::<f32>());
     let in_image = g.in_channels * g.in_h * g.in_w;
     let out_image = g.out_channels * g.out_h * g.out_w;
     let groups = if g.batch >= threads { threads } else { 1 };
     let gemm_threads = if groups == 1 { threads } else { 1 };
-    let partials: Vec<Vec<f32>> = (0..groups)
+    let sums: Vec<GradientSum> = (0..groups)
         .into_par_iter()
         .map(|group| {
-            let mut dw = vec![0.0; g.out_channels * k];
+            let mut sum = GradientSum::new(g.out_channels * k);
             let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
             let images = group * g.batch / groups..(group + 1) * g.batch / groups;
-            for (i, n) in images.enumerate() {
-                for (t, (r0, r1)) in tiles(g, tile_bytes).enumerate() {
+            for n in images {
+                for (r0, r1) in tiles(g, tile_bytes) {
                     let cols =
                         columns(image(x, n, in_image), g, r0, r1, &mut col, gemm_threads > 1);
                     let dst = MatMut {
-                        data: &mut dw,
+                        data: sum.part(),
                         offset: 0,
                         rows: g.out_channels,
                         cols: k,
                         row_stride: k,
                     };
-                    let accumulate = i > 0 || t > 0;
                     sgemm(
                         dst,
                         output_tile_ref(image(dy, n, out_image), g, r0, r1),
                         cols.t(),
-                        accumulate,
+                        false,
                         gemm_threads,
                     );
+                    sum.add_part();
                 }
             }
-            dw
+            sum
         })
         .collect();
-    sum_partials(partials)
+    GradientSum::finish(sums)
 }
 
 #[cfg(test)]
