@@ -151,8 +151,16 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
-            // --help and --version; a closed stdout is not an error here either.
-            let _ = stdout::print(&e.render().ansi().to_string());
+            // --help and --version; a closed stdout is not an error here either. Styled only for
+            // a terminal, and never under NO_COLOR (https://no-color.org).
+            let styled = std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            let text = if styled {
+                e.render().ansi().to_string()
+            } else {
+                e.render().to_string()
+            };
+            let _ = stdout::print(&text);
             return ExitCode::SUCCESS;
         }
         Err(e) => {

@@ -251,6 +251,17 @@ fn usage_errors_are_clap_messages_and_exit_codes_are_documented() {
         help.contains("Exit codes") && help.contains("130"),
         "{help}"
     );
+    // Piped, as here, the help is plain text: no terminal colour codes.
+    assert!(
+        !help.contains('\u{1b}'),
+        "escape codes in piped help: {help:?}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(["train", "--help"])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !out.stdout.contains(&0x1b));
     // --model lists the models.
     let help = ok(&["forward", "--help"]);
     assert!(
