@@ -81,9 +81,10 @@ pub struct ForwardArgs {
     pub weights: WeightsArg,
     #[command(flatten)]
     pub input: InputArgs,
-    /// Where to write the logits (an N x classes float32 .npy)
+    /// Also write the logits to this file (an N x classes float32 .npy) [default: print the top
+    /// classes only]
     #[arg(long)]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub top: TopArg,
     #[command(flatten)]
@@ -333,7 +334,9 @@ fn check_output_of(output: &Path, weights: &WeightsArg, input: &InputArgs) -> Re
 }
 
 pub fn forward<B: Backend>(backend: &B, a: &ForwardArgs) -> Result<String> {
-    check_output_of(&a.output, &a.weights, &a.input)?;
+    if let Some(output) = &a.output {
+        check_output_of(output, &a.weights, &a.input)?;
+    }
     let stages = Stages::new("reading the inputs");
     // The file's values, the weights and what replaces them while loading.
     let (vgg, x) = load(
@@ -349,11 +352,14 @@ pub fn forward<B: Backend>(backend: &B, a: &ForwardArgs) -> Result<String> {
     let logits = vgg.forward(&tape, &tape.constant(x), RunOptions::EVAL)?;
     let probs = backend.softmax_rows(logits.value())?;
     let classes = vgg.spec().options.classes;
-    let host = HostTensor::download(backend, logits.value())?;
-    stages.stage(&format!("writing {}", a.output.display()));
-    io::save_npy(&a.output, &host)?;
+    let mut out = String::new();
+    if let Some(output) = &a.output {
+        let host = HostTensor::download(backend, logits.value())?;
+        stages.stage(&format!("writing {}", output.display()));
+        io::save_npy(output, &host)?;
+        out = format!("wrote {} (logits {:?})\n", output.display(), host.shape);
+    }
     drop(stages);
-    let mut out = format!("wrote {} (logits {:?})\n", a.output.display(), host.shape);
     for (i, row) in backend.download(&probs)?.chunks(classes).enumerate() {
         let best: Vec<String> = top_k(row, a.top.top)
             .into_iter()

@@ -339,3 +339,33 @@ fn completions_and_a_manual_page() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stdout(&out).is_empty());
 }
+
+#[test]
+fn forward_prints_the_top_classes_without_an_output_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args([
+            "forward",
+            "--weights",
+            &fixture("vgg11-w8", "weights.safetensors"),
+            "--random",
+            "2",
+            "--top",
+            "3",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        text.contains("image 0: top-3: ") && text.contains("image 1: top-3: "),
+        "{text}"
+    );
+    assert!(!text.contains("wrote"), "{text}");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
