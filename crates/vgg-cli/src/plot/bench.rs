@@ -62,6 +62,15 @@ fn decimals(span: f64) -> usize {
     }
 }
 
+/// A tick on a count axis: whole numbers only, so few steps never label "0 0 1 1 2".
+fn whole(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        String::new()
+    }
+}
+
 fn finite(values: &[f64]) -> impl Iterator<Item = f64> + '_ {
     values.iter().copied().filter(|v| v.is_finite())
 }
@@ -90,7 +99,8 @@ pub fn step_times(title: &str, series: &[StepSeries], stride: usize) -> Result<S
                 .axis_desc_style(("sans-serif", 13))
                 .x_desc("timed step")
                 .y_desc("seconds")
-                .x_label_formatter(&|x| format!("{x:.0}"))
+                .x_labels(steps.clamp(2, 11))
+                .x_label_formatter(&whole)
                 .y_label_formatter(&|y| format!("{y:.*}", decimals(top)))
                 .draw(),
         )?;
@@ -164,7 +174,8 @@ pub fn step_distribution(title: &str, series: &[StepSeries]) -> Result<String> {
                 .y_desc("steps")
                 .x_labels(6)
                 .x_label_formatter(&|x| format!("{x:.*}", decimals(hi - lo)))
-                .y_label_formatter(&|y| format!("{y:.0}"))
+                .y_labels((tallest + 1).clamp(2, 11))
+                .y_label_formatter(&whole)
                 .draw(),
         )?;
         // Several frameworks overlap where their times do: translucent fills, solid edges.
@@ -327,8 +338,8 @@ pub fn layer_times(title: &str, layers: &[LayerBar], backward: bool) -> Result<S
         .map(|l| length(l.forward_ms) + length(l.backward_ms))
         .fold(0.0f64, f64::max);
     let rows = layers.len().max(1);
-    // Two empty rows on top hold the legend.
-    let segments = rows + 3;
+    // Empty rows on top hold the legend, one per entry.
+    let segments = rows + if backward { 2 } else { 1 };
     let height = 100 + BAR_ROW * segments as u32;
     let labels: Vec<String> = layers.iter().map(|l| l.layer.to_string()).collect();
     let mut svg = String::new();
@@ -458,6 +469,47 @@ fn row_label(labels: &[String], rows: usize, v: &SegmentValue<usize>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The texts of an SVG that are whole numbers, in order.
+    fn whole_number_labels(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                t.split_once('>')
+                    .and_then(|(_, rest)| rest.split_once("</text>"))
+            })
+            .map(|(text, _)| text.trim().to_string())
+            .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()))
+            .collect()
+    }
+
+    #[test]
+    fn few_steps_label_each_step_once() {
+        for steps in [2, 3, 5, 9] {
+            let seconds: Vec<f64> = (0..steps).map(|i| 0.1 + 0.01 * i as f64).collect();
+            let series = [StepSeries {
+                name: "vgg",
+                colour: FORWARD,
+                seconds: &seconds,
+            }];
+            let svg = step_times("t", &series, 1).unwrap();
+            let labels = whole_number_labels(&svg);
+            let mut unique = labels.clone();
+            unique.dedup();
+            assert_eq!(
+                labels, unique,
+                "{steps} steps: repeated tick labels {labels:?}"
+            );
+            assert!(labels.len() >= 2, "{steps} steps: {labels:?}");
+            let counts = whole_number_labels(&step_distribution("d", &series).unwrap());
+            let mut unique = counts.clone();
+            unique.dedup();
+            assert_eq!(
+                counts, unique,
+                "{steps} steps: repeated count labels {counts:?}"
+            );
+        }
+    }
 
     #[test]
     fn tick_decimals_follow_the_span() {
