@@ -7,10 +7,10 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{ok, refused, stderr, stdout, vgg};
+use common::{finish_within, ok, refused, spawn, stderr, stdout, vgg, TINY_TRAIN};
 use vgg_nn::io;
 
 fn fixture(dir: &str, name: &str) -> String {
@@ -31,28 +31,6 @@ fn digits_dir() -> String {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vgg"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for `child`, killing it and failing if it takes longer than `limit` (a hang).
-fn finish_within(mut child: Child, limit: Duration, what: &str) -> Output {
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{what} still running after {limit:?}: it hangs");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 fn no_panic(out: &Output, what: &str) {
@@ -77,18 +55,6 @@ const TINY_BENCH: [&str; 13] = [
     "1",
     "--burn-in",
     "0",
-];
-
-/// A small network trained on the digits, quick enough for one epoch in a test.
-const TINY_TRAIN: [&str; 8] = [
-    "train",
-    "--width-mult",
-    "0.125",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "64",
-    "--threads=2",
 ];
 
 // ---- 1. closed and full stdout ----

@@ -7,39 +7,24 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ok, refused, stderr, vgg};
+use common::{finish_within, ok, refused, spawn, stderr, vgg, TINY_TRAIN};
 use vgg_nn::io;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Runs `vgg args`, failing if it takes longer than `limit` (a hang or a spin).
-fn within(args: &[&str], limit: Duration) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vgg"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("vgg {args:?} still running after {limit:?}: it hangs or spins");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// A refusal (exit 2, one "error:" line naming `needles`) within ten seconds.
 fn refused_promptly(args: &[&str], needles: &[&str]) {
-    let out = within(args, Duration::from_secs(10));
+    let out = finish_within(
+        spawn(args),
+        Duration::from_secs(10),
+        &format!("vgg {args:?}"),
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "vgg {args:?}: {err}");
     assert!(!err.contains("panicked"), "vgg {args:?}: {err}");
@@ -63,18 +48,12 @@ fn peer_record(dir: &Path, name: &str, batch: serde_json::Value, steps: &[f64]) 
     path
 }
 
-const TINY_TRAIN: [&str; 10] = [
-    "train",
-    "--width-mult",
-    "0.125",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "64",
-    "--threads=2",
-    "--epochs",
-    "1",
-];
+/// One epoch of the tests' small network.
+fn tiny_train() -> Vec<&'static str> {
+    let mut args = TINY_TRAIN.to_vec();
+    args.extend(["--epochs", "1"]);
+    args
+}
 
 /// One epoch of a tiny network on the digits (32x32 inputs), trained once for every test here.
 fn checkpoint() -> &'static Path {
@@ -82,7 +61,7 @@ fn checkpoint() -> &'static Path {
     let (_, path) = CKPT.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ckpt.safetensors");
-        let mut args = TINY_TRAIN.to_vec();
+        let mut args = tiny_train();
         args.extend(["--output", s(&path)]);
         ok(&args);
         (dir, path)
@@ -93,7 +72,7 @@ fn checkpoint() -> &'static Path {
 /// `--resume from` for two epochs, writing to a fresh file in `dir`.
 fn resume_args<'a>(dir: &'a Path, from: &'a Path, extra: &[&'a str]) -> Vec<String> {
     let mut args: Vec<String> = TINY_TRAIN.iter().map(|a| a.to_string()).collect();
-    args[TINY_TRAIN.len() - 1] = "2".into();
+    args.extend(["--epochs", "2"].map(String::from));
     args.extend(
         [
             "--resume",
@@ -210,7 +189,7 @@ fn outputs_that_are_the_same_file_or_an_input_are_refused_before_work() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let x = d.join("x");
-    let mut train = TINY_TRAIN.to_vec();
+    let mut train = tiny_train();
     train.extend(["--plot", s(&x), "--output", s(&x)]);
     refused_promptly(&train, &["--output", "--plot", "both name"]);
     assert!(!x.exists(), "refused before any work");

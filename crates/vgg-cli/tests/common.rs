@@ -1,6 +1,7 @@
 //! Runs the built `vgg` binary.
 
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs the built `vgg` with `args`.
 pub fn vgg(args: &[&str]) -> Output {
@@ -104,3 +105,41 @@ pub fn tiny_bench(extra: &[&str]) -> Vec<String> {
 pub fn ok_owned(args: &[String]) -> String {
     ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
+
+/// Starts the built `vgg` with `args`, its output piped.
+#[allow(dead_code)]
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child`, killing it and failing if it takes longer than `limit` (a hang or a spin).
+#[allow(dead_code)]
+pub fn finish_within(mut child: Child, limit: Duration, what: &str) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `vgg train` on a small network, quick enough for an epoch in a test (add `--epochs`).
+#[allow(dead_code)]
+pub const TINY_TRAIN: [&str; 8] = [
+    "train",
+    "--width-mult",
+    "0.125",
+    "--hidden",
+    "16",
+    "--batch-size",
+    "64",
+    "--threads=2",
+];
