@@ -259,19 +259,7 @@ impl<B: Backend> Suite<'_, B> {
 
     fn elementwise(&mut self) {
         let tol = self.tol.elementwise;
-        let unary = [
-            UnaryOp::Neg,
-            UnaryOp::Abs,
-            UnaryOp::Exp,
-            UnaryOp::Log,
-            UnaryOp::Sqrt,
-            UnaryOp::Recip,
-            UnaryOp::Square,
-            UnaryOp::Tanh,
-            UnaryOp::Sigmoid,
-            UnaryOp::Relu,
-        ];
-        for op in unary {
+        for op in UnaryOp::ALL {
             let positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Recip);
             let x = if positive {
                 self.positive(&[3, 7, 5], 2)
@@ -286,16 +274,6 @@ impl<B: Backend> Suite<'_, B> {
                 tol,
             );
         }
-        let binary = [
-            BinaryOp::Add,
-            BinaryOp::Sub,
-            BinaryOp::Mul,
-            BinaryOp::Div,
-            BinaryOp::Max,
-            BinaryOp::Min,
-            BinaryOp::Greater,
-            BinaryOp::Equal,
-        ];
         let shapes: [(&[usize], &[usize]); 5] = [
             (&[2, 3, 4], &[2, 3, 4]),
             (&[2, 3, 4], &[3, 1]),
@@ -303,7 +281,7 @@ impl<B: Backend> Suite<'_, B> {
             (&[2, 1, 4], &[3, 1]),
             (&[2, 3], &[]),
         ];
-        for op in binary {
+        for op in BinaryOp::ALL {
             for (i, (da, db)) in shapes.iter().enumerate() {
                 let (Some(a), Some(b)) = (self.pair(da, 3 + i as u64), self.positive(db, 4)) else {
                     return;
@@ -323,7 +301,7 @@ impl<B: Backend> Suite<'_, B> {
         ) else {
             return;
         };
-        for op in binary {
+        for op in BinaryOp::ALL {
             self.same(
                 &format!("binary {op:?} with ties"),
                 self.b.binary(op, &a.b, &b.b),
@@ -348,7 +326,7 @@ impl<B: Backend> Suite<'_, B> {
         let Some(x) = self.pair(&[3, 4, 5], 7) else {
             return;
         };
-        for op in [ReduceOp::Sum, ReduceOp::Max, ReduceOp::Min] {
+        for op in ReduceOp::ALL {
             for axes in [&[][..], &[0], &[1], &[2], &[0, 2], &[0, 1, 2]] {
                 self.same(
                     &format!("reduce {op:?} over {axes:?}"),
