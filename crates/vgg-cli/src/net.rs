@@ -199,9 +199,12 @@ pub fn load_model<B: Backend>(
         ..Default::default()
     }
     .or(meta_options);
-    // Weights made for one input size refused at another: say so, not which tensor disagrees.
-    let other_size = |e: anyhow::Error| match (size, meta_options.input) {
-        (Some((h, w)), Some((mh, mw))) if (h, w) != (mh, mw) => {
+    // Weights made for one input size that do not fit at another: say so, not which tensor
+    // disagrees. Other refusals (NaN weights, say) keep their own message.
+    let other_size = |e: vgg_model::ModelError| match (size, meta_options.input) {
+        (Some((h, w)), Some((mh, mw)))
+            if (h, w) != (mh, mw) && matches!(e, vgg_model::ModelError::Weights { .. }) =>
+        {
             let crop = io::image::CROP;
             anyhow!(
                 "{} holds a network made for {mh}x{mw} inputs, but the inputs are {h}x{w}{}: \
@@ -214,14 +217,14 @@ pub fn load_model<B: Backend>(
                 }
             )
         }
-        _ => e.context(context()),
+        _ => anyhow::Error::new(e).context(context()),
     };
     // An input too small for the network keeps the spec's own message, which says how small.
     let spec = flags
         .spec(meta_model, known, NetDefaults::default())
         .with_context(context)?;
     check_memory(backend, &spec, batch, work)?;
-    Vgg::from_tensors(backend, spec, &file).map_err(|e| other_size(e.into()))
+    Vgg::from_tensors(backend, spec, &file).map_err(other_size)
 }
 
 /// Whether an input file is a NumPy array (by name or by its first bytes) rather than an image.
