@@ -233,7 +233,7 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         vgg_nn::io::write_atomic(path, (text + "\n").as_bytes())?;
     }
     if let Some(path) = &a.report {
-        let page = crate::report::page(&[vgg_bench::record::Run::ours(record.clone())])?;
+        let page = vgg_report::page(&[vgg_bench::record::Run::ours(record.clone())])?;
         vgg_nn::io::write_atomic(path, page.as_bytes())?;
     }
     Ok(summary(&record))

@@ -8,7 +8,6 @@ mod eval;
 mod exit;
 mod net;
 mod options;
-mod plot;
 mod progress;
 mod report;
 mod rf;

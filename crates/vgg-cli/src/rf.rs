@@ -7,8 +7,8 @@ use vgg_model::{
 };
 
 use crate::args::{self, FigureFormat, Format};
-use crate::plot::{FieldStep, WeightComparison};
 use crate::table::Table;
+use vgg_report::figures::{FieldStep, WeightComparison};
 
 /// JSON schema version of `--format json`; bump it when a field changes meaning or disappears.
 pub const RF_SCHEMA: &str = "vgg-rf/1";
@@ -77,7 +77,7 @@ fn model_picture(spec: &ModelSpec) -> anyhow::Result<String> {
         })
         .collect();
     let input = spec.input();
-    crate::plot::receptive_fields(
+    vgg_report::figures::receptive_fields(
         &format!(
             "{}: the receptive field after each stage, over a {}x{} input",
             spec.model.name(),
@@ -88,6 +88,7 @@ fn model_picture(spec: &ModelSpec) -> anyhow::Result<String> {
         Some(input.height.max(input.width)),
         None,
     )
+    .map_err(Into::into)
 }
 
 fn stack_picture(text: &str, stack: &[StackLayer]) -> anyhow::Result<String> {
@@ -109,12 +110,13 @@ fn stack_picture(text: &str, stack: &[StackLayer]) -> anyhow::Result<String> {
         }),
         _ => None,
     };
-    crate::plot::receptive_fields(
+    vgg_report::figures::receptive_fields(
         &format!("{text}: how the receptive field grows"),
         &steps,
         None,
         weights,
     )
+    .map_err(Into::into)
 }
 
 #[derive(Serialize)]

@@ -125,7 +125,7 @@ pub fn run(a: &SummaryArgs) -> Result<String> {
         bail!("--columns names no column");
     }
     let Some(format) = a.format.report() else {
-        return crate::plot::network_diagram(&spec);
+        return Ok(vgg_report::figures::network_diagram(&spec)?);
     };
     render(&spec, a.batch_size, format, &columns, a.shapes)
 }

@@ -525,14 +525,14 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
 
 /// Loss and accuracy against the epoch (`plot::training_curves`).
 fn plot_svg(log: &[EpochJson]) -> Result<String> {
-    let points: Vec<crate::plot::EpochPoint> = log
+    let points: Vec<vgg_report::figures::EpochPoint> = log
         .iter()
-        .map(|e| crate::plot::EpochPoint {
+        .map(|e| vgg_report::figures::EpochPoint {
             train_loss: e.train_loss,
             test_loss: e.test_loss,
             train_accuracy: e.train_accuracy,
             test_accuracy: e.test_accuracy,
         })
         .collect();
-    crate::plot::training_curves(&points)
+    Ok(vgg_report::figures::training_curves(&points)?)
 }

@@ -1,7 +1,7 @@
 //! The benchmark report's charts: step times as a series and as a distribution, throughput
 //! against the measured matrix-product peak, and time per layer.
 
-use anyhow::Result;
+use crate::Result;
 use plotters::coord::ranged1d::{SegmentValue, SegmentedCoord};
 use plotters::coord::types::{RangedCoordf64, RangedCoordusize};
 use plotters::coord::Shift;

@@ -1,6 +1,6 @@
 //! The training curves.
 
-use anyhow::Result;
+use crate::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 

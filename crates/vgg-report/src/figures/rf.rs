@@ -1,6 +1,6 @@
 //! The receptive-field picture.
 
-use anyhow::Result;
+use crate::Result;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 

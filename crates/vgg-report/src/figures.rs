@@ -12,7 +12,7 @@ pub use network::network_diagram;
 pub use rf::{receptive_fields, FieldStep, WeightComparison};
 pub use training::{training_curves, EpochPoint};
 
-use anyhow::{anyhow, Result};
+use crate::{ReportError, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -26,7 +26,7 @@ pub(crate) const TEST: RGBColor = RGBColor(214, 39, 40);
 
 /// Plotters' errors borrow the backend's; ours own a message.
 pub(crate) fn drawn<T, E: std::fmt::Debug>(r: std::result::Result<T, E>) -> Result<T> {
-    r.map_err(|e| anyhow!("drawing the figure: {e:?}"))
+    r.map_err(|e| ReportError::Drawing(format!("{e:?}")))
 }
 
 pub(crate) fn text(size: u32, colour: RGBColor, h: HPos, v: VPos) -> TextStyle<'static> {

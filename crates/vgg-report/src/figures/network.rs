@@ -1,13 +1,13 @@
 //! The network diagram.
 
-use anyhow::Result;
+use crate::Result;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, VPos};
 use vgg_model::{LayerOp, LayerSpec, ModelSpec};
 
 use super::{drawn, text, CONV, INK, LINEAR, POOL, SOFTMAX};
-use crate::table::si;
+use crate::numbers::si;
 
 /// One drawn block: a layer, or the softmax after the last.
 struct Block<'a> {
@@ -97,7 +97,7 @@ pub fn network_diagram(spec: &ModelSpec) -> Result<String> {
             input.height,
             input.width,
             input.channels,
-            crate::table::thousands(spec.params()),
+            crate::numbers::thousands(spec.params()),
             si(spec.macs()),
         );
         drawn(root.draw(&Text::new(

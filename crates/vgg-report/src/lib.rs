@@ -1,0 +1,27 @@
+//! What vgg draws for people, apart from its text: the benchmark report, one self-contained HTML
+//! page ([`page`]), and every figure as SVG ([`figures`]: the network diagram, the receptive
+//! fields, the training curves and the report's charts), with the number formats they share
+//! ([`numbers`]). The command line only chooses what to draw and where to write it.
+
+pub mod figures;
+pub mod numbers;
+mod page;
+
+pub use page::{distinct_names, page};
+
+/// Why a page or figure could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The plotting library failed (its message).
+    #[error("drawing the figure: {0}")]
+    Drawing(String),
+    /// A report was asked for no run at all.
+    #[error("a report needs at least one record")]
+    NoRuns,
+    /// Writing into the page's text failed.
+    #[error("writing the page: {0}")]
+    Format(#[from] std::fmt::Error),
+}
+
+/// This crate's results.
+pub type Result<T> = std::result::Result<T, ReportError>;
