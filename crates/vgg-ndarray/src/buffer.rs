@@ -1,5 +1,5 @@
 //! Tensor buffers: large ones carved from the arena (`arena.rs`), which recycles freed memory for
-//! requests of any size; small ones from the allocator, which recycles them well itself. The pool
+//! requests of any size; small ones from the allocator, which recycles them well itself. The accounting
 //! counts live and peak bytes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::arena::{self, Memory};
 
-/// Bytes in use and held, as counted by a backend's pool.
+/// Bytes in use and held, as counted by a backend's accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryStats {
     /// Bytes of tensors alive now.
@@ -21,15 +21,15 @@ pub struct MemoryStats {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Pool {
+pub(crate) struct Accounting {
     live_bytes: AtomicUsize,
     peak_live_bytes: AtomicUsize,
     live_buffers: AtomicUsize,
 }
 
-impl Pool {
-    pub(crate) fn new() -> Arc<Pool> {
-        Arc::new(Pool::default())
+impl Accounting {
+    pub(crate) fn new() -> Arc<Accounting> {
+        Arc::new(Accounting::default())
     }
 
     pub(crate) fn stats(&self) -> MemoryStats {
@@ -72,31 +72,31 @@ enum Derived {
 /// can be shared by tensors of different shapes, through reshape).
 pub(crate) type DerivedKey = (usize, usize);
 
-/// One tensor's storage; counted by its pool while alive.
+/// One tensor's storage; counted by its accounting while alive.
 #[derive(Debug)]
 pub(crate) struct Buffer {
     data: Memory,
-    pool: Arc<Pool>,
+    accounting: Arc<Accounting>,
     derived: Mutex<Derived>,
 }
 
 impl Buffer {
     /// A buffer of `len` values whose contents are unspecified (the caller overwrites them all).
-    pub(crate) fn uninit(pool: &Arc<Pool>, len: usize) -> Buffer {
-        pool.count_new(len);
+    pub(crate) fn uninit(accounting: &Arc<Accounting>, len: usize) -> Buffer {
+        accounting.count_new(len);
         Buffer {
             data: Memory::uninit(len),
-            pool: pool.clone(),
+            accounting: accounting.clone(),
             derived: Mutex::default(),
         }
     }
 
     /// Adopts a vector built elsewhere.
-    pub(crate) fn from_vec(pool: &Arc<Pool>, data: Vec<f32>) -> Buffer {
-        pool.count_new(data.len());
+    pub(crate) fn from_vec(accounting: &Arc<Accounting>, data: Vec<f32>) -> Buffer {
+        accounting.count_new(data.len());
         Buffer {
             data: Memory::Heap(data),
-            pool: pool.clone(),
+            accounting: accounting.clone(),
             derived: Mutex::default(),
         }
     }
@@ -131,7 +131,7 @@ impl Buffer {
             Derived::Asked(k) => *k == key,
             _ => false,
         };
-        // Computed without the lock: `make` may run parallel work on this thread's pool, whose
+        // Computed without the lock: `make` may run parallel work on this thread's worker pool, whose
         // workers could meanwhile take up another request for this same buffer.
         let value = Arc::new(make(keep));
         *lock() = if keep {
@@ -142,16 +142,18 @@ impl Buffer {
         value
     }
 
-    pub(crate) fn pool(&self) -> &Arc<Pool> {
-        &self.pool
+    pub(crate) fn accounting(&self) -> &Arc<Accounting> {
+        &self.accounting
     }
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
         let len = self.as_slice().len();
-        self.pool.live_bytes.fetch_sub(len * 4, Ordering::Relaxed);
-        self.pool.live_buffers.fetch_sub(1, Ordering::Relaxed);
+        self.accounting
+            .live_bytes
+            .fetch_sub(len * 4, Ordering::Relaxed);
+        self.accounting.live_buffers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -161,24 +163,24 @@ mod tests {
 
     #[test]
     fn buffers_are_counted() {
-        let pool = Pool::new();
+        let accounting = Accounting::new();
         let len = 100_000;
-        let a = Buffer::uninit(&pool, len);
-        let b = Buffer::from_vec(&pool, vec![1.0; 10]);
-        assert_eq!(pool.stats().live_bytes, len * 4 + 40);
-        assert_eq!(pool.stats().live_buffers, 2);
+        let a = Buffer::uninit(&accounting, len);
+        let b = Buffer::from_vec(&accounting, vec![1.0; 10]);
+        assert_eq!(accounting.stats().live_bytes, len * 4 + 40);
+        assert_eq!(accounting.stats().live_buffers, 2);
         drop(a);
-        assert_eq!(pool.stats().live_bytes, 40);
-        assert_eq!(pool.stats().peak_live_bytes, len * 4 + 40);
-        pool.reset_peak();
-        assert_eq!(pool.stats().peak_live_bytes, 40);
+        assert_eq!(accounting.stats().live_bytes, 40);
+        assert_eq!(accounting.stats().peak_live_bytes, len * 4 + 40);
+        accounting.reset_peak();
+        assert_eq!(accounting.stats().peak_live_bytes, 40);
         assert_eq!(b.as_slice(), &[1.0; 10]);
     }
 
     #[test]
     fn derived_values_are_kept_from_the_second_request_until_a_write() {
-        let pool = Pool::new();
-        let mut buf = Buffer::from_vec(&pool, vec![2.0; 4]);
+        let accounting = Accounting::new();
+        let mut buf = Buffer::from_vec(&accounting, vec![2.0; 4]);
         let calls = std::cell::Cell::new(0);
         let sum = |b: &Buffer| {
             b.derived((1, 4), true, |_| {
@@ -200,8 +202,8 @@ mod tests {
 
     #[test]
     fn derived_values_not_worth_keeping_are_made_each_time() {
-        let pool = Pool::new();
-        let buf = Buffer::from_vec(&pool, vec![2.0; 4]);
+        let accounting = Accounting::new();
+        let buf = Buffer::from_vec(&accounting, vec![2.0; 4]);
         let calls = std::cell::Cell::new(0);
         let sum = |keep: bool| {
             buf.derived((1, 4), keep, |lasting| {

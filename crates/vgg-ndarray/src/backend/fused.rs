@@ -1,0 +1,368 @@
+//! `Backend`: the composite ops this backend computes in one pass (convolution with bias and
+//! ReLU and their backward, softmax, losses, dropout, optimiser steps) instead of the defaults.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use vgg_tensor::{
+    adam_corrections, argmax, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
+    check_row_bias, check_scalar, same_shape, AdamParams, Backend, BinaryOp, Conv2dParams,
+    ConvGeometry, Device, Elementwise, Result, Shape,
+};
+
+use super::kernels::*;
+use super::{CpuBackend, CpuTensor};
+use crate::{conv, winograd, CHUNK};
+
+impl Backend for CpuBackend {
+    fn conv2d_bias_act(
+        &self,
+        x: &CpuTensor,
+        w: &CpuTensor,
+        b: &CpuTensor,
+        p: Conv2dParams,
+        relu: bool,
+    ) -> Result<CpuTensor> {
+        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
+        g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
+        Ok(self.build(g.output_shape(), |y| {
+            if conv::use_winograd(&g, false, &self.tuning) {
+                // Fixed weights (inference, benchmarks) keep their transform between calls,
+                // where it is worth its memory.
+                let keep = winograd::worth_keeping_weights(&g);
+                let u = w
+                    .buf
+                    .derived((g.out_channels, g.in_channels), keep, |lasting| {
+                        let (k, c) = (g.out_channels, g.in_channels);
+                        winograd::transform_weights(w.as_slice(), k, c, lasting)
+                    });
+                winograd::forward_transformed(
+                    x.as_slice(),
+                    &u,
+                    Some(b.as_slice()),
+                    relu,
+                    &g,
+                    &self.tuning,
+                    y,
+                )
+            } else {
+                conv::forward_fused(
+                    x.as_slice(),
+                    w.as_slice(),
+                    Some(b.as_slice()),
+                    relu,
+                    &g,
+                    &self.tuning,
+                    y,
+                )
+            }
+        }))
+    }
+
+    fn add_channel_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let (_, c, h, w) = check_channel_bias("add_channel_bias", &x.shape, &b.shape)?;
+        let plane = (h * w).max(1);
+        let bias = b.as_slice();
+        Ok(self.build(x.shape.clone(), |y| {
+            y.par_chunks_mut(plane)
+                .zip(x.as_slice().par_chunks(plane))
+                .enumerate()
+                .for_each(|(i, (y, x))| {
+                    let b = bias[i % c];
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x + b);
+                })
+        }))
+    }
+
+    fn channel_bias_grad(&self, dy: &CpuTensor) -> Result<CpuTensor> {
+        let (n, c, h, w) = dy.shape.nchw("channel_bias_grad")?;
+        let plane = h * w;
+        let data = dy.as_slice();
+        let plane_sums: Vec<f64> = if plane == 0 {
+            vec![0.0; n * c]
+        } else {
+            data.par_chunks(plane).map(plane_sum).collect()
+        };
+        Ok(self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db)))
+    }
+
+    fn add_row_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        let (_, f) = check_row_bias("add_row_bias", &x.shape, &b.shape)?;
+        let bias = b.as_slice();
+        Ok(self.build(x.shape.clone(), |y| {
+            if f > 0 {
+                y.par_chunks_mut(f)
+                    .zip(x.as_slice().par_chunks(f))
+                    .for_each(|(y, x)| {
+                        for ((y, &x), &b) in y.iter_mut().zip(x).zip(bias) {
+                            *y = x + b;
+                        }
+                    })
+            }
+        }))
+    }
+
+    fn sum_rows(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let (n, f) = x.shape.matrix("sum_rows")?;
+        let data = x.as_slice();
+        Ok(self.build(Shape::from([f]), |sums| {
+            sums.par_iter_mut()
+                .enumerate()
+                .for_each(|(j, s)| *s = (0..n).map(|i| data[i * f + j] as f64).sum::<f64>() as f32)
+        }))
+    }
+
+    fn relu(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        Ok(self.map(x, vgg_tensor::relu))
+    }
+
+    fn bias_act_backward(
+        &self,
+        dy: &CpuTensor,
+        y: Option<&CpuTensor>,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        dy.shape.nchw("bias_act_backward")?;
+        let Some(y) = y else {
+            // No ReLU: dz is dy itself, and one pass sums it.
+            return Ok((dy.clone(), self.channel_bias_grad(dy)?));
+        };
+        self.bias_relu_backward(dy, y.clone(), false)
+    }
+
+    fn bias_relu_backward_consuming(
+        &self,
+        dy: &CpuTensor,
+        mut y: CpuTensor,
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        let unshared = Arc::get_mut(&mut y.buf).is_some();
+        self.bias_relu_backward(dy, y, unshared)
+    }
+
+    fn relu_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
+        same_shape("relu_backward", &dy.shape, &y.shape)?;
+        Ok(self.zip_map(dy, y, |d, y| if y > 0.0 { d } else { 0.0 }))
+    }
+
+    fn dropout(&self, x: &CpuTensor, keep_prob: f32, seed: u64) -> Result<CpuTensor> {
+        check_keep_prob("dropout", keep_prob)?;
+        if keep_prob == 1.0 {
+            return Ok(x.clone());
+        }
+        Ok(self.build(x.shape.clone(), |out| {
+            dropout_apply(x.as_slice(), keep_prob, seed, out)
+        }))
+    }
+
+    fn dropout_backward(&self, dy: &CpuTensor, keep_prob: f32, seed: u64) -> Result<CpuTensor> {
+        // Dropout is linear in its input with a fixed mask, so its backward is itself.
+        self.dropout(dy, keep_prob, seed)
+    }
+
+    fn softmax_rows(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let (_, f) = x.shape.matrix("softmax_rows")?;
+        Ok(self.build(x.shape.clone(), |y| {
+            y.copy_from_slice(x.as_slice());
+            if f > 0 {
+                y.par_chunks_mut(f).for_each(softmax_in_place);
+            }
+        }))
+    }
+
+    fn softmax_rows_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
+        same_shape("softmax_rows_backward", &dy.shape, &y.shape)?;
+        let (_, f) = y.shape.matrix("softmax_rows_backward")?;
+        Ok(self.build(y.shape.clone(), |dx| {
+            if f > 0 {
+                dx.par_chunks_mut(f)
+                    .zip(dy.as_slice().par_chunks(f).zip(y.as_slice().par_chunks(f)))
+                    .for_each(|(dx, (dy, y))| {
+                        let dot: f64 = dy.iter().zip(y).map(|(&d, &y)| d as f64 * y as f64).sum();
+                        for ((dx, &d), &y) in dx.iter_mut().zip(dy).zip(y) {
+                            *dx = y * (d - dot as f32);
+                        }
+                    })
+            }
+        }))
+    }
+
+    fn argmax_rows(&self, x: &CpuTensor) -> Result<Vec<usize>> {
+        let (_, f) = check_argmax_rows(&x.shape)?;
+        Ok(x.as_slice().chunks(f).map(argmax).collect())
+    }
+
+    fn l2_loss(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let s = self.run(|| sum_f64(x.as_slice(), |v| (v as f64) * (v as f64)));
+        Ok(self.adopt(Shape::scalar(), vec![(s / 2.0) as f32]))
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &CpuTensor,
+        labels: &[usize],
+    ) -> Result<(CpuTensor, CpuTensor)> {
+        let (n, f) = check_labels("cross_entropy", &logits.shape, labels)?;
+        let mut losses = Vec::new();
+        // Per row: log(sum exp(x - max)) + max - x[label], computed before the softmax overwrites x.
+        let probs = self.build(logits.shape.clone(), |probs| {
+            probs.copy_from_slice(logits.as_slice());
+            losses = probs
+                .par_chunks_mut(f)
+                .zip(labels.par_iter())
+                .map(|(row, &label)| {
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let log_sum = row
+                        .iter()
+                        .map(|&v| ((v - max) as f64).exp())
+                        .sum::<f64>()
+                        .ln();
+                    let loss = log_sum + max as f64 - row[label] as f64;
+                    softmax_in_place(row);
+                    loss
+                })
+                .collect::<Vec<f64>>();
+        });
+        let mean = losses.iter().sum::<f64>() / n as f64;
+        Ok((self.adopt(Shape::scalar(), vec![mean as f32]), probs))
+    }
+
+    fn cross_entropy_backward(
+        &self,
+        probs: &CpuTensor,
+        labels: &[usize],
+        g: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        let (n, f) = check_labels("cross_entropy_backward", &probs.shape, labels)?;
+        check_scalar("cross_entropy_backward", &g.shape)?;
+        let scale = g.as_slice()[0] / n as f32;
+        Ok(self.build(probs.shape.clone(), |d| {
+            d.copy_from_slice(probs.as_slice());
+            for (row, &label) in d.chunks_mut(f).zip(labels) {
+                row[label] -= 1.0;
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }))
+    }
+
+    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        if a.shape != b.shape {
+            return self.binary(BinaryOp::Add, a, b);
+        }
+        Ok(self.zip_map(a, b, |a, b| a + b))
+    }
+
+    fn sub(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        if a.shape != b.shape {
+            return self.binary(BinaryOp::Sub, a, b);
+        }
+        Ok(self.zip_map(a, b, |a, b| a - b))
+    }
+
+    fn mul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
+        if a.shape != b.shape {
+            return self.binary(BinaryOp::Mul, a, b);
+        }
+        Ok(self.zip_map(a, b, |a, b| a * b))
+    }
+
+    fn scale(&self, x: &CpuTensor, alpha: f32) -> Result<CpuTensor> {
+        Ok(self.map(x, |v| v * alpha))
+    }
+
+    fn axpy(&self, y: &mut CpuTensor, alpha: f32, x: &CpuTensor) -> Result<()> {
+        same_shape("axpy", &y.shape, &x.shape)?;
+        let workers = self.workers.clone();
+        let ys = y.as_mut_slice();
+        workers.install(|| {
+            ys.par_chunks_mut(CHUNK)
+                .zip(x.as_slice().par_chunks(CHUNK))
+                .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y += alpha * x))
+        });
+        Ok(())
+    }
+
+    fn sgd_step(
+        &self,
+        param: &mut CpuTensor,
+        velocity: &mut CpuTensor,
+        grad: &CpuTensor,
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    ) -> Result<()> {
+        same_shape("sgd_step", &param.shape, &grad.shape)?;
+        same_shape("sgd_step", &velocity.shape, &grad.shape)?;
+        let workers = self.workers.clone();
+        let (p, v) = (param.as_mut_slice(), velocity.as_mut_slice());
+        workers.install(|| {
+            p.par_chunks_mut(CHUNK)
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(grad.as_slice().par_chunks(CHUNK))
+                .for_each(|((p, v), g)| {
+                    for ((p, v), &g) in p.iter_mut().zip(v).zip(g) {
+                        *v = momentum * *v + g + weight_decay * *p;
+                        *p -= lr * *v;
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn adam_step(
+        &self,
+        param: &mut CpuTensor,
+        m: &mut CpuTensor,
+        v: &mut CpuTensor,
+        grad: &CpuTensor,
+        hp: AdamParams,
+    ) -> Result<()> {
+        for t in [&param.shape, &m.shape, &v.shape] {
+            same_shape("adam_step", t, &grad.shape)?;
+        }
+        let (correction1, correction2) = adam_corrections(&hp)?;
+        let workers = self.workers.clone();
+        let (p, m, v) = (param.as_mut_slice(), m.as_mut_slice(), v.as_mut_slice());
+        workers.install(|| {
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .zip(grad.as_slice().par_chunks(CHUNK))
+                .for_each(|((p, (m, v)), g)| {
+                    for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                        let g = g + hp.weight_decay * *p;
+                        *m = hp.beta1 * *m + (1.0 - hp.beta1) * g;
+                        *v = hp.beta2 * *v + (1.0 - hp.beta2) * g * g;
+                        let m_hat = *m / correction1;
+                        let v_hat = *v / correction2;
+                        *p -= hp.lr * m_hat / (v_hat.sqrt() + hp.eps);
+                    }
+                })
+        });
+        Ok(())
+    }
+
+    fn sum_all(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let s = self.run(|| sum_f64(x.as_slice(), |v| v as f64));
+        Ok(self.adopt(Shape::scalar(), vec![s as f32]))
+    }
+
+    fn broadcast_scalar(&self, s: &CpuTensor, shape: &Shape) -> Result<CpuTensor> {
+        check_scalar("broadcast_scalar", &s.shape)?;
+        self.full(shape, s.as_slice()[0])
+    }
+
+    fn mul_scalar(&self, x: &CpuTensor, s: &CpuTensor) -> Result<CpuTensor> {
+        check_scalar("mul_scalar", &s.shape)?;
+        self.scale(x, s.as_slice()[0])
+    }
+}
+
+/// Numerically stable softmax of one row, in place.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
