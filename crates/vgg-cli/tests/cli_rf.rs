@@ -14,8 +14,14 @@ fn three_3x3_convs_see_seven_pixels() {
         .collect();
     assert_eq!(fields, ["3", "5", "7"]);
     assert!(
-        out.contains("27C^2 for the stack vs 49C^2 for one 7x7 kernel"),
+        out.contains("27C^2 for the stack vs 49C^2 for one 7x7 kernel (0.55x)"),
         "{out}"
+    );
+    // The picture states the same comparison the same way round as the table.
+    let svg = ok(&["rf", "--layers", "conv3,conv3,conv3", "--format", "svg"]);
+    assert!(
+        svg.contains("27 for the stack, 49 for one kernel (0.55x)"),
+        "{svg}"
     );
 }
 

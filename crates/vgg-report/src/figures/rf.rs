@@ -141,10 +141,11 @@ pub fn receptive_fields(
             )))?;
             drawn(root.draw(&Text::new(
                 format!(
+                    // The same ratio as `vgg rf`'s table: the stack's weights over the kernel's.
                     "weights per C^2: {} for the stack, {} for one kernel ({:.2}x)",
                     w.stack,
                     w.single,
-                    w.single as f64 / w.stack.max(1) as f64
+                    w.stack as f64 / w.single.max(1) as f64
                 ),
                 (kx, y0 + SIDE + 10),
                 text(12, INK, HPos::Left, VPos::Top),
