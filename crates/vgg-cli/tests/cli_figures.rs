@@ -109,8 +109,17 @@ fn the_network_diagram_draws_every_model_at_every_size() {
             // background and the legend's four swatches.
             let rects = svg.matches("<rect").count();
             assert_eq!(rects, 1 + 2 * (layers + 1) + 4, "{model} at {size}");
+            // The blocks' scales are said, not left to guess.
             for label in [
-                "conv1_1", "pool5", "fc8", "softmax", "stage 5", "params", "RF",
+                "conv1_1",
+                "pool5",
+                "fc8",
+                "softmax",
+                "stage 5",
+                "params",
+                "RF",
+                "square-root scale",
+                "log scale",
             ] {
                 assert!(svg.contains(label), "{model} at {size}: no {label}");
             }

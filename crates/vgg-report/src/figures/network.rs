@@ -84,7 +84,8 @@ pub fn network_diagram(spec: &ModelSpec) -> Result<String> {
         .unwrap_or(0);
     let width = x.max(560) as u32;
     let middle = TOP + MAX_HEIGHT / 2;
-    let height = (TOP + MAX_HEIGHT + 12 + label_room + 40) as u32;
+    // The legend, then a line saying what the blocks' sizes mean.
+    let height = (TOP + MAX_HEIGHT + 12 + label_room + 58) as u32;
 
     let mut svg = String::new();
     {
@@ -124,7 +125,12 @@ pub fn network_diagram(spec: &ModelSpec) -> Result<String> {
                 style,
             )))?;
         }
-        draw_legend(&root, MARGIN, height as i32 - 22)?;
+        draw_legend(&root, MARGIN, height as i32 - 40)?;
+        drawn(root.draw(&Text::new(
+            "convolution and pool blocks: height the output's side (square-root scale), width its channels (log scale)",
+            (MARGIN, height as i32 - 14),
+            text(12, INK, HPos::Left, VPos::Center),
+        )))?;
         drawn(root.present())?;
     }
     Ok(svg)
