@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use vgg_autodiff::Tape;
+use vgg_model::imagenet::class_name;
 use vgg_model::Workload;
 use vgg_nn::io::image::{load_imagenet_image, CROP};
 use vgg_nn::RunOptions;
@@ -13,16 +14,6 @@ use vgg_tensor::{Backend, Shape};
 use crate::net::{load_model, top_k};
 use crate::options::{DeviceArgs, NetOptions, TopArg, WeightsArg};
 use crate::progress::Stages;
-
-/// The 1,000 ImageNet-1k class names, in torchvision's order.
-const IMAGENET_CLASSES: &str = include_str!("../../../data/imagenet-classes.txt");
-
-/// Class `class`'s ImageNet name, for a network of `classes` outputs (names only make sense for a
-/// 1000-class ImageNet network).
-pub fn class_name(class: usize, classes: usize) -> Option<&'static str> {
-    let names: Vec<&'static str> = IMAGENET_CLASSES.lines().collect();
-    (classes == names.len()).then(|| names[class])
-}
 
 /// Images per forward pass: memory stays bounded however many images are given.
 const BATCH: usize = 16;

@@ -366,7 +366,7 @@ pub fn forward<B: Backend>(backend: &B, a: &ForwardArgs) -> Result<String> {
     for (i, row) in backend.download(&probs)?.chunks(classes).enumerate() {
         let best: Vec<String> = top_k(row, a.top.top)
             .into_iter()
-            .map(|(c, p)| match crate::classify::class_name(c, classes) {
+            .map(|(c, p)| match vgg_model::imagenet::class_name(c, classes) {
                 Some(name) => format!("{c} {name} ({p:.4})"),
                 None => format!("{c} ({p:.4})"),
             })

@@ -2,6 +2,7 @@
 //! receptive-field arithmetic, and the network at run time built from that spec.
 
 pub mod config;
+pub mod imagenet;
 pub mod model;
 pub mod rf;
 pub mod spec;
