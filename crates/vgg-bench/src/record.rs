@@ -313,10 +313,7 @@ fn rate(path: &Path, what: &str, value: f64) -> Result<(), RecordError> {
 
 /// The fields only our records carry: settings and the measured peak.
 fn check_ours(record: &BenchRecord, path: &Path) -> Result<(), RecordError> {
-    let c = &record.config;
-    count(path, "batch size", c.batch, Bounds::BATCH)?;
-    count(path, "image height", c.height, Bounds::SIDE)?;
-    count(path, "image width", c.width, Bounds::SIDE)?;
+    // The batch and the input's sides are the run's, which `check_run` bounds.
     if let Some(p) = &record.matmul_peak {
         count(path, "matrix product's side", p.n, Bounds::MATMUL_SIDE)?;
         rate(path, "the matrix-product peak", p.gflops_per_second)?;

@@ -190,7 +190,7 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, IoError> {
         path: path.to_path_buf(),
         error,
     };
-    let file = open_regular(path)?;
+    let (file, size) = open_regular(path)?;
     // A file is held twice while it is parsed (its bytes and the values).
     let limit = vgg_tensor::memory::host_budget_bytes().map_or(u64::MAX, |a| a / 2);
     let too_large = |size: u64| IoError::TooLarge {
@@ -198,7 +198,6 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, IoError> {
         size: vgg_tensor::memory::human_bytes(size),
         available: vgg_tensor::memory::human_bytes(limit.saturating_mul(2)),
     };
-    let size = file.metadata().map_err(err)?.len();
     if size > limit {
         return Err(too_large(size));
     }
@@ -213,8 +212,8 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, IoError> {
     Ok(bytes)
 }
 
-/// Opens `path` for reading if it is a regular file (a link to one included).
-fn open_regular(path: &Path) -> Result<std::fs::File, IoError> {
+/// Opens `path` for reading if it is a regular file (a link to one included), with its size.
+fn open_regular(path: &Path) -> Result<(std::fs::File, u64), IoError> {
     let err = |error| IoError::Read {
         path: path.to_path_buf(),
         error,
@@ -228,7 +227,8 @@ fn open_regular(path: &Path) -> Result<std::fs::File, IoError> {
         options.custom_flags(libc::O_NONBLOCK);
     }
     let file = options.open(path).map_err(err)?;
-    let kind = file.metadata().map_err(err)?.file_type();
+    let meta = file.metadata().map_err(err)?;
+    let kind = meta.file_type();
     if !kind.is_file() {
         return Err(IoError::NotRegularFile {
             path: path.to_path_buf(),
@@ -248,7 +248,7 @@ fn open_regular(path: &Path) -> Result<std::fs::File, IoError> {
             }
         }
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 /// What a file that is not a regular file is, in words.
