@@ -8,6 +8,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use vgg_bench::record::Run;
+use vgg_bench::Mode;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -126,35 +128,9 @@ fn built_vgg(profile: &str) -> Result<PathBuf> {
     Ok(vgg)
 }
 
-/// (mode, mean s, median s, peak RSS bytes) of our JSON record or a peer's.
-fn summaries(json: &Value) -> Vec<(String, f64, f64, Option<f64>)> {
-    match &json["modes"] {
-        // vgg-bench/1: a list of mode reports.
-        Value::Array(modes) => modes
-            .iter()
-            .map(|m| {
-                (
-                    m["mode"].as_str().unwrap_or("?").to_string(),
-                    m["stats"]["mean"].as_f64().unwrap_or(f64::NAN),
-                    m["stats"]["median"].as_f64().unwrap_or(f64::NAN),
-                    m["peak_rss_bytes"].as_f64(),
-                )
-            })
-            .collect(),
-        // The peers': a map from mode to its summary.
-        Value::Object(modes) => modes
-            .iter()
-            .map(|(mode, m)| {
-                (
-                    mode.clone(),
-                    m["mean"].as_f64().unwrap_or(f64::NAN),
-                    m["median"].as_f64().unwrap_or(f64::NAN),
-                    m["peak_rss_bytes"].as_f64(),
-                )
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+/// A benchmark record, ours or a peer's, read and checked as `vgg report` reads it.
+fn read_run(path: &Path) -> Result<Run> {
+    Ok(vgg_bench::record::load(path)?)
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -239,7 +215,7 @@ fn bench(args: &[String]) -> Result<()> {
     if !cmd.status().context("running vgg bench")?.success() {
         bail!("vgg bench failed");
     }
-    let mut results = vec![("vgg (ours)".to_string(), read_json(&ours_json)?)];
+    let mut results = vec![("vgg (ours)".to_string(), read_run(&ours_json)?)];
     let mut records = vec![ours_json.clone()];
     if peers {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
@@ -285,14 +261,9 @@ fn bench(args: &[String]) -> Result<()> {
             {
                 bail!("{script} failed");
             }
-            let record = read_json(&json)?;
+            let run = read_run(&json)?;
             records.push(json.clone());
-            let label = format!(
-                "{} {}",
-                record["framework"].as_str().unwrap_or(name),
-                record["version"].as_str().unwrap_or("?")
-            );
-            results.push((label, record));
+            results.push((run.name.clone(), run));
         }
     }
     print_comparison(&s, &results);
@@ -308,61 +279,60 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn print_comparison(s: &Settings, results: &[(String, Value)]) {
+fn print_comparison(s: &Settings, results: &[(String, Run)]) {
     println!(
         "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all); seconds per batch",
         s.batch, s.image_size, s.image_size, s.burn_in, s.num_batches, s.threads
     );
-    let ours_record = &results[0].1;
-    let ours = summaries(ours_record);
-    // Every framework runs the same network and batch, so our record's FLOPs per step hold for
-    // all; the peak is the matrix-product rate our run measured on this machine.
-    let flops = |mode: &str| {
-        ours_record["modes"].as_array().and_then(|modes| {
-            modes
-                .iter()
-                .find(|m| m["mode"] == mode)
-                .and_then(|m| m["flops_per_step"].as_f64())
-        })
-    };
-    let peak = ours_record["matmul_peak"]["gflops_per_second"].as_f64();
+    let ours = &results[0].1;
+    // The peak is the matrix-product rate our run measured on this machine.
+    let peak = ours
+        .ours
+        .as_ref()
+        .and_then(|r| r.matmul_peak.as_ref())
+        .map(|p| p.gflops_per_second);
     println!(
         "{:<34} {:<17} {:>9} {:>9} {:>9} {:>8} {:>10} {:>10}",
         "framework", "mode", "mean", "median", "GFLOP/s", "of peak", "ours/this", "peak RSS"
     );
-    let mut best: Vec<(String, String, f64)> = Vec::new();
-    for (i, (name, record)) in results.iter().enumerate() {
-        for (mode, mean, median, rss) in summaries(record) {
+    let mut best: Vec<(Mode, String, f64)> = Vec::new();
+    for (i, (name, run)) in results.iter().enumerate() {
+        for m in &run.modes {
+            let (mode, median) = (m.mode, m.stats.median);
             let ratio = ours
+                .modes
                 .iter()
-                .find(|o| o.0 == mode)
-                .map_or("-".to_string(), |o| format!("{:.2}x", o.2 / median));
-            let rss = rss.map_or("-".to_string(), |b| {
-                format!("{:.2} GiB", b / (1u64 << 30) as f64)
+                .find(|o| o.mode == mode)
+                .map_or("-".to_string(), |o| format!("{:.2}x", o.stats.median / median));
+            let rss = m.peak_rss_bytes.map_or("-".to_string(), |b| {
+                format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
             });
-            let gflops = flops(&mode).map(|f| f / mean / 1e9);
+            let gflops = m.gflops_per_second();
             let of_peak = match (gflops, peak) {
                 (Some(g), Some(p)) if p > 0.0 => format!("{:.0}%", 100.0 * g / p),
                 _ => "-".to_string(),
             };
             let gflops = gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
             println!(
-                "{name:<34} {mode:<17} {mean:>9.3} {median:>9.3} {gflops:>9} {of_peak:>8} {ratio:>10} {rss:>10}"
+                "{name:<34} {:<17} {:>9.3} {median:>9.3} {gflops:>9} {of_peak:>8} {ratio:>10} {rss:>10}",
+                mode.label(),
+                m.stats.mean,
             );
             if i > 0 {
                 match best.iter_mut().find(|b| b.0 == mode) {
                     Some(b) if b.2 <= median => {}
-                    Some(b) => *b = (mode.clone(), name.clone(), median),
-                    None => best.push((mode.clone(), name.clone(), median)),
+                    Some(b) => *b = (mode, name.clone(), median),
+                    None => best.push((mode, name.clone(), median)),
                 }
             }
         }
     }
     for (mode, name, median) in &best {
-        if let Some(o) = ours.iter().find(|o| o.0 == *mode) {
+        if let Some(o) = ours.modes.iter().find(|o| o.mode == *mode) {
             println!(
-                "best peer, {mode}: {name} at {median:.3} s; ours/best {:.2}x",
-                o.2 / median
+                "best peer, {}: {name} at {median:.3} s; ours/best {:.2}x",
+                mode.label(),
+                o.stats.median / median
             );
         }
     }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use vgg_autodiff::{CustomOp, Tape, Tensor, Var};
+use vgg_autodiff::{CustomOp, Tape, Value, Var};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{AdamParams, Conv2dParams};
 
@@ -20,7 +20,7 @@ impl<B: Backend> CustomOp<B> for Swish {
         "swish"
     }
 
-    fn forward(&self, b: &B, x: &[&Tensor<B>]) -> vgg_tensor::Result<Tensor<B>> {
+    fn forward(&self, b: &B, x: &[&Value<B>]) -> vgg_tensor::Result<Value<B>> {
         b.mul(x[0], &b.unary(UnaryOp::Sigmoid, x[0])?)
     }
 
@@ -28,11 +28,11 @@ impl<B: Backend> CustomOp<B> for Swish {
     fn backward(
         &self,
         b: &B,
-        x: &[Tensor<B>],
-        _y: &Tensor<B>,
-        dy: &Tensor<B>,
+        x: &[Value<B>],
+        _y: &Value<B>,
+        dy: &Value<B>,
         _needs: &[bool],
-    ) -> vgg_tensor::Result<Vec<Option<Tensor<B>>>> {
+    ) -> vgg_tensor::Result<Vec<Option<Value<B>>>> {
         let s = b.unary(UnaryOp::Sigmoid, &x[0])?;
         let slope = b.add(
             &s,
@@ -112,8 +112,8 @@ struct ConvBn<B: Backend> {
     gamma: usize,
     beta: usize,
     stride: usize,
-    running_mean: Tensor<B>,
-    running_var: Tensor<B>,
+    running_mean: Value<B>,
+    running_var: Value<B>,
 }
 
 /// conv-bn-swish-conv-bn, plus the input (or its 1x1 projection when the shape changes), then
@@ -128,7 +128,7 @@ struct Block<B: Backend> {
 /// average of the last block.
 pub struct ResNet<B: Backend> {
     /// Every parameter, by name, in the order the optimiser state follows.
-    pub params: Vec<(String, Tensor<B>)>,
+    pub params: Vec<(String, Value<B>)>,
     stem: ConvBn<B>,
     blocks: Vec<Block<B>>,
     fc: (usize, usize),
@@ -141,7 +141,7 @@ const EPS: f32 = 1e-5;
 impl<B: Backend> ResNet<B> {
     /// Channels per stage, e.g. [16, 32]; each stage after the first halves the size.
     pub fn new(b: &B, stages: &[usize], classes: usize, seed: u64) -> vgg_tensor::Result<Self> {
-        let mut params: Vec<(String, Tensor<B>)> = Vec::new();
+        let mut params: Vec<(String, Value<B>)> = Vec::new();
         let mut conv_bn = |name: String, cin: usize, cout: usize, k: usize, stride: usize| {
             let std = (2.0 / (cin * k * k) as f32).sqrt();
             let seed = seed + params.len() as u64;
@@ -235,7 +235,7 @@ impl<B: Backend> ResNet<B> {
             // Running averages with the unbiased variance, as PyTorch keeps them.
             let n = (z.shape().elements() / z.shape().dims()[1]) as f32;
             let unbiased = b.scale(&out.var, n / (n - 1.0).max(1.0))?;
-            let blend = |running: &Tensor<B>, batch: &Tensor<B>| {
+            let blend = |running: &Value<B>, batch: &Value<B>| {
                 b.add(
                     &b.scale(running, 1.0 - MOMENTUM)?,
                     &b.scale(batch, MOMENTUM)?,
@@ -315,7 +315,7 @@ pub fn train<B: Backend>(
     mut report: impl FnMut(usize, f64, f64),
 ) -> vgg_autodiff::Result<ResNet<B>> {
     let mut net = ResNet::new(b, &s.stages, 10, s.seed)?;
-    let mut moments: Vec<(Tensor<B>, Tensor<B>)> = net
+    let mut moments: Vec<(Value<B>, Value<B>)> = net
         .params
         .iter()
         .map(|(_, p)| Ok((b.zeros(p.shape())?, b.zeros(p.shape())?)))

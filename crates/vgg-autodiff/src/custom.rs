@@ -1,18 +1,20 @@
 //! Ops added from outside the crate. [`CustomOp`] is the small trait: a forward from the inputs'
 //! values, a backward from the inputs, the output and the output's gradient. [`Tape::apply`]
 //! records it like a built-in op (constants pruned, gradients accumulated, checked by
-//! `check_gradients`), keeping the inputs and the output for backward. `Tape::custom_op` is the
+//! `check_gradients`), keeping the inputs (as [`Saved`]: a recomputed input is computed again,
+//! not held) and the output for backward. `Tape::custom_op` is the
 //! closure form, for ops that keep something else.
 
 use vgg_tensor::{Backend, DeviceTensor};
 
-use crate::tape::{Tape, Tensor, Var};
+use crate::recompute::Saved;
+use crate::tape::{Tape, Value, Var};
 use crate::Result;
 
 /// A differentiable op defined outside this crate.
 ///
 /// ```
-/// use vgg_autodiff::{check_gradients, CustomOp, GradCheck, Tape, Tensor};
+/// use vgg_autodiff::{check_gradients, CustomOp, GradCheck, Tape, Value};
 /// use vgg_tensor::reference::ReferenceBackend;
 /// use vgg_tensor::prelude::*;
 ///
@@ -24,7 +26,7 @@ use crate::Result;
 ///         "softplus"
 ///     }
 ///
-///     fn forward(&self, b: &B, x: &[&Tensor<B>]) -> vgg_tensor::Result<Tensor<B>> {
+///     fn forward(&self, b: &B, x: &[&Value<B>]) -> vgg_tensor::Result<Value<B>> {
 ///         let one_plus = b.add(&b.unary(UnaryOp::Exp, x[0])?, &b.scalar(1.0)?)?;
 ///         b.unary(UnaryOp::Log, &one_plus)
 ///     }
@@ -32,11 +34,11 @@ use crate::Result;
 ///     fn backward(
 ///         &self,
 ///         b: &B,
-///         x: &[Tensor<B>],
-///         _y: &Tensor<B>,
-///         dy: &Tensor<B>,
+///         x: &[Value<B>],
+///         _y: &Value<B>,
+///         dy: &Value<B>,
 ///         _needs: &[bool],
-///     ) -> vgg_tensor::Result<Vec<Option<Tensor<B>>>> {
+///     ) -> vgg_tensor::Result<Vec<Option<Value<B>>>> {
 ///         Ok(vec![Some(b.mul(dy, &b.unary(UnaryOp::Sigmoid, &x[0])?)?)])
 ///     }
 /// }
@@ -59,29 +61,34 @@ pub trait CustomOp<B: Backend>: 'static {
     fn name(&self) -> &'static str;
 
     /// The output from the inputs' values.
-    fn forward(&self, backend: &B, inputs: &[&Tensor<B>]) -> vgg_tensor::Result<Tensor<B>>;
+    fn forward(&self, backend: &B, inputs: &[&Value<B>]) -> vgg_tensor::Result<Value<B>>;
 
     /// Each input's gradient (None where `needs` is false) from the inputs, the output `y` and
     /// the output's gradient `dy`.
     fn backward(
         &self,
         backend: &B,
-        inputs: &[Tensor<B>],
-        y: &Tensor<B>,
-        dy: &Tensor<B>,
+        inputs: &[Value<B>],
+        y: &Value<B>,
+        dy: &Value<B>,
         needs: &[bool],
-    ) -> vgg_tensor::Result<Vec<Option<Tensor<B>>>>;
+    ) -> vgg_tensor::Result<Vec<Option<Value<B>>>>;
 }
 
 impl<B: Backend> Tape<B> {
     /// Runs `op` on `inputs` and records it; backward keeps the inputs and the output.
     pub fn apply(&self, op: impl CustomOp<B>, inputs: &[&Var<B>]) -> Result<Var<B>> {
-        let values: Vec<&Tensor<B>> = inputs.iter().map(|v| v.value()).collect();
+        let values: Vec<&Value<B>> = inputs.iter().map(|v| v.value()).collect();
         let y = op.forward(self.backend(), &values)?;
-        let kept: Vec<Tensor<B>> = values.into_iter().cloned().collect();
-        let saved = kept.iter().map(|t| t.bytes()).sum::<usize>() + y.bytes();
+        // An input the tape recomputes is computed again for backward, not held until then.
+        let kept: Vec<Saved<B>> = inputs.iter().map(|v| Saved::of(v)).collect();
+        let saved = kept.iter().map(Saved::bytes).sum::<usize>() + y.bytes();
         let yv = y.clone();
         self.custom_op(op.name(), inputs, y, saved, move |b, dy, needs| {
+            let kept = kept
+                .iter()
+                .map(|s| s.get(b))
+                .collect::<vgg_tensor::Result<Vec<_>>>()?;
             Ok(op.backward(b, &kept, &yv, dy, needs)?)
         })
     }

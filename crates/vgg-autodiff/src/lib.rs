@@ -27,12 +27,14 @@ pub struct ReadmeDoctests;
 mod check;
 mod custom;
 mod ops;
+pub mod recompute;
 mod tape;
 
 pub use check::{check_gradients, GradCheck, GradCheckReport};
 pub use custom::CustomOp;
-pub use ops::{BatchNormOutput, DeferredConv, Recompute};
-pub use tape::{BackwardFn, BackwardStep, Gradients, Tape, Tensor, Var};
+pub use ops::{BatchNormOutput, DeferredConv};
+pub use recompute::{Recompute, Saved};
+pub use tape::{BackwardFn, BackwardStep, Gradients, Tape, Value, Var};
 
 use vgg_tensor::{Shape, TensorError};
 

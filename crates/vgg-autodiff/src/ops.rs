@@ -8,51 +8,13 @@ use vgg_tensor::{
     UnaryOp,
 };
 
-use crate::tape::{Recipe, Tape, Tensor, Var};
+use crate::recompute::{Recipe, Saved};
+use crate::tape::{Tape, Value, Var};
 use crate::Result;
 
 /// Runs `f` only for inputs whose gradient is needed.
 fn when<T>(need: bool, f: impl FnOnce() -> vgg_tensor::Result<T>) -> Result<Option<T>> {
     Ok(if need { Some(f()?) } else { None })
-}
-
-/// An input kept for backward: its value, or how to compute it again.
-#[derive(Clone)]
-enum Saved<B: Backend> {
-    Value(Tensor<B>),
-    Recipe(Recipe<B>, Shape),
-}
-
-impl<B: Backend> Saved<B> {
-    fn of(x: &Var<B>) -> Saved<B> {
-        match &x.recipe {
-            Some(recipe) => Saved::Recipe(recipe.clone(), x.shape().clone()),
-            None => Saved::Value(x.value.clone()),
-        }
-    }
-
-    /// Bytes held until backward.
-    fn bytes(&self) -> usize {
-        match self {
-            Saved::Value(t) => t.bytes(),
-            Saved::Recipe(..) => 0,
-        }
-    }
-
-    fn shape(&self) -> &Shape {
-        match self {
-            Saved::Value(t) => t.shape(),
-            Saved::Recipe(_, shape) => shape,
-        }
-    }
-
-    /// The value: shared where kept, computed where not.
-    fn get(&self, b: &B) -> vgg_tensor::Result<Tensor<B>> {
-        match self {
-            Saved::Value(t) => Ok(t.clone()),
-            Saved::Recipe(recipe, _) => recipe(b),
-        }
-    }
 }
 
 /// The input and weight gradients of a convolution given dz, its output's gradient before the
@@ -61,13 +23,13 @@ impl<B: Backend> Saved<B> {
 /// nothing else holds `x`, the peak is one activation lower.
 fn conv_grads<B: Backend>(
     b: &B,
-    dz: &Tensor<B>,
+    dz: &Value<B>,
     x: Saved<B>,
-    w: &Tensor<B>,
+    w: &Value<B>,
     p: Conv2dParams,
     needs: &[bool],
-    db: Option<Tensor<B>>,
-) -> Result<Vec<Option<Tensor<B>>>> {
+    db: Option<Value<B>>,
+) -> Result<Vec<Option<Value<B>>>> {
     let input_shape = x.shape().clone();
     let dw = when(needs[1], || {
         b.conv2d_backward_weight(&x.get(b)?, dz, w.shape(), p)
@@ -77,49 +39,6 @@ fn conv_grads<B: Backend>(
     Ok(vec![dx, dw, db])
 }
 
-/// When a ReLU convolution's output is recomputed in backward instead of kept (see
-/// [`Tape::set_recompute`]). Neither the convolution (for its ReLU's mask) nor the convolutions
-/// that read its output keep it: each computes it again from the input when its backward runs,
-/// so it is freed as soon as forward is done with it instead of living through all of backward.
-/// In a VGG the first layer's output is the largest activation, and the peak of backward is
-/// where the layer above's gradients meet it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Recompute {
-    /// Only convolutions whose inner dimension (input channels x kernel height x kernel width)
-    /// is at most this: cheap to run again (a first layer on RGB images: 27).
-    pub max_inner: usize,
-    /// Only outputs of at least this many bytes: where the memory is worth the time.
-    pub min_output_bytes: usize,
-}
-
-impl Recompute {
-    /// Never recompute: every ReLU convolution keeps its output.
-    pub const NEVER: Recompute = Recompute {
-        max_inner: 0,
-        min_output_bytes: usize::MAX,
-    };
-
-    /// Whether a convolution of weight shape `w` (OIHW) whose output takes `output_bytes` is
-    /// recomputed.
-    pub fn applies(&self, w: &Shape, output_bytes: usize) -> bool {
-        let inner: usize = w.dims().iter().skip(1).product();
-        w.rank() == 4 && inner <= self.max_inner && output_bytes >= self.min_output_bytes
-    }
-}
-
-impl Default for Recompute {
-    /// A first layer on RGB images (27) with 64 MiB of output or more: VGG-16's conv1_1 from
-    /// batch 6 at 224x224 (411 MB at batch 32, which comes off the forward-backward peak), for
-    /// two runs of that layer in backward (under 1% of a step); small images and batches are
-    /// untouched.
-    fn default() -> Self {
-        Recompute {
-            max_inner: 32,
-            min_output_bytes: 64 << 20,
-        }
-    }
-}
-
 /// A convolution with bias and ReLU whose output is not on the tape yet
 /// (`Tape::conv2d_bias_relu_deferred`).
 pub struct DeferredConv<B: Backend> {
@@ -127,12 +46,12 @@ pub struct DeferredConv<B: Backend> {
     w: Var<B>,
     bias: Var<B>,
     p: Conv2dParams,
-    y: Tensor<B>,
+    y: Value<B>,
 }
 
 impl<B: Backend> DeferredConv<B> {
     /// The convolution's output (after the ReLU).
-    pub fn value(&self) -> &Tensor<B> {
+    pub fn value(&self) -> &Value<B> {
         &self.y
     }
 
@@ -171,7 +90,7 @@ impl<B: Backend> DeferredConv<B> {
 }
 
 /// `g` broadcast to `shape` (the gradient of a reduction that kept its axes).
-fn expand<B: Backend>(b: &B, g: &Tensor<B>, shape: &Shape) -> vgg_tensor::Result<Tensor<B>> {
+fn expand<B: Backend>(b: &B, g: &Value<B>, shape: &Shape) -> vgg_tensor::Result<Value<B>> {
     b.add(&b.zeros(shape)?, g)
 }
 
@@ -187,9 +106,9 @@ pub struct BatchNormOutput<B: Backend> {
     /// The normalised, scaled and shifted input.
     pub y: Var<B>,
     /// Per-channel mean of the batch (`[C]`), for the running averages (not tracked).
-    pub mean: Tensor<B>,
+    pub mean: Value<B>,
     /// Per-channel biased variance of the batch (`[C]`), for the running averages (not tracked).
-    pub var: Tensor<B>,
+    pub var: Value<B>,
 }
 
 impl<B: Backend> Tape<B> {
@@ -252,7 +171,7 @@ impl<B: Backend> Tape<B> {
         w: &Var<B>,
         bias: &Var<B>,
         p: Conv2dParams,
-        y: Tensor<B>,
+        y: Value<B>,
         relu: bool,
     ) -> Result<Var<B>> {
         let (xv, wv) = (Saved::of(x), w.value.clone());
@@ -817,7 +736,7 @@ impl<B: Backend> Tape<B> {
 
     /// The values joined along `axis`, in order.
     pub fn concat(&self, xs: &[&Var<B>], axis: usize) -> Result<Var<B>> {
-        let values: Vec<&Tensor<B>> = xs.iter().map(|v| &v.value).collect();
+        let values: Vec<&Value<B>> = xs.iter().map(|v| &v.value).collect();
         let y = self.backend().concat(&values, axis)?;
         let lengths: Vec<usize> = xs.iter().map(|v| v.shape().dims()[axis]).collect();
         self.record(
@@ -894,8 +813,8 @@ impl<B: Backend> Tape<B> {
     pub fn batch_norm_eval(
         &self,
         x: &Var<B>,
-        mean: &Tensor<B>,
-        var: &Tensor<B>,
+        mean: &Value<B>,
+        var: &Value<B>,
         gamma: &Var<B>,
         beta: &Var<B>,
         eps: f32,

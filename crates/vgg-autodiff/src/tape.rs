@@ -8,24 +8,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use vgg_tensor::{Backend, Device, DeviceTensor, Shape};
 
+use crate::recompute::Recipe;
 use crate::{AutodiffError, Recompute, Result};
 
-/// A tensor of backend `B`.
-pub type Tensor<B> = <B as Device>::Tensor;
+/// A plain tensor of backend `B`, which no tape records: an op's value, a gradient, a constant.
+/// Its tracked counterpart is [`Var`], a value recorded on a [`Tape`].
+pub type Value<B> = <B as Device>::Tensor;
 
 /// A backward step: given the backend, the output's gradient and which inputs need one, each
 /// input's gradient (None where it is not needed), in the order of the op's inputs.
-pub type BackwardFn<B> = Box<dyn FnOnce(&B, &Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>>>;
+pub type BackwardFn<B> = Box<dyn FnOnce(&B, &Value<B>, &[bool]) -> Result<Vec<Option<Value<B>>>>>;
 
 static NEXT_TAPE: AtomicU64 = AtomicU64::new(1);
 
 /// Marks values that have no node on the tape.
 const UNTRACKED: usize = usize::MAX;
 
-/// How to compute a value again from what the tape keeps anyway (see `Recompute`).
-pub(crate) type Recipe<B> = Rc<dyn Fn(&B) -> vgg_tensor::Result<Tensor<B>>>;
-
-/// A value computed on a tape. Cloning shares the tensor.
+/// A value recorded on a tape (tracked: gradients flow back through it); its plain tensor is
+/// [`Var::value`]. Cloning shares the tensor.
 pub struct Var<B: Backend> {
     pub(crate) id: usize,
     pub(crate) tape: u64,
@@ -239,14 +239,16 @@ impl<B: Backend> Tape<B> {
     /// keeps (it counts in `saved_bytes()`). When no input is tracked, or the tape does not record,
     /// `backward` is dropped at once and the result is a constant. The gradients `backward`
     /// returns are checked: one per input, each of its input's shape. [`CustomOp`](crate::CustomOp) and
-    /// [`Tape::apply`] do the bookkeeping for ops that keep their inputs and output.
+    /// [`Tape::apply`] do the bookkeeping for ops that keep their inputs and output. A closure
+    /// keeps an input as [`Saved::of`](crate::Saved::of) and calls `get` in backward, so an
+    /// input the tape recomputes is not held through backward.
     pub fn custom_op(
         &self,
         op: &'static str,
         inputs: &[&Var<B>],
         value: B::Tensor,
         saved_bytes: usize,
-        backward: impl FnOnce(&B, &Tensor<B>, &[bool]) -> Result<Vec<Option<Tensor<B>>>> + 'static,
+        backward: impl FnOnce(&B, &Value<B>, &[bool]) -> Result<Vec<Option<Value<B>>>> + 'static,
     ) -> Result<Var<B>> {
         self.record(op, inputs, value, saved_bytes, Box::new(backward))
     }

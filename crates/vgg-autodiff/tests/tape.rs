@@ -94,6 +94,8 @@ impl Pooling for Spy {
     }
 }
 
+impl Fused for Spy {}
+
 impl Backend for Spy {}
 
 fn cpu() -> CpuBackend {

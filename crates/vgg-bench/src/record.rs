@@ -203,7 +203,7 @@ pub enum RecordError {
         reason: String,
     },
     #[error(
-        "{path}: schema '{schema}' is not one this vgg reads ({BENCH_SCHEMA} from `vgg bench --json`, \
+        "{path}: schema '{schema}' is not one this vgg reads ({BENCH_SCHEMA} from a vgg benchmark run, \
          {PEER_SCHEMA} from bench/peers/); was it written by a newer vgg?"
     )]
     /// A schema this reader does not know.

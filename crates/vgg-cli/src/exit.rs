@@ -2,97 +2,54 @@
 //! a GPU the machine does not have), 1 for failures while running (a device or disk error, a run
 //! that diverged), 130 after Ctrl-C (`signals::EXIT_INTERRUPTED`).
 
-use vgg_autodiff::AutodiffError;
-use vgg_bench::BenchError;
 use vgg_dist::DistError;
-use vgg_model::ModelError;
 use vgg_nn::io::IoError;
 use vgg_tensor::TensorError;
 use vgg_train::TrainError;
+
+use crate::causes::causes;
 
 /// Bad usage or bad input.
 pub const USAGE: u8 = 2;
 /// A failure while running.
 pub const FAILURE: u8 = 1;
 
-/// The exit code for an error: a failure while running where any error in its chain is one.
+/// The exit code for an error: a failure while running where any error it holds is one.
 pub fn code(e: &anyhow::Error) -> u8 {
-    if e.chain().any(is_runtime_failure) {
+    if causes(e).into_iter().any(is_runtime_failure) {
         FAILURE
     } else {
         USAGE
     }
 }
 
-// The library errors wrap each other transparently (a wrapper's source is its inner error's
-// source), so `chain` never yields the inner error: each wrapper is looked into here.
+/// A device failing, a disk refusing a write, a run diverging, another rank failing, stalling or
+/// MPI breaking. Ranks started differently, or mpirun around a vgg without MPI, is bad usage.
 fn is_runtime_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     if let Some(t) = e.downcast_ref::<TensorError>() {
-        return tensor(t);
-    }
-    if let Some(a) = e.downcast_ref::<AutodiffError>() {
-        return autodiff(a);
+        return matches!(t, TensorError::Device(_));
     }
     if let Some(io) = e.downcast_ref::<IoError>() {
         return matches!(io, IoError::Write { .. });
     }
-    if let Some(m) = e.downcast_ref::<ModelError>() {
-        return model(m);
-    }
     if let Some(t) = e.downcast_ref::<TrainError>() {
-        return match t {
-            TrainError::NonFinite { .. } => true,
-            TrainError::Model(m) => model(m),
-            TrainError::Autodiff(a) => autodiff(a),
-            TrainError::Tensor(t) => tensor(t),
-            TrainError::Dist(d) => dist(d),
-            _ => false,
-        };
+        return matches!(t, TrainError::NonFinite { .. });
     }
     if let Some(d) = e.downcast_ref::<DistError>() {
-        return dist(d);
-    }
-    if let Some(b) = e.downcast_ref::<BenchError>() {
-        return match b {
-            BenchError::Model(m) => model(m),
-            BenchError::Autodiff(a) => autodiff(a),
-            BenchError::Tensor(t) => tensor(t),
-            _ => false,
-        };
+        return matches!(
+            d,
+            DistError::Timeout { .. } | DistError::PeerGone { .. } | DistError::Mpi(_)
+        );
     }
     e.is::<std::io::Error>()
-}
-
-/// Another rank failing, stalling or MPI breaking is a failure while running; ranks started
-/// differently, or mpirun around a vgg without MPI, is bad usage.
-fn dist(e: &DistError) -> bool {
-    match e {
-        DistError::Timeout { .. } | DistError::PeerGone { .. } | DistError::Mpi(_) => true,
-        DistError::Tensor(t) => tensor(t),
-        _ => false,
-    }
-}
-
-fn tensor(e: &TensorError) -> bool {
-    matches!(e, TensorError::Device(_))
-}
-
-fn autodiff(e: &AutodiffError) -> bool {
-    matches!(e, AutodiffError::Tensor(t) if tensor(t))
-}
-
-fn model(e: &ModelError) -> bool {
-    match e {
-        ModelError::Tensor(t) => tensor(t),
-        ModelError::Autodiff(a) => autodiff(a),
-        ModelError::Io(io) => matches!(io, IoError::Write { .. }),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vgg_autodiff::AutodiffError;
+    use vgg_bench::BenchError;
+    use vgg_model::ModelError;
 
     #[test]
     fn input_problems_are_2_and_running_failures_1() {
@@ -119,5 +76,13 @@ mod tests {
         });
         assert_eq!(code(&anyhow::Error::new(unreadable)), USAGE);
         assert_eq!(code(&anyhow::anyhow!("a refusal")), USAGE);
+        // A rank stalling under the benchmark is a failure while running, as under training.
+        let stalled = BenchError::Dist(DistError::Timeout {
+            op: "allreduce",
+            rank: 1,
+            size: 2,
+            seconds: 60.0,
+        });
+        assert_eq!(code(&anyhow::Error::new(stalled)), FAILURE);
     }
 }

@@ -2,10 +2,12 @@
 
 mod args;
 mod bench;
+mod causes;
 mod classify;
 mod dist;
 mod eval;
 mod exit;
+mod hints;
 mod net;
 mod options;
 mod progress;
@@ -191,6 +193,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             stdout::warn(&format!("error: {}{e:#}", dist::who()));
+            if let Some(hint) = hints::hint(&e) {
+                stdout::warn(&format!("hint: {hint}"));
+            }
             let code = exit::code(&e);
             // The other ranks would wait for this one forever.
             dist::end_job(code);

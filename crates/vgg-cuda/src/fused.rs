@@ -1,28 +1,29 @@
-//! The composite ops the CUDA backend fuses into kernels of its own (bias and ReLU in place on a
-//! convolution's output, softmax and cross-entropy per row, dropout, optimiser steps), overriding
-//! `Backend`'s defaults.
+//! The `Fused` kernels the CUDA backend has (bias and ReLU in place on a convolution's output,
+//! softmax and cross-entropy per row, dropout, optimiser steps), overriding the composites.
+//! `Backend` checks their operands before calling them.
 
 use cudarc::driver::PushKernelArg;
+use vgg_tensor::fused::{Nchw, Rows};
 use vgg_tensor::{
-    adam_corrections, argmax, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
-    check_row_bias, check_scalar, same_shape, AdamParams, Backend, BinaryOp, Conv2dParams,
-    ConvGeometry, Convolution, Device, Elementwise, Result, Shape,
+    argmax, AdamParams, Backend, Conv2dParams, ConvGeometry, Convolution, Device, Fused, Result,
+    Shape,
 };
 
 use crate::backend::{elementwise, launch, per_row, CudaBackend, CudaTensor};
 use crate::device_error;
 
-impl Backend for CudaBackend {
-    fn conv2d_bias_act(
+impl Backend for CudaBackend {}
+
+impl Fused for CudaBackend {
+    fn fused_conv2d_bias_act(
         &self,
         x: &CudaTensor,
         w: &CudaTensor,
         b: &CudaTensor,
+        g: &ConvGeometry,
         p: Conv2dParams,
         relu: bool,
     ) -> Result<CudaTensor> {
-        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
-        g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
         let mut y = self.conv2d(x, w, p)?;
         // Bias and ReLU in place on the fresh output: one pass over it.
         let n = y.shape.elements() as i64;
@@ -43,8 +44,12 @@ impl Backend for CudaBackend {
         Ok(y)
     }
 
-    fn add_channel_bias(&self, x: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        let (_, c, h, w) = check_channel_bias("add_channel_bias", &x.shape, &b.shape)?;
+    fn fused_add_channel_bias(
+        &self,
+        x: &CudaTensor,
+        b: &CudaTensor,
+        (_, c, h, w): Nchw,
+    ) -> Result<CudaTensor> {
         let n = x.shape.elements() as i64;
         let (plane, channels, relu) = ((h * w) as i64, c as i64, 0i32);
         self.build(x.shape.clone(), |out| {
@@ -64,8 +69,7 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn channel_bias_grad(&self, dy: &CudaTensor) -> Result<CudaTensor> {
-        let (n, c, h, w) = dy.shape.nchw("channel_bias_grad")?;
+    fn fused_channel_bias_grad(&self, dy: &CudaTensor, (n, c, h, w): Nchw) -> Result<CudaTensor> {
         let (batch, channels, plane) = (n as i64, c as i64, (h * w) as i64);
         self.build(Shape::from([c]), |db| {
             if c > 0 {
@@ -84,8 +88,12 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn add_row_bias(&self, x: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        let (_, f) = check_row_bias("add_row_bias", &x.shape, &b.shape)?;
+    fn fused_add_row_bias(
+        &self,
+        x: &CudaTensor,
+        b: &CudaTensor,
+        (_, f): Rows,
+    ) -> Result<CudaTensor> {
         let n = x.shape.elements() as i64;
         let f = f.max(1) as i64;
         self.build(x.shape.clone(), |out| {
@@ -103,8 +111,7 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn sum_rows(&self, x: &CudaTensor) -> Result<CudaTensor> {
-        let (rows, f) = x.shape.matrix("sum_rows")?;
+    fn fused_sum_rows(&self, x: &CudaTensor, (rows, f): Rows) -> Result<CudaTensor> {
         let (rows, cols) = (rows as i64, f as i64);
         self.build(Shape::from([f]), |out| {
             launch!(
@@ -120,7 +127,7 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn relu(&self, x: &CudaTensor) -> Result<CudaTensor> {
+    fn fused_relu(&self, x: &CudaTensor) -> Result<CudaTensor> {
         let n = x.shape.elements() as i64;
         self.build(x.shape.clone(), |out| {
             launch!(self, "relu", elementwise(n as usize), x.slice(), out, &n);
@@ -128,15 +135,11 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn relu_backward(&self, dy: &CudaTensor, y: &CudaTensor) -> Result<CudaTensor> {
+    fn fused_relu_backward(&self, dy: &CudaTensor, y: &CudaTensor) -> Result<CudaTensor> {
         self.same_shape_op("relu_backward", dy, y)
     }
 
-    fn dropout(&self, x: &CudaTensor, keep_prob: f32, seed: u64) -> Result<CudaTensor> {
-        check_keep_prob("dropout", keep_prob)?;
-        if keep_prob == 1.0 {
-            return Ok(x.clone());
-        }
+    fn fused_dropout(&self, x: &CudaTensor, keep_prob: f32, seed: u64) -> Result<CudaTensor> {
         let n = x.shape.elements() as i64;
         self.build(x.shape.clone(), |out| {
             launch!(
@@ -153,13 +156,7 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn dropout_backward(&self, dy: &CudaTensor, keep_prob: f32, seed: u64) -> Result<CudaTensor> {
-        // Linear in its input with a fixed mask: its own backward.
-        self.dropout(dy, keep_prob, seed)
-    }
-
-    fn softmax_rows(&self, x: &CudaTensor) -> Result<CudaTensor> {
-        let (rows, f) = x.shape.matrix("softmax_rows")?;
+    fn fused_softmax_rows(&self, x: &CudaTensor, (rows, f): Rows) -> Result<CudaTensor> {
         let cols = f as i64;
         self.build(x.shape.clone(), |y| {
             if rows > 0 && f > 0 {
@@ -169,9 +166,12 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn softmax_rows_backward(&self, dy: &CudaTensor, y: &CudaTensor) -> Result<CudaTensor> {
-        same_shape("softmax_rows_backward", &dy.shape, &y.shape)?;
-        let (rows, f) = y.shape.matrix("softmax_rows_backward")?;
+    fn fused_softmax_rows_backward(
+        &self,
+        dy: &CudaTensor,
+        y: &CudaTensor,
+        (rows, f): Rows,
+    ) -> Result<CudaTensor> {
         let cols = f as i64;
         self.build(y.shape.clone(), |dx| {
             if rows > 0 && f > 0 {
@@ -189,22 +189,21 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn argmax_rows(&self, x: &CudaTensor) -> Result<Vec<usize>> {
-        let (_, f) = check_argmax_rows(&x.shape)?;
+    fn fused_argmax_rows(&self, x: &CudaTensor, (_, f): Rows) -> Result<Vec<usize>> {
         // Rows of logits are small: the host picks the maxima exactly as the CPU backend does.
         Ok(self.download(x)?.chunks(f).map(argmax).collect())
     }
 
-    fn l2_loss(&self, x: &CudaTensor) -> Result<CudaTensor> {
+    fn fused_l2_loss(&self, x: &CudaTensor) -> Result<CudaTensor> {
         self.sum_everything(x, true)
     }
 
-    fn cross_entropy(
+    fn fused_cross_entropy(
         &self,
         logits: &CudaTensor,
         labels: &[usize],
+        (n, f): Rows,
     ) -> Result<(CudaTensor, CudaTensor)> {
-        let (n, f) = check_labels("cross_entropy", &logits.shape, labels)?;
         let labels = self.upload_labels(labels)?;
         // Per-row losses in f64: two f32 slots each.
         let (_, mut row_loss) = self.alloc(Shape::from([2 * n]))?;
@@ -232,14 +231,13 @@ impl Backend for CudaBackend {
         Ok((loss, probs))
     }
 
-    fn cross_entropy_backward(
+    fn fused_cross_entropy_backward(
         &self,
         probs: &CudaTensor,
         labels: &[usize],
         g: &CudaTensor,
+        (n, f): Rows,
     ) -> Result<CudaTensor> {
-        let (n, f) = check_labels("cross_entropy_backward", &probs.shape, labels)?;
-        check_scalar("cross_entropy_backward", &g.shape)?;
         let labels = self.upload_labels(labels)?;
         let (rows, cols) = (n as i64, f as i64);
         self.build(probs.shape.clone(), |out| {
@@ -258,28 +256,19 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn add(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        if a.shape != b.shape {
-            return self.binary(BinaryOp::Add, a, b);
-        }
+    fn fused_add(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
         self.same_shape_op("add", a, b)
     }
 
-    fn sub(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        if a.shape != b.shape {
-            return self.binary(BinaryOp::Sub, a, b);
-        }
+    fn fused_sub(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
         self.same_shape_op("sub", a, b)
     }
 
-    fn mul(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
-        if a.shape != b.shape {
-            return self.binary(BinaryOp::Mul, a, b);
-        }
+    fn fused_mul(&self, a: &CudaTensor, b: &CudaTensor) -> Result<CudaTensor> {
         self.same_shape_op("mul", a, b)
     }
 
-    fn scale(&self, x: &CudaTensor, alpha: f32) -> Result<CudaTensor> {
+    fn fused_scale(&self, x: &CudaTensor, alpha: f32) -> Result<CudaTensor> {
         let n = x.shape.elements() as i64;
         self.build(x.shape.clone(), |out| {
             launch!(
@@ -295,8 +284,7 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn axpy(&self, y: &mut CudaTensor, alpha: f32, x: &CudaTensor) -> Result<()> {
-        same_shape("axpy", &y.shape, &x.shape)?;
+    fn fused_axpy(&self, y: &mut CudaTensor, alpha: f32, x: &CudaTensor) -> Result<()> {
         let n = x.shape.elements() as i64;
         let out = self.unique(y)?;
         launch!(
@@ -311,7 +299,7 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn sgd_step(
+    fn fused_sgd_step(
         &self,
         param: &mut CudaTensor,
         velocity: &mut CudaTensor,
@@ -320,8 +308,6 @@ impl Backend for CudaBackend {
         momentum: f32,
         weight_decay: f32,
     ) -> Result<()> {
-        same_shape("sgd_step", &param.shape, &grad.shape)?;
-        same_shape("sgd_step", &velocity.shape, &grad.shape)?;
         let n = grad.shape.elements() as i64;
         let p = self.unique(param)?;
         let v = self.unique(velocity)?;
@@ -340,18 +326,15 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn adam_step(
+    fn fused_adam_step(
         &self,
         param: &mut CudaTensor,
         m: &mut CudaTensor,
         v: &mut CudaTensor,
         grad: &CudaTensor,
         hp: AdamParams,
+        (correction1, correction2): (f32, f32),
     ) -> Result<()> {
-        for t in [&param.shape, &m.shape, &v.shape] {
-            same_shape("adam_step", t, &grad.shape)?;
-        }
-        let (correction1, correction2) = adam_corrections(&hp)?;
         let n = grad.shape.elements() as i64;
         let p = self.unique(param)?;
         let m = self.unique(m)?;
@@ -376,12 +359,11 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn sum_all(&self, x: &CudaTensor) -> Result<CudaTensor> {
+    fn fused_sum_all(&self, x: &CudaTensor) -> Result<CudaTensor> {
         self.sum_everything(x, false)
     }
 
-    fn broadcast_scalar(&self, s: &CudaTensor, shape: &Shape) -> Result<CudaTensor> {
-        check_scalar("broadcast_scalar", &s.shape)?;
+    fn fused_broadcast_scalar(&self, s: &CudaTensor, shape: &Shape) -> Result<CudaTensor> {
         let n = shape.checked_elements()? as i64;
         self.build(shape.clone(), |out| {
             launch!(
@@ -396,8 +378,7 @@ impl Backend for CudaBackend {
         })
     }
 
-    fn mul_scalar(&self, x: &CudaTensor, s: &CudaTensor) -> Result<CudaTensor> {
-        check_scalar("mul_scalar", &s.shape)?;
+    fn fused_mul_scalar(&self, x: &CudaTensor, s: &CudaTensor) -> Result<CudaTensor> {
         let n = x.shape.elements() as i64;
         self.build(x.shape.clone(), |out| {
             launch!(

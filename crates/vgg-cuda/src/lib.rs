@@ -31,7 +31,7 @@ pub(crate) fn device_error<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> Tens
 pub enum CudaError {
     #[error(
         "CUDA backend unavailable: {} not found; install the NVIDIA driver for libcuda, and put the CUDA 13 \
-         libraries (e.g. PyTorch's site-packages/nvidia/*/lib) on LD_LIBRARY_PATH; or use --backend cpu",
+         libraries (e.g. PyTorch's site-packages/nvidia/*/lib) on LD_LIBRARY_PATH; or run on the CPU backend",
         missing.join(", ")
     )]
     /// The CUDA driver or runtime libraries could not be loaded.
@@ -39,10 +39,10 @@ pub enum CudaError {
         /// The libraries not found.
         missing: Vec<&'static str>,
     },
-    #[error("CUDA backend unavailable: the NVIDIA driver sees no GPU; use --backend cpu")]
+    #[error("CUDA backend unavailable: the NVIDIA driver sees no GPU; run on the CPU backend")]
     /// The driver loaded but reports no GPU.
     NoDevice,
-    #[error("CUDA backend unavailable: {0}; use --backend cpu")]
+    #[error("CUDA backend unavailable: {0}; run on the CPU backend")]
     /// A driver call failed.
     Driver(String),
 }
@@ -117,7 +117,7 @@ mod tests {
             Err(e) => {
                 let text = e.to_string();
                 assert!(
-                    text.starts_with("CUDA backend unavailable") && text.contains("--backend cpu"),
+                    text.starts_with("CUDA backend unavailable") && text.contains("CPU backend"),
                     "{text}"
                 );
                 if let CudaError::LibrariesMissing { missing } = &e {

@@ -29,7 +29,7 @@ pub enum DistError {
     /// or took another path.
     #[error(
         "rank {rank} of {size}: {op} waited {seconds:.0} s for the other ranks; one of them has failed, \
-         stalled or was started with other settings (raise the limit with --comm-timeout if a step \
+         stalled or was started with other settings (raise the communicator's timeout if a step \
          is really that slow)"
     )]
     Timeout {

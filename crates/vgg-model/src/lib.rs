@@ -8,7 +8,7 @@ pub mod rf;
 pub mod spec;
 
 pub use config::{Stage, VggConfig};
-pub use model::{ModelError, PartialOptions, Prediction, Vgg};
+pub use model::{ModelError, PartialOptions, Prediction, SettingDiffers, Vgg};
 pub use rf::{
     parse_stack, stack_fields, stack_weights_per_c2, ReceptiveField, StackKind, StackLayer,
 };

@@ -25,15 +25,16 @@ pub enum ModelError {
     #[error(transparent)]
     /// A backend op failed.
     Tensor(#[from] TensorError),
-    #[error("the weights do not fit {model}: {}{hint}", problems.join("; "))]
+    #[error("the weights do not fit {model}: {}{}", problems.join("; "), made_with_words(made_with))]
     /// A weights file does not match the network.
     Weights {
         /// The network the weights were checked against.
         model: String,
         /// Every mismatch found (missing, unexpected or misshapen tensors).
         problems: Vec<String>,
-        /// How to make the file match.
-        hint: String,
+        /// The settings the file's metadata names with other values than the network's: what
+        /// would make the two match.
+        made_with: Vec<SettingDiffers>,
     },
     #[error("bad input: {0}")]
     /// An input batch does not fit the network.
@@ -179,7 +180,7 @@ impl<B: Backend> Vgg<B> {
             return Err(ModelError::Weights {
                 model: spec.describe(),
                 problems,
-                hint: mismatch_hint(&spec, &file.metadata),
+                made_with: settings_differing(&spec, &file.metadata),
             });
         }
         let non_finite: Vec<String> = expected
@@ -373,32 +374,45 @@ pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
         .collect()
 }
 
-/// What a weight file's metadata says that the chosen network does not match.
-fn mismatch_hint(spec: &ModelSpec, metadata: &HashMap<String, String>) -> String {
+/// A network setting that a weight file's metadata gives another value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingDiffers {
+    /// The metadata key (`meta::MODEL`, `meta::CLASSES`, ...).
+    pub key: &'static str,
+    /// The file's value.
+    pub file: String,
+}
+
+/// The settings a weight file's metadata gives other values than the chosen network.
+fn settings_differing(spec: &ModelSpec, metadata: &HashMap<String, String>) -> Vec<SettingDiffers> {
     let o = &spec.options;
     let ours = [
-        (meta::MODEL, spec.model.name().to_string(), "--model"),
-        (meta::CLASSES, o.classes.to_string(), "--classes"),
-        (meta::HIDDEN, o.hidden.to_string(), "--hidden"),
-        (meta::WIDTH_MULT, o.width_mult.to_string(), "--width-mult"),
-        (
-            meta::INPUT,
-            format!("{}x{}", o.height, o.width),
-            "an input of that size",
-        ),
+        (meta::MODEL, spec.model.name().to_string()),
+        (meta::CLASSES, o.classes.to_string()),
+        (meta::HIDDEN, o.hidden.to_string()),
+        (meta::WIDTH_MULT, o.width_mult.to_string()),
+        (meta::INPUT, format!("{}x{}", o.height, o.width)),
     ];
-    let differ: Vec<String> = ours
-        .iter()
-        .filter_map(|(key, value, flag)| {
-            let theirs = metadata.get(*key)?;
-            (theirs != value).then(|| format!("{key}={theirs} (use {flag})"))
+    ours.into_iter()
+        .filter_map(|(key, value)| {
+            let file = metadata.get(key)?;
+            (*file != value).then(|| SettingDiffers {
+                key,
+                file: file.clone(),
+            })
         })
-        .collect();
-    if differ.is_empty() {
-        String::new()
-    } else {
-        format!(". The file says it was made with {}", differ.join(", "))
+        .collect()
+}
+
+fn made_with_words(made_with: &[SettingDiffers]) -> String {
+    if made_with.is_empty() {
+        return String::new();
     }
+    let settings: Vec<String> = made_with
+        .iter()
+        .map(|s| format!("{}={}", s.key, s.file))
+        .collect();
+    format!(". The file says it was made with {}", settings.join(", "))
 }
 
 /// The metadata written with a network's weights.

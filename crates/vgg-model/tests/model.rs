@@ -175,12 +175,20 @@ fn weights_round_trip_and_mismatches_are_all_reported() {
     // A vgg11 file for a vgg16 network: every difference at once, and the file's own description.
     let err = Vgg::from_tensors(&b, small(VggConfig::Vgg16), &file)
         .err()
-        .unwrap()
-        .to_string();
+        .unwrap();
+    let text = err.to_string();
     assert!(
-        err.contains("missing features.") && err.contains("vgg.model=vgg11 (use --model)"),
-        "{err}"
+        text.contains("missing features.") && text.contains("made with vgg.model=vgg11"),
+        "{text}"
     );
+    // In the library's own terms, typed: the CLI turns them into flags.
+    let ModelError::Weights { made_with, .. } = err else {
+        panic!("{err}")
+    };
+    assert!(made_with.contains(&vgg_model::SettingDiffers {
+        key: vgg_model::model::meta::MODEL,
+        file: "vgg11".into()
+    }));
 }
 
 #[test]

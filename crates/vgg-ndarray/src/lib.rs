@@ -11,7 +11,6 @@ pub mod generic;
 pub mod pooling;
 mod simd;
 pub mod skinny;
-pub mod winograd;
 
 mod backend;
 

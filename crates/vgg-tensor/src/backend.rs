@@ -1,6 +1,7 @@
 //! The backend traits. A backend implements a small core of primitives, grouped by what they
-//! hold, and gets every composite op from [`Backend`]'s provided methods, written in those
-//! primitives (`composite.rs`). Backends override a composite where they have a fused kernel.
+//! hold, and gets every composite op from [`Backend`]'s provided methods, which check the
+//! operands and run a [`Fused`] kernel: the backend's own where it has one, else the composite
+//! of primitives (`composite.rs`).
 //!
 //! | trait | holds |
 //! |---|---|
@@ -11,16 +12,22 @@
 //! | [`Matmul`] | matrix products |
 //! | [`Convolution`] | 2-D convolution and its two gradients |
 //! | [`Pooling`] | max- and average-pooling and their gradients |
-//! | [`Backend`] | all of the above, and the composites: losses, bias and ReLU, dropout, optimiser steps |
+//! | [`Fused`] | kernels for the composites, given checked operands: defaults compose the primitives |
+//! | [`Backend`] | all of the above, and the composites (losses, bias and ReLU, dropout, optimiser steps), checked once |
 //!
 //! Every op checks its operands and returns a typed error instead of panicking; ops never mutate
 //! their operands except the in-place updates (`axpy`, the optimiser steps), which say so.
 
 use std::fmt;
 
+use crate::checks::{
+    adam_corrections, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
+    check_row_bias, check_scalar, same_shape,
+};
+use crate::fused::Fused;
 use crate::ops::{BinaryOp, ReduceOp, UnaryOp};
-use crate::{composite, random, AdamParams, Conv2dParams, Pool2dParams, Result, Shape};
-use crate::{DeviceTensor, TensorError};
+use crate::{composite, random, AdamParams, Conv2dParams, ConvGeometry, Pool2dParams, Result};
+use crate::{DeviceTensor, Shape, TensorError};
 
 /// A compute device: its tensor type, how tensors are made and moved, and device control.
 pub trait Device: Clone + fmt::Debug + Send + Sync + 'static {
@@ -214,25 +221,40 @@ pub trait Pooling: Device {
     ) -> Result<Self::Tensor>;
 }
 
-/// Every primitive, and every composite op built from them. Model, layers, tape and benchmark
-/// are generic over it. A new backend implements the primitive traits and writes
-/// `impl Backend for MyBackend {}`; `vgg_tensor::reference::ReferenceBackend` is such a backend.
-pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution + Pooling {
+/// Every primitive, and every composite op. Model, layers, tape and benchmark are generic over
+/// it. Its methods check their operands, once for every backend, and run the backend's [`Fused`]
+/// kernel (a composite of primitives where the backend has none); backends do not override
+/// them. A new backend implements the primitive traits and writes `impl Fused for MyBackend {}`
+/// (overriding the kernels it has) and `impl Backend for MyBackend {}`;
+/// `vgg_tensor::reference::ReferenceBackend` is such a backend.
+pub trait Backend: Fused {
     // ---- arithmetic ----
 
     /// a + b, broadcast.
     fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
-        self.binary(BinaryOp::Add, a, b)
+        if a.shape() == b.shape() {
+            self.fused_add(a, b)
+        } else {
+            self.binary(BinaryOp::Add, a, b)
+        }
     }
 
     /// a - b, broadcast.
     fn sub(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
-        self.binary(BinaryOp::Sub, a, b)
+        if a.shape() == b.shape() {
+            self.fused_sub(a, b)
+        } else {
+            self.binary(BinaryOp::Sub, a, b)
+        }
     }
 
     /// a * b, broadcast.
     fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
-        self.binary(BinaryOp::Mul, a, b)
+        if a.shape() == b.shape() {
+            self.fused_mul(a, b)
+        } else {
+            self.binary(BinaryOp::Mul, a, b)
+        }
     }
 
     /// a / b, broadcast.
@@ -242,29 +264,32 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
 
     /// alpha x.
     fn scale(&self, x: &Self::Tensor, alpha: f32) -> Result<Self::Tensor> {
-        self.binary(BinaryOp::Mul, x, &self.scalar(alpha)?)
+        self.fused_scale(x, alpha)
     }
 
     /// x times the one-element tensor `s`.
     fn mul_scalar(&self, x: &Self::Tensor, s: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::mul_scalar(self, x, s)
+        check_scalar("mul_scalar", s.shape())?;
+        self.fused_mul_scalar(x, s)
     }
 
     /// A tensor of `shape` whose every element is the one-element tensor `s`.
     fn broadcast_scalar(&self, s: &Self::Tensor, shape: &Shape) -> Result<Self::Tensor> {
-        composite::broadcast_scalar(self, s, shape)
+        check_scalar("broadcast_scalar", s.shape())?;
+        self.fused_broadcast_scalar(s, shape)
     }
 
     /// y += alpha x, in place: gradient accumulation.
     fn axpy(&self, y: &mut Self::Tensor, alpha: f32, x: &Self::Tensor) -> Result<()> {
-        composite::axpy(self, y, alpha, x)
+        same_shape("axpy", y.shape(), x.shape())?;
+        self.fused_axpy(y, alpha, x)
     }
 
     // ---- reductions ----
 
     /// Sum of all elements as a scalar tensor.
     fn sum_all(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::sum_all(self, x)
+        self.fused_sum_all(x)
     }
 
     /// `x` summed down to `shape`, which it broadcasts from: the gradient of a broadcast.
@@ -274,39 +299,45 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
 
     /// Index of the largest value of each row of [N, F] (the first, on ties; NaN never wins).
     fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<usize>> {
-        composite::argmax_rows(self, x)
+        let dims = check_argmax_rows(x.shape())?;
+        self.fused_argmax_rows(x, dims)
     }
 
     // ---- layers' pieces ----
 
     /// Adds `b` (`[C]`) to every pixel of channel c of an NCHW tensor.
     fn add_channel_bias(&self, x: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::add_channel_bias(self, x, b)
+        let dims = check_channel_bias("add_channel_bias", x.shape(), b.shape())?;
+        self.fused_add_channel_bias(x, b, dims)
     }
 
     /// The gradient of `add_channel_bias` with respect to the bias: sums over N, H and W.
     fn channel_bias_grad(&self, dy: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::channel_bias_grad(self, dy)
+        let dims = dy.shape().nchw("channel_bias_grad")?;
+        self.fused_channel_bias_grad(dy, dims)
     }
 
     /// Adds `b` (`[F]`) to every row of an [N, F] tensor.
     fn add_row_bias(&self, x: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::add_row_bias(self, x, b)
+        let dims = check_row_bias("add_row_bias", x.shape(), b.shape())?;
+        self.fused_add_row_bias(x, b, dims)
     }
 
     /// Sums an [N, F] tensor over its rows: `[F]`. The gradient of `add_row_bias`.
     fn sum_rows(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::sum_rows(self, x)
+        let dims = x.shape().matrix("sum_rows")?;
+        self.fused_sum_rows(x, dims)
     }
 
     /// max(x, 0) elementwise; NaN stays NaN.
     fn relu(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
-        self.unary(UnaryOp::Relu, x)
+        self.fused_relu(x)
     }
 
     /// dy where the ReLU's output `y` is positive, else 0.
     fn relu_backward(&self, dy: &Self::Tensor, y: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::relu_backward(self, dy, y)
+        same_shape("relu_backward", dy.shape(), y.shape())?;
+        self.fused_relu_backward(dy, y)
     }
 
     /// Convolution, bias and optional ReLU in one pass. Backends fuse it where they can.
@@ -318,7 +349,9 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         p: Conv2dParams,
         relu: bool,
     ) -> Result<Self::Tensor> {
-        composite::conv2d_bias_act(self, x, w, b, p, relu)
+        let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
+        g.check_bias("conv2d_bias_act", w.shape(), b.shape())?;
+        self.fused_conv2d_bias_act(x, w, b, &g, p, relu)
     }
 
     /// The backward of the bias and ReLU of `conv2d_bias_act`: dz = dy where its output `y` is
@@ -329,24 +362,34 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         dy: &Self::Tensor,
         y: Option<&Self::Tensor>,
     ) -> Result<(Self::Tensor, Self::Tensor)> {
-        composite::bias_act_backward(self, dy, y)
+        let dims = dy.shape().nchw("bias_act_backward")?;
+        if let Some(y) = y {
+            same_shape("bias_act_backward", dy.shape(), y.shape())?;
+        }
+        self.fused_bias_act_backward(dy, y, dims)
     }
 
     /// `bias_act_backward` with the ReLU, given its output `y` by value: a backend may write dz
     /// into y's storage where no other tensor shares it (an output recomputed for backward), one
-    /// buffer fewer at the peak. By default `bias_act_backward(dy, Some(&y))`.
+    /// buffer fewer at the peak.
     fn bias_relu_backward_consuming(
         &self,
         dy: &Self::Tensor,
         y: Self::Tensor,
     ) -> Result<(Self::Tensor, Self::Tensor)> {
-        self.bias_act_backward(dy, Some(&y))
+        let dims = dy.shape().nchw("bias_act_backward")?;
+        same_shape("bias_act_backward", dy.shape(), y.shape())?;
+        self.fused_bias_relu_backward_consuming(dy, y, dims)
     }
 
     /// Keeps each element with probability `keep_prob` (mask from `seed`: element i is kept when
     /// uniform i of the stream is below `keep_prob`), scaling kept ones by 1/keep_prob.
     fn dropout(&self, x: &Self::Tensor, keep_prob: f32, seed: u64) -> Result<Self::Tensor> {
-        composite::dropout(self, x, keep_prob, seed)
+        check_keep_prob("dropout", keep_prob)?;
+        if keep_prob == 1.0 {
+            return Ok(x.clone());
+        }
+        self.fused_dropout(x, keep_prob, seed)
     }
 
     /// The same mask applied to the gradient; nothing is stored between the two.
@@ -364,17 +407,23 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
 
     /// Softmax over each row of an [N, F] tensor.
     fn softmax_rows(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::softmax_rows(self, x)
+        let dims = x.shape().matrix("softmax_rows")?;
+        if x.shape().elements() == 0 {
+            return Ok(x.clone());
+        }
+        self.fused_softmax_rows(x, dims)
     }
 
     /// Gradient of `softmax_rows` given its output y: dx = y (dy - sum(dy y)) per row.
     fn softmax_rows_backward(&self, dy: &Self::Tensor, y: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::softmax_rows_backward(self, dy, y)
+        same_shape("softmax_rows_backward", dy.shape(), y.shape())?;
+        let dims = y.shape().matrix("softmax_rows_backward")?;
+        self.fused_softmax_rows_backward(dy, y, dims)
     }
 
     /// sum(x^2) / 2 as a scalar tensor (TensorFlow's l2_loss). Its gradient is x.
     fn l2_loss(&self, x: &Self::Tensor) -> Result<Self::Tensor> {
-        composite::l2_loss(self, x)
+        self.fused_l2_loss(x)
     }
 
     /// Mean cross-entropy of [N, F] logits against class labels: (scalar loss, softmax probabilities).
@@ -383,7 +432,8 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         logits: &Self::Tensor,
         labels: &[usize],
     ) -> Result<(Self::Tensor, Self::Tensor)> {
-        composite::cross_entropy(self, logits, labels)
+        let dims = check_labels("cross_entropy", logits.shape(), labels)?;
+        self.fused_cross_entropy(logits, labels, dims)
     }
 
     /// Gradient of the mean cross-entropy with respect to the logits: g (p - onehot) / N.
@@ -393,7 +443,9 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         labels: &[usize],
         g: &Self::Tensor,
     ) -> Result<Self::Tensor> {
-        composite::cross_entropy_backward(self, probs, labels, g)
+        let dims = check_labels("cross_entropy_backward", probs.shape(), labels)?;
+        check_scalar("cross_entropy_backward", g.shape())?;
+        self.fused_cross_entropy_backward(probs, labels, g, dims)
     }
 
     // ---- optimiser steps (in place) ----
@@ -408,7 +460,9 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         momentum: f32,
         weight_decay: f32,
     ) -> Result<()> {
-        composite::sgd_step(self, param, velocity, grad, lr, momentum, weight_decay)
+        same_shape("sgd_step", param.shape(), grad.shape())?;
+        same_shape("sgd_step", velocity.shape(), grad.shape())?;
+        self.fused_sgd_step(param, velocity, grad, lr, momentum, weight_decay)
     }
 
     /// One Adam step in place: m and v are the first and second moment estimates.
@@ -420,6 +474,10 @@ pub trait Backend: Device + Elementwise + Reduce + Layout + Matmul + Convolution
         grad: &Self::Tensor,
         hp: AdamParams,
     ) -> Result<()> {
-        composite::adam_step(self, param, m, v, grad, hp)
+        for t in [param.shape(), m.shape(), v.shape()] {
+            same_shape("adam_step", t, grad.shape())?;
+        }
+        let corrections = adam_corrections(&hp)?;
+        self.fused_adam_step(param, m, v, grad, hp, corrections)
     }
 }

@@ -11,6 +11,7 @@ mod backend;
 mod checks;
 mod composite;
 pub mod conformance;
+pub mod fused;
 pub mod memory;
 pub mod ops;
 pub mod random;
@@ -26,6 +27,7 @@ pub use checks::{
     check_reshape, check_row_bias, check_scalar, check_slice, check_upload, matmul_dims,
     same_shape,
 };
+pub use fused::Fused;
 pub use ops::{BinaryOp, ReduceOp, UnaryOp};
 pub use shape::{window_len, Conv2dParams, ConvGeometry, Pool2dParams, PoolGeometry, Shape};
 
@@ -33,8 +35,8 @@ pub use shape::{window_len, Conv2dParams, ConvGeometry, Pool2dParams, PoolGeomet
 /// scope) and the op vocabularies. `use vgg_tensor::prelude::*;`
 pub mod prelude {
     pub use crate::{
-        Backend, BinaryOp, Convolution, Device, DeviceTensor, Elementwise, Layout, Matmul, Pooling,
-        Reduce, ReduceOp, Shape, UnaryOp,
+        Backend, BinaryOp, Convolution, Device, DeviceTensor, Elementwise, Fused, Layout, Matmul,
+        Pooling, Reduce, ReduceOp, Shape, UnaryOp,
     };
 }
 

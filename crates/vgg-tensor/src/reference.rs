@@ -413,6 +413,8 @@ impl Pooling for ReferenceBackend {
 }
 
 /// Every composite op comes from the trait's provided methods.
+impl crate::Fused for ReferenceBackend {}
+
 impl Backend for ReferenceBackend {}
 
 #[cfg(test)]

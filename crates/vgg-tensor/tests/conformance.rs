@@ -145,6 +145,8 @@ impl Pooling for Broken {
     }
 }
 
+impl Fused for Broken {}
+
 impl Backend for Broken {}
 
 #[test]

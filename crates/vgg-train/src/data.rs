@@ -167,7 +167,7 @@ pub fn load_digits(dir: &Path) -> Result<Dataset, DataError> {
         "digits",
         dir,
         &DIGITS_FILES,
-        "the repository ships them in data/digits (made by scripts/convert_digits.py), and vgg carries them: leave out --data",
+        "the repository ships them in data/digits (made by scripts/convert_digits.py), and vgg carries them: no directory is needed",
     )?;
     let images = io::load_npy(&dir.join(DIGITS_FILES[0]))?;
     let labels = io::load_npy(&dir.join(DIGITS_FILES[1]))?;
@@ -284,7 +284,7 @@ pub fn load_cifar10(dir: &Path) -> Result<(Dataset, Dataset), DataError> {
         "CIFAR-10 (binary version)",
         dir,
         &all,
-        "give --data the cifar-10-batches-bin directory",
+        "the directory to give is cifar-10-batches-bin, from the binary version's archive",
     )?;
     let mut train = load_cifar_file(&dir.join(train_files[0]))?;
     for f in &train_files[1..] {

@@ -35,7 +35,7 @@ pub enum TrainError {
     /// A backend op failed.
     Tensor(#[from] vgg_tensor::TensorError),
     #[error(
-        "the loss became {value} at epoch {epoch}, step {step}: lower the learning rate (--lr) or try another optimiser"
+        "the loss became {value} at epoch {epoch}, step {step}: lower the learning rate or try another optimiser"
     )]
     /// The loss became NaN or infinite.
     NonFinite {

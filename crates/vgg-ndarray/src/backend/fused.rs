@@ -1,66 +1,53 @@
-//! `Backend`: the composite ops this backend computes in one pass (convolution with bias and
-//! ReLU and their backward, softmax, losses, dropout, optimiser steps) instead of the defaults.
+//! `Fused`: the kernels this backend computes in one pass (convolution with bias and ReLU and
+//! their backward, softmax, losses, dropout, optimiser steps) instead of the composites. `Backend`
+//! checks their operands before calling them.
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
+use vgg_tensor::fused::{Nchw, Rows};
 use vgg_tensor::{
-    adam_corrections, argmax, check_argmax_rows, check_channel_bias, check_keep_prob, check_labels,
-    check_row_bias, check_scalar, same_shape, AdamParams, Backend, BinaryOp, Conv2dParams,
-    ConvGeometry, Device, Elementwise, Result, Shape,
+    argmax, AdamParams, Backend, Conv2dParams, ConvGeometry, Device, Fused, Result, Shape,
 };
 
 use super::kernels::*;
 use super::{CpuBackend, CpuTensor};
-use crate::{conv, winograd, CHUNK};
+use crate::conv;
+use crate::CHUNK;
 
-impl Backend for CpuBackend {
-    fn conv2d_bias_act(
+impl Backend for CpuBackend {}
+
+impl Fused for CpuBackend {
+    fn fused_conv2d_bias_act(
         &self,
         x: &CpuTensor,
         w: &CpuTensor,
         b: &CpuTensor,
-        p: Conv2dParams,
+        g: &ConvGeometry,
+        _: Conv2dParams,
         relu: bool,
     ) -> Result<CpuTensor> {
-        let g = ConvGeometry::new(&x.shape, &w.shape, p)?;
-        g.check_bias("conv2d_bias_act", &w.shape, &b.shape)?;
+        let g = *g;
         Ok(self.build(g.output_shape(), |y| {
-            if conv::use_winograd(&g, false, &self.tuning) {
-                // Fixed weights (inference, benchmarks) keep their transform between calls,
-                // where it is worth its memory.
-                let keep = winograd::worth_keeping_weights(&g);
-                let u = w
-                    .buf
-                    .derived((g.out_channels, g.in_channels), keep, |lasting| {
-                        let (k, c) = (g.out_channels, g.in_channels);
-                        winograd::transform_weights(w.as_slice(), k, c, lasting)
-                    });
-                winograd::forward_transformed(
-                    x.as_slice(),
-                    &u,
-                    Some(b.as_slice()),
-                    relu,
-                    &g,
-                    &self.tuning,
-                    y,
-                )
-            } else {
-                conv::forward_fused(
-                    x.as_slice(),
-                    w.as_slice(),
-                    Some(b.as_slice()),
-                    relu,
-                    &g,
-                    &self.tuning,
-                    y,
-                )
-            }
+            let weights = conv::Weights::Kept(&w.buf);
+            conv::forward_with(
+                x.as_slice(),
+                weights,
+                Some(b.as_slice()),
+                relu,
+                &g,
+                &self.tuning,
+                y,
+            )
         }))
     }
 
-    fn add_channel_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        let (_, c, h, w) = check_channel_bias("add_channel_bias", &x.shape, &b.shape)?;
+    fn fused_add_channel_bias(
+        &self,
+        x: &CpuTensor,
+        b: &CpuTensor,
+        (_, c, h, w): Nchw,
+    ) -> Result<CpuTensor> {
         let plane = (h * w).max(1);
         let bias = b.as_slice();
         Ok(self.build(x.shape.clone(), |y| {
@@ -74,8 +61,7 @@ impl Backend for CpuBackend {
         }))
     }
 
-    fn channel_bias_grad(&self, dy: &CpuTensor) -> Result<CpuTensor> {
-        let (n, c, h, w) = dy.shape.nchw("channel_bias_grad")?;
+    fn fused_channel_bias_grad(&self, dy: &CpuTensor, (n, c, h, w): Nchw) -> Result<CpuTensor> {
         let plane = h * w;
         let data = dy.as_slice();
         let plane_sums: Vec<f64> = if plane == 0 {
@@ -86,8 +72,7 @@ impl Backend for CpuBackend {
         Ok(self.build(Shape::from([c]), |db| per_channel(&plane_sums, n, c, db)))
     }
 
-    fn add_row_bias(&self, x: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        let (_, f) = check_row_bias("add_row_bias", &x.shape, &b.shape)?;
+    fn fused_add_row_bias(&self, x: &CpuTensor, b: &CpuTensor, (_, f): Rows) -> Result<CpuTensor> {
         let bias = b.as_slice();
         Ok(self.build(x.shape.clone(), |y| {
             if f > 0 {
@@ -102,8 +87,7 @@ impl Backend for CpuBackend {
         }))
     }
 
-    fn sum_rows(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        let (n, f) = x.shape.matrix("sum_rows")?;
+    fn fused_sum_rows(&self, x: &CpuTensor, (n, f): Rows) -> Result<CpuTensor> {
         let data = x.as_slice();
         Ok(self.build(Shape::from([f]), |sums| {
             sums.par_iter_mut()
@@ -112,54 +96,44 @@ impl Backend for CpuBackend {
         }))
     }
 
-    fn relu(&self, x: &CpuTensor) -> Result<CpuTensor> {
+    fn fused_relu(&self, x: &CpuTensor) -> Result<CpuTensor> {
         Ok(self.map(x, vgg_tensor::relu))
     }
 
-    fn bias_act_backward(
+    fn fused_bias_act_backward(
         &self,
         dy: &CpuTensor,
         y: Option<&CpuTensor>,
+        dims: Nchw,
     ) -> Result<(CpuTensor, CpuTensor)> {
-        dy.shape.nchw("bias_act_backward")?;
         let Some(y) = y else {
             // No ReLU: dz is dy itself, and one pass sums it.
-            return Ok((dy.clone(), self.channel_bias_grad(dy)?));
+            return Ok((dy.clone(), self.fused_channel_bias_grad(dy, dims)?));
         };
-        self.bias_relu_backward(dy, y.clone(), false)
+        self.bias_relu_backward(dy, y.clone(), false, dims)
     }
 
-    fn bias_relu_backward_consuming(
+    fn fused_bias_relu_backward_consuming(
         &self,
         dy: &CpuTensor,
         mut y: CpuTensor,
+        dims: Nchw,
     ) -> Result<(CpuTensor, CpuTensor)> {
         let unshared = Arc::get_mut(&mut y.buf).is_some();
-        self.bias_relu_backward(dy, y, unshared)
+        self.bias_relu_backward(dy, y, unshared, dims)
     }
 
-    fn relu_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
-        same_shape("relu_backward", &dy.shape, &y.shape)?;
+    fn fused_relu_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
         Ok(self.zip_map(dy, y, |d, y| if y > 0.0 { d } else { 0.0 }))
     }
 
-    fn dropout(&self, x: &CpuTensor, keep_prob: f32, seed: u64) -> Result<CpuTensor> {
-        check_keep_prob("dropout", keep_prob)?;
-        if keep_prob == 1.0 {
-            return Ok(x.clone());
-        }
+    fn fused_dropout(&self, x: &CpuTensor, keep_prob: f32, seed: u64) -> Result<CpuTensor> {
         Ok(self.build(x.shape.clone(), |out| {
             dropout_apply(x.as_slice(), keep_prob, seed, out)
         }))
     }
 
-    fn dropout_backward(&self, dy: &CpuTensor, keep_prob: f32, seed: u64) -> Result<CpuTensor> {
-        // Dropout is linear in its input with a fixed mask, so its backward is itself.
-        self.dropout(dy, keep_prob, seed)
-    }
-
-    fn softmax_rows(&self, x: &CpuTensor) -> Result<CpuTensor> {
-        let (_, f) = x.shape.matrix("softmax_rows")?;
+    fn fused_softmax_rows(&self, x: &CpuTensor, (_, f): Rows) -> Result<CpuTensor> {
         Ok(self.build(x.shape.clone(), |y| {
             y.copy_from_slice(x.as_slice());
             if f > 0 {
@@ -168,9 +142,12 @@ impl Backend for CpuBackend {
         }))
     }
 
-    fn softmax_rows_backward(&self, dy: &CpuTensor, y: &CpuTensor) -> Result<CpuTensor> {
-        same_shape("softmax_rows_backward", &dy.shape, &y.shape)?;
-        let (_, f) = y.shape.matrix("softmax_rows_backward")?;
+    fn fused_softmax_rows_backward(
+        &self,
+        dy: &CpuTensor,
+        y: &CpuTensor,
+        (_, f): Rows,
+    ) -> Result<CpuTensor> {
         Ok(self.build(y.shape.clone(), |dx| {
             if f > 0 {
                 dx.par_chunks_mut(f)
@@ -185,22 +162,21 @@ impl Backend for CpuBackend {
         }))
     }
 
-    fn argmax_rows(&self, x: &CpuTensor) -> Result<Vec<usize>> {
-        let (_, f) = check_argmax_rows(&x.shape)?;
+    fn fused_argmax_rows(&self, x: &CpuTensor, (_, f): Rows) -> Result<Vec<usize>> {
         Ok(x.as_slice().chunks(f).map(argmax).collect())
     }
 
-    fn l2_loss(&self, x: &CpuTensor) -> Result<CpuTensor> {
+    fn fused_l2_loss(&self, x: &CpuTensor) -> Result<CpuTensor> {
         let s = self.run(|| sum_f64(x.as_slice(), |v| (v as f64) * (v as f64)));
         Ok(self.adopt(Shape::scalar(), vec![(s / 2.0) as f32]))
     }
 
-    fn cross_entropy(
+    fn fused_cross_entropy(
         &self,
         logits: &CpuTensor,
         labels: &[usize],
+        (n, f): Rows,
     ) -> Result<(CpuTensor, CpuTensor)> {
-        let (n, f) = check_labels("cross_entropy", &logits.shape, labels)?;
         let mut losses = Vec::new();
         // Per row: log(sum exp(x - max)) + max - x[label], computed before the softmax overwrites x.
         let probs = self.build(logits.shape.clone(), |probs| {
@@ -225,14 +201,13 @@ impl Backend for CpuBackend {
         Ok((self.adopt(Shape::scalar(), vec![mean as f32]), probs))
     }
 
-    fn cross_entropy_backward(
+    fn fused_cross_entropy_backward(
         &self,
         probs: &CpuTensor,
         labels: &[usize],
         g: &CpuTensor,
+        (n, f): Rows,
     ) -> Result<CpuTensor> {
-        let (n, f) = check_labels("cross_entropy_backward", &probs.shape, labels)?;
-        check_scalar("cross_entropy_backward", &g.shape)?;
         let scale = g.as_slice()[0] / n as f32;
         Ok(self.build(probs.shape.clone(), |d| {
             d.copy_from_slice(probs.as_slice());
@@ -243,33 +218,23 @@ impl Backend for CpuBackend {
         }))
     }
 
-    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        if a.shape != b.shape {
-            return self.binary(BinaryOp::Add, a, b);
-        }
+    fn fused_add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         Ok(self.zip_map(a, b, |a, b| a + b))
     }
 
-    fn sub(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        if a.shape != b.shape {
-            return self.binary(BinaryOp::Sub, a, b);
-        }
+    fn fused_sub(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         Ok(self.zip_map(a, b, |a, b| a - b))
     }
 
-    fn mul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
-        if a.shape != b.shape {
-            return self.binary(BinaryOp::Mul, a, b);
-        }
+    fn fused_mul(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor> {
         Ok(self.zip_map(a, b, |a, b| a * b))
     }
 
-    fn scale(&self, x: &CpuTensor, alpha: f32) -> Result<CpuTensor> {
+    fn fused_scale(&self, x: &CpuTensor, alpha: f32) -> Result<CpuTensor> {
         Ok(self.map(x, |v| v * alpha))
     }
 
-    fn axpy(&self, y: &mut CpuTensor, alpha: f32, x: &CpuTensor) -> Result<()> {
-        same_shape("axpy", &y.shape, &x.shape)?;
+    fn fused_axpy(&self, y: &mut CpuTensor, alpha: f32, x: &CpuTensor) -> Result<()> {
         let workers = self.workers.clone();
         let ys = y.as_mut_slice();
         workers.install(|| {
@@ -280,7 +245,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn sgd_step(
+    fn fused_sgd_step(
         &self,
         param: &mut CpuTensor,
         velocity: &mut CpuTensor,
@@ -289,8 +254,6 @@ impl Backend for CpuBackend {
         momentum: f32,
         weight_decay: f32,
     ) -> Result<()> {
-        same_shape("sgd_step", &param.shape, &grad.shape)?;
-        same_shape("sgd_step", &velocity.shape, &grad.shape)?;
         let workers = self.workers.clone();
         let (p, v) = (param.as_mut_slice(), velocity.as_mut_slice());
         workers.install(|| {
@@ -307,18 +270,15 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn adam_step(
+    fn fused_adam_step(
         &self,
         param: &mut CpuTensor,
         m: &mut CpuTensor,
         v: &mut CpuTensor,
         grad: &CpuTensor,
         hp: AdamParams,
+        (correction1, correction2): (f32, f32),
     ) -> Result<()> {
-        for t in [&param.shape, &m.shape, &v.shape] {
-            same_shape("adam_step", t, &grad.shape)?;
-        }
-        let (correction1, correction2) = adam_corrections(&hp)?;
         let workers = self.workers.clone();
         let (p, m, v) = (param.as_mut_slice(), m.as_mut_slice(), v.as_mut_slice());
         workers.install(|| {
@@ -339,19 +299,17 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn sum_all(&self, x: &CpuTensor) -> Result<CpuTensor> {
+    fn fused_sum_all(&self, x: &CpuTensor) -> Result<CpuTensor> {
         let s = self.run(|| sum_f64(x.as_slice(), |v| v as f64));
         Ok(self.adopt(Shape::scalar(), vec![s as f32]))
     }
 
-    fn broadcast_scalar(&self, s: &CpuTensor, shape: &Shape) -> Result<CpuTensor> {
-        check_scalar("broadcast_scalar", &s.shape)?;
+    fn fused_broadcast_scalar(&self, s: &CpuTensor, shape: &Shape) -> Result<CpuTensor> {
         self.full(shape, s.as_slice()[0])
     }
 
-    fn mul_scalar(&self, x: &CpuTensor, s: &CpuTensor) -> Result<CpuTensor> {
-        check_scalar("mul_scalar", &s.shape)?;
-        self.scale(x, s.as_slice()[0])
+    fn fused_mul_scalar(&self, x: &CpuTensor, s: &CpuTensor) -> Result<CpuTensor> {
+        self.fused_scale(x, s.as_slice()[0])
     }
 }
 

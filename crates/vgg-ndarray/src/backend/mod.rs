@@ -17,7 +17,7 @@ pub use tensor::{CpuPoolIndices, CpuTensor};
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use vgg_tensor::{same_shape, Result, Shape, TensorError};
+use vgg_tensor::{Result, Shape, TensorError};
 
 use crate::buffer::MemoryStats;
 use crate::buffer::{Accounting, Buffer};
@@ -154,9 +154,8 @@ impl CpuBackend {
         dy: &CpuTensor,
         mut y: CpuTensor,
         in_place: bool,
+        (n, c, h, w): vgg_tensor::fused::Nchw,
     ) -> Result<(CpuTensor, CpuTensor)> {
-        let (n, c, h, w) = dy.shape.nchw("bias_act_backward")?;
-        same_shape("bias_act_backward", &dy.shape, &y.shape)?;
         let plane = (h * w).max(1);
         let mut plane_sums = vec![0.0f64; n * c];
         let dz = if in_place {

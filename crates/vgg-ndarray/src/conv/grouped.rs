@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
 use super::gradient_sum::{GradientSum, PIXELS_PER_PART};
-use super::{col_rows, im2col_images, image, is_pointwise, store_epilogue};
+use super::im2col::{col_rows, im2col_images, image, is_pointwise, store_epilogue};
 use crate::arena::Memory;
 use crate::config::Tuning;
 use crate::gemm::{sgemm, Mat, MatMut};

@@ -17,7 +17,7 @@ pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
     const KINDS: [(&[u8], &str); 8] = [
         (b"\x89PNG", "a PNG image; weights are .safetensors files"),
         (b"\xff\xd8\xff", "a JPEG image; weights are .safetensors files"),
-        (b"\x93NUMPY", "a NumPy .npy array; give it as --input"),
+        (b"\x93NUMPY", "a NumPy .npy array: data for the network's input, not weights"),
         (
             b"PK\x03\x04",
             "a zip archive, such as PyTorch's .pt/.pth: save the state_dict with safetensors.torch.save_file",

@@ -1,0 +1,94 @@
+//! Where transformed tiles live: each row's 36 positions together, [rows][POSITIONS][tiles], and
+//! the fixed-size copies that move lanes in and out of that layout.
+
+use super::*;
+use crate::gemm::Mat;
+
+/// Splits a row into its 4 column phases: split[p * quads + q] = row[4 q + p].
+#[inline(always)]
+pub(super) fn split_phases(row: &[f32], split: &mut [f32], quads: usize) {
+    let (p0, rest) = split.split_at_mut(quads);
+    let (p1, rest) = rest.split_at_mut(quads);
+    let (p2, p3) = rest.split_at_mut(quads);
+    for ((((q, a), b), c), d) in row.chunks_exact(M).zip(p0).zip(p1).zip(p2).zip(p3) {
+        *a = q[0];
+        *b = q[1];
+        *c = q[2];
+        *d = q[3];
+    }
+}
+
+/// Stores position (a, b) of `t` at dst[(a * A + b) * stride + at..][..lanes] (see `position`
+/// for the layout).
+#[inline(always)]
+pub(super) fn store_positions(
+    t: &[[Lanes; A]; A],
+    dst: &mut [f32],
+    stride: usize,
+    at: usize,
+    lanes: usize,
+) {
+    for (pos, values) in t.iter().flatten().enumerate() {
+        copy_lanes(&mut dst[pos * stride + at..][..lanes], values);
+    }
+}
+
+/// Position `pos`'s [rows, tiles] matrix of transformed tiles stored as [rows][POSITIONS][tiles]
+/// (each row's 36 positions together, so a transform reads or writes one region, not 36 streams).
+pub(super) fn position(data: &[f32], pos: usize, rows: usize, tiles: usize) -> Mat<'_> {
+    Mat {
+        data,
+        offset: pos * tiles,
+        rows,
+        cols: tiles,
+        row_stride: POSITIONS * tiles,
+        col_stride: 1,
+    }
+}
+
+/// The inverse of `store_positions`: lanes beyond `lanes` are zero.
+#[inline(always)]
+pub(super) fn load_positions(
+    src: &[f32],
+    stride: usize,
+    at: usize,
+    lanes: usize,
+) -> [[Lanes; A]; A] {
+    let mut t = [[[0.0f32; LANES]; A]; A];
+    for (pos, values) in t.iter_mut().flatten().enumerate() {
+        copy_lanes(&mut values[..lanes], &src[pos * stride + at..][..lanes]);
+    }
+    t
+}
+
+/// dst = src[..dst.len()]. Copied in fixed-size pieces (16, then 8, 4, 2, 1 values), which
+/// compile to vector moves: a runtime-length copy_from_slice calls memmove, and a plain loop over
+/// a partial group of lanes is scalar, each costing more than the transforms here.
+#[inline(always)]
+pub(super) fn copy_lanes(dst: &mut [f32], src: &[f32]) {
+    #[inline(always)]
+    pub(super) fn piece<const N: usize>(dst: &mut [f32], src: &[f32], at: &mut usize) {
+        let d: &mut [f32; N] = (&mut dst[*at..*at + N]).try_into().expect("N values");
+        *d = *<&[f32; N]>::try_from(&src[*at..*at + N]).expect("N values");
+        *at += N;
+    }
+    let n = dst.len();
+    let src = &src[..n];
+    let mut at = 0;
+    while n - at >= LANES {
+        piece::<LANES>(dst, src, &mut at);
+    }
+    let rest = n - at;
+    if rest & 8 != 0 {
+        piece::<8>(dst, src, &mut at);
+    }
+    if rest & 4 != 0 {
+        piece::<4>(dst, src, &mut at);
+    }
+    if rest & 2 != 0 {
+        piece::<2>(dst, src, &mut at);
+    }
+    if rest & 1 != 0 {
+        piece::<1>(dst, src, &mut at);
+    }
+}

@@ -1,0 +1,35 @@
+//! The transforms compiled for the widest vector unit the CPU has (they are most of the
+//! non-GEMM time).
+
+use vgg_tensor::ConvGeometry;
+
+use super::*;
+
+crate::simd::dispatch_simd! {
+    pub(super) fn input(
+        x: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        v: &mut [f32],
+    ) => transform_input_generic
+}
+
+crate::simd::dispatch_simd! {
+    pub(super) fn output_grad(
+        dy: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        dm: &mut [f32],
+    ) => transform_output_grad_generic
+}
+
+crate::simd::dispatch_simd! {
+    pub(super) fn output(
+        m: &[f32],
+        g: &ConvGeometry,
+        rows: std::ops::Range<usize>,
+        bias: Option<&[f32]>,
+        relu: bool,
+        y: OutPtr,
+    ) => transform_output_generic
+}

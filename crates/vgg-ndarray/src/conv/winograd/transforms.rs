@@ -1,0 +1,285 @@
+//! The Winograd F(4x4, 3x3) transforms: the matrices (Bt, G, At) applied to 16 tiles at a time,
+//! one per SIMD lane, and the passes that transform a chunk's input, output gradient and output.
+
+use vgg_tensor::ConvGeometry;
+
+use super::*;
+
+#[cfg(test)]
+pub(super) const BT: [[f32; A]; A] = [
+    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+];
+
+#[cfg(test)]
+pub(super) const G: [[f32; 3]; A] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+#[cfg(test)]
+pub(super) const AT: [[f32; A]; M] = [
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+];
+
+/// Bt d for six lane vectors (Bt's zeros skipped).
+#[inline(always)]
+pub(super) fn bt6(d: &[Lanes; A]) -> [Lanes; A] {
+    let mut r = [[0.0f32; LANES]; A];
+    for l in 0..LANES {
+        let [d0, d1, d2, d3, d4, d5] = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
+        r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+        r[1][l] = -4.0 * (d1 + d2) + d3 + d4;
+        r[2][l] = 4.0 * (d1 - d2) - d3 + d4;
+        r[3][l] = 2.0 * (d3 - d1) - d2 + d4;
+        r[4][l] = 2.0 * (d1 - d3) - d2 + d4;
+        r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    }
+    r
+}
+
+/// At s for six lane vectors.
+#[inline(always)]
+pub(super) fn at6(s: &[Lanes; A]) -> [Lanes; M] {
+    let mut r = [[0.0f32; LANES]; M];
+    for l in 0..LANES {
+        let [s0, s1, s2, s3, s4, s5] = [s[0][l], s[1][l], s[2][l], s[3][l], s[4][l], s[5][l]];
+        let (p12, m12, p34, m34) = (s1 + s2, s1 - s2, s3 + s4, s3 - s4);
+        r[0][l] = s0 + p12 + p34;
+        r[1][l] = m12 + 2.0 * m34;
+        r[2][l] = p12 + 4.0 * p34;
+        r[3][l] = m12 + 8.0 * m34 + s5;
+    }
+    r
+}
+
+/// A y for four lane vectors (A = At transposed): an output gradient block into transform space.
+#[inline(always)]
+pub(super) fn a4(y: &[Lanes; M]) -> [Lanes; A] {
+    let mut r = [[0.0f32; LANES]; A];
+    for l in 0..LANES {
+        let [y0, y1, y2, y3] = [y[0][l], y[1][l], y[2][l], y[3][l]];
+        let (even, odd) = (y0 + y2, y1 + y3);
+        let (even4, odd2) = (y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
+        r[0][l] = y0;
+        r[1][l] = even + odd;
+        r[2][l] = even - odd;
+        r[3][l] = even4 + odd2;
+        r[4][l] = even4 - odd2;
+        r[5][l] = y3;
+    }
+    r
+}
+
+/// Gt u for six lane vectors: a weight gradient out of transform space.
+#[inline(always)]
+pub(super) fn gt6(u: &[Lanes; A]) -> [Lanes; 3] {
+    let mut r = [[0.0f32; LANES]; 3];
+    for l in 0..LANES {
+        let [u0, u1, u2, u3, u4, u5] = [u[0][l], u[1][l], u[2][l], u[3][l], u[4][l], u[5][l]];
+        let (p12, m12, p34, m34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
+        r[0][l] = u0 * (1.0 / 4.0) - p12 * (1.0 / 6.0) + p34 * (1.0 / 24.0);
+        r[1][l] = m12 * (1.0 / 6.0) + m34 * (1.0 / 12.0);
+        r[2][l] = -p12 * (1.0 / 6.0) + p34 * (1.0 / 6.0) + u5;
+    }
+    r
+}
+
+/// The 2-D transform F d Ft of N x N lane blocks, given F as `f` (N values in, P out): F applied
+/// to every column, then to every row of the result.
+#[inline(always)]
+pub(super) fn transform_2d<const N: usize, const P: usize>(
+    d: &[[Lanes; N]; N],
+    f: impl Fn(&[Lanes; N]) -> [Lanes; P],
+) -> [[Lanes; P]; P] {
+    let mut cols = [[[0.0f32; LANES]; N]; P];
+    for j in 0..N {
+        let column: [Lanes; N] = std::array::from_fn(|i| d[i][j]);
+        for (a, v) in f(&column).into_iter().enumerate() {
+            cols[a][j] = v;
+        }
+    }
+    std::array::from_fn(|a| f(&cols[a]))
+}
+
+/// G g for three lane vectors.
+#[inline(always)]
+pub(super) fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
+    let mut r = [[0.0f32; LANES]; A];
+    for l in 0..LANES {
+        let [x0, x1, x2] = [x[0][l], x[1][l], x[2][l]];
+        let (outer, middle) = (x0 + x2, x1);
+        r[0][l] = x0 * (1.0 / 4.0);
+        r[1][l] = -(outer + middle) * (1.0 / 6.0);
+        r[2][l] = -(outer - middle) * (1.0 / 6.0);
+        r[3][l] = x0 * (1.0 / 24.0) + x1 * (1.0 / 12.0) + x2 * (1.0 / 6.0);
+        r[4][l] = x0 * (1.0 / 24.0) - x1 * (1.0 / 12.0) + x2 * (1.0 / 6.0);
+        r[5][l] = x2;
+    }
+    r
+}
+
+/// V[c][pos][t] for the tile rows `rows` (global indices over batch x tile rows), t counting
+/// tiles in order across those rows.
+#[inline(always)]
+pub(super) fn transform_input_generic(
+    x: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    v: &mut [f32],
+) {
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let tiles = rows.len() * tiles_w;
+    let c_count = g.in_channels;
+    let plane = g.in_h * g.in_w;
+    // The A input rows one tile row reads, zero-padded, split by column phase: column 4q + p at
+    // [p][q], so that column j of the tiles t0.. is one contiguous load at [j % 4][t0 + j / 4..].
+    let quads = tiles_w.next_multiple_of(LANES) + 1;
+    let mut padded = vec![0.0f32; M * quads];
+    let mut phases = vec![0.0f32; A * M * quads];
+    for (ri, row) in rows.clone().enumerate() {
+        let (n, th) = (row / tiles_h, row % tiles_h);
+        for ci in 0..c_count {
+            let src = &x[(n * c_count + ci) * plane..][..plane];
+            for (i, split) in phases.chunks_exact_mut(M * quads).enumerate() {
+                let ih = (th * M + i) as isize - g.padding as isize;
+                if ih < 0 || ih >= g.in_h as isize {
+                    split.fill(0.0);
+                    continue;
+                }
+                let line = &src[ih as usize * g.in_w..][..g.in_w];
+                // Input column iw lands at padded column iw + padding.
+                let end = (g.padding + g.in_w).min(padded.len());
+                padded[..g.padding].fill(0.0);
+                padded[g.padding..end].copy_from_slice(&line[..end - g.padding]);
+                padded[end..].fill(0.0);
+                split_phases(&padded, split, quads);
+            }
+            for t0 in (0..tiles_w).step_by(LANES) {
+                // d[i][j][l]: element (i, j) of tile t0 + l.
+                let mut d = [[[0.0f32; LANES]; A]; A];
+                for (di, split) in d.iter_mut().zip(phases.chunks_exact(M * quads)) {
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        let start = (j % M) * quads + t0 + j / M;
+                        *dij = *<&Lanes>::try_from(&split[start..start + LANES])
+                            .expect("LANES values");
+                    }
+                }
+                let lanes = LANES.min(tiles_w - t0);
+                let at = ci * POSITIONS * tiles + ri * tiles_w + t0;
+                store_positions(&transform_2d(&d, bt6), v, tiles, at, lanes);
+            }
+        }
+    }
+}
+
+/// dM[k][pos][t] = (A dY At)[pos] for the 4x4 output-gradient blocks of the tile rows `rows`
+/// (blocks cut by the output's edge read zeros beyond it).
+#[inline(always)]
+pub(super) fn transform_output_grad_generic(
+    dy: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    dm: &mut [f32],
+) {
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let tiles = rows.len() * tiles_w;
+    let k_count = g.out_channels;
+    let plane = g.out_h * g.out_w;
+    // The 4 output-gradient rows of a tile row, zero beyond the edges, split by column phase
+    // (see `transform_input_generic`): column j of the tiles t0.. is at [j][t0..].
+    let quads = tiles_w.next_multiple_of(LANES);
+    let mut padded = vec![0.0f32; M * quads];
+    let mut phases = vec![0.0f32; M * M * quads];
+    for (ri, row) in rows.clone().enumerate() {
+        let (n, th) = (row / tiles_h, row % tiles_h);
+        for ko in 0..k_count {
+            let src = &dy[(n * k_count + ko) * plane..][..plane];
+            for (i, split) in phases.chunks_exact_mut(M * quads).enumerate() {
+                let oh = th * M + i;
+                if oh >= g.out_h {
+                    split.fill(0.0);
+                    continue;
+                }
+                padded[..g.out_w].copy_from_slice(&src[oh * g.out_w..(oh + 1) * g.out_w]);
+                padded[g.out_w..].fill(0.0);
+                split_phases(&padded, split, quads);
+            }
+            for t0 in (0..tiles_w).step_by(LANES) {
+                let mut d = [[[0.0f32; LANES]; M]; M];
+                for (di, split) in d.iter_mut().zip(phases.chunks_exact(M * quads)) {
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        let start = j * quads + t0;
+                        *dij = *<&Lanes>::try_from(&split[start..start + LANES])
+                            .expect("LANES values");
+                    }
+                }
+                let lanes = LANES.min(tiles_w - t0);
+                let at = ko * POSITIONS * tiles + ri * tiles_w + t0;
+                store_positions(&transform_2d(&d, a4), dm, tiles, at, lanes);
+            }
+        }
+    }
+}
+
+/// Y = At M A for the tile rows `rows`, plus bias and ReLU, into the output.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn transform_output_generic(
+    m: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    relu: bool,
+    y: OutPtr,
+) {
+    let (tiles_h, tiles_w) = tile_grid(g);
+    let tiles = rows.len() * tiles_w;
+    let k_count = g.out_channels;
+    let plane = g.out_h * g.out_w;
+    // An output far larger than the caches is not read back from them: store it around them.
+    let streaming = y.streaming;
+    for (ri, row) in rows.clone().enumerate() {
+        let (n, th) = (row / tiles_h, row % tiles_h);
+        for ko in 0..k_count {
+            let b = bias.map_or(0.0, |b| b[ko]);
+            let out_plane = (n * k_count + ko) * plane;
+            for t0 in (0..tiles_w).step_by(LANES) {
+                let lanes = LANES.min(tiles_w - t0);
+                let base = ri * tiles_w + t0;
+                let s = load_positions(m, tiles, ko * POSITIONS * tiles + base, lanes);
+                let width = (g.out_w - t0 * M).min(LANES * M);
+                for (a, out) in transform_2d(&s, at6).iter().enumerate() {
+                    let oh = th * M + a;
+                    if oh >= g.out_h {
+                        break;
+                    }
+                    // Interleave the lanes' 4 columns into one output row segment.
+                    let mut line = [0.0f32; LANES * M];
+                    for (bcol, ob) in out.iter().enumerate() {
+                        for (l, &v) in ob.iter().enumerate() {
+                            let v = v + b;
+                            line[l * M + bcol] = if relu { vgg_tensor::relu(v) } else { v };
+                        }
+                    }
+                    // SAFETY: the segment lies inside row oh of plane (n, ko), and only the chunk
+                    // owning tile row `row` writes it.
+                    unsafe {
+                        y.write_row(out_plane + oh * g.out_w + t0 * M, &line[..width], streaming)
+                    };
+                }
+            }
+        }
+    }
+}
