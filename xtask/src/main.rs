@@ -303,7 +303,9 @@ fn print_comparison(s: &Settings, results: &[(String, Run)]) {
                 .modes
                 .iter()
                 .find(|o| o.mode == mode)
-                .map_or("-".to_string(), |o| format!("{:.2}x", o.stats.median / median));
+                .map_or("-".to_string(), |o| {
+                    format!("{:.2}x", o.stats.median / median)
+                });
             let rss = m.peak_rss_bytes.map_or("-".to_string(), |b| {
                 format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
             });

@@ -1,5 +1,6 @@
 //! The flags that fix an error. Libraries say what is wrong in their own terms (a setting, the
-//! CPU backend, the learning rate); this maps those typed errors to this command line's flags.
+//! CPU backend, the learning rate); this maps those typed errors to this command line's flags,
+//! which `main` appends to the error's one line in parentheses.
 
 use vgg_dist::DistError;
 use vgg_model::{model::meta, ModelError, SettingDiffers};
@@ -9,26 +10,26 @@ use vgg_train::TrainError;
 
 use crate::causes::causes;
 
-/// The flags that would fix `e`, as a sentence, where this CLI knows them.
+/// The flags that would fix `e`, where this CLI knows them.
 pub fn hint(e: &anyhow::Error) -> Option<String> {
     causes(e).into_iter().find_map(|cause| {
         if cause.is::<vgg_cuda::CudaError>() {
-            return Some("run it on the CPU with --backend cpu".into());
+            return Some("--backend cpu".into());
         }
         if let Some(DistError::Timeout { .. }) = cause.downcast_ref::<DistError>() {
-            return Some("--comm-timeout SECONDS raises the limit".into());
+            return Some("--comm-timeout SECONDS".into());
         }
         if let Some(ModelError::Weights { made_with, .. }) = cause.downcast_ref::<ModelError>() {
             return settings_flags(made_with);
         }
         if let Some(TrainError::NonFinite { .. }) = cause.downcast_ref::<TrainError>() {
-            return Some("lower --lr, or choose another --optimizer".into());
+            return Some("--lr, --optimizer".into());
         }
         if let Some(DataError::Missing { dataset, .. }) = cause.downcast_ref::<DataError>() {
             return Some(if dataset.contains("CIFAR") {
-                "give --data the cifar-10-batches-bin directory".into()
+                "--data cifar-10-batches-bin".into()
             } else {
-                "leave out --data: vgg carries the digits".into()
+                "leave out --data".into()
             });
         }
         if let Some(IoError::BadSafetensors {
@@ -37,7 +38,7 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
         }) = cause.downcast_ref::<IoError>()
         {
             if kind.contains(".npy") {
-                return Some("give a .npy batch as --input, and weights as --weights".into());
+                return Some("--input for data, --weights for weights".into());
             }
         }
         None
@@ -57,12 +58,7 @@ fn settings_flags(made_with: &[SettingDiffers]) -> Option<String> {
             other => format!("{other} {}", s.file),
         })
         .collect();
-    (!flags.is_empty()).then(|| {
-        format!(
-            "to use the network the file was made for: {}",
-            flags.join(", ")
-        )
-    })
+    (!flags.is_empty()).then(|| flags.join(" "))
 }
 
 #[cfg(test)]
@@ -87,7 +83,7 @@ mod tests {
         };
         let wrapped = anyhow::Error::new(TrainError::Model(weights)).context("loading");
         let text = hint(&wrapped).unwrap();
-        assert!(text.contains("--model vgg11, --classes 10"), "{text}");
+        assert_eq!(text, "--model vgg11 --classes 10");
         let diverged = TrainError::NonFinite {
             value: f32::NAN,
             epoch: 0,

@@ -192,10 +192,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            stdout::warn(&format!("error: {}{e:#}", dist::who()));
-            if let Some(hint) = hints::hint(&e) {
-                stdout::warn(&format!("hint: {hint}"));
-            }
+            // One line: the problem, and in parentheses the flags that fix it where they are known.
+            let hint = hints::hint(&e).map_or(String::new(), |h| format!(" ({h})"));
+            stdout::warn(&format!("error: {}{e:#}{hint}", dist::who()));
             let code = exit::code(&e);
             // The other ranks would wait for this one forever.
             dist::end_job(code);
