@@ -1,6 +1,7 @@
 //! A newcomer's first hour, as the README gives it: `vgg` installed by the README's install line
 //! into a fresh root, then every command of "Your first hour" run from a directory outside the
-//! repository. They must all succeed.
+//! repository. They must all succeed, and the training line must reach the accuracy the README
+//! states for it, within a point.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,6 +41,25 @@ fn first_hour(readme: &str) -> Vec<Vec<String>> {
         .filter(|l| !l.is_empty())
         .map(|l| l.split_whitespace().map(str::to_string).collect())
         .collect()
+}
+
+/// The held-out accuracy, in percent, that the README's comment on its `vgg train` line states.
+fn stated_accuracy(readme: &str) -> f64 {
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("vgg train "))
+        .expect("the first hour trains");
+    let comment = &line[line.find('#').expect("a comment") + 1..];
+    let end = comment.find("% held out").expect("the comment states the accuracy");
+    let number = comment[..end].rsplit([' ', ',', '(']).next().unwrap();
+    number.parse().unwrap()
+}
+
+/// The accuracy `vgg train` printed last ("test accuracy 98.05% after ...").
+fn printed_accuracy(stdout: &str) -> Option<f64> {
+    let line = stdout.lines().rev().find(|l| l.contains("test accuracy "))?;
+    let after = &line[line.find("test accuracy ")? + "test accuracy ".len()..];
+    after[..after.find('%')?].parse().ok()
 }
 
 #[test]
@@ -88,6 +108,16 @@ fn the_readme_commands_work_from_anywhere_after_the_readme_install() {
             "{} printed nothing",
             words.join(" ")
         );
+        if words[1] == "train" {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let got = printed_accuracy(&stdout).expect("train prints its accuracy");
+            let stated = stated_accuracy(&text);
+            assert!(
+                (got - stated).abs() <= 1.0,
+                "the README states {stated}% for `{}`; it reached {got}%",
+                words.join(" ")
+            );
+        }
     }
     assert!(elsewhere.path().join("digits.safetensors").is_file());
 }

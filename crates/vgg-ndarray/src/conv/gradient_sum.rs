@@ -5,6 +5,11 @@
 //! bounded run of pixels in f32 ([`PIXELS_PER_PART`]), writing a fresh part, and the parts are
 //! added in f64, one rounding at the end. The f64 pass costs one addition per gradient value per
 //! part, against [`PIXELS_PER_PART`] multiply-adds per value in the GEMM.
+//!
+//! Where the parts are and how they are added never depends on the thread count: the parts come
+//! from the geometry alone, and they are summed in [`REDUCTION_LANES`] lanes (contiguous runs of
+//! parts, each in order), added in lane order. So `--threads 1` and `--threads 4` give the same
+//! bits, and a training run the same weights; more threads than lanes go to each lane's GEMMs.
 
 use rayon::prelude::*;
 
@@ -12,6 +17,27 @@ use crate::arena::Memory;
 
 /// The most output pixels one f32 GEMM sums over before its part joins the f64 total.
 pub const PIXELS_PER_PART: usize = 4096;
+
+/// How many runs of parts a weight gradient is summed in, whatever the thread count: two, as the
+/// two cores of the machines this is tuned on, so that they lose no parallelism and hold no more
+/// partial sums than before.
+pub const REDUCTION_LANES: usize = 2;
+
+/// The lanes for `parts` parts: at most [`REDUCTION_LANES`], at least one.
+pub fn lanes(parts: usize) -> usize {
+    parts.clamp(1, REDUCTION_LANES)
+}
+
+/// Parts [start, end) of lane `lane` of `lanes`: contiguous, in order, as even as they can be.
+pub fn lane_parts(lane: usize, lanes: usize, parts: usize) -> std::ops::Range<usize> {
+    lane * parts / lanes..(lane + 1) * parts / lanes
+}
+
+/// Threads for each lane's GEMMs: the backend's threads shared among the lanes. The GEMM's own
+/// results do not depend on its thread count (it splits rows and columns, never the sum).
+pub fn gemm_threads(threads: usize, lanes: usize) -> usize {
+    (threads / lanes.max(1)).max(1)
+}
 
 /// One worker's running weight gradient: the part the next GEMM writes and, from the second part
 /// on, the f64 total (a worker with one part never needs it).

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
-use super::gradient_sum::{GradientSum, PIXELS_PER_PART};
+use super::gradient_sum::{self, GradientSum, PIXELS_PER_PART};
 use super::im2col::{col_rows, im2col_images, image, is_pointwise, store_epilogue};
 use crate::arena::Memory;
 use crate::config::Tuning;
@@ -32,6 +32,19 @@ pub(super) fn images_per_group(g: &ConvGeometry, t: &Tuning) -> usize {
     }
     let per_thread = g.batch.div_ceil(t.threads.max(1));
     per_thread.div_ceil(per_thread.div_ceil(fit))
+}
+
+/// Images per group of the weight gradient: as many as the column tile holds, within one part of
+/// [`PIXELS_PER_PART`] pixels, and never depending on the thread count (so neither does the sum;
+/// gradient_sum.rs). 1: not grouped.
+pub(super) fn images_per_weight_group(g: &ConvGeometry, t: &Tuning) -> usize {
+    if is_pointwise(g) || g.out_h * g.out_w >= GROUP_BELOW_PIXELS {
+        return 1;
+    }
+    let image_bytes = col_rows(g) * g.out_h * g.out_w * std::mem::size_of::<f32>();
+    let fit = t.im2col_tile_bytes / image_bytes.max(1);
+    let part = PIXELS_PER_PART / (g.out_h * g.out_w).max(1);
+    fit.min(part).min(g.batch).max(1)
 }
 
 /// The column matrix [K, images x H x W] of images [n0, n0 + images) of `x`, in `col`.
@@ -104,18 +117,19 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
     let (k, hw) = (col_rows(g), g.out_h * g.out_w);
     // Groups of at most PIXELS_PER_PART pixels: each GEMM's f32 sum stays short, and the groups'
     // parts are added in f64 (gradient_sum.rs).
-    let per_group = images_per_group(g, t).min((PIXELS_PER_PART / hw.max(1)).max(1));
+    let per_group = images_per_weight_group(g, t);
     let out_image = g.out_channels * hw;
     let groups = g.batch.div_ceil(per_group);
-    let workers = groups.min(t.threads.max(1));
-    let gemm_threads = if workers == 1 { t.threads } else { 1 };
-    let sums: Vec<GradientSum> = (0..workers)
+    // Lanes of whole groups, fixed by the geometry alone (gradient_sum.rs).
+    let lanes = gradient_sum::lanes(groups);
+    let gemm_threads = gradient_sum::gemm_threads(t.threads, lanes);
+    let sums: Vec<GradientSum> = (0..lanes)
         .into_par_iter()
-        .map(|worker| {
+        .map(|lane| {
             let mut sum = GradientSum::new(g.out_channels * k);
             let mut col = Memory::uninit(k * per_group * hw);
             let mut gathered = Memory::uninit(g.out_channels * per_group * hw);
-            let mine = worker * groups / workers..(worker + 1) * groups / workers;
+            let mine = gradient_sum::lane_parts(lane, lanes, groups);
             for group in mine {
                 let n0 = group * per_group;
                 let images = per_group.min(g.batch - n0);

@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
-use super::gradient_sum::{GradientSum, PIXELS_PER_PART};
+use super::gradient_sum::{self, GradientSum, PIXELS_PER_PART};
 use crate::config::Tuning;
 use crate::gemm::{sgemm, Mat, MatMut};
 
@@ -517,14 +517,15 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
         .min(part_rows * k * g.out_w * std::mem::size_of::<f32>());
     let in_image = g.in_channels * g.in_h * g.in_w;
     let out_image = g.out_channels * g.out_h * g.out_w;
-    let groups = if g.batch >= threads { threads } else { 1 };
-    let gemm_threads = if groups == 1 { threads } else { 1 };
-    let sums: Vec<GradientSum> = (0..groups)
+    // Lanes of whole images, fixed by the batch alone (gradient_sum.rs).
+    let lanes = gradient_sum::lanes(g.batch);
+    let gemm_threads = gradient_sum::gemm_threads(threads, lanes);
+    let sums: Vec<GradientSum> = (0..lanes)
         .into_par_iter()
-        .map(|group| {
+        .map(|lane| {
             let mut sum = GradientSum::new(g.out_channels * k);
             let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
-            let images = group * g.batch / groups..(group + 1) * g.batch / groups;
+            let images = gradient_sum::lane_parts(lane, lanes, g.batch);
             for n in images {
                 for (r0, r1) in tiles(g, tile_bytes) {
                     let cols =

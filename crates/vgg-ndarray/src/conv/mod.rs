@@ -135,7 +135,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
     if use_winograd(g, true, t) {
         return winograd::backward_weight(x, dy, g, t);
     }
-    if grouped::images_per_group(g, t) > 1 {
+    if grouped::images_per_weight_group(g, t) > 1 {
         return grouped::backward_weight(x, dy, g, t);
     }
     im2col::backward_weight(x, dy, g, t)

@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
+use super::gradient_sum::{self, REDUCTION_LANES};
 use crate::arena::Memory;
 use crate::config::Tuning;
 use crate::gemm::{sgemm, Mat, MatMut};
@@ -183,20 +184,26 @@ pub(crate) fn forward_transformed(
 /// dM = A dY At and V = Bt x B as in the forward pass; then dW = Gt dU G. Each thread sums its
 /// own chunks (a fixed split, so the result does not depend on scheduling).
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
-    let threads = t.threads;
     check_lengths(g, x, dy, "conv output-gradient");
     let (k, c) = (g.out_channels, g.in_channels);
-    let chunks = Chunks::new(g, t);
-    // ConvGeometry rejects empty inputs, so there is at least one chunk, and every worker gets one.
+    // Chunks and lanes fixed by the geometry, not the thread count, so neither is the sum
+    // (gradient_sum.rs): the chunks are cut as for as many threads as lanes.
+    let fixed = Tuning {
+        threads: REDUCTION_LANES,
+        ..*t
+    };
+    let chunks = Chunks::new(g, &fixed);
+    // ConvGeometry rejects empty inputs, so there is at least one chunk, and every lane gets one.
     assert!(chunks.count > 0, "a convolution has at least one tile");
-    let workers = threads.clamp(1, chunks.count);
-    let partials: Vec<Memory> = (0..workers)
+    let lanes = gradient_sum::lanes(chunks.count);
+    let gemm_threads = gradient_sum::gemm_threads(t.threads, lanes);
+    let partials: Vec<Memory> = (0..lanes)
         .into_par_iter()
-        .map(|worker| {
-            // Each worker has at least one chunk (workers <= chunks), whose GEMMs (accumulate
-            // false) overwrite all of it.
+        .map(|lane| {
+            // Each lane has at least one chunk (lanes <= chunks), whose GEMMs (accumulate false)
+            // overwrite all of it.
             let mut du = Memory::uninit(POSITIONS * k * c);
-            let mine = worker * chunks.count / workers..(worker + 1) * chunks.count / workers;
+            let mine = gradient_sum::lane_parts(lane, lanes, chunks.count);
             for (i, chunk) in mine.enumerate() {
                 chunks.with_scratch(chunk, |rows, tiles, v, dm| {
                     simd::input(x, g, rows.clone(), v);
@@ -213,7 +220,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
                             position(dm, pos, k, tiles),
                             position(v, pos, c, tiles).t(),
                             i > 0,
-                            1,
+                            gemm_threads,
                         );
                     }
                 });
