@@ -25,6 +25,7 @@
 pub struct ReadmeDoctests;
 
 mod check;
+pub mod conformance;
 mod custom;
 mod ops;
 pub mod recompute;

@@ -1,6 +1,7 @@
-//! The ops networks beyond VGG need, and ops added from outside: every gradient against finite
-//! differences, on the CPU backend and on the plain-loops reference backend (which has only the
-//! primitives, so this also checks the composites written in them).
+//! The ops networks beyond VGG need, and ops added from outside: the gradient suite
+//! (`vgg_autodiff::conformance`: every op's gradient against finite differences) on the CPU
+//! backend and on the plain-loops reference backend (which has only the primitives, so this also
+//! checks the composites written in them), and custom ops.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -14,7 +15,6 @@ use vgg_autodiff::{check_gradients, AutodiffError, GradCheck, Tape, Var};
 use vgg_ndarray::CpuBackend;
 use vgg_tensor::prelude::*;
 use vgg_tensor::reference::ReferenceBackend;
-use vgg_tensor::{Conv2dParams, Pool2dParams};
 
 use resnet_digits::Swish;
 
@@ -31,12 +31,6 @@ fn spaced<B: Backend>(b: &B, dims: &[usize], seed: u64) -> B::Tensor {
     b.upload(&Shape::from(dims), &v).unwrap()
 }
 
-/// Positive values in [0.5, 2], for log, sqrt, recip and division.
-fn positive<B: Backend>(b: &B, dims: &[usize], seed: u64) -> B::Tensor {
-    b.random_uniform(&Shape::from(dims), 0.5, 2.0, seed)
-        .unwrap()
-}
-
 fn check<B: Backend>(
     b: &B,
     what: &str,
@@ -48,97 +42,9 @@ fn check<B: Backend>(
     assert!(report.coords_checked > 0);
 }
 
-fn elementwise<B: Backend>(b: &B) {
-    for (da, dc) in [
-        (&[2, 3, 4][..], &[2, 3, 4][..]),
-        (&[2, 3, 4], &[3, 1]),
-        (&[4], &[2, 3, 4]),
-        (&[2, 1, 4], &[3, 1]),
-        (&[2, 3], &[]),
-    ] {
-        let xs = [spaced(b, da, 1), spaced(b, dc, 2)];
-        let what = format!("{da:?} with {dc:?}");
-        check(b, &format!("add {what}"), &xs, |t, v| t.add(&v[0], &v[1]));
-        check(b, &format!("sub {what}"), &xs, |t, v| t.sub(&v[0], &v[1]));
-        check(b, &format!("mul {what}"), &xs, |t, v| t.mul(&v[0], &v[1]));
-        check(b, &format!("maximum {what}"), &xs, |t, v| {
-            t.maximum(&v[0], &v[1])
-        });
-        check(b, &format!("minimum {what}"), &xs, |t, v| {
-            t.minimum(&v[0], &v[1])
-        });
-        let divisor = [spaced(b, da, 1), positive(b, dc, 3)];
-        check(b, &format!("div {what}"), &divisor, |t, v| {
-            t.div(&v[0], &v[1])
-        });
-    }
-    for op in UnaryOp::ALL {
-        let x = if matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Recip) {
-            positive(b, &[3, 5], 4)
-        } else {
-            spaced(b, &[3, 5], 4)
-        };
-        check(b, &format!("{op:?}"), &[x], |t, v| t.unary(op, &v[0]));
-    }
-}
-
-fn reductions_and_layout<B: Backend>(b: &B) {
-    let x = [spaced(b, &[2, 3, 4, 5], 5)];
-    for axes in [&[0][..], &[1, 3], &[0, 2, 3], &[]] {
-        check(b, &format!("sum_axes {axes:?}"), &x, |t, v| {
-            t.sum_axes(&v[0], axes)
-        });
-        check(b, &format!("mean_axes {axes:?}"), &x, |t, v| {
-            t.mean_axes(&v[0], axes)
-        });
-        check(b, &format!("max_axes {axes:?}"), &x, |t, v| {
-            t.max_axes(&v[0], axes)
-        });
-    }
-    check(b, "permute", &x, |t, v| t.permute(&v[0], &[3, 1, 0, 2]));
-    check(b, "transpose", &x, |t, v| t.transpose(&v[0], 1, 3));
-    check(b, "slice", &x, |t, v| t.slice(&v[0], 2, 1, 2));
-    check(b, "slice at the start", &x, |t, v| t.slice(&v[0], 0, 0, 1));
-    let parts = [spaced(b, &[2, 3, 4], 6), spaced(b, &[2, 1, 4], 7)];
-    check(b, "concat", &parts, |t, v| {
-        t.concat(&[&v[0], &v[1], &v[0]], 1)
-    });
-    let img = [spaced(b, &[2, 3, 7, 6], 8)];
-    for (kernel, stride) in [(2, 2), (3, 2), (2, 1)] {
-        let p = Pool2dParams { kernel, stride };
-        check(b, &format!("avg_pool2d {kernel}/{stride}"), &img, |t, v| {
-            t.avg_pool2d(&v[0], p)
-        });
-    }
-    check(b, "global_avg_pool", &img, |t, v| t.global_avg_pool(&v[0]));
-    // Normal values: spaced ones this large make f32 sums too coarse for differences over 50 taps.
-    let normal =
-        |dims: &[usize], seed| b.random_normal(&Shape::from(dims), 0.0, 1.0, seed).unwrap();
-    let conv = [normal(&[1, 2, 9, 8], 9), normal(&[3, 2, 5, 5], 10)];
-    let p = Conv2dParams {
-        stride: 3,
-        padding: 2,
-    };
-    check(b, "conv2d 5x5/3 p2", &conv, |t, v| {
-        t.conv2d(&v[0], &v[1], p)
-    });
-}
-
-fn batch_norm<B: Backend>(b: &B) {
-    for dims in [&[4, 3, 5, 2][..], &[6, 3]] {
-        let inputs = [
-            spaced(b, dims, 11),
-            positive(b, &[3], 12),
-            spaced(b, &[3], 13),
-        ];
-        check(b, &format!("batch_norm {dims:?}"), &inputs, |t, v| {
-            Ok(t.batch_norm(&v[0], &v[1], &v[2], 1e-5)?.y)
-        });
-        let stats = (spaced(b, &[3], 14), positive(b, &[3], 15));
-        check(b, &format!("batch_norm_eval {dims:?}"), &inputs, |t, v| {
-            t.batch_norm_eval(&v[0], &stats.0, &stats.1, &v[1], &v[2], 1e-5)
-        });
-    }
+/// The normalised batch has mean 0 and variance 1 per channel before gamma and beta (its
+/// gradients are in the suite, `vgg_autodiff::conformance`).
+fn batch_norm_normalises<B: Backend>(b: &B) {
     // The normalised batch has mean 0 and variance 1 per channel before gamma and beta.
     let x = spaced(b, &[8, 2, 3, 3], 16);
     let tape = Tape::inference(b.clone());
@@ -209,10 +115,10 @@ fn custom_ops<B: Backend>(b: &B) {
     );
 }
 
+/// The gradient suite every backend runs, and what the tape does beyond it.
 fn all<B: Backend>(b: &B) {
-    elementwise(b);
-    reductions_and_layout(b);
-    batch_norm(b);
+    vgg_autodiff::conformance::assert_conforms(b);
+    batch_norm_normalises(b);
     custom_ops(b);
 }
 

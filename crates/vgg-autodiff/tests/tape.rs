@@ -15,6 +15,8 @@ use vgg_tensor::{Conv2dParams, Pool2dParams, Result};
 struct Spy {
     cpu: CpuBackend,
     input_grads: Arc<AtomicUsize>,
+    /// The input gradients it returns are this many times the true ones (1: right).
+    skew: f32,
 }
 
 macro_rules! delegate {
@@ -74,7 +76,11 @@ impl Convolution for Spy {
         p: Conv2dParams,
     ) -> Result<CpuTensor> {
         self.input_grads.fetch_add(1, Ordering::SeqCst);
-        self.cpu.conv2d_backward_input(dy, w, s, p)
+        let dx = self.cpu.conv2d_backward_input(dy, w, s, p)?;
+        if self.skew == 1.0 {
+            return Ok(dx);
+        }
+        self.cpu.scale(&dx, self.skew)
     }
 
     delegate! {
@@ -138,6 +144,7 @@ fn constants_cost_no_gradient_work() {
     let spy = Spy {
         cpu: cpu(),
         input_grads: Arc::new(AtomicUsize::new(0)),
+        skew: 1.0,
     };
     let tape = Tape::new(spy.clone());
     let x = tape.constant(
@@ -345,4 +352,28 @@ fn parameter_gradients_stream_out_as_soon_as_they_are_final() {
         .backward_streaming(&loss, |_| {}, |_, _| Err(AutodiffError::LossUntracked))
         .unwrap_err();
     assert_eq!(e, AutodiffError::LossUntracked);
+}
+
+#[test]
+fn the_gradient_suite_passes_a_right_backend_and_fails_a_wrong_input_gradient() {
+    let spy = |skew| Spy {
+        cpu: cpu(),
+        input_grads: Arc::new(AtomicUsize::new(0)),
+        skew,
+    };
+    // Every composite from the primitives: the suite checks the backward rules on its kernels.
+    vgg_autodiff::conformance::assert_conforms(&spy(1.0));
+    // Input gradients 10% off: the convolutions' cases fail, and only theirs.
+    let failures = vgg_autodiff::conformance::check(&spy(1.1));
+    assert!(!failures.is_empty());
+    assert!(
+        failures
+            .iter()
+            .all(|f| f.starts_with("conv2d") || f.starts_with("a small convnet")),
+        "{failures:#?}"
+    );
+    assert!(
+        failures.iter().any(|f| f.starts_with("conv2d 5x5/3 p2")),
+        "{failures:#?}"
+    );
 }

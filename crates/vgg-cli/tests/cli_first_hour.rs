@@ -50,14 +50,19 @@ fn stated_accuracy(readme: &str) -> f64 {
         .find(|l| l.starts_with("vgg train "))
         .expect("the first hour trains");
     let comment = &line[line.find('#').expect("a comment") + 1..];
-    let end = comment.find("% held out").expect("the comment states the accuracy");
+    let end = comment
+        .find("% held out")
+        .expect("the comment states the accuracy");
     let number = comment[..end].rsplit([' ', ',', '(']).next().unwrap();
     number.parse().unwrap()
 }
 
 /// The accuracy `vgg train` printed last ("test accuracy 98.05% after ...").
 fn printed_accuracy(stdout: &str) -> Option<f64> {
-    let line = stdout.lines().rev().find(|l| l.contains("test accuracy "))?;
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("test accuracy "))?;
     let after = &line[line.find("test accuracy ")? + "test accuracy ".len()..];
     after[..after.find('%')?].parse().ok()
 }
