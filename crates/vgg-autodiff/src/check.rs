@@ -43,6 +43,21 @@ pub struct GradCheckReport {
     pub coords_checked: usize,
 }
 
+impl std::fmt::Display for GradCheckReport {
+    /// "N coordinates checked; worst per input: input 0, coordinate 3: analytic 1.2e0, numeric ..."
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} coordinates checked", self.coords_checked)?;
+        for (i, &(input, coord, analytic, numeric)) in self.worst.iter().enumerate() {
+            let lead = if i == 0 { "; worst per input: " } else { "; " };
+            write!(
+                f,
+                "{lead}input {input}, coordinate {coord}: analytic {analytic:e}, numeric {numeric:e}"
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Compares the tape's gradients of `f` with central differences, for every input.
 ///
 /// `f` builds its output from the given `Var`s on the given tape; a non-scalar output is reduced

@@ -320,6 +320,19 @@ impl<B: Backend> Tape<B> {
 
     /// A fully connected layer: x [N, in] times w [out, in] transposed, plus b `[out]`.
     pub fn linear(&self, x: &Var<B>, w: &Var<B>, bias: &Var<B>) -> Result<Var<B>> {
+        // Shapes checked here, so a mismatch names the layer's operands, not the product inside.
+        let (x_shape, w_shape) = (x.shape(), w.shape());
+        let fits =
+            x_shape.rank() == 2 && w_shape.rank() == 2 && x_shape.dims()[1] == w_shape.dims()[1];
+        if !fits {
+            return Err(TensorError::ShapeMismatch {
+                op: "linear",
+                what: "the input [N, F] and the weight [out, F] must share F",
+                lhs: x_shape.clone(),
+                rhs: w_shape.clone(),
+            }
+            .into());
+        }
         let xw = self.matmul(x, w, false, true)?;
         self.add_row_bias(&xw, bias)
     }

@@ -125,3 +125,24 @@ fn conv_relu_pool_as_one_node_matches_the_three_apart() {
     let (conv_out, pooled) = (2 * 4 * 8 * 8 * 4, 2 * 4 * 4 * 4 * 4);
     assert_eq!(saved_apart - saved_fused, conv_out - pooled);
 }
+
+#[test]
+fn a_linear_layer_of_the_wrong_width_is_named_as_such() {
+    let b = cpu();
+    let tape = Tape::new(b.clone());
+    let x = tape.constant(normal(&b, &[2, 5], 1));
+    let w = tape.param("w", normal(&b, &[3, 4], 2));
+    let bias = tape.param("b", normal(&b, &[3], 3));
+    let e = tape.linear(&x, &w, &bias).err().unwrap().to_string();
+    assert!(e.starts_with("linear:") && e.contains("[2, 5]") && e.contains("[3, 4]"), "{e}");
+    // The report of a passing check says what it compared.
+    let report = check_gradients(
+        &b,
+        &[normal(&b, &[3], 4)],
+        |t, v| t.sum(&v[0]),
+        &GradCheck::default(),
+    )
+    .unwrap();
+    let text = report.to_string();
+    assert!(text.starts_with("3 coordinates checked; worst per input: input 0"), "{text}");
+}

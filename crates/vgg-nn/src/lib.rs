@@ -1,15 +1,19 @@
 //! Layers over `vgg-autodiff`, generic over the backend: Conv2d, Linear, MaxPool2d, ReLU, Dropout,
 //! Flatten in a `Sequential` whose parameter names follow PyTorch's (`{prefix}.{index}.weight`),
-//! seeded initialisers, and named-tensor files (safetensors, .npy).
+//! seeded initialisers, optimisers, a parameter store for networks of your own (`params`), and
+//! named-tensor files (safetensors, .npy).
 
 pub mod init;
 pub mod io;
 pub mod optim;
+pub mod params;
 
 use vgg_autodiff::{Tape, Var};
 use vgg_tensor::{Backend, Conv2dParams, Pool2dParams, Shape};
 
 pub use init::{Init, InitScheme};
+pub use optim::{Optimizer, OptimizerKind, Schedule};
+pub use params::{Attached, ParamError, ParamId, ParamStore};
 
 /// Per-call settings of a forward pass.
 #[derive(Debug, Clone, Copy, PartialEq)]

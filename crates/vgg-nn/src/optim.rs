@@ -31,6 +31,24 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    /// Adam with PyTorch's defaults: betas 0.9 and 0.999, eps 1e-8, no weight decay.
+    pub fn adam() -> OptimizerKind {
+        OptimizerKind::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+
+    /// SGD with `momentum` (0: plain) and no weight decay.
+    pub fn sgd(momentum: f32) -> OptimizerKind {
+        OptimizerKind::Sgd {
+            momentum,
+            weight_decay: 0.0,
+        }
+    }
+
     /// The optimiser's name (`sgd`, `adam`).
     pub fn name(&self) -> &'static str {
         match self {

@@ -35,8 +35,9 @@ pub use shape::{window_len, Conv2dParams, ConvGeometry, Pool2dParams, PoolGeomet
 /// scope) and the op vocabularies. `use vgg_tensor::prelude::*;`
 pub mod prelude {
     pub use crate::{
-        Backend, BinaryOp, Convolution, Device, DeviceTensor, Elementwise, Fused, Layout, Matmul,
-        Pooling, Reduce, ReduceOp, Shape, UnaryOp,
+        AdamParams, Backend, BinaryOp, Conv2dParams, Convolution, Device, DeviceTensor,
+        Elementwise, Fused, Layout, Matmul, Pool2dParams, Pooling, Reduce, ReduceOp, Shape,
+        UnaryOp,
     };
 }
 
@@ -123,6 +124,20 @@ pub struct AdamParams {
     pub weight_decay: f32,
     /// The step being taken, counting from 1 (for the bias corrections).
     pub step: u64,
+}
+
+impl Default for AdamParams {
+    /// PyTorch's defaults (lr 1e-3, betas 0.9 and 0.999, eps 1e-8, no weight decay), first step.
+    fn default() -> Self {
+        AdamParams {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            step: 1,
+        }
+    }
 }
 
 /// A tensor living on some device. Cloning is cheap (the buffer is shared).
