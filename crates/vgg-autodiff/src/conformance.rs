@@ -19,8 +19,9 @@ fn all<X>(items: Vec<vgg_tensor::Result<X>>) -> vgg_tensor::Result<Vec<X>> {
     items.into_iter().collect()
 }
 
-/// Values spaced at least 0.05 apart and away from 0, shuffled: no ties or kinks within eps.
-fn spaced<B: Backend>(b: &B, dims: &[usize], seed: u64) -> vgg_tensor::Result<T<B>> {
+/// Values spaced at least 0.05 apart and away from 0, shuffled by `seed`: no ties or kinks
+/// within a gradient check's eps, for cases of one's own.
+pub fn spaced<B: Backend>(b: &B, dims: &[usize], seed: u64) -> vgg_tensor::Result<T<B>> {
     let n: usize = dims.iter().product();
     let mut v: Vec<f32> = (0..n)
         .map(|i| (i as f32 + 1.0) * 0.05 * if i % 2 == 0 { 1.0 } else { -1.0 })

@@ -134,7 +134,10 @@ fn a_linear_layer_of_the_wrong_width_is_named_as_such() {
     let w = tape.param("w", normal(&b, &[3, 4], 2));
     let bias = tape.param("b", normal(&b, &[3], 3));
     let e = tape.linear(&x, &w, &bias).err().unwrap().to_string();
-    assert!(e.starts_with("linear:") && e.contains("[2, 5]") && e.contains("[3, 4]"), "{e}");
+    assert!(
+        e.starts_with("linear:") && e.contains("[2, 5]") && e.contains("[3, 4]"),
+        "{e}"
+    );
     // The report of a passing check says what it compared.
     let report = check_gradients(
         &b,
@@ -144,5 +147,8 @@ fn a_linear_layer_of_the_wrong_width_is_named_as_such() {
     )
     .unwrap();
     let text = report.to_string();
-    assert!(text.starts_with("3 coordinates checked; worst per input: input 0"), "{text}");
+    assert!(
+        text.starts_with("3 coordinates checked; worst per input: input 0"),
+        "{text}"
+    );
 }

@@ -18,17 +18,8 @@ use vgg_tensor::reference::ReferenceBackend;
 
 use resnet_digits::Swish;
 
-/// Values spaced at least 0.05 apart and away from 0 (no ties or kinks within eps), shuffled.
 fn spaced<B: Backend>(b: &B, dims: &[usize], seed: u64) -> B::Tensor {
-    let n: usize = dims.iter().product();
-    let mut v: Vec<f32> = (0..n)
-        .map(|i| (i as f32 + 1.0) * 0.05 * if i % 2 == 0 { 1.0 } else { -1.0 })
-        .collect();
-    for i in (1..n).rev() {
-        let j = (vgg_tensor::random::bits(seed, i as u64) % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    b.upload(&Shape::from(dims), &v).unwrap()
+    vgg_autodiff::conformance::spaced(b, dims, seed).unwrap()
 }
 
 fn check<B: Backend>(

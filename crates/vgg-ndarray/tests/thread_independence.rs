@@ -143,14 +143,7 @@ fn training_ops_give_the_same_bits_on_any_thread_count() {
         let mut m = b.zeros(&shape).unwrap();
         let mut v = b.zeros(&shape).unwrap();
         let grad = b.random_normal(&shape, 0.0, 1.0, 11).unwrap();
-        let hp = AdamParams {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            step: 1,
-        };
+        let hp = AdamParams::default();
         b.adam_step(&mut param, &mut m, &mut v, &grad, hp).unwrap();
         bits(b, &param)
     });
