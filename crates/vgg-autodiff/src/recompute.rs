@@ -11,7 +11,7 @@ use crate::tape::{Value, Var};
 pub type Recipe<B> = Rc<dyn Fn(&B) -> vgg_tensor::Result<Value<B>>>;
 
 /// When a ReLU convolution's output is recomputed in backward instead of kept (see
-/// [`Tape::set_recompute`]). Neither the convolution (for its ReLU's mask) nor the convolutions
+/// [`Tape::set_recompute`](crate::Tape::set_recompute)). Neither the convolution (for its ReLU's mask) nor the convolutions
 /// that read its output keep it: each computes it again from the input when its backward runs,
 /// so it is freed as soon as forward is done with it instead of living through all of backward.
 /// In a VGG the first layer's output is the largest activation, and the peak of backward is
