@@ -8,8 +8,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use vgg_bench::record::Run;
-use vgg_bench::Mode;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -128,11 +126,6 @@ fn built_vgg(profile: &str) -> Result<PathBuf> {
     Ok(vgg)
 }
 
-/// A benchmark record, ours or a peer's, read and checked as `vgg report` reads it.
-fn read_run(path: &Path) -> Result<Run> {
-    Ok(vgg_bench::record::load(path)?)
-}
-
 fn read_json(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -215,7 +208,6 @@ fn bench(args: &[String]) -> Result<()> {
     if !cmd.status().context("running vgg bench")?.success() {
         bail!("vgg bench failed");
     }
-    let mut results = vec![("vgg (ours)".to_string(), read_run(&ours_json)?)];
     let mut records = vec![ours_json.clone()];
     if peers {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
@@ -261,12 +253,19 @@ fn bench(args: &[String]) -> Result<()> {
             {
                 bail!("{script} failed");
             }
-            let run = read_run(&json)?;
             records.push(json.clone());
-            results.push((run.name.clone(), run));
         }
     }
-    print_comparison(&s, &results);
+    // The records are read, checked and compared by `vgg report`, typed, as the page reads them.
+    println!(
+        "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all); seconds per batch",
+        s.batch, s.image_size, s.image_size, s.burn_in, s.num_batches, s.threads
+    );
+    let mut cmd = Command::new(&vgg);
+    cmd.args(["report", "--format", "table"]).args(&records);
+    if !cmd.status().context("running vgg report")?.success() {
+        bail!("vgg report --format table failed");
+    }
     if let Some(page) = report {
         let mut cmd = Command::new(&vgg);
         cmd.arg("report").args(&records).arg("--output").arg(&page);
@@ -277,72 +276,6 @@ fn bench(args: &[String]) -> Result<()> {
         eprintln!("wrote {}", page.display());
     }
     Ok(())
-}
-
-fn print_comparison(s: &Settings, results: &[(String, Run)]) {
-    println!(
-        "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all); seconds per batch",
-        s.batch, s.image_size, s.image_size, s.burn_in, s.num_batches, s.threads
-    );
-    let ours = &results[0].1;
-    // The peak is the matrix-product rate our run measured on this machine.
-    let peak = ours
-        .ours
-        .as_ref()
-        .and_then(|r| r.matmul_peak.as_ref())
-        .map(|p| p.gflops_per_second);
-    println!(
-        "{:<34} {:<17} {:>9} {:>9} {:>9} {:>8} {:>10} {:>10}",
-        "framework", "mode", "mean", "median", "GFLOP/s", "of peak", "ours/this", "peak RSS"
-    );
-    let mut best: Vec<(Mode, String, f64)> = Vec::new();
-    for (i, (name, run)) in results.iter().enumerate() {
-        for m in &run.modes {
-            let (mode, median) = (m.mode, m.stats.median);
-            let ratio = ours
-                .modes
-                .iter()
-                .find(|o| o.mode == mode)
-                .map_or("-".to_string(), |o| {
-                    format!("{:.2}x", o.stats.median / median)
-                });
-            let rss = m.peak_rss_bytes.map_or("-".to_string(), |b| {
-                format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-            });
-            let gflops = m.gflops_per_second();
-            let of_peak = match (gflops, peak) {
-                (Some(g), Some(p)) if p > 0.0 => format!("{:.0}%", 100.0 * g / p),
-                _ => "-".to_string(),
-            };
-            let gflops = gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
-            println!(
-                "{name:<34} {:<17} {:>9.3} {median:>9.3} {gflops:>9} {of_peak:>8} {ratio:>10} {rss:>10}",
-                mode.label(),
-                m.stats.mean,
-            );
-            if i > 0 {
-                match best.iter_mut().find(|b| b.0 == mode) {
-                    Some(b) if b.2 <= median => {}
-                    Some(b) => *b = (mode, name.clone(), median),
-                    None => best.push((mode, name.clone(), median)),
-                }
-            }
-        }
-    }
-    for (mode, name, median) in &best {
-        if let Some(o) = ours.modes.iter().find(|o| o.mode == *mode) {
-            println!(
-                "best peer, {}: {name} at {median:.3} s; ours/best {:.2}x",
-                mode.label(),
-                o.stats.median / median
-            );
-        }
-    }
-    println!(
-        "ours/this: our median over this framework's median (below 1: we are faster). GFLOP/s: the \
-         direct method's arithmetic over the mean step; of peak: against the matrix-product rate \
-         `vgg bench` measured on this machine."
-    );
 }
 
 /// The release `vgg` and the CUDA crate's test executables, copied into `dir` for a machine that

@@ -32,6 +32,12 @@ impl Device for Spy {
         "spy".into()
     }
 
+    // On the CPU backend's workers, as its own loops run: ops started from outside its pool
+    // hand their work across threads.
+    fn execute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.cpu.execute(f)
+    }
+
     delegate! {
         upload(shape: &Shape, data: &[f32]) -> Result<CpuTensor>;
         download(t: &CpuTensor) -> Result<Vec<f32>>;

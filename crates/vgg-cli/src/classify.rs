@@ -11,7 +11,7 @@ use vgg_nn::io::image::{load_imagenet_image, CROP};
 use vgg_nn::RunOptions;
 use vgg_tensor::{Backend, Shape};
 
-use crate::net::{load_model, top_k};
+use crate::net::{load_model_and_metadata, top_k, untrained_note};
 use crate::options::{DeviceArgs, NetOptions, TopArg, WeightsArg};
 use crate::progress::Stages;
 
@@ -36,7 +36,7 @@ pub struct ClassifyArgs {
 pub fn run<B: Backend>(backend: &B, a: &ClassifyArgs) -> Result<String> {
     let batch = a.images.len().min(BATCH);
     let stages = Stages::new(&format!("loading {}", a.weights.weights.display()));
-    let vgg = load_model(
+    let (vgg, metadata) = load_model_and_metadata(
         backend,
         &a.net,
         &a.weights.weights,
@@ -46,7 +46,7 @@ pub fn run<B: Backend>(backend: &B, a: &ClassifyArgs) -> Result<String> {
         " for ImageNet images",
     )?;
     let classes = vgg.spec().options.classes;
-    let mut out = String::new();
+    let mut out = untrained_note(&metadata).unwrap_or_default();
     for (i, paths) in a.images.chunks(BATCH).enumerate() {
         stages.stage(&format!(
             "classifying images {}-{} of {}",

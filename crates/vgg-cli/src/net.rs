@@ -2,11 +2,12 @@
 //! reading weight files (training checkpoints included), the memory checks, and the inputs
 //! (a `.npy` batch, PNG/JPEG images, or random images).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vgg_autodiff::Tape;
-use vgg_model::model::options_from_metadata;
+use vgg_model::model::{meta, options_from_metadata};
 use vgg_model::{ModelSpec, PartialOptions, Vgg, VggConfig, Workload};
 use vgg_nn::io::{self, HostTensor, NamedPath, TensorFile};
 use vgg_nn::{InitScheme, RunOptions};
@@ -117,16 +118,30 @@ pub fn init<B: Backend>(backend: &B, a: &InitArgs) -> Result<String> {
     let stages = Stages::new(&format!("initialising {}", spec.describe()));
     let vgg = Vgg::init(backend, spec, &a.init.scheme(), a.seed)?;
     stages.stage(&format!("writing {}", a.output.display()));
-    vgg.save(backend, &a.output)?;
+    let scheme = match a.init {
+        InitChoice::Reference => "reference",
+        InitChoice::Kaiming => "kaiming",
+    };
+    let drawn = format!("{scheme}, seed {}", a.seed);
+    vgg.save_with(backend, &a.output, &[(meta::INITIALISED, drawn)])?;
     Ok(format!(
-        "wrote {} ({} parameters, {} init, seed {})\n",
+        "wrote {} ({} parameters, {scheme} init, seed {})\n",
         a.output.display(),
         vgg.param_count(),
-        match a.init {
-            InitChoice::Reference => "reference",
-            InitChoice::Kaiming => "kaiming",
-        },
         a.seed
+    ))
+}
+
+/// A note for the top of predictions made with weights `vgg init` drew and nothing trained
+/// (None for trained weights, or where the file does not say).
+pub fn untrained_note(metadata: &HashMap<String, String>) -> Option<String> {
+    let drawn = metadata.get(meta::INITIALISED)?;
+    if metadata.contains_key(vgg_train::meta::DATASET) {
+        return None;
+    }
+    Some(format!(
+        "note: these weights are untrained (drawn by `vgg init`, {drawn}): the classes below are \
+         guesses; train them (`vgg train`) or use torchvision's\n"
     ))
 }
 
@@ -179,10 +194,10 @@ pub fn read_weights(path: &Path) -> Result<TensorFile> {
     Ok(file)
 }
 
-/// The network of a weight file for `size` (HxW) images, checked to fit in memory for `work` on a
+/// The network of a weight file for `size` (HxW) images, and the file's metadata, checked to fit in memory for `work` on a
 /// batch of `batch`: options from the flags, then the file's metadata, then the defaults.
 /// `purpose` ("for 2 images of x.npy") ends the errors, which start with the weights.
-pub fn load_model<B: Backend>(
+pub fn load_model_and_metadata<B: Backend>(
     backend: &B,
     flags: &NetOptions,
     weights: &Path,
@@ -190,7 +205,7 @@ pub fn load_model<B: Backend>(
     batch: usize,
     work: Workload,
     purpose: &str,
-) -> Result<Vgg<B>> {
+) -> Result<(Vgg<B>, HashMap<String, String>)> {
     let context = || format!("loading {}{purpose}", weights.display());
     let file = read_weights(weights)?;
     let (meta_model, meta_options) = options_from_metadata(&file.metadata);
@@ -224,7 +239,21 @@ pub fn load_model<B: Backend>(
         .spec(meta_model, known, NetDefaults::default())
         .with_context(context)?;
     check_memory(backend, &spec, batch, work)?;
-    Vgg::from_tensors(backend, spec, &file).map_err(other_size)
+    let vgg = Vgg::from_tensors(backend, spec, &file).map_err(other_size)?;
+    Ok((vgg, file.metadata))
+}
+
+/// `load_model_and_metadata` without the metadata.
+pub fn load_model<B: Backend>(
+    backend: &B,
+    flags: &NetOptions,
+    weights: &Path,
+    size: Option<(usize, usize)>,
+    batch: usize,
+    work: Workload,
+    purpose: &str,
+) -> Result<Vgg<B>> {
+    load_model_and_metadata(backend, flags, weights, size, batch, work, purpose).map(|(v, _)| v)
 }
 
 /// Whether an input file is a NumPy array (by name or by its first bytes) rather than an image.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use vgg_bench::record;
 use vgg_nn::io::NamedPath;
-use vgg_report::{distinct_names, page};
+use vgg_report::{comparison_table, distinct_names, page};
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
@@ -17,6 +17,19 @@ pub struct ReportArgs {
     /// Where to write the page [default: stdout]
     #[arg(long, short, value_name = "FILE.html")]
     pub output: Option<PathBuf>,
+    /// What to write: the HTML page, or a text table comparing every record with the first
+    /// (mean and median s/batch, GFLOP/s, ratios, the best peer per mode)
+    #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+    pub format: ReportFormat,
+}
+
+/// What `vgg report` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// One self-contained HTML page
+    Html,
+    /// A text table, ours against each other record
+    Table,
 }
 
 /// `vgg report`: the page from records on disk, to `--output` or stdout.
@@ -45,7 +58,10 @@ pub fn run(a: &ReportArgs) -> Result<String> {
         .map(|path| record::load(path))
         .collect::<Result<Vec<_>, _>>()?;
     let runs = distinct_names(runs, &a.records);
-    let html = page(&runs)?;
+    let html = match a.format {
+        ReportFormat::Html => page(&runs)?,
+        ReportFormat::Table => comparison_table(&runs),
+    };
     match &a.output {
         Some(path) => {
             vgg_nn::io::write_atomic(path, html.as_bytes())?;

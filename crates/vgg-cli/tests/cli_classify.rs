@@ -77,3 +77,36 @@ fn bad_images_are_named() {
         &["cannot read", "cat.jpg"],
     );
 }
+
+#[test]
+fn untrained_weights_are_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("drawn.safetensors");
+    let weights = weights.to_str().unwrap();
+    ok(&[
+        "init",
+        "--model",
+        "vgg11",
+        "--width-mult",
+        "0.0625",
+        "--hidden",
+        "16",
+        "--output",
+        weights,
+    ]);
+    let out = ok(&["classify", "--weights", weights, &fixture("image.png")]);
+    assert!(
+        out.starts_with(
+            "note: these weights are untrained (drawn by `vgg init`, reference, seed 0)"
+        ),
+        "{out}"
+    );
+    // Weights with no such record (the fixture, exported from PyTorch) get no note.
+    let out = ok(&[
+        "classify",
+        "--weights",
+        &fixture("weights.safetensors"),
+        &fixture("image.png"),
+    ]);
+    assert!(!out.contains("untrained"), "{out}");
+}

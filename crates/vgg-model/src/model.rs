@@ -68,6 +68,9 @@ pub mod meta {
     pub const IN_CHANNELS: &str = "vgg.in_channels";
     /// Metadata key: the input size the weights were made for, HxW.
     pub const INPUT: &str = "vgg.input";
+    /// Metadata key, in files `vgg init` writes: how the weights were drawn ("reference, seed 0").
+    /// Its presence says the weights were never trained.
+    pub const INITIALISED: &str = "vgg.initialised";
 }
 
 /// Softmax probabilities and the most likely class of each image.
@@ -206,12 +209,24 @@ impl<B: Backend> Vgg<B> {
     /// Writes every parameter to a safetensors file at `path`, with metadata describing the
     /// network, one tensor at a time (the file never exists whole in memory).
     pub fn save(&self, backend: &B, path: &std::path::Path) -> Result<(), ModelError> {
+        self.save_with(backend, path, &[])
+    }
+
+    /// `save`, with `extra` metadata beside the network's own (`meta::INITIALISED`, say).
+    pub fn save_with(
+        &self,
+        backend: &B,
+        path: &std::path::Path,
+        extra: &[(&str, String)],
+    ) -> Result<(), ModelError> {
         let params = self.named_params();
         let names: Vec<(String, Vec<usize>)> = params
             .iter()
             .map(|(n, t)| (n.clone(), t.shape().dims().to_vec()))
             .collect();
-        vgg_nn::io::save_safetensors_streamed(path, &metadata(&self.spec), &names, |i| {
+        let mut metadata = metadata(&self.spec);
+        metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        vgg_nn::io::save_safetensors_streamed(path, &metadata, &names, |i| {
             backend.download(params[i].1)
         })?;
         Ok(())

@@ -3,10 +3,12 @@
 //! fields, the training curves and the report's charts), with the number formats they share
 //! ([`numbers`]). The command line only chooses what to draw and where to write it.
 
+mod comparison;
 pub mod figures;
 pub mod numbers;
 mod page;
 
+pub use comparison::comparison_table;
 pub use page::{distinct_names, page};
 
 /// Why a page or figure could not be drawn.
