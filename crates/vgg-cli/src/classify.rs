@@ -11,7 +11,7 @@ use vgg_nn::io::image::{load_imagenet_image, CROP};
 use vgg_nn::RunOptions;
 use vgg_tensor::{Backend, Shape};
 
-use crate::net::{load_model_and_metadata, top_k, untrained_note};
+use crate::net::{load_model, top_k, untrained_note};
 use crate::options::{DeviceArgs, NetOptions, TopArg, WeightsArg};
 use crate::progress::Stages;
 
@@ -36,7 +36,7 @@ pub struct ClassifyArgs {
 pub fn run<B: Backend>(backend: &B, a: &ClassifyArgs) -> Result<String> {
     let batch = a.images.len().min(BATCH);
     let stages = Stages::new(&format!("loading {}", a.weights.weights.display()));
-    let (vgg, metadata) = load_model_and_metadata(
+    let (vgg, metadata) = load_model(
         backend,
         &a.net,
         &a.weights.weights,

@@ -119,7 +119,7 @@ pub fn run<B: Backend>(backend: &B, a: &EvalArgs) -> Result<String> {
         bail!("the {} split has no images", split_name(a.split));
     }
     let batch = a.batch_size.min(set.len());
-    let vgg = load_model(
+    let (vgg, _) = load_model(
         backend,
         &a.net,
         &a.weights.weights,

@@ -194,10 +194,11 @@ pub fn read_weights(path: &Path) -> Result<TensorFile> {
     Ok(file)
 }
 
-/// The network of a weight file for `size` (HxW) images, and the file's metadata, checked to fit in memory for `work` on a
-/// batch of `batch`: options from the flags, then the file's metadata, then the defaults.
+/// The network of a weight file for `size` (HxW) images, and the file's metadata; checked to fit
+/// in memory for `work` on a batch of `batch`: options from the flags, then the file's metadata,
+/// then the defaults.
 /// `purpose` ("for 2 images of x.npy") ends the errors, which start with the weights.
-pub fn load_model_and_metadata<B: Backend>(
+pub fn load_model<B: Backend>(
     backend: &B,
     flags: &NetOptions,
     weights: &Path,
@@ -243,19 +244,6 @@ pub fn load_model_and_metadata<B: Backend>(
     Ok((vgg, file.metadata))
 }
 
-/// `load_model_and_metadata` without the metadata.
-pub fn load_model<B: Backend>(
-    backend: &B,
-    flags: &NetOptions,
-    weights: &Path,
-    size: Option<(usize, usize)>,
-    batch: usize,
-    work: Workload,
-    purpose: &str,
-) -> Result<Vgg<B>> {
-    load_model_and_metadata(backend, flags, weights, size, batch, work, purpose).map(|(v, _)| v)
-}
-
 /// Whether an input file is a NumPy array (by name or by its first bytes) rather than an image.
 fn is_npy(path: &Path, bytes: &[u8]) -> bool {
     let named = path
@@ -275,7 +263,7 @@ fn load<B: Backend>(
 ) -> Result<(Vgg<B>, B::Tensor)> {
     if let Some(n) = input.source.random {
         stages.stage(&format!("loading {}", weights.display()));
-        let vgg = load_model(backend, net, weights, None, n, work, "")?;
+        let (vgg, _) = load_model(backend, net, weights, None, n, work, "")?;
         let i = vgg.spec().input();
         let shape = Shape::from([n, i.channels, i.height, i.width]);
         let x = backend.random_normal(&shape, 0.0, 0.1, input.seed)?;
@@ -322,7 +310,7 @@ fn load<B: Backend>(
     };
     warn_non_finite(&what, &host.data);
     stages.stage(&format!("loading {}", weights.display()));
-    let vgg = load_model(
+    let (vgg, _) = load_model(
         backend,
         net,
         weights,

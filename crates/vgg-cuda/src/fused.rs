@@ -5,8 +5,7 @@
 use cudarc::driver::PushKernelArg;
 use vgg_tensor::fused::{Nchw, Rows};
 use vgg_tensor::{
-    argmax, AdamParams, Backend, Conv2dParams, ConvGeometry, Convolution, Device, Fused, Result,
-    Shape,
+    argmax, AdamParams, Backend, ConvGeometry, Convolution, Device, Fused, Result, Shape,
 };
 
 use crate::backend::{elementwise, launch, per_row, CudaBackend, CudaTensor};
@@ -21,10 +20,9 @@ impl Fused for CudaBackend {
         w: &CudaTensor,
         b: &CudaTensor,
         g: &ConvGeometry,
-        p: Conv2dParams,
         relu: bool,
     ) -> Result<CudaTensor> {
-        let mut y = self.conv2d(x, w, p)?;
+        let mut y = self.conv2d(x, w, g.params())?;
         // Bias and ReLU in place on the fresh output: one pass over it.
         let n = y.shape.elements() as i64;
         let plane = (g.out_h * g.out_w) as i64;

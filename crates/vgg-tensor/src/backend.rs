@@ -351,7 +351,7 @@ pub trait Backend: Fused {
     ) -> Result<Self::Tensor> {
         let g = ConvGeometry::new(x.shape(), w.shape(), p)?;
         g.check_bias("conv2d_bias_act", w.shape(), b.shape())?;
-        self.fused_conv2d_bias_act(x, w, b, &g, p, relu)
+        self.fused_conv2d_bias_act(x, w, b, &g, relu)
     }
 
     /// The backward of the bias and ReLU of `conv2d_bias_act`: dz = dy where its output `y` is

@@ -5,9 +5,7 @@
 use crate::checks::argmax;
 use crate::fused::{Nchw, Rows};
 use crate::ops::{BinaryOp, ReduceOp, UnaryOp};
-use crate::{
-    AdamParams, Backend, Conv2dParams, ConvGeometry, DeviceTensor, Result, Shape, TensorError,
-};
+use crate::{AdamParams, Backend, ConvGeometry, DeviceTensor, Result, Shape, TensorError};
 
 type T<B> = <B as crate::Device>::Tensor;
 
@@ -88,11 +86,10 @@ pub(crate) fn conv2d_bias_act<B: Backend>(
     w: &T<B>,
     bias: &T<B>,
     g: &ConvGeometry,
-    p: Conv2dParams,
     relu: bool,
 ) -> Result<T<B>> {
     let dims = (g.batch, g.out_channels, g.out_h, g.out_w);
-    let y = b.fused_add_channel_bias(&b.conv2d(x, w, p)?, bias, dims)?;
+    let y = b.fused_add_channel_bias(&b.conv2d(x, w, g.params())?, bias, dims)?;
     if relu {
         b.fused_relu(&y)
     } else {

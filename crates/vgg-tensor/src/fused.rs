@@ -15,7 +15,7 @@
 //! where `inner` is the field holding the wrapped backend.
 
 use crate::backend::{Backend, Convolution, Device, Elementwise, Layout, Matmul, Pooling, Reduce};
-use crate::{composite, AdamParams, BinaryOp, Conv2dParams, ConvGeometry, Result, Shape};
+use crate::{composite, AdamParams, BinaryOp, ConvGeometry, Result, Shape};
 
 type T<B> = <B as Device>::Tensor;
 
@@ -147,20 +147,20 @@ pub trait Fused: Device + Elementwise + Reduce + Layout + Matmul + Convolution +
         composite::relu_backward(self, dy, y)
     }
 
-    /// Convolution of checked geometry `g`, bias and optional ReLU.
+    /// Convolution of checked geometry `g` (its stride and padding: `g.params()`), bias and
+    /// optional ReLU.
     fn fused_conv2d_bias_act(
         &self,
         x: &T<Self>,
         w: &T<Self>,
         b: &T<Self>,
         g: &ConvGeometry,
-        p: Conv2dParams,
         relu: bool,
     ) -> Result<T<Self>>
     where
         Self: Backend,
     {
-        composite::conv2d_bias_act(self, x, w, b, g, p, relu)
+        composite::conv2d_bias_act(self, x, w, b, g, relu)
     }
 
     /// (dz, bias gradient) for NCHW `dy` and, with the ReLU, its output `y` of the same shape.
@@ -303,7 +303,7 @@ macro_rules! forward_fused {
             fused_sum_rows(x: &Self::Tensor, dims: $crate::fused::Rows) -> Self::Tensor;
             fused_relu(x: &Self::Tensor) -> Self::Tensor;
             fused_relu_backward(dy: &Self::Tensor, y: &Self::Tensor) -> Self::Tensor;
-            fused_conv2d_bias_act(x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, g: &$crate::ConvGeometry, p: $crate::Conv2dParams, relu: bool) -> Self::Tensor;
+            fused_conv2d_bias_act(x: &Self::Tensor, w: &Self::Tensor, b: &Self::Tensor, g: &$crate::ConvGeometry, relu: bool) -> Self::Tensor;
             fused_bias_act_backward(dy: &Self::Tensor, y: Option<&Self::Tensor>, dims: $crate::fused::Nchw) -> (Self::Tensor, Self::Tensor);
             fused_bias_relu_backward_consuming(dy: &Self::Tensor, y: Self::Tensor, dims: $crate::fused::Nchw) -> (Self::Tensor, Self::Tensor);
             fused_dropout(x: &Self::Tensor, keep_prob: f32, seed: u64) -> Self::Tensor;

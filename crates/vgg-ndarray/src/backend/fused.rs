@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use vgg_tensor::fused::{Nchw, Rows};
-use vgg_tensor::{
-    argmax, AdamParams, Backend, Conv2dParams, ConvGeometry, Device, Fused, Result, Shape,
-};
+use vgg_tensor::{argmax, AdamParams, Backend, ConvGeometry, Device, Fused, Result, Shape};
 
 use super::kernels::*;
 use super::{CpuBackend, CpuTensor};
@@ -24,7 +22,6 @@ impl Fused for CpuBackend {
         w: &CpuTensor,
         b: &CpuTensor,
         g: &ConvGeometry,
-        _: Conv2dParams,
         relu: bool,
     ) -> Result<CpuTensor> {
         let g = *g;

@@ -18,15 +18,21 @@ use crate::gemm::{sgemm, Mat, MatMut};
 /// layers measured slower grouped).
 const GROUP_BELOW_PIXELS: usize = 256;
 
-/// Images per group: as many whole images' columns as fit one im2col tile, spread evenly over
-/// the threads; 1 (no grouping) where fewer than two fit, where an image alone is wide enough,
-/// or on the 1x1 path, which reads the input directly.
-pub(super) fn images_per_group(g: &ConvGeometry, t: &Tuning) -> usize {
+/// Whole images whose columns fit one im2col tile; 1 where an image alone is wide enough, or on
+/// the 1x1 path, which reads the input directly (neither is grouped).
+fn images_per_tile(g: &ConvGeometry, t: &Tuning) -> usize {
     if is_pointwise(g) || g.out_h * g.out_w >= GROUP_BELOW_PIXELS {
         return 1;
     }
     let image_bytes = col_rows(g) * g.out_h * g.out_w * std::mem::size_of::<f32>();
-    let fit = t.im2col_tile_bytes / image_bytes.max(1);
+    t.im2col_tile_bytes / image_bytes.max(1)
+}
+
+/// Images per group: as many whole images' columns as fit one im2col tile, spread evenly over
+/// the threads; 1 (no grouping) where fewer than two fit, where an image alone is wide enough,
+/// or on the 1x1 path, which reads the input directly.
+pub(super) fn images_per_group(g: &ConvGeometry, t: &Tuning) -> usize {
+    let fit = images_per_tile(g, t);
     if fit < 2 {
         return 1;
     }
@@ -38,13 +44,8 @@ pub(super) fn images_per_group(g: &ConvGeometry, t: &Tuning) -> usize {
 /// [`PIXELS_PER_PART`] pixels, and never depending on the thread count (so neither does the sum;
 /// gradient_sum.rs). 1: not grouped.
 pub(super) fn images_per_weight_group(g: &ConvGeometry, t: &Tuning) -> usize {
-    if is_pointwise(g) || g.out_h * g.out_w >= GROUP_BELOW_PIXELS {
-        return 1;
-    }
-    let image_bytes = col_rows(g) * g.out_h * g.out_w * std::mem::size_of::<f32>();
-    let fit = t.im2col_tile_bytes / image_bytes.max(1);
     let part = PIXELS_PER_PART / (g.out_h * g.out_w).max(1);
-    fit.min(part).min(g.batch).max(1)
+    images_per_tile(g, t).min(part).min(g.batch).max(1)
 }
 
 /// The column matrix [K, images x H x W] of images [n0, n0 + images) of `x`, in `col`.

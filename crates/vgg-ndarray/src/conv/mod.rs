@@ -92,26 +92,23 @@ pub(crate) fn forward_with(
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
+    if use_winograd(g, false, t) {
+        return match weights {
+            Weights::Slice(w) => winograd::forward(x, w, bias, relu, g, t, y),
+            Weights::Kept(buf) => {
+                let (k, c) = (g.out_channels, g.in_channels);
+                let keep = winograd::worth_keeping_weights(g);
+                let u = buf.derived((k, c), keep, |lasting| {
+                    winograd::transform_weights(buf.as_slice(), k, c, lasting)
+                });
+                winograd::forward_transformed(x, &u, bias, relu, g, t, y)
+            }
+        };
+    }
     let w = match weights {
         Weights::Slice(w) => w,
         Weights::Kept(buf) => buf.as_slice(),
     };
-    if use_winograd(g, false, t) {
-        assert_eq!(
-            w.len(),
-            g.out_channels * g.in_channels * 9,
-            "conv weights length"
-        );
-        let (k, c) = (g.out_channels, g.in_channels);
-        let transform = |lasting| winograd::transform_weights(w, k, c, lasting);
-        let u = match weights {
-            Weights::Slice(_) => std::sync::Arc::new(transform(false)),
-            Weights::Kept(buf) => {
-                buf.derived((k, c), winograd::worth_keeping_weights(g), transform)
-            }
-        };
-        return winograd::forward_transformed(x, &u, bias, relu, g, t, y);
-    }
     if grouped::images_per_group(g, t) > 1 {
         return grouped::forward(x, w, bias, relu, g, t, y);
     }
