@@ -11,6 +11,14 @@
         expected.json: the top-5 classes and probabilities after torchvision's VGG preprocessing
         (Resize(256), CenterCrop(224), ToTensor, Normalize with ImageNet's mean and std).
 
+    python3 scripts/make_fixtures.py --pth tests/fixtures/pth
+        PyTorch's own file format (torch.save), as torchvision ships its weights: vgg11-w8.pth, the
+        state_dict of tests/fixtures/vgg11-w8/weights.safetensors (no metadata: the network is read
+        off the tensors), and small files for the loader: tiny.pth (two tensors), nested.pth
+        ({"state_dict": DataParallel names, "epoch": 3}), legacy.pth (the pre-1.6 pickle stream),
+        float64.pth (refused: not float32) and hostile.pth (a pickle that would call os.system when
+        unpickled by Python: refused without running it).
+
     python3 scripts/make_fixtures.py --torchvision-vgg16 DIR
         torchvision's own vgg16() (random init) exported unchanged from state_dict(), with an
         input and its logits: checks that such a file loads without conversion (528 MB, not committed).
@@ -113,6 +121,29 @@ def classify_fixture(out):
     print(f"wrote {out}: top-5 {top.indices.tolist()}")
 
 
+class Hostile:
+    """Unpickled by Python, this would run a shell command; a safe reader must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this file ran code",))
+
+
+def pth_fixtures(out):
+    from safetensors.torch import load_file
+    os.makedirs(out, exist_ok=True)
+    weights = load_file(os.path.join(os.path.dirname(out.rstrip("/")), "vgg11-w8", "weights.safetensors"))
+    torch.save(weights, os.path.join(out, "vgg11-w8.pth"))
+    torch.manual_seed(0)
+    tiny = {"layer.weight": torch.randn(2, 3), "layer.bias": torch.arange(3, dtype=torch.float32)}
+    torch.save(tiny, os.path.join(out, "tiny.pth"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny.items()}, "epoch": 3},
+               os.path.join(out, "nested.pth"))
+    torch.save(tiny, os.path.join(out, "legacy.pth"), _use_new_zipfile_serialization=False)
+    torch.save({k: v.double() for k, v in tiny.items()}, os.path.join(out, "float64.pth"))
+    torch.save({"layer.weight": tiny["layer.weight"], "payload": Hostile()}, os.path.join(out, "hostile.pth"))
+    print(f"wrote {out}: {sorted(os.listdir(out))}")
+
+
 def torchvision_vgg16(out):
     import torchvision
     torch.manual_seed(0)
@@ -132,8 +163,11 @@ if __name__ == "__main__":
     parser.add_argument("out", nargs="?", default="tests/fixtures/vgg11-w8")
     parser.add_argument("--torchvision-vgg16", metavar="DIR")
     parser.add_argument("--classify", metavar="DIR")
+    parser.add_argument("--pth", metavar="DIR")
     args = parser.parse_args()
-    if args.classify:
+    if args.pth:
+        pth_fixtures(args.pth)
+    elif args.classify:
         classify_fixture(args.classify)
     elif args.torchvision_vgg16:
         torchvision_vgg16(args.torchvision_vgg16)

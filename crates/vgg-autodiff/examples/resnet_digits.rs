@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use vgg_autodiff::{CustomOp, Tape, Value, Var};
+use vgg_autodiff::{CustomOp, Result, Tape, Value, Var};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{AdamParams, Conv2dParams};
 
@@ -20,8 +20,8 @@ impl<B: Backend> CustomOp<B> for Swish {
         "swish"
     }
 
-    fn forward(&self, b: &B, x: &[&Value<B>]) -> vgg_tensor::Result<Value<B>> {
-        b.mul(x[0], &b.unary(UnaryOp::Sigmoid, x[0])?)
+    fn forward(&self, b: &B, x: &[&Value<B>]) -> Result<Value<B>> {
+        Ok(b.mul(x[0], &b.unary(UnaryOp::Sigmoid, x[0])?)?)
     }
 
     /// d swish / dx = s + x s (1 - s), with s = sigmoid(x).
@@ -32,7 +32,7 @@ impl<B: Backend> CustomOp<B> for Swish {
         _y: &Value<B>,
         dy: &Value<B>,
         _needs: &[bool],
-    ) -> vgg_tensor::Result<Vec<Option<Value<B>>>> {
+    ) -> Result<Vec<Option<Value<B>>>> {
         let s = b.unary(UnaryOp::Sigmoid, &x[0])?;
         let slope = b.add(
             &s,

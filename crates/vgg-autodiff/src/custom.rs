@@ -14,7 +14,7 @@ use crate::Result;
 /// A differentiable op defined outside this crate.
 ///
 /// ```
-/// use vgg_autodiff::{check_gradients, CustomOp, GradCheck, Tape, Value};
+/// use vgg_autodiff::{check_gradients, CustomOp, GradCheck, Result, Tape, Value};
 /// use vgg_tensor::reference::ReferenceBackend;
 /// use vgg_tensor::prelude::*;
 ///
@@ -26,9 +26,9 @@ use crate::Result;
 ///         "softplus"
 ///     }
 ///
-///     fn forward(&self, b: &B, x: &[&Value<B>]) -> vgg_tensor::Result<Value<B>> {
+///     fn forward(&self, b: &B, x: &[&Value<B>]) -> Result<Value<B>> {
 ///         let one_plus = b.add(&b.unary(UnaryOp::Exp, x[0])?, &b.scalar(1.0)?)?;
-///         b.unary(UnaryOp::Log, &one_plus)
+///         Ok(b.unary(UnaryOp::Log, &one_plus)?)
 ///     }
 ///
 ///     fn backward(
@@ -38,7 +38,7 @@ use crate::Result;
 ///         _y: &Value<B>,
 ///         dy: &Value<B>,
 ///         _needs: &[bool],
-///     ) -> vgg_tensor::Result<Vec<Option<Value<B>>>> {
+///     ) -> Result<Vec<Option<Value<B>>>> {
 ///         Ok(vec![Some(b.mul(dy, &b.unary(UnaryOp::Sigmoid, &x[0])?)?)])
 ///     }
 /// }
@@ -61,7 +61,7 @@ pub trait CustomOp<B: Backend>: 'static {
     fn name(&self) -> &'static str;
 
     /// The output from the inputs' values.
-    fn forward(&self, backend: &B, inputs: &[&Value<B>]) -> vgg_tensor::Result<Value<B>>;
+    fn forward(&self, backend: &B, inputs: &[&Value<B>]) -> Result<Value<B>>;
 
     /// Each input's gradient (None where `needs` is false) from the inputs, the output `y` and
     /// the output's gradient `dy`.
@@ -72,7 +72,7 @@ pub trait CustomOp<B: Backend>: 'static {
         y: &Value<B>,
         dy: &Value<B>,
         needs: &[bool],
-    ) -> vgg_tensor::Result<Vec<Option<Value<B>>>>;
+    ) -> Result<Vec<Option<Value<B>>>>;
 }
 
 impl<B: Backend> Tape<B> {
@@ -89,7 +89,7 @@ impl<B: Backend> Tape<B> {
                 .iter()
                 .map(|s| s.get(b))
                 .collect::<vgg_tensor::Result<Vec<_>>>()?;
-            Ok(op.backward(b, &kept, &yv, dy, needs)?)
+            op.backward(b, &kept, &yv, dy, needs)
         })
     }
 }

@@ -446,12 +446,15 @@ impl<B: Backend> Tape<B> {
         self.binary(BinaryOp::Div, a, c)
     }
 
-    /// The larger of a and b, broadcast; a tie sends half the gradient to each (as PyTorch).
+    /// The larger of a and b, broadcast ([`BinaryOp::Max`]); a tie sends half the gradient to
+    /// each (as PyTorch's `torch.maximum`). The maximum over axes is [`Tape::max_axes`].
+    #[doc(alias = "max")]
     pub fn maximum(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
         self.binary(BinaryOp::Max, a, c)
     }
 
-    /// The smaller of a and b, broadcast; ties split the gradient.
+    /// The smaller of a and b, broadcast ([`BinaryOp::Min`]); ties split the gradient.
+    #[doc(alias = "min")]
     pub fn minimum(&self, a: &Var<B>, c: &Var<B>) -> Result<Var<B>> {
         self.binary(BinaryOp::Min, a, c)
     }

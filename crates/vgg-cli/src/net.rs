@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use vgg_autodiff::Tape;
-use vgg_model::model::{meta, options_from_metadata};
+use vgg_model::model::{meta, options_from_metadata, options_from_tensors};
 use vgg_model::{ModelSpec, PartialOptions, Vgg, VggConfig, Workload};
 use vgg_nn::io::{self, HostTensor, NamedPath, TensorFile};
 use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
+use vgg_train::images::Preprocessing;
 
 use crate::args;
 use crate::options::{DeviceArgs, InputShape, NetDefaults, NetOptions, TopArg, WeightsArg};
@@ -174,10 +175,10 @@ pub fn warn_non_finite(what: &str, values: &[f32]) {
     }
 }
 
-/// A weight file's tensors. A `vgg train` checkpoint's optimiser state is dropped, with a note:
-/// inference needs only the weights.
+/// A weight file's tensors (safetensors, or PyTorch's .pth). A `vgg train` checkpoint's optimiser
+/// state is dropped, with a note: inference needs only the weights.
 pub fn read_weights(path: &Path) -> Result<TensorFile> {
-    let mut file = io::load_safetensors(path)?;
+    let mut file = io::load_tensors(path)?;
     let before = file.tensors.len();
     file.tensors.retain(|(n, _)| !n.starts_with("optimizer."));
     let dropped = before - file.tensors.len();
@@ -209,7 +210,7 @@ pub fn load_model<B: Backend>(
 ) -> Result<(Vgg<B>, HashMap<String, String>)> {
     let context = || format!("loading {}{purpose}", weights.display());
     let file = read_weights(weights)?;
-    let (meta_model, meta_options) = options_from_metadata(&file.metadata);
+    let (meta_model, meta_options) = file_options(&file);
     let known = PartialOptions {
         input: size,
         ..Default::default()
@@ -221,16 +222,10 @@ pub fn load_model<B: Backend>(
         (Some((h, w)), Some((mh, mw)))
             if (h, w) != (mh, mw) && matches!(e, vgg_model::ModelError::Weights { .. }) =>
         {
-            let crop = io::image::CROP;
             anyhow!(
-                "{} holds a network made for {mh}x{mw} inputs, but the inputs are {h}x{w}{}: \
+                "{} holds a network made for {mh}x{mw} inputs, but the inputs are {h}x{w}: \
                  give {mh}x{mw} inputs (a .npy of N x C x {mh} x {mw}), or weights made for {h}x{w}",
                 weights.display(),
-                if (h, w) == (crop, crop) {
-                    format!(" (image files are resized and centre-cropped to {crop}x{crop}, as for ImageNet)")
-                } else {
-                    String::new()
-                }
             )
         }
         _ => anyhow::Error::new(e).context(context()),
@@ -277,6 +272,10 @@ fn load<B: Backend>(
             (x, one.display().to_string())
         }
         _ => {
+            // Images are prepared as the weights' training data was, so the network comes first.
+            stages.stage(&format!("loading {}", weights.display()));
+            let (vgg, metadata) = load_model(backend, net, weights, None, files.len(), work, "")?;
+            let prep = preprocessing_for(&vgg, &metadata, weights)?;
             stages.stage(&format!("preprocessing {}", plural(files.len(), "image")));
             let mut data = Vec::new();
             let mut first = Some(first);
@@ -292,14 +291,11 @@ fn load<B: Backend>(
                         path.display()
                     );
                 }
-                data.extend(io::image::preprocess_imagenet(&bytes, path)?);
+                data.extend(prep.prepare(&bytes, path)?.values);
             }
-            let crop = io::image::CROP;
-            let shape = vec![files.len(), 3, crop, crop];
-            (
-                HostTensor { shape, data },
-                format!("{} images", files.len()),
-            )
+            let [c, h, w] = prep.shape();
+            let x = backend.upload(&Shape::from([files.len(), c, h, w]), &data)?;
+            return Ok((vgg, x));
         }
     };
     let [n, _, h, w] = host.shape[..] else {
@@ -322,6 +318,34 @@ fn load<B: Backend>(
     let shape = Shape::from(host.shape.clone());
     vgg.check_input(&shape).with_context(|| what)?;
     Ok((vgg, backend.upload(&shape, &host.data)?))
+}
+
+/// How image files become `vgg`'s input: as its weights' training data was (the data set their
+/// metadata records), else as ImageNet's at the network's input size; refused where the network
+/// does not take such images.
+pub fn preprocessing_for<B: Backend>(
+    vgg: &Vgg<B>,
+    metadata: &HashMap<String, String>,
+    weights: &Path,
+) -> Result<Preprocessing> {
+    let input = vgg.spec().input();
+    let dataset = metadata.get(vgg_train::meta::DATASET).map(String::as_str);
+    let prep = Preprocessing::for_dataset(dataset, input.height);
+    let shape = prep.shape();
+    if shape != [input.channels, input.height, input.width] {
+        bail!(
+            "{} holds a network for {}x{}x{} (CxHxW) inputs, but images are prepared as {}, {}x{}x{}: give a .npy of the network's size, or weights trained on images (vgg train, torchvision's)",
+            weights.display(),
+            input.channels,
+            input.height,
+            input.width,
+            prep.describe(),
+            shape[0],
+            shape[1],
+            shape[2]
+        );
+    }
+    Ok(prep)
 }
 
 /// The `k` most probable classes of one row of probabilities.
@@ -442,5 +466,13 @@ pub fn backward<B: Backend>(backend: &B, a: &BackwardArgs) -> Result<String> {
 /// A network's options as a `PartialOptions` with the model, for commands reading metadata only.
 pub fn options_of(weights: &Path) -> Result<(Option<VggConfig>, PartialOptions)> {
     let file = read_weights(weights)?;
-    Ok(options_from_metadata(&file.metadata))
+    Ok(file_options(&file))
+}
+
+/// What a weight file says of its network: its metadata, else what its tensors show (a
+/// torchvision state_dict has no metadata).
+fn file_options(file: &TensorFile) -> (Option<VggConfig>, PartialOptions) {
+    let (model, options) = options_from_metadata(&file.metadata);
+    let (shown_model, shown) = options_from_tensors(&file.tensors);
+    (model.or(shown_model), options.or(shown))
 }

@@ -110,3 +110,92 @@ fn untrained_weights_are_named_as_such() {
     ]);
     assert!(!out.contains("untrained"), "{out}");
 }
+
+/// A network trained on the digits (its metadata says so) is shown a picture as the digits were
+/// made: grey levels on 8x8, ink bright, each enlarged to a 4x4 block, in [-1, 1]. Checked against
+/// the same values built here and given as a .npy: the logits agree. A picture of dark strokes on
+/// light paper is inverted first, and the output says so.
+#[test]
+fn a_digits_network_sees_a_picture_as_its_training_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let weights = at("digits.safetensors");
+    ok(&[
+        "init",
+        "--model",
+        "vgg11",
+        "--width-mult",
+        "0.125",
+        "--hidden",
+        "16",
+        "--channels",
+        "1",
+        "--input",
+        "32x32",
+        "--classes",
+        "10",
+        "--output",
+        &weights,
+    ]);
+    // What `vgg train` records: the data set.
+    let mut file = vgg_nn::io::load_safetensors(Path::new(&weights)).unwrap();
+    file.metadata
+        .insert("train.dataset".into(), "digits".into());
+    vgg_nn::io::save_safetensors(Path::new(&weights), &file).unwrap();
+
+    // An 8x8 picture (no resampling at that size): a bright stroke on a dark ground.
+    let level = |x: u32, y: u32| {
+        if x == 3 || y == 5 {
+            255u8
+        } else {
+            (x * 9 + y * 5) as u8
+        }
+    };
+    let picture = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([level(x, y); 3]));
+    picture.save(at("seven.png")).unwrap();
+    let mut values = vec![0.0f32; 32 * 32];
+    for y in 0..32 {
+        for x in 0..32 {
+            values[y * 32 + x] = 2.0 * level(x as u32 / 4, y as u32 / 4) as f32 / 255.0 - 1.0;
+        }
+    }
+    vgg_nn::io::save_npy(
+        Path::new(&at("seven.npy")),
+        &vgg_nn::io::HostTensor {
+            shape: vec![1, 1, 32, 32],
+            data: values,
+        },
+    )
+    .unwrap();
+    for (input, output) in [("seven.png", "png.npy"), ("seven.npy", "npy.npy")] {
+        ok(&[
+            "forward",
+            "--weights",
+            &weights,
+            "--input",
+            &at(input),
+            "--output",
+            &at(output),
+        ]);
+    }
+    let from_png = vgg_nn::io::load_npy(Path::new(&at("png.npy"))).unwrap();
+    let from_npy = vgg_nn::io::load_npy(Path::new(&at("npy.npy"))).unwrap();
+    for (a, b) in from_png.data.iter().zip(&from_npy.data) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+
+    let out = ok(&["classify", "--weights", &weights, &at("seven.png")]);
+    assert!(out.contains("images prepared as the digits'"), "{out}");
+    assert!(!out.contains("inverted"), "{out}");
+    // The classes are digits, named once.
+    let first = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("1."))
+        .unwrap();
+    assert_eq!(first.split_whitespace().count(), 3, "{first}");
+
+    let paper = image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([255 - level(x, y); 3]));
+    paper.save(at("paper.png")).unwrap();
+    let out = ok(&["classify", "--weights", &weights, &at("paper.png")]);
+    assert!(out.contains("inverted to the digits' bright ink"), "{out}");
+}

@@ -277,3 +277,36 @@ fn init_then_forward_and_backward_at_full_vgg16_size() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+/// PyTorch's own file format, as torchvision ships its weights: no metadata, so the network
+/// (VGG-11, width 1/8, hidden 256, 10 classes, 32x32) is read off the tensors, and the logits
+/// are PyTorch's.
+#[test]
+fn a_pth_state_dict_runs_without_flags_and_matches_pytorch() {
+    let pth = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pth");
+    let logits = tmp("pth-logits.npy");
+    ok(&[
+        "forward",
+        "--weights",
+        s(&pth.join("vgg11-w8.pth")),
+        "--input",
+        &fixture("input.npy"),
+        "--output",
+        s(&logits),
+    ]);
+    let ours = io::load_npy(&logits).unwrap();
+    let theirs = io::load_npy(Path::new(&fixture("logits.npy"))).unwrap();
+    assert_eq!(ours.shape, theirs.shape);
+    let err = relative_error(&ours.data, &theirs.data);
+    assert!(err < 1e-4, "logits differ from PyTorch's by {err:e}");
+    refused(
+        &[
+            "forward",
+            "--weights",
+            s(&pth.join("hostile.pth")),
+            "--random",
+            "1",
+        ],
+        &["hostile.pth", "Python object", "system", "state_dict"],
+    );
+}

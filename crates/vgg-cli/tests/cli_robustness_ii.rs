@@ -338,28 +338,47 @@ fn launchers_other_than_open_mpi_are_recognised_and_bad_variables_refused() {
 // ---- 14. messages that name the real problem ----
 
 #[test]
-fn an_image_of_another_size_than_the_network_is_named_as_such() {
+fn an_image_is_prepared_for_its_network_or_named_as_unfit() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("cat.png");
     image::RgbImage::from_pixel(40, 30, image::Rgb([200, 100, 50]))
         .save(&png)
         .unwrap();
+    // A digits checkpoint: any picture is prepared as the digits were (8x8 grey, 32x32).
     let weights = s(checkpoint());
+    let out = ok(&["classify", "--weights", weights, s(&png)]);
+    assert!(out.contains("images prepared as the digits'"), "{out}");
+    let logits = dir.path().join("o.npy");
+    ok(&[
+        "forward",
+        "--weights",
+        weights,
+        "--input",
+        s(&png),
+        "--output",
+        s(&logits),
+    ]);
+    // A one-channel network with no data set recorded: ImageNet's colour images do not fit it.
+    let grey = dir.path().join("grey.safetensors");
+    ok(&[
+        "init",
+        "--model",
+        "vgg11",
+        "--width-mult",
+        "0.0625",
+        "--hidden",
+        "8",
+        "--channels",
+        "1",
+        "--input",
+        "32x32",
+        "--classes",
+        "10",
+        "--output",
+        s(&grey),
+    ]);
     refused(
-        &["classify", "--weights", weights, s(&png)],
-        &["made for 32x32 inputs", "224x224", "centre-cropped"],
-    );
-    let out = dir.path().join("o.npy");
-    refused(
-        &[
-            "forward",
-            "--weights",
-            weights,
-            "--input",
-            s(&png),
-            "--output",
-            s(&out),
-        ],
-        &["made for 32x32 inputs"],
+        &["classify", "--weights", s(&grey), s(&png)],
+        &["1x32x32", "ImageNet's", "3x32x32", ".npy"],
     );
 }

@@ -11,7 +11,7 @@ use vgg_nn::{init, InitScheme, Layer, RunOptions, Sequential};
 use vgg_tensor::{Backend, Conv2dParams, DeviceTensor, Pool2dParams, Shape, TensorError};
 
 use crate::spec::{LayerOp, ModelSpec, SpecOptions};
-use crate::{SpecError, VggConfig};
+use crate::{SpecError, Stage, VggConfig};
 
 #[derive(Debug, thiserror::Error)]
 /// Why a network could not be built, loaded, run or saved.
@@ -461,6 +461,64 @@ pub fn options_from_metadata(
             classes: get(meta::CLASSES).and_then(|v| v.parse().ok()),
             width_mult: get(meta::WIDTH_MULT).and_then(|v| v.parse().ok()),
             hidden: get(meta::HIDDEN).and_then(|v| v.parse().ok()),
+        },
+    )
+}
+
+/// Spec options read off the tensors themselves, for files without our metadata (torchvision's
+/// state_dicts, `.pth` or exported): the configuration from the convolutions' positions and
+/// kernels, the width from the first one, fc6's and fc8's widths, and a square input from fc6's
+/// fan-in (pool5's side is the input's / 32). Whatever does not fit a VGG stays unknown, and the
+/// weights are then checked against the network the flags and defaults give.
+pub fn options_from_tensors(
+    tensors: &[(String, HostTensor)],
+) -> (Option<VggConfig>, PartialOptions) {
+    let shape = |name: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shape.as_slice())
+    };
+    let mut convs: Vec<(usize, &[usize])> = tensors
+        .iter()
+        .filter_map(|(n, t)| {
+            let index = n.strip_prefix("features.")?.strip_suffix(".weight")?;
+            (t.shape.len() == 4).then_some((index.parse().ok()?, t.shape.as_slice()))
+        })
+        .collect();
+    convs.sort_by_key(|(i, _)| *i);
+    let layout: Vec<(usize, usize)> = convs.iter().map(|(i, s)| (*i, s[2])).collect();
+    let model = VggConfig::ALL.into_iter().find(|c| {
+        let mut index = 0;
+        let mut want = Vec::new();
+        for stage in c.stages().into_iter().flatten() {
+            match stage {
+                Stage::Conv { kernel, .. } => {
+                    want.push((index, kernel));
+                    index += 2;
+                }
+                Stage::Pool => index += 1,
+            }
+        }
+        want == layout
+    });
+    let first = convs.first().map(|(_, s)| *s);
+    let last_channels = convs.last().map(|(_, s)| s[0]);
+    let fc6 = shape("classifier.0.weight").filter(|s| s.len() == 2);
+    let fc8 = shape("classifier.6.weight").filter(|s| s.len() == 2);
+    let input = fc6.zip(last_channels).and_then(|(fc6, channels)| {
+        let area = fc6[1].checked_div(channels)?;
+        let side = (area as f64).sqrt().round() as usize;
+        (side > 0 && side * side * channels == fc6[1]).then_some((side * 32, side * 32))
+    });
+    (
+        model,
+        PartialOptions {
+            input,
+            in_channels: first.map(|s| s[1]),
+            classes: fc8.map(|s| s[0]),
+            width_mult: first.map(|s| s[0] as f64 / 64.0),
+            hidden: fc6.map(|s| s[0]),
         },
     )
 }

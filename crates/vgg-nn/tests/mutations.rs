@@ -101,3 +101,24 @@ fn damaged_images_are_errors() {
         );
     }
 }
+
+#[test]
+fn damaged_pytorch_files_are_errors() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pth");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.pth");
+    // The zip container (its header is the local file header) and the pre-1.6 pickle stream.
+    for (name, header, seed) in [("tiny.pth", 64, 13), ("legacy.pth", 128, 14)] {
+        let valid = std::fs::read(fixtures.join(name)).unwrap();
+        let cases = mutate::cases(&valid, header, CASES / 3, seed);
+        let refused = mutate::check(name, &cases, true, tensor_bound, |b| {
+            std::fs::write(&path, b).unwrap();
+            io::load_pytorch(&path)
+        });
+        assert!(
+            refused > cases.len() / 3,
+            "{name}: {refused} of {}",
+            cases.len()
+        );
+    }
+}

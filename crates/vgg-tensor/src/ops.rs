@@ -98,9 +98,12 @@ pub enum BinaryOp {
     Mul,
     /// a / b.
     Div,
-    /// The larger; NaN if either is NaN.
+    /// The larger; NaN if either is NaN (on the tape: `Tape::maximum`, named as PyTorch's
+    /// `torch.maximum`, since `max` there is a reduction).
+    #[doc(alias = "maximum")]
     Max,
-    /// The smaller; NaN if either is NaN.
+    /// The smaller; NaN if either is NaN (on the tape: `Tape::minimum`).
+    #[doc(alias = "minimum")]
     Min,
     /// 1.0 where a > b, else 0.0 (masks).
     Greater,

@@ -222,8 +222,8 @@ fn digits_from(
 
 const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
 /// Per-channel mean and standard deviation of the CIFAR-10 training images.
-const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
-const CIFAR_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+pub(crate) const CIFAR_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+pub(crate) const CIFAR_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
 
 fn load_cifar_file(path: &Path) -> Result<Dataset, DataError> {
     parse_cifar_batch(&io::read_file(path)?, path)

@@ -5,6 +5,7 @@
 //! (`vgg-dist`), so N ranks train as one process would on the whole batch.
 
 pub mod data;
+pub mod images;
 
 use std::collections::HashMap;
 use std::time::Instant;

@@ -218,24 +218,36 @@ fn resample(
 
 /// torchvision's Resize(256) size: the shorter side becomes 256, the longer int(256 * long / short).
 pub fn resized_size(width: usize, height: usize) -> (usize, usize) {
+    resized_to(width, height, SHORTER_SIDE)
+}
+
+/// torchvision's Resize(shorter) size: the longer side becomes int(shorter * long / short).
+fn resized_to(width: usize, height: usize, shorter: usize) -> (usize, usize) {
     if width <= height {
-        (SHORTER_SIDE, SHORTER_SIDE * height / width)
+        (shorter, shorter * height / width)
     } else {
-        (SHORTER_SIDE * width / height, SHORTER_SIDE)
+        (shorter * width / height, shorter)
     }
 }
 
-/// The window CenterCrop(224) keeps of a `size` side: Python's round() of the margin, ties to even.
-fn crop_window(size: usize) -> std::ops::Range<usize> {
-    let start = ((size as f64 - CROP as f64) / 2.0).round_ties_even() as usize;
-    start..start + CROP
+/// The window CenterCrop(crop) keeps of a `size` side: Python's round() of the margin, ties to even.
+fn crop_window(size: usize, crop: usize) -> std::ops::Range<usize> {
+    let start = ((size as f64 - crop as f64) / 2.0).round_ties_even() as usize;
+    start..start + crop
 }
 
 /// Resize(256), CenterCrop(224), ToTensor and Normalize: the [3, 224, 224] CHW values.
 fn resize_and_crop(img: &RgbImage) -> Vec<f32> {
+    normalized_chw(&resize_and_centre_crop(img, SHORTER_SIDE, CROP), MEAN, STD)
+}
+
+/// torchvision's Resize(shorter) then CenterCrop(crop) (`crop` at most `shorter`), with Pillow's
+/// antialiased bilinear filter in fixed point, as Pillow computes it for 8-bit images.
+pub fn resize_and_centre_crop(img: &RgbImage, shorter: usize, crop: usize) -> RgbImage {
+    let crop = crop.min(shorter);
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let (out_w, out_h) = resized_size(w, h);
-    let (cols, rows) = (crop_window(out_w), crop_window(out_h));
+    let (out_w, out_h) = resized_to(w, h, shorter);
+    let (cols, rows) = (crop_window(out_w, crop), crop_window(out_h, crop));
     // Pillow resizes each axis only when its size changes. Only the crop's outputs are computed,
     // and the horizontal pass only on the input rows the vertical pass reads, as Pillow does.
     let row_coeffs = (out_h != h).then(|| coefficients(h, out_h, rows.clone()));
@@ -257,20 +269,25 @@ fn resize_and_crop(img: &RgbImage) -> Vec<f32> {
             &band_img,
             cols.start as u32,
             0,
-            CROP as u32,
+            crop as u32,
             band.len() as u32,
         )
         .to_image()
     };
-    let img = match &row_coeffs {
+    match &row_coeffs {
         Some(c) => resample(&img, c, band.start, false),
         None => img,
-    };
-    let mut chw = vec![0.0f32; 3 * CROP * CROP];
+    }
+}
+
+/// ToTensor and Normalize: an image's [3, H, W] CHW values, (v / 255 - mean) / std per channel.
+pub fn normalized_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut chw = vec![0.0f32; 3 * h * w];
     for (x, y, p) in img.enumerate_pixels() {
         let (x, y) = (x as usize, y as usize);
         for c in 0..3 {
-            chw[(c * CROP + y) * CROP + x] = (p[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+            chw[(c * h + y) * w + x] = (p[c] as f32 / 255.0 - mean[c]) / std[c];
         }
     }
     chw
@@ -324,8 +341,8 @@ mod tests {
     fn torchvision_sizes() {
         assert_eq!(resized_size(300, 240), (320, 256));
         assert_eq!(resized_size(100, 333), (256, 852));
-        assert_eq!(crop_window(320), 48..272);
-        assert_eq!(crop_window(256), 16..240);
+        assert_eq!(crop_window(320, CROP), 48..272);
+        assert_eq!(crop_window(256, CROP), 16..240);
     }
 
     /// The crop-only resize against the whole resize followed by the crop.
@@ -341,7 +358,7 @@ mod tests {
             if out_h != h as usize {
                 full = resample(&full, &coefficients(h as usize, out_h, 0..out_h), 0, false);
             }
-            let (cols, rows) = (crop_window(out_w), crop_window(out_h));
+            let (cols, rows) = (crop_window(out_w, CROP), crop_window(out_h, CROP));
             let got = resize_and_crop(&img);
             for y in 0..CROP {
                 for x in 0..CROP {

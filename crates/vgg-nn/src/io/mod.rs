@@ -6,6 +6,7 @@
 pub mod image;
 mod npy;
 pub mod output;
+mod pytorch;
 mod safetensors_file;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ pub use npy::{load_npy, npy_bytes, parse_npy, save_npy};
 pub use output::{
     check_distinct, check_output, remove_partial_outputs, write_atomic, write_with, NamedPath,
 };
+pub use pytorch::{is_pytorch, load_pytorch};
 pub use safetensors_file::{save_safetensors, save_safetensors_streamed, sniff};
 
 /// A tensor in host memory, row-major.
@@ -86,6 +88,24 @@ pub enum IoError {
         reason: String,
         /// What the file's first bytes say it is, where they are recognisable.
         what_it_is: Option<String>,
+    },
+    #[error("{path} is not a valid PyTorch file ({reason}); is it truncated, or not a torch.save of a state_dict?")]
+    /// The file looks like a `torch.save` file but cannot be read as a state_dict of tensors.
+    BadPytorch {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    #[error("{path} holds a Python object of type {python_type} (at '{at}'), which Python would run code to rebuild; a weight file holds only tensors and plain values, so it is refused unread. Save only the state_dict")]
+    /// A `torch.save` file holds an object other than tensors and plain containers.
+    PickledObject {
+        /// The file.
+        path: PathBuf,
+        /// Where in the file's dictionaries it sits.
+        at: String,
+        /// Its Python type.
+        python_type: String,
     },
     #[error("{path}: tensor '{name}' is {dtype}, but only F32 is supported; convert it, e.g. in PyTorch with .float()")]
     /// A tensor is not float32.
@@ -275,7 +295,7 @@ pub(crate) fn kind_in_words(kind: std::fs::FileType) -> &'static str {
     }
 }
 
-fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -284,6 +304,27 @@ fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
 
 pub(crate) fn f32_to_le(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Named tensors from a weight file of either format, told apart by its first bytes: safetensors,
+/// or PyTorch's `torch.save` (`.pth`, as torchvision ships its weights).
+pub fn load_tensors(path: &Path) -> Result<TensorFile, IoError> {
+    let (mut file, _) = open_regular(path)?;
+    let mut head = Vec::with_capacity(16);
+    (&mut file)
+        .take(16)
+        .read_to_end(&mut head)
+        .map_err(|error| IoError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+    // A safetensors header (8 bytes of length, then JSON) can begin with a pickle's 0x80.
+    let safetensors_header = head.get(8) == Some(&b'{');
+    if !safetensors_header && is_pytorch(&head) {
+        load_pytorch(path)
+    } else {
+        load_safetensors(path)
+    }
 }
 
 /// Reads every tensor of a safetensors file, refusing any that is not F32.

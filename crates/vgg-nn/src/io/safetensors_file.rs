@@ -16,17 +16,26 @@ use super::{f32_to_le, output, IoError, TensorFile};
 pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
     const KINDS: [(&[u8], &str); 8] = [
         (b"\x89PNG", "a PNG image; weights are .safetensors files"),
-        (b"\xff\xd8\xff", "a JPEG image; weights are .safetensors files"),
-        (b"\x93NUMPY", "a NumPy .npy array: data for the network's input, not weights"),
+        (
+            b"\xff\xd8\xff",
+            "a JPEG image; weights are .safetensors files",
+        ),
+        (
+            b"\x93NUMPY",
+            "a NumPy .npy array: data for the network's input, not weights",
+        ),
         (
             b"PK\x03\x04",
-            "a zip archive, such as PyTorch's .pt/.pth: save the state_dict with safetensors.torch.save_file",
+            "a zip archive, such as PyTorch's .pt/.pth, which load as weights but not here",
         ),
         (
             b"\x80",
-            "a Python pickle, such as an old PyTorch .pt: save the state_dict with safetensors.torch.save_file",
+            "a Python pickle, such as an old PyTorch .pt, which load as weights but not here",
         ),
-        (b"\x89HDF", "an HDF5 file (Keras): export the weights to safetensors"),
+        (
+            b"\x89HDF",
+            "an HDF5 file (Keras): export the weights to safetensors",
+        ),
         (b"\x1f\x8b", "a gzip archive: unpack it first"),
         (b"{", "a JSON text"),
     ];
@@ -177,7 +186,7 @@ mod tests {
     #[test]
     fn other_formats_are_recognised() {
         assert!(sniff(b"\x89PNG\r\n").unwrap().contains("PNG"));
-        assert!(sniff(b"PK\x03\x04...").unwrap().contains("state_dict"));
+        assert!(sniff(b"PK\x03\x04...").unwrap().contains(".pth"));
         assert_eq!(sniff(b"\x08\x00\x00\x00"), None);
     }
 }
