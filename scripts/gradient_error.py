@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from make_fixtures import SmallVgg
+
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -38,22 +40,7 @@ CONFIGS = {
 
 
 def build(cfg, size, classes=1000, hidden=4096):
-    layers, channels = [], 3
-    for v in cfg:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-            size //= 2
-        else:
-            layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=True)]
-            channels = v
-    model = nn.Sequential()
-    model.add_module("features", nn.Sequential(*layers))
-    model.add_module("flatten", nn.Flatten())
-    model.add_module("classifier", nn.Sequential(
-        nn.Linear(channels * size * size, hidden), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
-        nn.Linear(hidden, classes),
-    ))
+    model = SmallVgg(cfg, hidden, classes, size)
     # torchvision's VGG initialisation.
     for m in model.modules():
         if isinstance(m, nn.Conv2d):

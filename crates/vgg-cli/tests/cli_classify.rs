@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{ok, refused};
+use common::{init_grey_32, ok, refused};
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -120,23 +120,7 @@ fn a_digits_network_sees_a_picture_as_its_training_data() {
     let dir = tempfile::tempdir().unwrap();
     let at = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let weights = at("digits.safetensors");
-    ok(&[
-        "init",
-        "--model",
-        "vgg11",
-        "--width-mult",
-        "0.125",
-        "--hidden",
-        "16",
-        "--channels",
-        "1",
-        "--input",
-        "32x32",
-        "--classes",
-        "10",
-        "--output",
-        &weights,
-    ]);
+    init_grey_32(&weights);
     // What `vgg train` records: the data set.
     let mut file = vgg_nn::io::load_safetensors(Path::new(&weights)).unwrap();
     file.metadata

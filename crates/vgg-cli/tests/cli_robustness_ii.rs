@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{finish_within, ok, refused, spawn, stderr, vgg, TINY_TRAIN};
+use common::{finish_within, init_grey_32, ok, refused, spawn, stderr, vgg, TINY_TRAIN};
 use vgg_nn::io;
 
 fn s(p: &Path) -> &str {
@@ -360,23 +360,7 @@ fn an_image_is_prepared_for_its_network_or_named_as_unfit() {
     ]);
     // A one-channel network with no data set recorded: ImageNet's colour images do not fit it.
     let grey = dir.path().join("grey.safetensors");
-    ok(&[
-        "init",
-        "--model",
-        "vgg11",
-        "--width-mult",
-        "0.0625",
-        "--hidden",
-        "8",
-        "--channels",
-        "1",
-        "--input",
-        "32x32",
-        "--classes",
-        "10",
-        "--output",
-        s(&grey),
-    ]);
+    init_grey_32(s(&grey));
     refused(
         &["classify", "--weights", s(&grey), s(&png)],
         &["1x32x32", "ImageNet's", "3x32x32", ".npy"],

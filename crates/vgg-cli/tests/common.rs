@@ -143,3 +143,26 @@ pub const TINY_TRAIN: [&str; 8] = [
     "64",
     "--threads=2",
 ];
+
+/// `vgg init` of a freshly drawn network of the digits' shape (VGG-11, width 1/16, hidden 8,
+/// 10 classes, one channel, 32x32) to `output`; nothing says which data set it is for.
+#[allow(dead_code)]
+pub fn init_grey_32(output: &str) {
+    ok(&[
+        "init",
+        "--model",
+        "vgg11",
+        "--width-mult",
+        "0.0625",
+        "--hidden",
+        "8",
+        "--channels",
+        "1",
+        "--input",
+        "32x32",
+        "--classes",
+        "10",
+        "--output",
+        output,
+    ]);
+}
