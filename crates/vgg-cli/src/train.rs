@@ -423,7 +423,10 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     )?;
     let mut state = match &args.resume {
         Some(path) => {
-            let file = io::load_safetensors(path)?;
+            // Rank 0 alone reads it: the other hosts of a job need not see its files.
+            let bytes = comm.broadcast_bytes(root.then(|| io::read_file(path)).transpose()?, 0)?;
+            let file = io::parse_safetensors(&bytes, path)?;
+            drop(bytes);
             let recorded = Provenance::read(&file.metadata)
                 .with_context(|| format!("resuming from {}", path.display()))?;
             check_same_data(&recorded, args, path)?;

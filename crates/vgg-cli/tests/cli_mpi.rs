@@ -122,6 +122,53 @@ mod with_mpi {
         assert!(epoch["exposed_communication_seconds"].as_f64().is_some());
     }
 
+    /// Hosts that share no files: rank 1 runs in a directory without the checkpoint (a relative
+    /// `--resume`), as on a machine that cannot see rank 0's disk. Rank 0 reads it and sends it.
+    #[test]
+    fn a_checkpoint_only_rank_0_can_read_resumes_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let (here, elsewhere) = (dir.path().join("host0"), dir.path().join("host1"));
+        std::fs::create_dir_all(&here).unwrap();
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let first = Command::new(env!("CARGO_BIN_EXE_vgg"))
+            .current_dir(&here)
+            .args(&train_args(Path::new("ck.st"), "1", &[])[1..])
+            .output()
+            .unwrap();
+        assert!(first.status.success(), "{}", stderr(&first));
+        let rank = |wdir: &Path| {
+            let mut args = vec!["-wdir".to_string(), wdir.to_str().unwrap().to_string()];
+            args.extend(train_args(
+                Path::new("resumed.st"),
+                "2",
+                &["--resume", "ck.st"],
+            ));
+            (1, args)
+        };
+        let out = mpirun(&[rank(&here), rank(&elsewhere)]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        assert!(
+            text.contains("from epoch 2") && text.contains("epoch 2/2"),
+            "{text}"
+        );
+        assert!(here.join("resumed.st").is_file());
+        assert!(!elsewhere.join("ck.st").exists());
+        // One rank 0 cannot read either: named, and the job ends instead of waiting for it.
+        let start = Instant::now();
+        let mut missing = rank(&here);
+        let at = missing.1.iter().position(|a| a == "ck.st").unwrap();
+        missing.1[at] = "missing.st".into();
+        let out = mpirun(&[missing, rank(&elsewhere)]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("rank 0 of 2: cannot read missing.st"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(start.elapsed() < Duration::from_secs(30));
+    }
+
     /// Rank 1 fails on its own (its data directory does not exist): it names its error, and the
     /// job ends at once instead of rank 0 waiting for it.
     #[test]

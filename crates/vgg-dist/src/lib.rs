@@ -157,6 +157,9 @@ impl PendingReduce {
     }
 }
 
+/// The most bytes one [`Communicator::broadcast`] of [`Communicator::broadcast_bytes`] carries.
+pub const BROADCAST_PIECE: usize = 1 << 30;
+
 /// A group of ranks that run the same program on different data. Every rank must call the
 /// collectives in the same order with buffers of the same length.
 pub trait Communicator: Send + Sync {
@@ -199,6 +202,35 @@ pub trait Communicator: Send + Sync {
             *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         }
         Ok(())
+    }
+
+    /// Rank `root`'s bytes on every rank, for a file only `root` may be able to read (a
+    /// checkpoint on its own disk): `root` passes `Some`, the others `None`. Sent in pieces of at
+    /// most [`BROADCAST_PIECE`] bytes, since MPI counts are 32-bit.
+    fn broadcast_bytes(&self, bytes: Option<Vec<u8>>, root: usize) -> Result<Vec<u8>> {
+        let here = self.rank();
+        let mut data = match (bytes, here == root) {
+            (Some(bytes), true) => bytes,
+            (None, false) => Vec::new(),
+            (given, _) => {
+                return Err(DistError::Layout(format!(
+                    "rank {here} {} bytes to broadcast from rank {root}",
+                    if given.is_some() { "gave" } else { "had no" }
+                )))
+            }
+        };
+        if self.size() == 1 {
+            return Ok(data);
+        }
+        let mut length = (data.len() as u64).to_le_bytes();
+        self.broadcast(&mut length, root)?;
+        let length = usize::try_from(u64::from_le_bytes(length))
+            .map_err(|_| DistError::Layout(format!("rank {root}'s bytes do not fit here")))?;
+        data.resize(length, 0);
+        for piece in data.chunks_mut(BROADCAST_PIECE) {
+            self.broadcast(piece, root)?;
+        }
+        Ok(data)
     }
 
     /// Checks that every rank has the same `value` of `what` as rank 0 (settings, data sizes):

@@ -48,6 +48,27 @@ fn collectives_give_every_rank_the_same_answer() {
     }
 }
 
+/// A file only rank 1 could read reaches every rank whole; a rank that offers bytes out of turn
+/// is refused.
+#[test]
+fn one_ranks_bytes_reach_every_rank() {
+    let file: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = file.clone();
+    let results = on_ranks(3, move |comm| {
+        let mine = (comm.rank() == 1).then(|| sent.clone());
+        comm.broadcast_bytes(mine, 1).unwrap()
+    });
+    for got in results {
+        assert_eq!(got, file);
+    }
+    let refused = on_ranks(1, |comm| comm.broadcast_bytes(None, 0));
+    assert!(
+        matches!(&refused[0], Err(DistError::Layout(_))),
+        "{refused:?}"
+    );
+    assert_eq!(Solo.broadcast_bytes(Some(vec![1, 2]), 0).unwrap(), [1, 2]);
+}
+
 #[test]
 fn ranks_started_differently_are_named_on_every_rank() {
     let results = on_ranks(3, |comm| {
