@@ -19,6 +19,9 @@ def parse_args(description):
     p.add_argument("--device", default="cpu", help="PyTorch only: cpu or cuda")
     p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default="contiguous",
                    help="PyTorch only: NCHW (contiguous) or NHWC (channels_last) tensors")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="the arithmetic: f32, or bf16 (PyTorch: autocast to bfloat16; OpenVINO: "
+                        "bf16 inference precision)")
     return p.parse_args()
 
 
@@ -73,5 +76,5 @@ def write(args, framework, version, threads, results):
         with open(args.json, "w") as f:
             # Read by `vgg report` (crates/vgg-cli/src/report.rs) and `cargo xtask bench --peers`.
             json.dump({"schema": "vgg-peer-bench/1", "framework": framework, "version": version,
-                       "threads": threads, "batch": args.batch_size, "image_size": args.image_size,
+                       "precision": args.precision, "threads": threads, "batch": args.batch_size, "image_size": args.image_size,
                        "burn_in": args.burn_in, "num_batches": args.num_batches, "modes": results}, f, indent=2)

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """The reference's VGG-16 benchmark in PyTorch: same protocol, init, dropout and loss as `vgg bench`.
 Forward: eval mode, no autograd, softmax and argmax. Forward-backward: train mode (dropout 0.5), gradients of
-sum(fc8^2)/2 for every parameter, no optimiser step."""
+sum(fc8^2)/2 for every parameter, no optimiser step. --precision bf16: both under
+torch.autocast(dtype=torch.bfloat16), PyTorch's mixed precision (f32 weights and gradients)."""
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -52,15 +55,21 @@ def main():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def arithmetic():
+        if args.precision == "bf16":
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def forward():
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), arithmetic():
             torch.argmax(torch.softmax(model(images), 1), 1)
         finish()
 
     def forward_backward():
         model.train()
-        loss = model(images).pow(2).sum() / 2
+        with arithmetic():
+            loss = model(images).float().pow(2).sum() / 2
         torch.autograd.grad(loss, params)
         finish()
 

@@ -20,10 +20,13 @@ tasks:
   bench [options]    `vgg bench` in release mode with the reference's settings (VGG-16, batch 32,
                      10 burn-in + 100 timed steps, forward and forward-backward)
       --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps
-      --peers              also run the same protocol in PyTorch (NCHW and channels_last) and
-                           TensorFlow (bench/peers/) where $PYTHON (default python3) imports them,
-                           and print one side-by-side table with the best peer per mode
+      --peers              also run the same protocol in PyTorch (NCHW and channels_last),
+                           TensorFlow and OpenVINO (forward; bench/peers/) where $PYTHON (default
+                           python3) imports them, and print one side-by-side table with the best
+                           peer per mode
       --isa native|avx512|avx2|portable   cap our kernels' vector unit (the peers keep theirs)
+      --precision f32|bf16  the arithmetic, ours and the peers' (bf16: PyTorch under autocast,
+                           OpenVINO's bf16 inference precision; TensorFlow skipped)
       --report FILE.html   also write the results (with --peers, every framework's side by side) as
                            one self-contained HTML page (`vgg report`)
       --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
@@ -160,6 +163,7 @@ fn bench(args: &[String]) -> Result<()> {
     };
     let mut report: Option<PathBuf> = None;
     let mut ours_only: Vec<String> = Vec::new();
+    let mut precision = "f32".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -180,6 +184,7 @@ fn bench(args: &[String]) -> Result<()> {
             "--epochs" => t.epochs = value()?,
             "--report" => report = Some(PathBuf::from(value()?)),
             "--isa" => ours_only.extend(["--isa".to_string(), value()?]),
+            "--precision" => precision = value()?,
             "--batch-size" => s.batch = value()?,
             "--num-batches" => s.num_batches = value()?,
             "--burn-in" => s.burn_in = value()?,
@@ -189,6 +194,10 @@ fn bench(args: &[String]) -> Result<()> {
             other => bail!("unknown option '{other}'\n{USAGE}"),
         }
     }
+    if !["f32", "bf16"].contains(&precision.as_str()) {
+        bail!("--precision is f32 or bf16, not '{precision}'\n{USAGE}");
+    }
+    ours_only.extend(["--precision".to_string(), precision.clone()]);
     cargo(&["build", "--release", "--quiet", "-p", "vgg-cli"])?;
     if training {
         (t.batch, t.threads) = (s.batch, s.threads);
@@ -233,7 +242,22 @@ fn bench(args: &[String]) -> Result<()> {
                 &[][..],
                 "tensorflow.json",
             ),
+            (
+                "OpenVINO",
+                "openvino",
+                "openvino_bench.py",
+                &[][..],
+                "openvino.json",
+            ),
         ] {
+            if precision == "bf16" && module == "tensorflow" {
+                eprintln!("{name}: no bf16 mode in bench/peers/{script}; skipped");
+                continue;
+            }
+            if module == "openvino" && s.mode == "forward-backward" {
+                eprintln!("{name}: an inference engine, forward only; skipped");
+                continue;
+            }
             if !python_has(&python, module) {
                 eprintln!("{name}: `{python} -c 'import {module}'` fails; skipped (set PYTHON to an interpreter that has it)");
                 continue;
@@ -243,6 +267,7 @@ fn bench(args: &[String]) -> Result<()> {
             cmd.arg(root().join("bench/peers").join(script))
                 .args(s.args())
                 .args(options)
+                .args(["--precision", &precision])
                 .arg("--json")
                 .arg(&json);
             eprintln!("$ {cmd:?}");
@@ -258,7 +283,7 @@ fn bench(args: &[String]) -> Result<()> {
     }
     // The records are read, checked and compared by `vgg report`, typed, as the page reads them.
     println!(
-        "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all); seconds per batch",
+        "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all), {precision}; seconds per batch",
         s.batch, s.image_size, s.image_size, s.burn_in, s.num_batches, s.threads
     );
     let mut cmd = Command::new(&vgg);

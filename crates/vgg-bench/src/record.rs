@@ -42,6 +42,11 @@ pub struct BenchRecord {
     /// The backend's measured matrix-product rate, the ceiling the GFLOP/s are read against.
     #[serde(default)]
     pub matmul_peak: Option<MatmulPeak>,
+    /// The arithmetic of the convolutions and matrix products: "f32", "bf16" (operands rounded
+    /// to bfloat16, sums in f32) or "tf32" (a GPU's tensor cores). Records from before it
+    /// existed ran in f32 on the CPU.
+    #[serde(default)]
+    pub precision: Option<String>,
     /// The settings.
     pub config: BenchConfig,
     /// One report per mode run.
@@ -53,6 +58,8 @@ pub struct BenchRecord {
 struct PeerRecord {
     framework: String,
     version: String,
+    #[serde(default)]
+    precision: Option<String>,
     threads: Option<usize>,
     batch: usize,
     image_size: Option<usize>,
@@ -65,6 +72,9 @@ struct PeerMode {
     #[serde(default)]
     peak_rss_bytes: Option<u64>,
 }
+
+/// The arithmetic a record may name.
+pub const PRECISIONS: [&str; 4] = ["f32", "tf32", "bf16", "fp16"];
 
 /// One framework's run, as a report shows it.
 #[derive(Debug, Clone)]
@@ -79,6 +89,8 @@ pub struct Run {
     pub image: Option<(usize, usize)>,
     /// Threads the framework ran with, where it says.
     pub threads: Option<usize>,
+    /// The arithmetic it ran in ("f32", "bf16", ...), where it says (`Run::arithmetic`).
+    pub precision: Option<String>,
     /// Our full record, for the settings and machine.
     pub ours: Option<BenchRecord>,
     /// Each mode run.
@@ -142,9 +154,16 @@ impl Run {
             batch: record.config.batch,
             image: Some((record.config.height, record.config.width)),
             threads: record.threads,
+            precision: record.precision.clone(),
             ours: Some(record),
             modes,
         }
+    }
+
+    /// The arithmetic it ran in: what the record says, and f32 where it says nothing (every
+    /// record made before records named it ran in f32).
+    pub fn arithmetic(&self) -> &str {
+        self.precision.as_deref().unwrap_or("f32")
     }
 }
 
@@ -334,6 +353,18 @@ fn check_ours(record: &BenchRecord, path: &Path) -> Result<(), RecordError> {
 /// What every run carries: the batch, input, threads, steps, memory and per-layer times, and
 /// that its derived rates stay within [`Bounds::GFLOPS`].
 fn check_run(run: &Run, path: &Path) -> Result<(), RecordError> {
+    if let Some(p) = &run.precision {
+        if !PRECISIONS.contains(&p.as_str()) {
+            return Err(implausible(
+                path,
+                format!(
+                    "its precision is '{}'",
+                    p.chars().take(100).collect::<String>()
+                ),
+                format!("a precision is one of {}", PRECISIONS.join(", ")),
+            ));
+        }
+    }
     count(path, "batch size", run.batch, Bounds::BATCH)?;
     if let Some((h, w)) = run.image {
         count(path, "image height", h, Bounds::SIDE)?;
@@ -473,12 +504,18 @@ fn peer(record: PeerRecord, path: &Path) -> Result<Run, RecordError> {
         });
     }
     modes.sort_by_key(|m| m.mode == Mode::ForwardBackward);
+    // Named with its precision where that is not f32 (checked by `check_run` below).
+    let name = match record.precision.as_deref() {
+        None | Some("f32") => format!("{} {}", record.framework, record.version),
+        Some(p) => format!("{} {} {p}", record.framework, record.version),
+    };
     let run = Run {
-        name: format!("{} {}", record.framework, record.version),
+        name,
         network: VggConfig::Vgg16.to_string(),
         batch: record.batch,
         image: record.image_size.map(|s| (s, s)),
         threads: record.threads,
+        precision: record.precision,
         ours: None,
         modes,
     };
@@ -489,6 +526,27 @@ fn peer(record: PeerRecord, path: &Path) -> Result<Run, RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_precision_names_it_and_an_unknown_one_is_refused() {
+        let with = |precision: &str| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&peer_json(2.into(), &[0.5])).unwrap();
+            v["precision"] = precision.into();
+            parse(&serde_json::to_vec(&v).unwrap(), Path::new("p.json"))
+        };
+        let bf16 = with("bf16").unwrap();
+        assert_eq!(bf16.arithmetic(), "bf16");
+        assert!(bf16.name.ends_with(" bf16"), "{}", bf16.name);
+        assert!(!with("f32").unwrap().name.contains("f32"));
+        let e = with("int3").unwrap_err().to_string();
+        assert!(
+            e.contains("precision is 'int3'") && e.contains("bf16"),
+            "{e}"
+        );
+        let unnamed = parse(&peer_json(2.into(), &[0.5]), Path::new("p.json")).unwrap();
+        assert_eq!(unnamed.arithmetic(), "f32");
+    }
 
     fn peer_json(batch: serde_json::Value, steps: &[f64]) -> Vec<u8> {
         serde_json::to_vec(&serde_json::json!({

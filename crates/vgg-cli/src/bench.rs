@@ -225,6 +225,7 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         network: Some(spec.describe_network()),
         machine: Some(Machine::this()),
         matmul_peak: peak,
+        precision: Some(a.device.arithmetic().to_string()),
         config,
         modes: reports,
     };

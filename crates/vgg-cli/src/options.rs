@@ -111,6 +111,11 @@ pub struct DeviceArgs {
     /// measured faster, im2col elsewhere; im2col: everywhere)
     #[arg(long, value_enum, default_value = "auto")]
     pub conv_algorithm: ConvChoice,
+    /// With --backend cpu: the arithmetic of convolutions and matrix products. f32; or bf16:
+    /// operands rounded to bfloat16, products summed in f32 (as PyTorch's autocast and
+    /// OpenVINO's bf16), on AMX where the CPU has it and on the f32 units elsewhere
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: PrecisionChoice,
     /// With --backend cuda: which GPU, counting from 0
     #[arg(long, default_value = "0")]
     pub gpu: usize,
@@ -135,6 +140,12 @@ pub enum IsaChoice {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PrecisionChoice {
+    F32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvChoice {
     Auto,
     Im2col,
@@ -142,7 +153,7 @@ pub enum ConvChoice {
 
 impl DeviceArgs {
     pub fn cpu(&self) -> Result<vgg_ndarray::CpuBackend> {
-        use vgg_ndarray::{ConvAlgorithm, CpuConfig, Isa};
+        use vgg_ndarray::{ConvAlgorithm, CpuConfig, Isa, Precision};
         let isa = match self.isa {
             IsaChoice::Native => None,
             IsaChoice::Avx512 => Some(Isa::Avx512),
@@ -153,9 +164,14 @@ impl DeviceArgs {
             ConvChoice::Auto => ConvAlgorithm::Auto,
             ConvChoice::Im2col => ConvAlgorithm::Im2col,
         };
+        let precision = match self.precision {
+            PrecisionChoice::F32 => Precision::F32,
+            PrecisionChoice::Bf16 => Precision::Bf16,
+        };
         let config = CpuConfig {
             isa,
             convolution,
+            precision,
             ..CpuConfig::detect(match self.threads {
                 0 => crate::dist::default_threads(),
                 n => n,
@@ -173,10 +189,25 @@ impl DeviceArgs {
                 "--isa and --conv-algorithm choose the CPU backend's kernels; leave them out with --backend cuda"
             );
         }
+        if self.precision != PrecisionChoice::F32 {
+            anyhow::bail!(
+                "--precision bf16 is the CPU backend's mode; on a GPU convolutions run in TF32 unless --no-tf32"
+            );
+        }
         Ok(vgg_cuda::CudaBackend::new(vgg_cuda::CudaOptions {
             ordinal: self.gpu,
             allow_tf32: !self.no_tf32,
         })?)
+    }
+
+    /// The arithmetic of convolutions and matrix products, as a benchmark record names it.
+    pub fn arithmetic(&self) -> &'static str {
+        match (self.backend, self.precision) {
+            (BackendChoice::Cpu, PrecisionChoice::F32) => "f32",
+            (BackendChoice::Cpu, PrecisionChoice::Bf16) => "bf16",
+            (BackendChoice::Cuda, _) if self.no_tf32 => "f32",
+            (BackendChoice::Cuda, _) => "tf32",
+        }
     }
 
     /// CPU threads as the report should say them (None on a GPU).

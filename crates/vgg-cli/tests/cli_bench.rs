@@ -270,3 +270,38 @@ fn the_cpu_kernels_can_be_capped_and_the_algorithm_chosen() {
         &["--backend cuda"],
     );
 }
+
+#[test]
+fn the_bf16_mode_names_its_unit_and_its_precision_in_the_record() {
+    let json = std::env::temp_dir().join(format!("vgg-bench-bf16-{}.json", std::process::id()));
+    let args = tiny(&[
+        "--mode",
+        "forward",
+        "--precision",
+        "bf16",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = out.lines().next().unwrap();
+    assert!(first.contains("bf16 products on"), "{first}");
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    assert_eq!(record["precision"], "bf16");
+    // On the f32 units wherever the AVX-512 path is capped away (AMX comes with AVX-512).
+    let args = tiny(&["--mode", "forward", "--precision", "bf16", "--isa", "avx2"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    #[cfg(target_arch = "x86_64")]
+    let has_avx2 = std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has_avx2 = false;
+    if has_avx2 {
+        let first = ok(&args).lines().next().unwrap().to_string();
+        assert!(first.contains("bf16 products on f32 units"), "{first}");
+    }
+    let args = tiny(&["--backend", "cuda", "--precision", "bf16"]);
+    refused(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &["--precision bf16", "TF32"],
+    );
+}

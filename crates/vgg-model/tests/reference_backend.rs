@@ -1,40 +1,13 @@
 //! A backend written from the primitives alone (vgg_tensor's plain-loops reference) runs VGG-11's
 //! forward-backward, dropout included, and matches the CPU backend's fused kernels.
 
-use vgg_autodiff::Tape;
-use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
+mod support;
+
+use support::step;
+use vgg_model::{ModelSpec, SpecOptions, VggConfig};
 use vgg_ndarray::CpuBackend;
-use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::prelude::*;
 use vgg_tensor::reference::ReferenceBackend;
-
-/// (logits, loss, every parameter's (name, gradient)) of one step, on the host.
-type Step = (Vec<f32>, f32, Vec<(String, Vec<f32>)>);
-
-/// Logits, loss and every parameter's gradient of one forward-backward step.
-fn step<B: Backend>(b: &B, spec: &ModelSpec, images: &[f32], labels: &[usize]) -> Step {
-    let vgg = Vgg::init(b, spec.clone(), &InitScheme::REFERENCE, 7).unwrap();
-    let tape = Tape::new(b.clone());
-    let x = b
-        .upload(&Shape::from([labels.len(), 3, 32, 32]), images)
-        .unwrap();
-    let run = RunOptions {
-        keep_prob: 0.5,
-        seed: 11,
-    };
-    let logits = vgg.forward(&tape, &tape.constant(x), run).unwrap();
-    let values = b.download(logits.value()).unwrap();
-    let loss = tape.cross_entropy(&logits, labels).unwrap();
-    let loss_value = b.scalar_value(loss.value()).unwrap();
-    let grads = tape
-        .backward(&loss)
-        .unwrap()
-        .into_named()
-        .into_iter()
-        .map(|(n, g)| (n, b.download(&g).unwrap()))
-        .collect();
-    (values, loss_value, grads)
-}
 
 #[test]
 fn vgg11_forward_backward_on_primitives_alone_matches_the_cpu() {
@@ -54,8 +27,8 @@ fn vgg11_forward_backward_on_primitives_alone_matches_the_cpu() {
     vgg_tensor::random::fill_normal(&mut images, 3, 0, 0.0, 1.0);
     let labels = [1, 4];
     let cpu = CpuBackend::new(2).unwrap();
-    let (logits_c, loss_c, grads_c) = cpu.execute(|| step(&cpu, &spec, &images, &labels));
-    let (logits_r, loss_r, grads_r) = step(&ReferenceBackend, &spec, &images, &labels);
+    let (logits_c, loss_c, grads_c) = cpu.execute(|| step(&cpu, &spec, &images, &labels, 0.5));
+    let (logits_r, loss_r, grads_r) = step(&ReferenceBackend, &spec, &images, &labels, 0.5);
     let close = |what: &str, got: &[f32], want: &[f32], tol: f32| {
         assert_eq!(got.len(), want.len(), "{what}");
         let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));

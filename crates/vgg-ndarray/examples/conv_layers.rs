@@ -4,11 +4,12 @@
 //! digits, where per-call overhead rather than arithmetic shows), `quarter` for VGG-16's at width
 //! 1/4 (few channels, large images):
 //! 1/4 (few channels, large images), or shapes of one's own as cin:cout:size,...:
-//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|im2col] [small|quarter|16:32:16,...]
+//! and `bf16` anywhere for the bf16 math mode:
+//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|im2col] [small|quarter|16:32:16,...] [bf16]
 
 use std::time::Instant;
 
-use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig};
+use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Precision};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{Backend, Conv2dParams, ConvGeometry, Shape};
 
@@ -34,8 +35,14 @@ fn main() {
         Some("im2col") => ConvAlgorithm::Im2col,
         _ => ConvAlgorithm::Auto,
     };
+    let precision = if std::env::args().any(|a| a == "bf16") {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
     let b = CpuBackend::with_config(CpuConfig {
         convolution,
+        precision,
         ..CpuConfig::detect(0)
     })
     .expect("a CPU backend");

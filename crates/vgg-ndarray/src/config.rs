@@ -14,6 +14,56 @@ pub enum ConvAlgorithm {
     Im2col,
 }
 
+/// The arithmetic of convolutions and matrix products. Tensors are f32 in both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 operands and sums.
+    #[default]
+    F32,
+    /// Operands rounded to bfloat16 (8 significant bits, to nearest even), their products summed
+    /// in f32: half the operand bytes, and the matrix units of CPUs that have them (`Bf16Unit`).
+    Bf16,
+}
+
+impl Precision {
+    /// Its usual name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// What computes the products in `Precision::Bf16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Unit {
+    /// Intel AMX's tile unit (`tdpbf16ps`: Sapphire Rapids and later), with the OS's leave.
+    Amx,
+    /// The f32 vector units, on the bf16-rounded operands: the same products on any CPU.
+    F32Units,
+}
+
+impl Bf16Unit {
+    /// The fastest this CPU has within `isa` (a cap below AVX-512 also leaves out AMX, so that
+    /// `--isa avx2` runs the emulated path on any machine).
+    pub fn within(isa: Isa) -> Bf16Unit {
+        if isa >= Isa::Avx512 && crate::bf16::amx::available() {
+            Bf16Unit::Amx
+        } else {
+            Bf16Unit::F32Units
+        }
+    }
+
+    /// Its usual name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Unit::Amx => "AMX",
+            Bf16Unit::F32Units => "f32 units",
+        }
+    }
+}
+
 /// A vector instruction set of the kernels, in increasing width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
@@ -132,6 +182,8 @@ pub struct CpuConfig {
     pub isa: Option<Isa>,
     /// The cache sizes the tiles and chunks are derived from.
     pub caches: CacheSizes,
+    /// The arithmetic of convolutions and matrix products.
+    pub precision: Precision,
 }
 
 impl CpuConfig {
@@ -142,6 +194,7 @@ impl CpuConfig {
             convolution: ConvAlgorithm::Auto,
             isa: None,
             caches: CacheSizes::detect(),
+            precision: Precision::F32,
         }
     }
 
@@ -183,6 +236,8 @@ pub struct Tuning {
     pub cached_weight_bytes: usize,
     /// Outputs larger than this are written around the caches (half the L3).
     pub streaming_bytes: usize,
+    /// None: f32 products; otherwise bf16 products on this unit.
+    pub bf16: Option<Bf16Unit>,
 }
 
 impl Tuning {
@@ -199,6 +254,15 @@ impl Tuning {
             large_chunk_bytes: last,
             cached_weight_bytes: last / 16 * 3,
             streaming_bytes: last / 2,
+            bf16: match config.precision {
+                Precision::F32 => None,
+                Precision::Bf16 => Some(Bf16Unit::within(
+                    config
+                        .isa
+                        .unwrap_or_else(Isa::detected)
+                        .min(Isa::detected()),
+                )),
+            },
         }
     }
 

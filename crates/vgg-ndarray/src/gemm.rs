@@ -1,4 +1,5 @@
-//! A bounds-checked front to the `gemm` crate's strided f32 GEMM.
+//! A bounds-checked front to the `gemm` crate's strided f32 GEMM, and the choice between it and
+//! the bf16 products (`product`).
 
 use gemm::Parallelism;
 
@@ -116,5 +117,48 @@ pub fn sgemm(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, accumulate: bool, thre
             false,
             parallelism,
         );
+    }
+}
+
+/// A left operand used for many products (a convolution's weights), prepared once for the
+/// tuning's arithmetic (`prepare`).
+pub(crate) enum Lhs<'a> {
+    /// As it is, for f32 products.
+    F32(Mat<'a>),
+    /// Packed for bf16 products.
+    Bf16(crate::bf16::PackedLhs<crate::arena::Memory>),
+}
+
+impl<'a> Lhs<'a> {
+    /// `lhs` ready for `tuning`'s products.
+    pub fn prepare(lhs: Mat<'a>, tuning: &crate::config::Tuning) -> Lhs<'a> {
+        match tuning.bf16 {
+            None => Lhs::F32(lhs),
+            Some(unit) => Lhs::Bf16(crate::bf16::pack_lhs(unit, lhs, false)),
+        }
+    }
+
+    /// dst = self x rhs, or dst += self x rhs when `accumulate`.
+    pub fn times(&self, dst: MatMut<'_>, rhs: Mat<'_>, accumulate: bool, threads: usize) {
+        match self {
+            Lhs::F32(lhs) => sgemm(dst, *lhs, rhs, accumulate, threads),
+            Lhs::Bf16(lhs) => crate::bf16::gemm_packed(dst, lhs, rhs, accumulate, threads),
+        }
+    }
+}
+
+/// `sgemm`, or its bf16 counterpart where the tuning asks for bf16 products
+/// (`Precision::Bf16`): the one place every convolution and matrix product chooses.
+pub fn product(
+    dst: MatMut<'_>,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    accumulate: bool,
+    threads: usize,
+    tuning: &crate::config::Tuning,
+) {
+    match tuning.bf16 {
+        None => sgemm(dst, lhs, rhs, accumulate, threads),
+        Some(unit) => crate::bf16::gemm(dst, lhs, rhs, accumulate, threads, unit),
     }
 }

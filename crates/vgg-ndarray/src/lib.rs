@@ -3,6 +3,7 @@
 //! on the backend's own rayon pool, so `--threads N` bounds all the parallelism, the GEMM's included.
 
 mod arena;
+pub mod bf16;
 mod buffer;
 pub mod config;
 pub mod conv;
@@ -17,7 +18,7 @@ mod backend;
 pub use crate::arena::{arena_usage, reset_arena_peak, ArenaUsage};
 pub use crate::backend::{CpuBackend, CpuPoolIndices, CpuTensor};
 pub use crate::buffer::MemoryStats;
-pub use crate::config::{CacheSizes, ConvAlgorithm, CpuConfig, Isa, Tuning};
+pub use crate::config::{Bf16Unit, CacheSizes, ConvAlgorithm, CpuConfig, Isa, Precision, Tuning};
 
 /// Elements per parallel task in elementwise kernels and reductions. Reductions sum their
 /// chunks in order, so results do not depend on the thread count.

@@ -20,15 +20,48 @@ const BLOCK: usize = 4;
 /// while the block's rows of B stream through (fc6 has k = 25088).
 const K_STEP: usize = 16384;
 
+/// How B's values are stored: f32, or bf16 (`u16`: the f32's high half, `bf16::bits`), which
+/// halves the bytes a weight-bound product reads.
+pub trait Element: Copy + Send + Sync {
+    /// The value as f32 (exact).
+    fn value(self) -> f32;
+}
+
+impl Element for f32 {
+    #[inline(always)]
+    fn value(self) -> f32 {
+        self
+    }
+}
+
+/// An f32 used at its bf16 rounding (`bf16::round`): bf16 products from f32 storage.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Rounded(pub f32);
+
+impl Element for Rounded {
+    #[inline(always)]
+    fn value(self) -> f32 {
+        crate::bf16::round(self.0)
+    }
+}
+
+impl Element for u16 {
+    #[inline(always)]
+    fn value(self) -> f32 {
+        f32::from_bits((self as u32) << 16)
+    }
+}
+
 /// A rows 4g.. 4g+3 . B rows j..j+JB-1 over the 16-value chunks `chunks` of k, 16 lanes at a time.
 /// `packed` holds the 4 A rows interleaved by chunk ([chunk][row][lane], see `pack_rows`), so one
 /// pointer serves them and the loop keeps its 16 accumulators in registers. `mul_add` is one
 /// instruction in the AVX2/AVX-512 builds (`dispatch_simd`); only CPUs without FMA take the
 /// slow software fallback.
 #[inline(always)]
-fn dots<const JB: usize>(
+fn dots<const JB: usize, E: Element>(
     packed: &[f32],
-    b: [&[f32]; JB],
+    b: [&[E]; JB],
     chunks: std::ops::Range<usize>,
 ) -> [[f32; JB]; BLOCK] {
     let mut acc = [[[0.0f32; LANES]; JB]; BLOCK];
@@ -38,10 +71,11 @@ fn dots<const JB: usize>(
                 .try_into()
                 .expect("LANES values")
         });
-        let bv: [&[f32; LANES]; JB] = std::array::from_fn(|j| {
-            b[j][q * LANES..(q + 1) * LANES]
+        let bv: [[f32; LANES]; JB] = std::array::from_fn(|j| {
+            let lanes: &[E; LANES] = b[j][q * LANES..(q + 1) * LANES]
                 .try_into()
-                .expect("LANES values")
+                .expect("LANES values");
+            lanes.map(E::value)
         });
         for i in 0..BLOCK {
             for j in 0..JB {
@@ -74,27 +108,27 @@ fn pack_rows(a: &[f32], m: usize, k: usize) -> Vec<f32> {
 
 /// A row . B row over `range`, with 16 partial sums.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32], range: std::ops::Range<usize>) -> f32 {
+fn dot<E: Element>(a: &[f32], b: &[E], range: std::ops::Range<usize>) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (a, b) = (&a[range.clone()], &b[range]);
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
     for (x, y) in a_chunks.zip(b_chunks) {
         for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+            acc[l] += x[l] * y[l].value();
         }
     }
-    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_rest.iter().zip(b_rest).map(|(x, y)| x * y.value()).sum();
     acc.iter().sum::<f32>() + tail
 }
 
 /// C^T rows for a block of B's rows: ct[j * m + i] = A row i . B row j, in register blocks of
 /// 4 rows of A by `JB` rows of B.
 #[inline(always)]
-fn block_generic<const JB: usize>(
+fn block_generic<const JB: usize, E: Element>(
     a: &[f32],
     packed: &[f32],
-    b: &[f32],
+    b: &[E],
     m: usize,
     k: usize,
     ct: &mut [f32],
@@ -111,7 +145,7 @@ fn block_generic<const JB: usize>(
             for i0 in (0..m).step_by(BLOCK) {
                 if j0 + JB <= n && i0 + BLOCK <= m {
                     let g = i0 / BLOCK;
-                    let sums = dots::<JB>(
+                    let sums = dots::<JB, E>(
                         &packed[g * group_len..(g + 1) * group_len],
                         std::array::from_fn(|j| b_row(j0 + j)),
                         pass.clone(),
@@ -142,31 +176,102 @@ fn block_generic<const JB: usize>(
 
 crate::simd::dispatch_simd! {
     /// `block_generic` in 4 x 4 register blocks, for the widest vector unit the CPU has.
-    fn block_4x4(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic::<4>
+    fn block_4x4(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic::<4, f32>
 }
 
 crate::simd::dispatch_simd! {
     /// `block_generic` in 4 x 2 register blocks, for the widest vector unit the CPU has.
-    fn block_4x2(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic::<2>
+    fn block_4x2(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) => block_generic::<2, f32>
 }
 
-/// 4 x 4 register blocks where AVX-512's 32 registers hold them, else 4 x 2 (see `BLOCK`).
-fn block(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
-    if crate::simd::level() < crate::config::Isa::Avx512 {
-        return block_4x2(a, packed, b, m, k, ct);
+crate::simd::dispatch_simd! {
+    /// `block_4x4` for bf16 B.
+    fn block_4x4_bf16(a: &[f32], packed: &[f32], b: &[u16], m: usize, k: usize, ct: &mut [f32]) => block_generic::<4, u16>
+}
+
+crate::simd::dispatch_simd! {
+    /// `block_4x2` for bf16 B.
+    fn block_4x2_bf16(a: &[f32], packed: &[f32], b: &[u16], m: usize, k: usize, ct: &mut [f32]) => block_generic::<2, u16>
+}
+
+crate::simd::dispatch_simd! {
+    /// `block_4x4` for B rounded as it is read.
+    fn block_4x4_rounded(a: &[f32], packed: &[f32], b: &[Rounded], m: usize, k: usize, ct: &mut [f32]) => block_generic::<4, Rounded>
+}
+
+crate::simd::dispatch_simd! {
+    /// `block_4x2` for B rounded as it is read.
+    fn block_4x2_rounded(a: &[f32], packed: &[f32], b: &[Rounded], m: usize, k: usize, ct: &mut [f32]) => block_generic::<2, Rounded>
+}
+
+/// The register blocking of one element type: 4 x 4 where AVX-512's 32 registers hold it, else
+/// 4 x 2 (see `BLOCK`).
+trait Blocks: Element {
+    fn block(a: &[f32], packed: &[f32], b: &[Self], m: usize, k: usize, ct: &mut [f32]);
+}
+
+impl Blocks for f32 {
+    fn block(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+        if crate::simd::level() < crate::config::Isa::Avx512 {
+            return block_4x2(a, packed, b, m, k, ct);
+        }
+        block_4x4(a, packed, b, m, k, ct)
     }
-    block_4x4(a, packed, b, m, k, ct)
+}
+
+impl Blocks for u16 {
+    fn block(a: &[f32], packed: &[f32], b: &[u16], m: usize, k: usize, ct: &mut [f32]) {
+        if crate::simd::level() < crate::config::Isa::Avx512 {
+            return block_4x2_bf16(a, packed, b, m, k, ct);
+        }
+        block_4x4_bf16(a, packed, b, m, k, ct)
+    }
+}
+
+impl Blocks for Rounded {
+    fn block(a: &[f32], packed: &[f32], b: &[Rounded], m: usize, k: usize, ct: &mut [f32]) {
+        if crate::simd::level() < crate::config::Isa::Avx512 {
+            return block_4x2_rounded(a, packed, b, m, k, ct);
+        }
+        block_4x4_rounded(a, packed, b, m, k, ct)
+    }
 }
 
 /// C [m, n] = A [m, k] B^T, B given as [n, k] row-major (a linear layer's forward).
 pub fn a_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
+    a_bt_of(a, b, m, n, k, c)
+}
+
+/// `a_bt` in bf16 products: A is rounded here, B is given as bf16 (`bf16::bits`, [n, k]).
+pub fn a_bt_bf16(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: &mut [f32]) {
+    let mut rounded = a.to_vec();
+    crate::bf16::round_slice(&mut rounded);
+    a_bt_of(&rounded, b, m, n, k, c)
+}
+
+/// `a_bt` in bf16 products with B in f32, rounded as it is read (weights that change every
+/// step, which are not worth converting first).
+pub fn a_bt_rounded(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
+    let mut rounded = a.to_vec();
+    crate::bf16::round_slice(&mut rounded);
+    // SAFETY: `Rounded` is a transparent f32.
+    let b = unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<Rounded>(), b.len()) };
+    a_bt_of(&rounded, b, m, n, k, c)
+}
+
+/// `a_bt` for either storage of B.
+fn a_bt_of<E: Blocks>(a: &[f32], b: &[E], m: usize, n: usize, k: usize, c: &mut [f32]) {
+    assert!(
+        a.len() >= m * k && b.len() >= n * k && c.len() >= m * n,
+        "a_bt operand lengths"
+    );
     const ROWS_PER_TASK: usize = 32;
     let packed = pack_rows(a, m, k);
     // Each task computes a block of C's columns: C^T rows, gathered afterwards.
     let mut ct = vec![0.0f32; n * m];
     ct.par_chunks_mut(ROWS_PER_TASK * m)
         .zip(b.par_chunks(ROWS_PER_TASK * k))
-        .for_each(|(ct, b)| block(a, &packed, b, m, k, ct));
+        .for_each(|(ct, b)| E::block(a, &packed, b, m, k, ct));
     for i in 0..m {
         for j in 0..n {
             c[i * n + j] = ct[j * m + i];
@@ -220,9 +325,9 @@ mod tests {
                 (0..m * n).map(|ij| ct[(ij % n) * m + ij / n]).collect()
             };
             let mut ct = vec![f32::NAN; n * m];
-            block_generic::<4>(&a, &packed, &b, m, k, &mut ct);
+            block_generic::<4, f32>(&a, &packed, &b, m, k, &mut ct);
             close(&transpose(&ct), "4x4");
-            block_generic::<2>(&a, &packed, &b, m, k, &mut ct);
+            block_generic::<2, f32>(&a, &packed, &b, m, k, &mut ct);
             close(&transpose(&ct), "4x2");
         }
     }

@@ -9,34 +9,16 @@
 
 mod naive;
 
+use naive::{data, norm_relative};
+
 use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig};
 use vgg_tensor::prelude::*;
-use vgg_tensor::{random, Conv2dParams, Shape};
+use vgg_tensor::{Conv2dParams, Shape};
 
 /// The direct method's bound (measured 4.1e-8 and 7.6e-8 here).
 const DIRECT: f64 = 1e-7;
 /// Through Winograd's transforms (measured 2.4e-7 here).
 const WINOGRAD: f64 = 1e-6;
-
-/// Normal values around `mean`: like images and activations, and their gradients, the products
-/// summed into a weight have a mean that is not zero, so the running sum grows with its length
-/// (zero-mean data would hide the error).
-fn data(n: usize, seed: u64, mean: f32) -> Vec<f32> {
-    let mut v = vec![0.0f32; n];
-    random::fill_normal(&mut v, seed, 0, mean, 1.0);
-    v
-}
-
-/// ||got - want|| / ||want||.
-fn norm_relative(got: &[f32], want: &[f64]) -> f64 {
-    let diff: f64 = got
-        .iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w).powi(2))
-        .sum();
-    let norm: f64 = want.iter().map(|w| w * w).sum();
-    (diff / norm).sqrt()
-}
 
 /// The weight gradient's error at (batch, in, out, side), on each algorithm and thread count, and
 /// whether the direct method's result is the same on one thread and two.

@@ -70,6 +70,18 @@ pub fn comparison_table(runs: &[Run]) -> String {
             );
         }
     }
+    for run in &runs[1..] {
+        if run.arithmetic() != ours.arithmetic() {
+            let _ = writeln!(
+                out,
+                "note: {} ran in {}, {} in {}: its ratios compare the arithmetic as well as the speed",
+                run.name,
+                run.arithmetic(),
+                ours.name,
+                ours.arithmetic()
+            );
+        }
+    }
     out.push_str(
         "ours/this: our median over this framework's median (below 1: we are faster). GFLOP/s: the \
          direct method's arithmetic over the mean step; of peak: against the matrix-product rate \
@@ -81,6 +93,19 @@ pub fn comparison_table(runs: &[Run]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_in_another_precision_are_named_as_such() {
+        let mut bf16 = peer("fast", &[0.5]);
+        bf16.precision = Some("bf16".into());
+        let table = comparison_table(&[peer("ours", &[1.0]), bf16]);
+        assert!(
+            table.contains("note: fast 1 ran in bf16, ours 1 in f32"),
+            "{table}"
+        );
+        let same = comparison_table(&[peer("ours", &[1.0]), peer("slow", &[2.0])]);
+        assert!(!same.contains("note:"), "{same}");
+    }
 
     fn peer(name: &str, forward: &[f64]) -> Run {
         let json = serde_json::json!({

@@ -233,6 +233,13 @@ fn mismatches(h: &mut String, runs: &[Run]) -> Result<()> {
         if r.network != first.network {
             differ.push(format!("network {} against {}", r.network, first.network));
         }
+        if r.arithmetic() != first.arithmetic() {
+            differ.push(format!(
+                "precision {} against {}",
+                r.arithmetic(),
+                first.arithmetic()
+            ));
+        }
         if r.batch != first.batch {
             differ.push(format!("batch {} against {}", r.batch, first.batch));
         }
@@ -456,11 +463,13 @@ mod tests {
         let a = read(&peer_json("<script>alert(1)</script>", &[0.1, 0.2]));
         let mut other = peer_json("B", &[0.3]);
         other["batch"] = 4.into();
+        other["precision"] = "bf16".into();
         let runs = vec![a, read(&other)];
         let html = page(&runs).unwrap();
         assert!(!html.contains("<script>"), "unescaped");
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("batch 4 against 2"));
+        assert!(html.contains("precision bf16 against f32"));
         // Self-contained: nothing fetched.
         for external in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
             assert!(!html.contains(external), "{external}");
@@ -490,6 +499,7 @@ mod tests {
         let run = Run {
             name: "x".into(),
             network: "vgg16".into(),
+            precision: None,
             image: None,
             batch: 1,
             threads: None,

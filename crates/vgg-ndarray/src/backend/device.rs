@@ -22,8 +22,12 @@ impl Device for CpuBackend {
             ConvAlgorithm::Auto => "",
             ConvAlgorithm::Im2col => ", im2col only",
         };
+        let precision = match self.tuning.bf16 {
+            None => String::new(),
+            Some(unit) => format!(", bf16 products on {}", unit.name()),
+        };
         format!(
-            "cpu ({} threads, {}{gemm}{algorithm})",
+            "cpu ({} threads, {}{gemm}{algorithm}{precision})",
             self.threads,
             self.isa.name()
         )

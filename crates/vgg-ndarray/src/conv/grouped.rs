@@ -11,7 +11,7 @@ use super::gradient_sum::{self, GradientSum, PIXELS_PER_PART};
 use super::im2col::{col_rows, im2col_images, image, is_pointwise, store_epilogue};
 use crate::arena::Memory;
 use crate::config::Tuning;
-use crate::gemm::{sgemm, Mat, MatMut};
+use crate::gemm::{product, Lhs, Mat, MatMut};
 
 /// Images narrower than this many output pixels are grouped; wider ones already make a GEMM wide
 /// enough, and grouping would only add the copy out (the digits network's 32x32 and 16x16
@@ -76,7 +76,7 @@ pub(super) fn forward(
     let per_group = images_per_group(g, t);
     let (k, hw) = (col_rows(g), g.out_h * g.out_w);
     let out_image = g.out_channels * hw;
-    let weights = Mat::row_major(w, g.out_channels, k);
+    let weights = Lhs::prepare(Mat::row_major(w, g.out_channels, k), t);
     let groups = g.batch.div_ceil(per_group);
     let gemm_threads = if groups >= t.threads { 1 } else { t.threads };
     let run = |(group, y): (usize, &mut [f32])| {
@@ -92,7 +92,7 @@ pub(super) fn forward(
             cols,
             row_stride: cols,
         };
-        sgemm(dst, weights, columns, false, gemm_threads);
+        weights.times(dst, columns, false, gemm_threads);
         for (i, y) in y.chunks_exact_mut(out_image).enumerate() {
             for (c, row) in y.chunks_exact_mut(hw).enumerate() {
                 store_epilogue(
@@ -150,7 +150,7 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
                     row_stride: k,
                 };
                 let dy = Mat::row_major(&gathered[..g.out_channels * cols], g.out_channels, cols);
-                sgemm(dst, dy, columns.t(), false, gemm_threads);
+                product(dst, dy, columns.t(), false, gemm_threads, t);
                 sum.add_part();
             }
             sum

@@ -8,7 +8,7 @@ use vgg_tensor::ConvGeometry;
 
 use super::gradient_sum::{self, GradientSum, PIXELS_PER_PART};
 use crate::config::Tuning;
-use crate::gemm::{sgemm, Mat, MatMut};
+use crate::gemm::{product, Lhs, Mat, MatMut};
 
 /// Rows (K = Cin*KH*KW) of the column matrix.
 pub(super) fn col_rows(g: &ConvGeometry) -> usize {
@@ -446,20 +446,14 @@ pub(super) fn forward_fused(
     y: &mut [f32],
 ) {
     let (threads, tile_bytes) = (t.threads, t.im2col_tile_bytes);
-    let weights = Mat::row_major(w, g.out_channels, col_rows(g));
+    let weights = Lhs::prepare(Mat::row_major(w, g.out_channels, col_rows(g)), t);
     let in_image = g.in_channels * g.in_h * g.in_w;
     let hw = g.out_h * g.out_w;
     per_image(y, g.batch, threads, |n, y, gemm_threads| {
         let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
         for (r0, r1) in tiles(g, tile_bytes) {
             let cols = columns(image(x, n, in_image), g, r0, r1, &mut col, gemm_threads > 1);
-            sgemm(
-                output_tile(y, g, r0, r1),
-                weights,
-                cols,
-                false,
-                gemm_threads,
-            );
+            weights.times(output_tile(y, g, r0, r1), cols, false, gemm_threads);
             if bias.is_none() && !relu {
                 continue;
             }
@@ -479,7 +473,7 @@ pub(super) fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning
     assert_eq!(dx.len(), g.batch * in_image, "conv input-gradient length");
     dx.fill(0.0);
     let out_image = g.out_channels * g.out_h * g.out_w;
-    let weights_t = Mat::row_major(w, g.out_channels, col_rows(g)).t();
+    let weights_t = Lhs::prepare(Mat::row_major(w, g.out_channels, col_rows(g)).t(), t);
     per_image(dx, g.batch, threads, |n, dx, gemm_threads| {
         let dy = image(dy, n, out_image);
         let mut dcol = vec![0.0; col_rows(g) * tile_rows(g, tile_bytes) * g.out_w];
@@ -492,13 +486,7 @@ pub(super) fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning
                 cols: tile,
                 row_stride: tile,
             };
-            sgemm(
-                dst,
-                weights_t,
-                output_tile_ref(dy, g, r0, r1),
-                false,
-                gemm_threads,
-            );
+            weights_t.times(dst, output_tile_ref(dy, g, r0, r1), false, gemm_threads);
             col2im(&dcol, g, r0, r1, dx);
         }
     });
@@ -537,12 +525,13 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
                         cols: k,
                         row_stride: k,
                     };
-                    sgemm(
+                    product(
                         dst,
                         output_tile_ref(image(dy, n, out_image), g, r0, r1),
                         cols.t(),
                         false,
                         gemm_threads,
+                        t,
                     );
                     sum.add_part();
                 }

@@ -9,8 +9,11 @@ pub mod winograd;
 
 use vgg_tensor::ConvGeometry;
 
+use std::sync::Arc;
+
+use crate::bf16::direct;
 use crate::buffer::Buffer;
-use crate::config::{ConvAlgorithm, Tuning};
+use crate::config::{Bf16Unit, ConvAlgorithm, Tuning};
 
 use im2col::*;
 pub use im2col::{scratch_elements, tile_rows};
@@ -32,7 +35,9 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// their inner dimension, too short to pay for the transforms on smaller images (batch 32 on an
 /// AVX2 Zen 3: 16->32 channels at 16x16 2.0-2.6 vs 0.8-1.0 ms, 32->32 at 32x32 8.8-11.7 vs
 /// 7.8-7.9 ms; equal at 64 channels and 28x28, at 128 channels and 16x16, and at 16 channels
-/// and 64x64). `ConvAlgorithm::Im2col` turns it off, for comparisons.
+/// and 64x64). `ConvAlgorithm::Im2col` turns it off, for comparisons; so does bf16: rounding
+/// the transformed values to bf16 gave 10x the direct method's error (2.2e-2 against 2.3e-3,
+/// tests/bf16_mode.rs), since each transformed value sums several products of the input.
 pub fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
     const WEIGHT_GRAD_MIN_PIXELS: usize = 4 * 14 * 14;
     let area = g.out_h * g.out_w;
@@ -46,6 +51,7 @@ pub fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
     };
     winograd::applies(g)
         && t.convolution == ConvAlgorithm::Auto
+        && t.bf16.is_none()
         && g.in_channels >= 16
         && area >= 14 * 14
         && enough_channels
@@ -92,13 +98,24 @@ pub(crate) fn forward_with(
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
+    // bf16 products on AMX: the direct method without a column matrix (bf16/direct.rs).
+    if t.bf16 == Some(Bf16Unit::Amx) && t.convolution == ConvAlgorithm::Auto && direct::applies(g) {
+        let (k, taps) = (g.out_channels, g.kernel_h * g.kernel_w);
+        let packed = match weights {
+            Weights::Slice(w) => Arc::new(direct::pack_weights(w, g, false)),
+            Weights::Kept(buf) => buf.derived((k, g.in_channels * taps, t.bf16), true, |lasting| {
+                direct::pack_weights(buf.as_slice(), g, lasting)
+            }),
+        };
+        return direct::forward(x, &packed, bias, relu, g, t.threads, y);
+    }
     if use_winograd(g, false, t) {
         return match weights {
             Weights::Slice(w) => winograd::forward(x, w, bias, relu, g, t, y),
             Weights::Kept(buf) => {
                 let (k, c) = (g.out_channels, g.in_channels);
                 let keep = winograd::worth_keeping_weights(g);
-                let u = buf.derived((k, c), keep, |lasting| {
+                let u = buf.derived((k, c, None), keep, |lasting| {
                     winograd::transform_weights(buf.as_slice(), k, c, lasting)
                 });
                 winograd::forward_transformed(x, &u, bias, relu, g, t, y)
@@ -129,6 +146,9 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
 /// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
 /// many images as threads, each worker sums a contiguous group of images into its own dW.
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
+    if t.bf16 == Some(Bf16Unit::Amx) && t.convolution == ConvAlgorithm::Auto && direct::applies(g) {
+        return direct::backward_weight(x, dy, g);
+    }
     if use_winograd(g, true, t) {
         return winograd::backward_weight(x, dy, g, t);
     }

@@ -183,3 +183,22 @@ pub fn finite_difference(x: &[f64], eps: f64, f: impl Fn(&[f64]) -> f64) -> Vec<
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(a, b)| a * b).sum()
 }
+
+/// `n` normal values around `mean` (sd 1), seeded: inputs for accuracy tests. Like images and
+/// activations, and their gradients, their mean need not be zero, so that long sums grow.
+pub fn data(n: usize, seed: u64, mean: f32) -> Vec<f32> {
+    let mut v = vec![0.0f32; n];
+    vgg_tensor::random::fill_normal(&mut v, seed, 0, mean, 1.0);
+    v
+}
+
+/// ||got - want|| / ||want||.
+pub fn norm_relative(got: &[f32], want: &[f64]) -> f64 {
+    let diff: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (g as f64 - w).powi(2))
+        .sum();
+    let norm: f64 = want.iter().map(|w| w * w).sum();
+    (diff / norm).sqrt()
+}

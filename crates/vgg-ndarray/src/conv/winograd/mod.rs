@@ -13,7 +13,7 @@ use vgg_tensor::ConvGeometry;
 use super::gradient_sum::{self, REDUCTION_LANES};
 use crate::arena::Memory;
 use crate::config::Tuning;
-use crate::gemm::{sgemm, Mat, MatMut};
+use crate::gemm::{product, Mat, MatMut};
 
 mod chunks;
 mod layout;
@@ -160,7 +160,7 @@ pub(crate) fn forward_transformed(
         chunks.with_scratch(chunk, |rows, tiles, v, mm| {
             simd::input(x, g, rows.clone(), v);
             for pos in 0..POSITIONS {
-                sgemm(
+                product(
                     MatMut {
                         data: mm,
                         offset: pos * tiles,
@@ -172,6 +172,7 @@ pub(crate) fn forward_transformed(
                     position(v, pos, c, tiles),
                     false,
                     1,
+                    t,
                 );
             }
             simd::output(mm, g, rows, bias, relu, out);
@@ -209,7 +210,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
                     simd::input(x, g, rows.clone(), v);
                     simd::output_grad(dy, g, rows, dm);
                     for pos in 0..POSITIONS {
-                        sgemm(
+                        product(
                             MatMut {
                                 data: &mut du[pos * k * c..(pos + 1) * k * c],
                                 offset: 0,
@@ -221,6 +222,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
                             position(v, pos, c, tiles).t(),
                             i > 0,
                             gemm_threads,
+                            t,
                         );
                     }
                 });

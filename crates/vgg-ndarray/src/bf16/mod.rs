@@ -1,0 +1,443 @@
+//! The bf16 math mode (`Precision::Bf16`): matrix products of operands rounded to bfloat16, their
+//! products (exact in f32: 8 x 8 significant bits) summed in f32. Tensors stay f32; only the
+//! products' operands lose digits, as under PyTorch's autocast or OpenVINO's bf16 inference.
+//!
+//! Two units compute them (`Bf16Unit`): AMX's tiles where the CPU has them (`amx.rs`), and
+//! elsewhere the f32 GEMM on rounded copies, which gives the same products on any CPU; the two
+//! differ only in the order of the f32 sums.
+
+pub mod amx;
+pub mod direct;
+
+use crate::arena::Memory;
+use crate::config::Bf16Unit;
+use crate::gemm::{sgemm, Mat, MatMut};
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as f32. As the hardware's conversion
+/// (`vcvtneps2bf16`): subnormal inputs become zeros of their sign, NaN stays NaN, and values
+/// past bf16's largest round to infinity.
+#[inline(always)]
+pub fn round(x: f32) -> f32 {
+    f32::from_bits(bits(x) << 16)
+}
+
+/// The bfloat16 nearest `x` (see `round`), as its 16 bits in the low half. Branch-free, so that
+/// loops over it vectorise.
+#[inline(always)]
+pub fn bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let magnitude = b & 0x7fff_ffff;
+    let nearest = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    // NaN: keep the sign and make sure a payload bit survives the truncation.
+    let nan = (b >> 16) | 0x0040;
+    let signed_zero = (b >> 16) & 0x8000;
+    let finite = if magnitude < 0x0080_0000 {
+        signed_zero
+    } else {
+        nearest
+    };
+    if magnitude > 0x7f80_0000 {
+        nan
+    } else {
+        finite
+    }
+}
+
+/// `out[i]` = the bf16 of `low[i]` in the low half and of `high[i]` (0 past its end) in the high
+/// half: two rows of a matrix interleaved as the AMX and `vdpbf16ps` instructions take them.
+#[inline(always)]
+pub(crate) fn interleave_generic(low: &[f32], high: &[f32], out: &mut [u32]) {
+    let (out, rest) = out.split_at_mut(high.len().min(out.len()));
+    for ((o, &l), &h) in out.iter_mut().zip(low).zip(high) {
+        *o = bits(l) | bits(h) << 16;
+    }
+    for (o, &l) in rest.iter_mut().zip(&low[out.len()..]) {
+        *o = bits(l);
+    }
+}
+
+crate::simd::dispatch_simd! {
+    /// `interleave_generic`, for the widest vector unit the CPU has.
+    pub(crate) fn interleave(low: &[f32], high: &[f32], out: &mut [u32]) => interleave_generic
+}
+
+/// `out[w]` = the bf16 of `values[2w]` low and of `values[2w + 1]` (0 past the end) high.
+#[inline(always)]
+pub(crate) fn pairs_generic(values: &[f32], out: &mut [u32]) {
+    let whole = values.len() / 2;
+    for (o, pair) in out.iter_mut().zip(values.chunks_exact(2)) {
+        *o = bits(pair[0]) | bits(pair[1]) << 16;
+    }
+    if values.len() % 2 == 1 && out.len() > whole {
+        out[whole] = bits(values[values.len() - 1]);
+    }
+}
+
+crate::simd::dispatch_simd! {
+    /// `pairs_generic`, for the widest vector unit the CPU has.
+    pub(crate) fn pairs(values: &[f32], out: &mut [u32]) => pairs_generic
+}
+
+/// `values` rounded in place (`round`).
+pub fn round_slice(values: &mut [f32]) {
+    for v in values {
+        *v = round(*v);
+    }
+}
+
+/// A matrix product's left operand prepared once for many products (a convolution's weights):
+/// in `Bf16Unit::Amx`'s tile layout, or rounded and row-major for `Bf16Unit::F32Units`. Its
+/// storage is f32 words either way (AMX's hold two bf16 each), so it can be kept where f32
+/// values are (`Buffer::derived`).
+pub struct PackedLhs<S> {
+    unit: Bf16Unit,
+    rows: usize,
+    cols: usize,
+    data: S,
+}
+
+/// f32 words a `PackedLhs` of `rows` x `cols` takes on `unit`.
+pub fn packed_lhs_len(unit: Bf16Unit, rows: usize, cols: usize) -> usize {
+    match unit {
+        Bf16Unit::Amx => amx::packed_lhs_len(rows, cols),
+        Bf16Unit::F32Units => rows * cols,
+    }
+}
+
+/// Fills `out` (`packed_lhs_len` words) with `lhs` prepared for `unit`.
+pub fn pack_lhs_into(unit: Bf16Unit, lhs: Mat<'_>, out: &mut [f32]) {
+    assert_eq!(
+        out.len(),
+        packed_lhs_len(unit, lhs.rows, lhs.cols),
+        "packed lhs length"
+    );
+    match unit {
+        Bf16Unit::Amx => amx::pack_lhs(lhs, out),
+        Bf16Unit::F32Units => {
+            for i in 0..lhs.rows {
+                for (j, o) in out[i * lhs.cols..(i + 1) * lhs.cols].iter_mut().enumerate() {
+                    *o = round(lhs.data[lhs.offset + i * lhs.row_stride + j * lhs.col_stride]);
+                }
+            }
+        }
+    }
+}
+
+/// `lhs` prepared for products on `unit`, in memory that lasts (`Memory::new`).
+pub(crate) fn pack_lhs(unit: Bf16Unit, lhs: Mat<'_>, lasting: bool) -> PackedLhs<Memory> {
+    let mut data = Memory::new(packed_lhs_len(unit, lhs.rows, lhs.cols), lasting);
+    pack_lhs_into(unit, lhs, &mut data);
+    PackedLhs {
+        unit,
+        rows: lhs.rows,
+        cols: lhs.cols,
+        data,
+    }
+}
+
+impl<S: std::ops::Deref<Target = [f32]>> PackedLhs<S> {
+    /// A view of words made by `pack_lhs_into` for `rows` x `cols` on `unit`.
+    pub fn from_words(unit: Bf16Unit, rows: usize, cols: usize, data: S) -> PackedLhs<S> {
+        assert_eq!(
+            data.len(),
+            packed_lhs_len(unit, rows, cols),
+            "packed lhs length"
+        );
+        PackedLhs {
+            unit,
+            rows,
+            cols,
+            data,
+        }
+    }
+
+    /// The packed words, to keep.
+    pub fn into_words(self) -> S {
+        self.data
+    }
+
+    /// Rows x columns of the matrix it holds.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+/// dst = lhs x rhs (or += with `accumulate`) in bf16 products on `unit`.
+pub fn gemm(
+    dst: MatMut<'_>,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    accumulate: bool,
+    threads: usize,
+    unit: Bf16Unit,
+) {
+    if lhs.rows == 0 || lhs.cols == 0 || rhs.cols == 0 {
+        return sgemm(dst, lhs, rhs, accumulate, threads);
+    }
+    let packed = pack_lhs(unit, lhs, false);
+    gemm_packed(dst, &packed, rhs, accumulate, threads)
+}
+
+/// `gemm` with the left operand already prepared (`pack_lhs`).
+pub fn gemm_packed<S: std::ops::Deref<Target = [f32]>>(
+    dst: MatMut<'_>,
+    lhs: &PackedLhs<S>,
+    rhs: Mat<'_>,
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, k) = (lhs.rows, lhs.cols);
+    assert_eq!(
+        (dst.rows, rhs.rows, dst.cols),
+        (m, k, rhs.cols),
+        "bf16 gemm operand shapes"
+    );
+    match lhs.unit {
+        Bf16Unit::Amx => amx::gemm(
+            dst,
+            &lhs.data,
+            m,
+            k,
+            amx::Rhs::Matrix(rhs),
+            accumulate,
+            threads,
+        ),
+        Bf16Unit::F32Units => {
+            let n = rhs.cols;
+            let mut b = Memory::uninit(k * n);
+            for r in 0..k {
+                for (j, o) in b[r * n..(r + 1) * n].iter_mut().enumerate() {
+                    *o = round(rhs.data[rhs.offset + r * rhs.row_stride + j * rhs.col_stride]);
+                }
+            }
+            sgemm(
+                dst,
+                Mat::row_major(&lhs.data, m, k),
+                Mat::row_major(&b, k, n),
+                accumulate,
+                threads,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut v = vec![0.0; n];
+        vgg_tensor::random::fill_normal(&mut v, seed, 0, 0.0, 1.0);
+        v
+    }
+
+    /// The units this machine has: the f32 units always, AMX where present.
+    fn units() -> Vec<Bf16Unit> {
+        let mut units = vec![Bf16Unit::F32Units];
+        if amx::available() {
+            units.push(Bf16Unit::Amx);
+        }
+        units
+    }
+
+    /// Every product of the rounded operands is exact in f32, so the only error against an f64
+    /// sum of the same products is the f32 summation's: bounded by k ulps of the sum of
+    /// magnitudes (loose: actual sums do far better).
+    #[test]
+    fn products_are_the_rounded_operands_summed_in_f32_on_every_unit() {
+        // Shapes on and off the tiles' multiples (16 rows, 32 inner, 32 columns), an inner
+        // dimension of several passes (512), views transposed on either side, and accumulation.
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (16, 32, 32),
+            (33, 70, 45),
+            (64, 27, 300),
+            (40, 1100, 70),
+        ] {
+            for (ta, tb, accumulate) in [
+                (false, false, false),
+                (true, false, true),
+                (false, true, false),
+                (true, true, true),
+            ] {
+                let a = values(m * k, 1);
+                let b = values(k * n, 2);
+                let lhs = if ta {
+                    Mat::row_major(&a, k, m).t()
+                } else {
+                    Mat::row_major(&a, m, k)
+                };
+                let rhs = if tb {
+                    Mat::row_major(&b, n, k).t()
+                } else {
+                    Mat::row_major(&b, k, n)
+                };
+                let at = |x: Mat<'_>, i: usize, j: usize| {
+                    x.data[x.offset + i * x.row_stride + j * x.col_stride]
+                };
+                let start = values(m * n, 3);
+                let (mut want, mut bound) = (vec![0.0f64; m * n], vec![0.0f64; m * n]);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut sum = if accumulate {
+                            start[i * n + j] as f64
+                        } else {
+                            0.0
+                        };
+                        let mut magnitude = sum.abs();
+                        for l in 0..k {
+                            let p = round(at(lhs, i, l)) as f64 * round(at(rhs, l, j)) as f64;
+                            sum += p;
+                            magnitude += p.abs();
+                        }
+                        want[i * n + j] = sum;
+                        bound[i * n + j] = (k + 1) as f64 * f32::EPSILON as f64 * magnitude;
+                    }
+                }
+                for unit in units() {
+                    for threads in [1, 3] {
+                        // A destination wider than the product, to catch writes past its columns.
+                        let stride = n + 3;
+                        let mut out = vec![f32::NAN; m * stride];
+                        for i in 0..m {
+                            out[i * stride..i * stride + n]
+                                .copy_from_slice(&start[i * n..(i + 1) * n]);
+                        }
+                        let dst = MatMut {
+                            data: &mut out,
+                            offset: 0,
+                            rows: m,
+                            cols: n,
+                            row_stride: stride,
+                        };
+                        gemm(dst, lhs, rhs, accumulate, threads, unit);
+                        for i in 0..m {
+                            for j in 0..n {
+                                let got = out[i * stride + j] as f64;
+                                assert!(
+                                    (got - want[i * n + j]).abs() <= bound[i * n + j],
+                                    "{unit:?} {m}x{k}x{n} ta {ta} tb {tb} acc {accumulate}: ({i}, {j}) {got} vs {}",
+                                    want[i * n + j]
+                                );
+                            }
+                            assert!(
+                                out[i * stride + n..(i + 1) * stride]
+                                    .iter()
+                                    .all(|v| v.is_nan()),
+                                "wrote past the columns"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where the CPU has AMX, its sums and the f32 units' differ only in their order: within a
+    /// few f32 ulps of the sum of magnitudes.
+    #[test]
+    fn amx_agrees_with_the_f32_units() {
+        if !amx::available() {
+            // Nothing asks for AMX here: the mode falls back to the f32 units, checked above.
+            assert_eq!(
+                Bf16Unit::within(crate::config::Isa::detected()),
+                Bf16Unit::F32Units
+            );
+            return;
+        }
+        let (m, k, n) = (70, 600, 90);
+        let (a, b) = (values(m * k, 4), values(k * n, 5));
+        let run = |unit| {
+            let mut out = vec![0.0f32; m * n];
+            let dst = MatMut {
+                data: &mut out,
+                offset: 0,
+                rows: m,
+                cols: n,
+                row_stride: n,
+            };
+            gemm(
+                dst,
+                Mat::row_major(&a, m, k),
+                Mat::row_major(&b, k, n),
+                false,
+                2,
+                unit,
+            );
+            out
+        };
+        let (amx, f32_units) = (run(Bf16Unit::Amx), run(Bf16Unit::F32Units));
+        let worst = amx
+            .iter()
+            .zip(&f32_units)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        // Sums of 600 products of two N(0, 1): magnitudes near 600 * 0.64; a few ulps of that.
+        assert!(
+            worst <= 8.0 * f32::EPSILON * 400.0,
+            "AMX and f32 units differ by {worst}"
+        );
+        assert!(worst > 0.0 || amx == f32_units);
+    }
+
+    #[test]
+    fn a_packed_right_operand_gives_the_same_products() {
+        if !amx::available() {
+            assert_eq!(
+                Bf16Unit::within(crate::config::Isa::detected()),
+                Bf16Unit::F32Units
+            );
+            return;
+        }
+        let (m, k, n) = (5, 1030, 300);
+        let (a, w) = (values(m * k, 6), values(n * k, 7));
+        let rhs = Mat::row_major(&w, n, k).t();
+        let lhs = pack_lhs(Bf16Unit::Amx, Mat::row_major(&a, m, k), false);
+        let mut packed = vec![0.0; amx::packed_rhs_len(k, n)];
+        amx::pack_rhs(rhs, &mut packed);
+        let run = |rhs| {
+            let mut out = vec![0.0f32; m * n];
+            let dst = MatMut {
+                data: &mut out,
+                offset: 0,
+                rows: m,
+                cols: n,
+                row_stride: n,
+            };
+            amx::gemm(dst, &lhs.data, m, k, rhs, false, 2);
+            out
+        };
+        assert_eq!(
+            run(amx::Rhs::Matrix(rhs)),
+            run(amx::Rhs::Packed {
+                words: &packed,
+                rows: k,
+                cols: n
+            })
+        );
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even_like_the_hardware() {
+        assert_eq!(round(1.0), 1.0);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even one, 1.
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(round(1.0 + 1.0 / 256.0 + 1e-6), 1.0 + 1.0 / 128.0);
+        assert_eq!(round(-3.0), -3.0);
+        assert_eq!(round(f32::INFINITY), f32::INFINITY);
+        assert_eq!(round(f32::MAX), f32::INFINITY);
+        assert!(round(f32::NAN).is_nan());
+        assert!(
+            round(f32::from_bits(0x7f80_0001)).is_nan(),
+            "a NaN with a low payload"
+        );
+        assert_eq!(round(1e-40).to_bits(), 0);
+        assert_eq!(round(-1e-40).to_bits(), 0x8000_0000);
+        for x in [0.1f32, 2.5e3, 1234.5678, -7.77e-20] {
+            let r = round(x);
+            assert!((r - x).abs() <= x.abs() / 256.0, "{x} -> {r}");
+            assert_eq!(r.to_bits() & 0xffff, 0);
+        }
+    }
+}
