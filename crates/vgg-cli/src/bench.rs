@@ -279,9 +279,10 @@ fn run_parallel<B: Backend>(
     comm.check_same(
         "benchmark settings",
         &format!(
-            "{config:?} {} {:?}",
+            "{config:?} {} {:?} {}",
             a.dist.bucket_bytes(),
-            a.dist.no_overlap
+            a.dist.no_overlap,
+            a.device.arithmetic()
         ),
     )?;
     signals::allow_graceful_stop();

@@ -387,6 +387,9 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     let config = args.config()?;
     let comm = crate::dist::communicator(&args.dist)?;
     let root = comm.rank() == 0;
+    // Ranks computing in other arithmetic would average unlike gradients (threads and vector
+    // units may differ from host to host).
+    comm.check_same("arithmetic (--precision)", args.device.arithmetic())?;
     // Rank 0 alone writes.
     if root {
         args.check_outputs()?;

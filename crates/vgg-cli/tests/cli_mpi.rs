@@ -236,6 +236,17 @@ mod with_mpi {
         assert!(!out.status.success(), "{err}");
         assert!(err.contains("differs from rank 0"), "{err}");
         assert!(err.contains("batch_size: 16"), "{err}");
+        // Nor may they compute in other arithmetic.
+        let out = mpirun(&[
+            (1, train_args(&out_path, "1", &[])),
+            (1, train_args(&out_path, "1", &["--precision", "bf16"])),
+        ]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("arithmetic (--precision)") && err.contains("bf16"),
+            "{err}"
+        );
     }
 
     #[test]
