@@ -153,7 +153,7 @@ pub enum ConvChoice {
 
 impl DeviceArgs {
     pub fn cpu(&self) -> Result<vgg_ndarray::CpuBackend> {
-        use vgg_ndarray::{ConvAlgorithm, CpuConfig, Isa, Precision};
+        use vgg_ndarray::{ConvAlgorithm, CpuConfig, Isa};
         let isa = match self.isa {
             IsaChoice::Native => None,
             IsaChoice::Avx512 => Some(Isa::Avx512),
@@ -164,14 +164,10 @@ impl DeviceArgs {
             ConvChoice::Auto => ConvAlgorithm::Auto,
             ConvChoice::Im2col => ConvAlgorithm::Im2col,
         };
-        let precision = match self.precision {
-            PrecisionChoice::F32 => Precision::F32,
-            PrecisionChoice::Bf16 => Precision::Bf16,
-        };
         let config = CpuConfig {
             isa,
             convolution,
-            precision,
+            precision: self.cpu_precision(),
             ..CpuConfig::detect(match self.threads {
                 0 => crate::dist::default_threads(),
                 n => n,
@@ -200,13 +196,20 @@ impl DeviceArgs {
         })?)
     }
 
+    /// The CPU backend's arithmetic, as --precision asks.
+    fn cpu_precision(&self) -> vgg_ndarray::Precision {
+        match self.precision {
+            PrecisionChoice::F32 => vgg_ndarray::Precision::F32,
+            PrecisionChoice::Bf16 => vgg_ndarray::Precision::Bf16,
+        }
+    }
+
     /// The arithmetic of convolutions and matrix products, as a benchmark record names it.
     pub fn arithmetic(&self) -> &'static str {
-        match (self.backend, self.precision) {
-            (BackendChoice::Cpu, PrecisionChoice::F32) => "f32",
-            (BackendChoice::Cpu, PrecisionChoice::Bf16) => "bf16",
-            (BackendChoice::Cuda, _) if self.no_tf32 => "f32",
-            (BackendChoice::Cuda, _) => "tf32",
+        match self.backend {
+            BackendChoice::Cpu => self.cpu_precision().name(),
+            BackendChoice::Cuda if self.no_tf32 => "f32",
+            BackendChoice::Cuda => "tf32",
         }
     }
 

@@ -256,11 +256,9 @@ impl Tuning {
             streaming_bytes: last / 2,
             bf16: match config.precision {
                 Precision::F32 => None,
+                // An instruction set the CPU lacks is refused by the backend (`kernel_isa`).
                 Precision::Bf16 => Some(Bf16Unit::within(
-                    config
-                        .isa
-                        .unwrap_or_else(Isa::detected)
-                        .min(Isa::detected()),
+                    config.kernel_isa().unwrap_or_else(|_| Isa::detected()),
                 )),
             },
         }

@@ -13,15 +13,15 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{interleave, pairs};
+use super::{interleave, pairs, words_mut, words_of};
 use crate::gemm::{Mat, MatMut};
 
 /// Rows of a tile, and f32 words in a tile's row (64 bytes).
-const TILE: usize = 16;
+pub(crate) const TILE: usize = 16;
 /// bf16 values along the inner dimension in one tile.
-const TILE_K: usize = 32;
+pub(crate) const TILE_K: usize = 32;
 /// f32 words in one packed tile.
-const TILE_WORDS: usize = TILE * TILE;
+pub(crate) const TILE_WORDS: usize = TILE * TILE;
 
 /// Whether this CPU has AMX with bf16 and the OS lets this process use its tile registers
 /// (Linux asks each process to request them: `arch_prctl(ARCH_REQ_XCOMP_PERM)`).
@@ -146,20 +146,6 @@ fn pack_panel(rhs: Mat<'_>, first_row: usize, first: usize, k_tiles: usize, pane
             panel[(half * pairs_per_column + p) * TILE + c] = w;
         }
     }
-}
-
-/// 32-bit words seen as their 16-bit halves (the first half first in memory).
-pub(crate) fn halves_mut(words: &mut [u32]) -> &mut [u16] {
-    // SAFETY: u32 has the size of two u16 and a stricter alignment; every bit pattern is valid
-    // for both; the borrow is exclusive.
-    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u16>(), words.len() * 2) }
-}
-
-/// f32 storage seen as the 32-bit words it holds.
-pub(crate) fn words_mut(values: &mut [f32]) -> &mut [u32] {
-    // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is valid for
-    // both; the borrow is exclusive.
-    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u32>(), values.len()) }
 }
 
 /// The tile registers' shapes: all eight 16 rows of 64 bytes.
@@ -493,13 +479,6 @@ pub fn gemm(
 enum Start {
     Zero,
     Destination,
-}
-
-/// f32 storage seen as the 32-bit words it holds.
-pub(crate) fn words_of(values: &[f32]) -> &[u32] {
-    // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is valid for
-    // both.
-    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u32>(), values.len()) }
 }
 
 /// The 32 x 32 block of the destination at (`row`, `col`) plus row pair `pair` of A times a

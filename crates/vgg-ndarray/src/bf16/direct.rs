@@ -12,14 +12,12 @@
 use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
-use super::amx::{load_sums, step, store_sums, with_tiles, zero_sums};
+use super::amx::{load_sums, step, store_sums, with_tiles, zero_sums, TILE, TILE_K, TILE_WORDS};
 use super::{bits, interleave};
 use crate::arena::Memory;
 
-const TILE: usize = 16;
-const TILE_WORDS: usize = TILE * TILE;
 /// Channels in one tile's row (32 bf16: 64 bytes).
-const CHANNELS: usize = 32;
+const CHANNELS: usize = TILE_K;
 
 /// Whether `direct::forward` takes this convolution: stride 1, and enough input channels that
 /// padding them to 32 wastes little (conv1_1's 3 stay with im2col: direct, its forward took 27.7
@@ -163,13 +161,13 @@ pub(crate) fn forward(
     );
     let image_words = l.pixels * l.pixel_words();
     let mut images = Memory::uninit(g.batch * image_words);
-    let words = super::amx::words_mut(&mut images);
+    let words = super::words_mut(&mut images);
     words
         .par_chunks_mut(image_words)
         .zip(x.par_chunks(in_image))
         .for_each(|(out, x)| pack_image(x, g, &l, out));
     let images: &[u32] = words;
-    let weights = super::amx::words_of(packed_weights);
+    let weights = super::words_of(packed_weights);
     // Work: (image, pair of output tiles, range of pixel blocks), enough pieces for every thread.
     let pairs = l.out_tiles / 2;
     let per_image = g.batch * pairs;
@@ -341,7 +339,7 @@ pub(crate) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f3
     let x_words = c_pad * plane_words;
     let dy_words = numbered / 2 * k_pad;
     let mut packed = Memory::uninit(g.batch * (x_words + dy_words));
-    let (xs, dys) = super::amx::words_mut(&mut packed).split_at_mut(g.batch * x_words);
+    let (xs, dys) = super::words_mut(&mut packed).split_at_mut(g.batch * x_words);
     xs.par_chunks_mut(x_words)
         .zip(x.par_chunks(in_image))
         .for_each(|(out, x)| pack_planes(x, g, &l, plane_words, out));
@@ -421,7 +419,7 @@ pub(crate) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry) -> Vec<f3
 fn pack_planes(x: &[f32], g: &ConvGeometry, l: &Layout, plane_words: usize, out: &mut [u32]) {
     out.fill(0);
     let (h, w, p) = (g.in_h, g.in_w, g.padding);
-    let halves = super::amx::halves_mut(out);
+    let halves = super::halves_mut(out);
     for ci in 0..g.in_channels {
         let plane = &mut halves[ci * 2 * plane_words..(ci + 1) * 2 * plane_words];
         for row in 0..h {
@@ -440,7 +438,7 @@ fn pack_planes(x: &[f32], g: &ConvGeometry, l: &Layout, plane_words: usize, out:
 fn pack_pixel_pairs(dy: &[f32], g: &ConvGeometry, l: &Layout, k_pad: usize, out: &mut [u32]) {
     out.fill(0);
     let (k, oh, ow) = (g.out_channels, g.out_h, g.out_w);
-    let halves = super::amx::halves_mut(out);
+    let halves = super::halves_mut(out);
     let mut rounded = vec![0u16; k * ow];
     for row in 0..oh {
         for (o, dst) in rounded.chunks_exact_mut(ow).enumerate() {
@@ -566,6 +564,11 @@ mod tests {
             vgg_tensor::random::fill_normal(&mut x, 1, 0, 0.0, 1.0);
             vgg_tensor::random::fill_normal(&mut wt, 2, 0, 0.0, 1.0);
             vgg_tensor::random::fill_normal(&mut bias, 3, 0, 0.0, 1.0);
+            // The input under padded position (row, col) of image ni's channel ci, if any.
+            let input_at = |ni: usize, ci: usize, row: usize, col: usize| {
+                let (iy, ix) = (row.checked_sub(p)?, col.checked_sub(p)?);
+                (iy < h && ix < w).then_some(((ni * c + ci) * h + iy) * w + ix)
+            };
             let mut dy = vec![0.0; n * k * g.out_h * g.out_w];
             vgg_tensor::random::fill_normal(&mut dy, 4, 0, 0.0, 1.0);
             let dw = backward_weight(&x, &dy, &g);
@@ -577,17 +580,10 @@ mod tests {
                             for ni in 0..n {
                                 for oy in 0..g.out_h {
                                     for ox in 0..g.out_w {
-                                        let (iy, ix) = (
-                                            (oy + ky) as isize - p as isize,
-                                            (ox + kx) as isize - p as isize,
-                                        );
-                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
-                                        {
+                                        let Some(at) = input_at(ni, ci, oy + ky, ox + kx) else {
                                             continue;
-                                        }
-                                        let xv = round(
-                                            x[((ni * c + ci) * h + iy as usize) * w + ix as usize],
-                                        ) as f64;
+                                        };
+                                        let xv = round(x[at]) as f64;
                                         let dv =
                                             round(dy[((ni * k + o) * g.out_h + oy) * g.out_w + ox])
                                                 as f64;
@@ -619,17 +615,10 @@ mod tests {
                             for ci in 0..c {
                                 for ky in 0..kh {
                                     for kx in 0..kw {
-                                        let (iy, ix) = (
-                                            (oy + ky) as isize - p as isize,
-                                            (ox + kx) as isize - p as isize,
-                                        );
-                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
-                                        {
+                                        let Some(at) = input_at(ni, ci, oy + ky, ox + kx) else {
                                             continue;
-                                        }
-                                        let xv = round(
-                                            x[((ni * c + ci) * h + iy as usize) * w + ix as usize],
-                                        );
+                                        };
+                                        let xv = round(x[at]);
                                         let wv = round(wt[((o * c + ci) * kh + ky) * kw + kx]);
                                         sum += xv as f64 * wv as f64;
                                         magnitude += (xv as f64 * wv as f64).abs();

@@ -78,6 +78,35 @@ crate::simd::dispatch_simd! {
     pub(crate) fn pairs(values: &[f32], out: &mut [u32]) => pairs_generic
 }
 
+// The packed layouts hold two bf16 in one 32-bit word, the first in the low half, and read the
+// words as 16-bit halves in memory order: the first half first, as on x86 (little-endian).
+
+/// f32 storage seen as the 32-bit words it holds.
+pub(crate) fn words_of(values: &[f32]) -> &[u32] {
+    // SAFETY: f32 and u32 have the same size and alignment, and every bit pattern is valid for
+    // both.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u32>(), values.len()) }
+}
+
+/// f32 storage seen as the 32-bit words it holds, to write.
+pub(crate) fn words_mut(values: &mut [f32]) -> &mut [u32] {
+    // SAFETY: as `words_of`; the borrow is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u32>(), values.len()) }
+}
+
+/// 32-bit words seen as their 16-bit halves (the low half first in memory: little-endian).
+pub(crate) fn halves(words: &[u32]) -> &[u16] {
+    // SAFETY: u32 has the size of two u16 and a stricter alignment; every bit pattern is valid
+    // for both.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u16>(), words.len() * 2) }
+}
+
+/// `halves`, to write.
+pub(crate) fn halves_mut(words: &mut [u32]) -> &mut [u16] {
+    // SAFETY: as `halves`; the borrow is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u16>(), words.len() * 2) }
+}
+
 /// `values` rounded in place (`round`).
 pub fn round_slice(values: &mut [f32]) {
     for v in values {
@@ -104,29 +133,22 @@ pub fn packed_lhs_len(unit: Bf16Unit, rows: usize, cols: usize) -> usize {
     }
 }
 
-/// Fills `out` (`packed_lhs_len` words) with `lhs` prepared for `unit`.
-pub fn pack_lhs_into(unit: Bf16Unit, lhs: Mat<'_>, out: &mut [f32]) {
-    assert_eq!(
-        out.len(),
-        packed_lhs_len(unit, lhs.rows, lhs.cols),
-        "packed lhs length"
-    );
+/// `lhs` prepared for products on `unit`, in memory that lasts (`Memory::new`).
+pub(crate) fn pack_lhs(unit: Bf16Unit, lhs: Mat<'_>, lasting: bool) -> PackedLhs<Memory> {
+    let mut data = Memory::new(packed_lhs_len(unit, lhs.rows, lhs.cols), lasting);
     match unit {
-        Bf16Unit::Amx => amx::pack_lhs(lhs, out),
+        Bf16Unit::Amx => amx::pack_lhs(lhs, &mut data),
         Bf16Unit::F32Units => {
             for i in 0..lhs.rows {
-                for (j, o) in out[i * lhs.cols..(i + 1) * lhs.cols].iter_mut().enumerate() {
+                for (j, o) in data[i * lhs.cols..(i + 1) * lhs.cols]
+                    .iter_mut()
+                    .enumerate()
+                {
                     *o = round(lhs.data[lhs.offset + i * lhs.row_stride + j * lhs.col_stride]);
                 }
             }
         }
     }
-}
-
-/// `lhs` prepared for products on `unit`, in memory that lasts (`Memory::new`).
-pub(crate) fn pack_lhs(unit: Bf16Unit, lhs: Mat<'_>, lasting: bool) -> PackedLhs<Memory> {
-    let mut data = Memory::new(packed_lhs_len(unit, lhs.rows, lhs.cols), lasting);
-    pack_lhs_into(unit, lhs, &mut data);
     PackedLhs {
         unit,
         rows: lhs.rows,
@@ -135,30 +157,10 @@ pub(crate) fn pack_lhs(unit: Bf16Unit, lhs: Mat<'_>, lasting: bool) -> PackedLhs
     }
 }
 
-impl<S: std::ops::Deref<Target = [f32]>> PackedLhs<S> {
-    /// A view of words made by `pack_lhs_into` for `rows` x `cols` on `unit`.
-    pub fn from_words(unit: Bf16Unit, rows: usize, cols: usize, data: S) -> PackedLhs<S> {
-        assert_eq!(
-            data.len(),
-            packed_lhs_len(unit, rows, cols),
-            "packed lhs length"
-        );
-        PackedLhs {
-            unit,
-            rows,
-            cols,
-            data,
-        }
-    }
-
-    /// The packed words, to keep.
+impl<S> PackedLhs<S> {
+    /// The packed words.
     pub fn into_words(self) -> S {
         self.data
-    }
-
-    /// Rows x columns of the matrix it holds.
-    pub fn dims(&self) -> (usize, usize) {
-        (self.rows, self.cols)
     }
 }
 
@@ -229,6 +231,19 @@ mod tests {
         let mut v = vec![0.0; n];
         vgg_tensor::random::fill_normal(&mut v, seed, 0, 0.0, 1.0);
         v
+    }
+
+    /// An m x n row-major matrix as `fill` writes it.
+    fn written(m: usize, n: usize, fill: impl FnOnce(MatMut<'_>)) -> Vec<f32> {
+        let mut out = vec![0.0f32; m * n];
+        fill(MatMut {
+            data: &mut out,
+            offset: 0,
+            rows: m,
+            cols: n,
+            row_stride: n,
+        });
+        out
     }
 
     /// The units this machine has: the f32 units always, AMX where present.
@@ -348,23 +363,10 @@ mod tests {
         let (m, k, n) = (70, 600, 90);
         let (a, b) = (values(m * k, 4), values(k * n, 5));
         let run = |unit| {
-            let mut out = vec![0.0f32; m * n];
-            let dst = MatMut {
-                data: &mut out,
-                offset: 0,
-                rows: m,
-                cols: n,
-                row_stride: n,
-            };
-            gemm(
-                dst,
-                Mat::row_major(&a, m, k),
-                Mat::row_major(&b, k, n),
-                false,
-                2,
-                unit,
-            );
-            out
+            written(m, n, |dst| {
+                let (lhs, rhs) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
+                gemm(dst, lhs, rhs, false, 2, unit)
+            })
         };
         let (amx, f32_units) = (run(Bf16Unit::Amx), run(Bf16Unit::F32Units));
         let worst = amx
@@ -395,18 +397,7 @@ mod tests {
         let lhs = pack_lhs(Bf16Unit::Amx, Mat::row_major(&a, m, k), false);
         let mut packed = vec![0.0; amx::packed_rhs_len(k, n)];
         amx::pack_rhs(rhs, &mut packed);
-        let run = |rhs| {
-            let mut out = vec![0.0f32; m * n];
-            let dst = MatMut {
-                data: &mut out,
-                offset: 0,
-                rows: m,
-                cols: n,
-                row_stride: n,
-            };
-            amx::gemm(dst, &lhs.data, m, k, rhs, false, 2);
-            out
-        };
+        let run = |rhs| written(m, n, |dst| amx::gemm(dst, &lhs.data, m, k, rhs, false, 2));
         assert_eq!(
             run(amx::Rhs::Matrix(rhs)),
             run(amx::Rhs::Packed {

@@ -58,6 +58,13 @@ pub fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
         && large_enough
 }
 
+/// Whether a convolution (forward and weight gradient) takes bf16 products on AMX by the direct
+/// method without a column matrix (bf16/direct.rs): stride 1 and enough channels;
+/// `ConvAlgorithm::Im2col` turns it off, for comparisons.
+fn use_direct_bf16(g: &ConvGeometry, t: &Tuning) -> bool {
+    t.bf16 == Some(Bf16Unit::Amx) && t.convolution == ConvAlgorithm::Auto && direct::applies(g)
+}
+
 /// The output pass fused into the convolution: per tile, right after its GEMM and while the tile
 /// is in cache, add the bias (`[Cout]`) and apply ReLU, instead of two more passes over memory.
 pub fn forward_fused(
@@ -98,8 +105,7 @@ pub(crate) fn forward_with(
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
-    // bf16 products on AMX: the direct method without a column matrix (bf16/direct.rs).
-    if t.bf16 == Some(Bf16Unit::Amx) && t.convolution == ConvAlgorithm::Auto && direct::applies(g) {
+    if use_direct_bf16(g, t) {
         let (k, taps) = (g.out_channels, g.kernel_h * g.kernel_w);
         let packed = match weights {
             Weights::Slice(w) => Arc::new(direct::pack_weights(w, g, false)),
@@ -146,7 +152,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
 /// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
 /// many images as threads, each worker sums a contiguous group of images into its own dW.
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
-    if t.bf16 == Some(Bf16Unit::Amx) && t.convolution == ConvAlgorithm::Auto && direct::applies(g) {
+    if use_direct_bf16(g, t) {
         return direct::backward_weight(x, dy, g);
     }
     if use_winograd(g, true, t) {
