@@ -11,6 +11,14 @@
         expected.json: the top-5 classes and probabilities after torchvision's VGG preprocessing
         (Resize(256), CenterCrop(224), ToTensor, Normalize with ImageNet's mean and std).
 
+    python3 scripts/make_fixtures.py --explain tests/fixtures/explain
+        What the network looks at, by PyTorch hooks on the classify fixture's network and picture
+        (tests/fixtures/classify, which must exist): expected.safetensors holds the prepared input
+        [1, 3, 224, 224], Grad-CAM (ReLU of the activations weighed by their gradients' spatial
+        means, not normalised) at conv5_2 for the top class, at pool4 for class 7 and at conv3_1 for
+        the top class, conv5_2's map enlarged to 224x224 (interpolate, bilinear, align_corners=False),
+        and saliency (max over channels of |d logit / d input|) for the top class and class 7.
+
     python3 scripts/make_fixtures.py --pth tests/fixtures/pth
         PyTorch's own file format (torch.save), as torchvision ships its weights: vgg11-w8.pth, the
         state_dict of tests/fixtures/vgg11-w8/weights.safetensors (no metadata: the network is read
@@ -121,6 +129,58 @@ def classify_fixture(out):
     print(f"wrote {out}: top-5 {top.indices.tolist()}")
 
 
+def explain_fixture(out):
+    import torch.nn.functional as F
+    from PIL import Image
+    from safetensors.torch import load_file
+    from torchvision import transforms
+    classify = os.path.join(os.path.dirname(out.rstrip("/")), "classify")
+    model = SmallVgg(CFG_A_W8, hidden=64, classes=1000, size=224).eval()
+    model.load_state_dict(load_file(os.path.join(classify, "weights.safetensors")))
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    preprocess = transforms.Compose([
+        transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+    x = preprocess(Image.open(os.path.join(classify, "image.png")).convert("RGB")).unsqueeze(0)
+
+    def explain(module_index, cls):
+        kept = {}
+
+        def hook(_, __, output):
+            output.retain_grad()
+            kept["a"] = output
+        handle = model.features[module_index].register_forward_hook(hook)
+        xi = x.clone().requires_grad_(True)
+        logits = model(xi)
+        handle.remove()
+        if cls is None:
+            cls = int(logits.argmax(1))
+        model.zero_grad()
+        logits[0, cls].backward()
+        a, g = kept["a"], kept["a"].grad
+        weights = g.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * a).sum(1))[0]
+        saliency = xi.grad.abs().amax(1)[0]
+        return cls, cam.detach(), saliency.detach()
+
+    # VGG-11's modules: conv3_1 is features[6] (its ReLU 7), pool4 features[15], conv5_2 features[18] (ReLU 19).
+    top, cam_top, saliency_top = explain(19, None)
+    _, cam_pool4, saliency_7 = explain(15, 7)
+    _, cam_conv3_1, _ = explain(7, None)
+    cam_up = F.interpolate(cam_top[None, None], size=(224, 224), mode="bilinear", align_corners=False)[0, 0]
+    os.makedirs(out, exist_ok=True)
+    save_file({"input": x.contiguous(), "cam_conv5_2_top": cam_top.contiguous(),
+               "cam_conv5_2_top_224": cam_up.contiguous(), "saliency_top": saliency_top.contiguous(),
+               "cam_pool4_class7": cam_pool4.contiguous(), "saliency_class7": saliency_7.contiguous(),
+               "cam_conv3_1_top": cam_conv3_1.contiguous()},
+              os.path.join(out, "expected.safetensors"),
+              metadata={"top_class": str(top), "made_by": f"torch {torch.__version__}"})
+    print(f"wrote {out}: top class {top}")
+
+
 class Hostile:
     """Unpickled by Python, this would run a shell command; a safe reader must refuse it."""
 
@@ -164,8 +224,11 @@ if __name__ == "__main__":
     parser.add_argument("--torchvision-vgg16", metavar="DIR")
     parser.add_argument("--classify", metavar="DIR")
     parser.add_argument("--pth", metavar="DIR")
+    parser.add_argument("--explain", metavar="DIR")
     args = parser.parse_args()
-    if args.pth:
+    if args.explain:
+        explain_fixture(args.explain)
+    elif args.pth:
         pth_fixtures(args.pth)
     elif args.classify:
         classify_fixture(args.classify)

@@ -29,12 +29,14 @@ pub mod conformance;
 mod custom;
 mod ops;
 pub mod recompute;
+mod tap;
 mod tape;
 
 pub use check::{check_gradients, GradCheck, GradCheckReport};
 pub use custom::CustomOp;
 pub use ops::{BatchNormOutput, DeferredConv};
 pub use recompute::{Recompute, Saved};
+pub use tap::Tap;
 pub use tape::{BackwardFn, BackwardStep, Gradients, Tape, Value, Var};
 
 use vgg_tensor::{Shape, TensorError};
@@ -66,6 +68,9 @@ pub enum AutodiffError {
     #[error("no gradient for {0}: it was not tracked (a constant, or a value from an inference-mode tape)")]
     /// A gradient was asked for a value the tape did not track.
     Untracked(String),
+    #[error("{0} needs a recording tape (Tape::new or Tape::frozen), not an inference tape")]
+    /// An op that exists only for backward was asked of a tape that does not record.
+    NotRecording(&'static str),
     #[error("gradient check failed: {0}")]
     /// A gradient check found analytic and numeric gradients apart.
     GradientMismatch(String),

@@ -102,6 +102,8 @@ pub struct Tape<B: Backend> {
     id: u64,
     recording: bool,
     state: RefCell<State<B>>,
+    /// Parameters are constants: gradients reach only taps (`Tape::frozen`).
+    frozen: bool,
     /// Attached to the nodes recorded while it is set (per-layer profiles).
     label: RefCell<Option<Rc<str>>>,
     /// Which ReLU convolutions recompute their output in backward instead of keeping it.
@@ -122,19 +124,27 @@ pub struct BackwardStep {
 impl<B: Backend> Tape<B> {
     /// A tape that records for backward.
     pub fn new(backend: B) -> Tape<B> {
-        Self::with_mode(backend, true)
+        Self::with_mode(backend, true, false)
     }
 
     /// A tape that records nothing: forward values only, no gradients.
     pub fn inference(backend: B) -> Tape<B> {
-        Self::with_mode(backend, false)
+        Self::with_mode(backend, false, false)
     }
 
-    fn with_mode(backend: B, recording: bool) -> Tape<B> {
+    /// A recording tape on which parameters are constants: backward computes gradients only
+    /// towards taps ([`Tape::tap`]), never a weight's. For questions about the inputs and the
+    /// activations (saliency, Grad-CAM), which would otherwise pay for every weight gradient.
+    pub fn frozen(backend: B) -> Tape<B> {
+        Self::with_mode(backend, true, true)
+    }
+
+    fn with_mode(backend: B, recording: bool, frozen: bool) -> Tape<B> {
         Tape {
             backend,
             id: NEXT_TAPE.fetch_add(1, Ordering::Relaxed),
             recording,
+            frozen,
             state: RefCell::new(State {
                 nodes: Vec::new(),
                 params: HashMap::new(),
@@ -197,9 +207,10 @@ impl<B: Backend> Tape<B> {
         }
     }
 
-    /// A parameter whose gradient `backward` returns under `name` (untracked on an inference tape).
+    /// A parameter whose gradient `backward` returns under `name` (untracked on an inference or
+    /// a frozen tape).
     pub fn param(&self, name: impl Into<String>, value: B::Tensor) -> Var<B> {
-        if !self.recording {
+        if !self.recording || self.frozen {
             return self.constant(value);
         }
         let mut state = self.state.borrow_mut();
@@ -269,6 +280,18 @@ impl<B: Backend> Tape<B> {
         if !self.recording || !inputs.iter().any(|v| v.is_tracked()) {
             return Ok(self.constant(value));
         }
+        Ok(self.push_node(op, inputs, value, saved_bytes, backward))
+    }
+
+    /// Appends a node: the op's result, tracked.
+    fn push_node(
+        &self,
+        op: &'static str,
+        inputs: &[&Var<B>],
+        value: B::Tensor,
+        saved_bytes: usize,
+        backward: BackwardFn<B>,
+    ) -> Var<B> {
         let mut state = self.state.borrow_mut();
         let id = state.nodes.len();
         state.saved_bytes += saved_bytes;
@@ -280,12 +303,28 @@ impl<B: Backend> Tape<B> {
             saved_bytes,
             label: self.label.borrow().clone(),
         });
-        Ok(Var {
+        Var {
             id,
             tape: self.id,
             value,
             recipe: None,
-        })
+        }
+    }
+
+    /// Records a node on `input` even when `input` is untracked, so that gradients reach it:
+    /// the start of a tap. Fails on a tape that does not record.
+    pub(crate) fn record_leaf(
+        &self,
+        op: &'static str,
+        input: &Var<B>,
+        value: B::Tensor,
+        backward: BackwardFn<B>,
+    ) -> Result<Var<B>> {
+        self.check(op, input)?;
+        if !self.recording {
+            return Err(AutodiffError::NotRecording(op));
+        }
+        Ok(self.push_node(op, &[input], value, 0, backward))
     }
 
     /// Gradients of the scalar `loss` with respect to every parameter, walking the tape once in

@@ -11,7 +11,7 @@ use vgg_nn::RunOptions;
 use vgg_tensor::{Backend, Shape};
 use vgg_train::images::Preprocessing;
 
-use crate::net::{load_model, preprocessing_for, top_k, untrained_note};
+use crate::net::{load_for_images, top_k, untrained_note};
 use crate::options::{DeviceArgs, NetOptions, TopArg, WeightsArg};
 use crate::progress::Stages;
 
@@ -36,16 +36,13 @@ pub struct ClassifyArgs {
 pub fn run<B: Backend>(backend: &B, a: &ClassifyArgs) -> Result<String> {
     let batch = a.images.len().min(BATCH);
     let stages = Stages::new(&format!("loading {}", a.weights.weights.display()));
-    let (vgg, metadata) = load_model(
+    let (vgg, metadata, prep) = load_for_images(
         backend,
         &a.net,
         &a.weights.weights,
-        None,
         batch,
         Workload::Inference { copies: 3 },
-        "",
     )?;
-    let prep = preprocessing_for(&vgg, &metadata, &a.weights.weights)?;
     let shape = prep.shape();
     let dataset = metadata.get(vgg_train::meta::DATASET);
     let classes = vgg.spec().options.classes;

@@ -2,7 +2,8 @@
 //! confusion matrix. For a `vgg train` checkpoint the data set, split and seed default to the
 //! ones it was trained with, so the held-out images are the same.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -10,6 +11,7 @@ use vgg_autodiff::Tape;
 use vgg_model::Workload;
 use vgg_nn::RunOptions;
 use vgg_tensor::{Backend, Shape};
+use vgg_train::data::Dataset;
 use vgg_train::meta::Provenance;
 
 use crate::args::{self, Format};
@@ -86,15 +88,32 @@ struct EvalJson {
     confusion: Vec<Vec<usize>>,
 }
 
-pub fn run<B: Backend>(backend: &B, a: &EvalArgs) -> Result<String> {
-    let file = crate::net::read_weights(&a.weights.weights)?;
-    let recorded = Provenance::read(&file.metadata)
-        .with_context(|| format!("reading {}", a.weights.weights.display()))?;
-    let dataset = match (a.dataset, recorded.dataset.as_deref()) {
+/// Which data set, and how split, where the flags do not say.
+pub struct DataChoice<'a> {
+    /// `--dataset`.
+    pub dataset: Option<DatasetChoice>,
+    /// `--data`.
+    pub data: Option<&'a Path>,
+    /// `--test-fraction`.
+    pub test_fraction: Option<f64>,
+    /// `--seed`.
+    pub seed: Option<u64>,
+}
+
+/// The data set weights were trained on, split as it was (the flags first, then the checkpoint's
+/// record, then digits, 0.2 held out, seed 0): (data set, training images, held-out images).
+pub fn recorded_data(
+    weights: &Path,
+    metadata: &HashMap<String, String>,
+    flags: DataChoice,
+) -> Result<(DatasetChoice, Dataset, Dataset)> {
+    let recorded =
+        Provenance::read(metadata).with_context(|| format!("reading {}", weights.display()))?;
+    let dataset = match (flags.dataset, recorded.dataset.as_deref()) {
         (Some(d), Some(r)) if d.name() != r => {
             tracing::warn!(
                 "{} was trained on {r}; evaluating it on {} as --dataset says",
-                a.weights.weights.display(),
+                weights.display(),
                 d.name()
             );
             d
@@ -103,14 +122,32 @@ pub fn run<B: Backend>(backend: &B, a: &EvalArgs) -> Result<String> {
         (None, Some("cifar10")) => DatasetChoice::Cifar10,
         _ => DatasetChoice::Digits,
     };
-    let test_fraction = a.test_fraction.or(recorded.test_fraction).unwrap_or(0.2);
-    let seed = a.seed.or(recorded.seed).unwrap_or(0);
+    let test_fraction = flags
+        .test_fraction
+        .or(recorded.test_fraction)
+        .unwrap_or(0.2);
+    let seed = flags.seed.or(recorded.seed).unwrap_or(0);
     let data = DataArgs {
         dataset,
-        data: a.data.clone(),
+        data: flags.data.map(Path::to_path_buf),
         test_fraction,
     };
     let (train_set, test_set) = data.load(seed)?;
+    Ok((dataset, train_set, test_set))
+}
+
+pub fn run<B: Backend>(backend: &B, a: &EvalArgs) -> Result<String> {
+    let file = crate::net::read_weights(&a.weights.weights)?;
+    let (dataset, train_set, test_set) = recorded_data(
+        &a.weights.weights,
+        &file.metadata,
+        DataChoice {
+            dataset: a.dataset,
+            data: a.data.as_deref(),
+            test_fraction: a.test_fraction,
+            seed: a.seed,
+        },
+    )?;
     let set = match a.split {
         Split::Test => test_set,
         Split::Train => train_set,

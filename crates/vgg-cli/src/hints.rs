@@ -22,6 +22,9 @@ pub fn hint(e: &anyhow::Error) -> Option<String> {
         if let Some(ModelError::Weights { made_with, .. }) = cause.downcast_ref::<ModelError>() {
             return settings_flags(made_with);
         }
+        if let Some(ModelError::NoSuchLayer { .. }) = cause.downcast_ref::<ModelError>() {
+            return Some("--layer, --features".into());
+        }
         if let Some(TrainError::NonFinite { .. }) = cause.downcast_ref::<TrainError>() {
             return Some("--lr, --optimizer".into());
         }

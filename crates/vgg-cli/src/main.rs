@@ -7,6 +7,7 @@ mod classify;
 mod dist;
 mod eval;
 mod exit;
+mod explain;
 mod hints;
 mod net;
 mod options;
@@ -63,6 +64,9 @@ enum Command {
     Backward(net::BackwardArgs),
     /// ImageNet classes of PNG or JPEG images, preprocessed as torchvision does
     Classify(classify::ClassifyArgs),
+    /// What the network looks at in images: Grad-CAM, saliency, SmoothGrad, a layer's activations
+    /// and the first layer's filters, as PNG files and a page (index.html)
+    Explain(explain::ExplainArgs),
     /// Trains a VGG on the digits (carried in vgg) or CIFAR-10, with a checkpoint every epoch
     Train(train::TrainArgs),
     /// Accuracy, per-class accuracy and confusion matrix of trained weights on a data set
@@ -111,6 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Forward(a) => with_backend!(a.device, |b| net::forward(&b, &a))?,
         Command::Backward(a) => with_backend!(a.device, |b| net::backward(&b, &a))?,
         Command::Classify(a) => with_backend!(a.device, |b| classify::run(&b, &a))?,
+        Command::Explain(a) => with_backend!(a.device, |b| explain::run(&b, &a))?,
         Command::Train(a) => with_backend!(a.device, |b| train::run(&b, &a))?,
         Command::Eval(a) => with_backend!(a.device, |b| eval::run(&b, &a))?,
         Command::Bench(a) => {

@@ -320,6 +320,20 @@ fn load<B: Backend>(
     Ok((vgg, backend.upload(&shape, &host.data)?))
 }
 
+/// The network of a weight file, for image files: loaded as `load_model` does (for `batch` images
+/// at a time doing `work`), with how images are prepared for it.
+pub fn load_for_images<B: Backend>(
+    backend: &B,
+    flags: &NetOptions,
+    weights: &Path,
+    batch: usize,
+    work: Workload,
+) -> Result<(Vgg<B>, HashMap<String, String>, Preprocessing)> {
+    let (vgg, metadata) = load_model(backend, flags, weights, None, batch, work, "")?;
+    let prep = preprocessing_for(&vgg, &metadata, weights)?;
+    Ok((vgg, metadata, prep))
+}
+
 /// How image files become `vgg`'s input: as its weights' training data was (the data set their
 /// metadata records), else as ImageNet's at the network's input size; refused where the network
 /// does not take such images.

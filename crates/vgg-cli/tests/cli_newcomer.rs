@@ -6,21 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{ok, refused, stderr, stdout, vgg};
+use common::{fixture, ok, refused, s, stderr, stdout, vgg};
 use vgg_nn::io;
-
-fn fixture(dir: &str, name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(dir)
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A small checkpoint trained for one epoch on the digits (carried in the binary).
 fn checkpoint(dir: &Path) -> PathBuf {

@@ -10,27 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{finish_within, ok, refused, spawn, stderr, stdout, vgg, TINY_TRAIN};
+use common::{finish_within, fixture, ok, refused, s, spawn, stderr, stdout, vgg, TINY_TRAIN};
 use vgg_nn::io;
-
-fn fixture(dir: &str, name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(dir)
-        .join(name)
-        .to_string_lossy()
-        .into_owned()
-}
 
 fn digits_dir() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../data/digits")
         .to_string_lossy()
         .into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn no_panic(out: &Output, what: &str) {

@@ -3,6 +3,23 @@
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A committed fixture: tests/fixtures/DIR/NAME.
+#[allow(dead_code)]
+pub fn fixture(dir: &str, name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(dir)
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// A path as an argument.
+#[allow(dead_code)]
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
 /// Runs the built `vgg` with `args`.
 pub fn vgg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vgg"))

@@ -2,12 +2,14 @@
 //! receptive-field arithmetic, and the network at run time built from that spec.
 
 pub mod config;
+pub mod explain;
 pub mod imagenet;
 pub mod model;
 pub mod rf;
 pub mod spec;
 
 pub use config::{Stage, VggConfig};
+pub use explain::{Explanation, Question, SmoothGrad};
 pub use model::{ModelError, PartialOptions, Prediction, SettingDiffers, Vgg};
 pub use rf::{
     parse_stack, stack_fields, stack_weights_per_c2, ReceptiveField, StackKind, StackLayer,

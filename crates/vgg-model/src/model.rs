@@ -36,6 +36,16 @@ pub enum ModelError {
         /// would make the two match.
         made_with: Vec<SettingDiffers>,
     },
+    #[error("{model} has no layer named '{name}': choose one of {}", layers.join(", "))]
+    /// A layer was asked for by a name the network does not have.
+    NoSuchLayer {
+        /// The name given.
+        name: String,
+        /// The network.
+        model: String,
+        /// The names it has, input to output.
+        layers: Vec<String>,
+    },
     #[error("bad input: {0}")]
     /// An input batch does not fit the network.
     Input(String),
@@ -72,6 +82,10 @@ pub mod meta {
     /// Its presence says the weights were never trained.
     pub const INITIALISED: &str = "vgg.initialised";
 }
+
+/// What [`Vgg::forward_tapped`] hands each tapped layer's output to: given the layer's name and
+/// output, the value the next layer reads.
+pub type LayerHook<'a, B> = dyn FnMut(&str, Var<B>) -> vgg_autodiff::Result<Var<B>> + 'a;
 
 /// Softmax probabilities and the most likely class of each image.
 pub struct Prediction<B: Backend> {
@@ -314,6 +328,50 @@ impl<B: Backend> Vgg<B> {
         run: RunOptions,
         after_layer: &mut dyn FnMut(&str),
     ) -> Result<Var<B>, ModelError> {
+        self.forward_tapped(tape, x, run, &[], &mut |_, v| Ok(v), after_layer)
+    }
+
+    /// The module whose output is the spec layer `name`'s (after its ReLU): (in the classifier,
+    /// index). None for a name the network does not have.
+    fn module_of_layer(&self, name: &str) -> Option<(bool, usize)> {
+        let l = self.spec.layers.iter().find(|l| l.name == name)?;
+        Some((l.is_linear(), l.torch_index + usize::from(l.relu)))
+    }
+
+    /// `forward_observed`, handing the output of each spec layer in `taps` (conv1_1 ... fc8,
+    /// after its ReLU) to `hook` with the layer's name; the value `hook` returns is what the next
+    /// layer reads (a [`Tape::tap`] of it, for that layer's gradient). A name the network does
+    /// not have is refused, naming the ones it has.
+    pub fn forward_tapped(
+        &self,
+        tape: &Tape<B>,
+        x: &Var<B>,
+        run: RunOptions,
+        taps: &[&str],
+        hook: &mut LayerHook<'_, B>,
+        after_layer: &mut dyn FnMut(&str),
+    ) -> Result<Var<B>, ModelError> {
+        let (mut feature_taps, mut classifier_taps) = (Vec::new(), Vec::new());
+        for name in taps {
+            match self.module_of_layer(name) {
+                Some((true, i)) => classifier_taps.push((i, *name)),
+                Some((false, i)) => feature_taps.push((i, *name)),
+                None => {
+                    return Err(ModelError::NoSuchLayer {
+                        name: name.to_string(),
+                        model: self.spec.describe(),
+                        layers: self.spec.layers.iter().map(|l| l.name.clone()).collect(),
+                    })
+                }
+            }
+        }
+        let indices = |taps: &[(usize, &str)]| taps.iter().map(|t| t.0).collect::<Vec<_>>();
+        let named = |taps: &[(usize, &str)], i: usize| {
+            taps.iter()
+                .find(|t| t.0 == i)
+                .map_or("?", |t| t.1)
+                .to_string()
+        };
         self.check_input(x.shape())?;
         let names = |seq: &Sequential<B>| -> Vec<String> {
             (0..seq.layers.len())
@@ -325,23 +383,31 @@ impl<B: Backend> Vgg<B> {
                 .collect()
         };
         let (feature_names, classifier_names) = (names(&self.features), names(&self.classifier));
-        let features = self
-            .features
-            .forward_observed(tape, x.clone(), run, &mut |_, last| {
-                after_layer(&feature_names[last])
-            })?;
+        let features = self.features.forward_tapped(
+            tape,
+            x.clone(),
+            run,
+            &indices(&feature_taps),
+            &mut |i, v| hook(&named(&feature_taps, i), v),
+            &mut |_, last| after_layer(&feature_names[last]),
+        )?;
         let flat = tape.flatten(&features)?;
         drop(features);
         // ReLU and dropout modules count towards the fully connected layer before them.
-        Ok(self
-            .classifier
-            .forward_observed(tape, flat, run, &mut |first, last| {
+        Ok(self.classifier.forward_tapped(
+            tape,
+            flat,
+            run,
+            &indices(&classifier_taps),
+            &mut |i, v| hook(&named(&classifier_taps, i), v),
+            &mut |first, last| {
                 if last + 1 == classifier_names.len()
                     || classifier_names[last + 1] != classifier_names[first]
                 {
                     after_layer(&classifier_names[first])
                 }
-            })?)
+            },
+        )?)
     }
 
     /// The spec layer (conv1_1 ... pool5, fc6 ... fc8) of a tape label (`features.3`,

@@ -201,6 +201,22 @@ impl<B: Backend> Sequential<B> {
         run: RunOptions,
         after: &mut dyn FnMut(usize, usize),
     ) -> vgg_autodiff::Result<Var<B>> {
+        self.forward_tapped(tape, x, run, &[], &mut |_, v| Ok(v), after)
+    }
+
+    /// `forward_observed`, handing the output of each module in `taps` to `hook`, which
+    /// returns the value the next module reads (a [`Tape::tap`] of it, say). A convolution runs
+    /// fused with the ReLU after it, so its output is tapped after the ReLU (give the ReLU's
+    /// index); a tapped ReLU is not fused with the max-pool after it.
+    pub fn forward_tapped(
+        &self,
+        tape: &Tape<B>,
+        x: Var<B>,
+        run: RunOptions,
+        taps: &[usize],
+        hook: &mut dyn FnMut(usize, Var<B>) -> vgg_autodiff::Result<Var<B>>,
+        after: &mut dyn FnMut(usize, usize),
+    ) -> vgg_autodiff::Result<Var<B>> {
         let mut h = x;
         let mut i = 0;
         while i < self.layers.len() {
@@ -211,17 +227,21 @@ impl<B: Backend> Sequential<B> {
                 Layer::Conv2d(c) => {
                     let w = tape.param(format!("{}.{i}.weight", self.prefix), c.weight.clone());
                     let b = tape.param(format!("{}.{i}.bias", self.prefix), c.bias.clone());
+                    let pool_fuses = !taps.contains(&(i + 1));
                     match (next_is_relu, self.layers.get(i + 2)) {
                         // Convolution, ReLU and max-pool: one tape node, which keeps the pooled
                         // output rather than the convolution's (labelled with the convolution,
                         // so its backward, the pool's included, counts there).
-                        (true, Some(Layer::MaxPool2d(p))) => {
+                        (true, Some(Layer::MaxPool2d(p))) if pool_fuses => {
                             let conv = tape.conv2d_bias_relu_deferred(&h, &w, &b, c.params)?;
                             drop(h);
                             after(first, i + 1);
                             i += 2;
-                            let pooled = conv.max_pool2d(tape, *p)?;
+                            let mut pooled = conv.max_pool2d(tape, *p)?;
                             tape.set_label(None);
+                            if taps.contains(&i) {
+                                pooled = hook(i, pooled)?;
+                            }
                             after(i, i);
                             i += 1;
                             h = pooled;
@@ -253,6 +273,9 @@ impl<B: Backend> Sequential<B> {
                 Layer::Flatten => tape.flatten(&h)?,
             };
             tape.set_label(None);
+            if taps.contains(&i) {
+                h = hook(i, h)?;
+            }
             after(first, i);
             i += 1;
         }

@@ -1,14 +1,18 @@
 //! What vgg draws for people, apart from its text: the benchmark report, one self-contained HTML
-//! page ([`page`]), and every figure as SVG ([`figures`]: the network diagram, the receptive
+//! page ([`page`]), `vgg explain`'s page ([`explain_page`]) and pictures ([`pictures`]: heat
+//! maps, activation and filter grids, PNG), and every figure as SVG ([`figures`]: the network diagram, the receptive
 //! fields, the training curves and the report's charts), with the number formats they share
 //! ([`numbers`]). The command line only chooses what to draw and where to write it.
 
 mod comparison;
+mod explain_page;
 pub mod figures;
 pub mod numbers;
 mod page;
+pub mod pictures;
 
 pub use comparison::comparison_table;
+pub use explain_page::{explain_page, ExplainPage, ExplainedImage, Figure};
 pub use page::{distinct_names, page};
 
 /// Why a page or figure could not be drawn.

@@ -31,7 +31,7 @@ pub fn distinct_names(mut runs: Vec<Run>, paths: &[PathBuf]) -> Vec<Run> {
 }
 
 /// Text for HTML: the records' strings are not ours.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -46,7 +46,7 @@ fn escape(text: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;color:#282828;\
+pub(crate) const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;color:#282828;\
 background:#fff;max-width:1160px;margin:24px auto;padding:0 16px}h1{font-size:24px}h2{font-size:19px;\
 margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:16px}\
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{padding:3px 6px;white-space:nowrap;text-align:right;\

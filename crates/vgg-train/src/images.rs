@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use vgg_nn::io::image::{self, decode_rgb, normalized_chw, resize_and_centre_crop};
+use vgg_nn::io::image::{
+    self, decode_rgb, normalized_chw, resize_and_centre_crop, rgb_from_normalized_chw,
+};
 use vgg_nn::io::read_file;
 
 use crate::data::{DataError, CIFAR_MEAN, CIFAR_STD, DIGITS_SIZE};
@@ -149,6 +151,25 @@ impl Preprocessing {
                 Prepared { values, inverted }
             }
         })
+    }
+
+    /// A prepared image (CHW values of `shape()`) as the network saw it, in 8-bit RGB: the
+    /// normalisation undone, the resizing and cropping kept; the digits in grey. To draw on.
+    pub fn picture(self, values: &[f32]) -> ::image::RgbImage {
+        let [_, h, w] = self.shape();
+        match self {
+            Preprocessing::ImageNet { .. } => {
+                rgb_from_normalized_chw(values, (h, w), image::MEAN, image::STD)
+            }
+            Preprocessing::Cifar10 => {
+                rgb_from_normalized_chw(values, (h, w), CIFAR_MEAN, CIFAR_STD)
+            }
+            Preprocessing::Digits => ::image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
+                let v = values[y as usize * w + x as usize];
+                let g = ((v + 1.0) / 2.0 * 255.0).round().clamp(0.0, 255.0) as u8;
+                ::image::Rgb([g, g, g])
+            }),
+        }
     }
 }
 

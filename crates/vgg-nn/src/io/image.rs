@@ -293,9 +293,34 @@ pub fn normalized_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32>
     chw
 }
 
+/// `normalized_chw` undone: [3, H, W] values back to 8-bit RGB (rounded, clamped), to draw on
+/// the picture the network was given.
+pub fn rgb_from_normalized_chw(
+    values: &[f32],
+    (height, width): (usize, usize),
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> RgbImage {
+    assert_eq!(values.len(), 3 * height * width);
+    RgbImage::from_fn(width as u32, height as u32, |x, y| {
+        let at = |c: usize| {
+            let v = values[(c * height + y as usize) * width + x as usize] * std[c] + mean[c];
+            (v * 255.0).round().clamp(0.0, 255.0) as u8
+        };
+        image::Rgb([at(0), at(1), at(2)])
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalising_and_back_gives_the_same_pixels() {
+        let img = RgbImage::from_fn(5, 3, |x, y| image::Rgb([x as u8 * 50, y as u8 * 120, 255]));
+        let chw = normalized_chw(&img, MEAN, STD);
+        assert_eq!(rgb_from_normalized_chw(&chw, (3, 5), MEAN, STD), img);
+    }
 
     fn encode(img: &image::DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());

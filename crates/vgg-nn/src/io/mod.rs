@@ -17,7 +17,8 @@ use safetensors::tensor::Dtype;
 
 pub use npy::{load_npy, npy_bytes, parse_npy, save_npy};
 pub use output::{
-    check_distinct, check_output, remove_partial_outputs, write_atomic, write_with, NamedPath,
+    check_distinct, check_output, output_directory, remove_partial_outputs, write_atomic,
+    write_with, NamedPath,
 };
 pub use pytorch::{is_pytorch, load_pytorch};
 pub use safetensors_file::{save_safetensors, save_safetensors_streamed, sniff};
@@ -142,6 +143,14 @@ pub enum IoError {
     #[error("{path} is {kind}: vgg reads and writes only regular files, and never through a link; give the path of a regular file")]
     /// The path is a link, a directory or a device, not a regular file.
     NotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, in words.
+        kind: &'static str,
+    },
+    #[error("cannot write into {path}: it is {kind}, not a directory; give a directory (created if missing)")]
+    /// An output directory that is something else (a file, a link, a device).
+    NotADirectory {
         /// The path.
         path: PathBuf,
         /// What it is, in words.

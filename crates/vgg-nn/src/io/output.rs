@@ -103,6 +103,35 @@ pub fn check_output(path: &Path) -> Result<(), IoError> {
     create_temporary(path).map(drop)
 }
 
+/// Makes `dir` ready to take outputs before long work starts: created where missing (its parent
+/// must exist), refused where it is a link (never followed) or anything but a directory.
+pub fn output_directory(dir: &Path) -> Result<(), IoError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_dir() => Ok(()),
+        Ok(meta) => Err(IoError::NotADirectory {
+            path: dir.to_path_buf(),
+            kind: if meta.file_type().is_file() {
+                "a file"
+            } else {
+                super::kind_in_words(meta.file_type())
+            },
+        }),
+        Err(_) => match std::fs::create_dir(dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Err(IoError::NoDirectory {
+                    path: dir.to_path_buf(),
+                    dir: directory_of(dir),
+                })
+            }
+            Err(error) => Err(IoError::Write {
+                path: dir.to_path_buf(),
+                error,
+            }),
+        },
+    }
+}
+
 /// Writes `bytes` to `path` as described in the module's documentation.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
     write_with(path, |w| w.write_all(bytes))
@@ -215,6 +244,30 @@ fn sync_directory(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_directory_is_created_and_links_or_files_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("new");
+        output_directory(&dir).unwrap();
+        assert!(dir.is_dir());
+        output_directory(&dir).unwrap();
+        let file = root.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = output_directory(&file).unwrap_err().to_string();
+        assert!(e.contains("is a file, not a directory"), "{e}");
+        #[cfg(unix)]
+        {
+            let link = root.path().join("link");
+            std::os::unix::fs::symlink(&dir, &link).unwrap();
+            let e = output_directory(&link).unwrap_err().to_string();
+            assert!(e.contains("a symbolic link"), "{e}");
+        }
+        let e = output_directory(&root.path().join("no/such"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
 
     fn dir() -> tempfile::TempDir {
         tempfile::tempdir().unwrap()
