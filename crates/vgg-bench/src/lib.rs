@@ -22,7 +22,7 @@ use vgg_nn::{InitScheme, RunOptions};
 use vgg_tensor::{Backend, Shape};
 
 pub use parallel::{ParallelOptions, ParallelReport, ParallelStep};
-pub use peak::{measure_matmul_peak, MatmulPeak};
+pub use peak::{measure_matmul_peak, measure_memory_bandwidth, MatmulPeak, MemoryBandwidth};
 pub use stats::Stats;
 pub use system::Machine;
 
@@ -207,6 +207,46 @@ pub struct LayerTime {
     pub forward_ms: f64,
     /// Mean milliseconds of the layer's backward (0 in forward mode).
     pub backward_ms: f64,
+    /// FLOPs and bytes of the layer's passes for the batch (`vgg_model::cost`), for its achieved
+    /// rates and its place on a roofline; 0 in records made before they were kept, and in peers'.
+    #[serde(default)]
+    pub forward_flops: u64,
+    /// Bytes the forward pass moves at least.
+    #[serde(default)]
+    pub forward_bytes: u64,
+    /// FLOPs of the backward pass (0 in forward mode).
+    #[serde(default)]
+    pub backward_flops: u64,
+    /// Bytes the backward pass moves at least (0 in forward mode).
+    #[serde(default)]
+    pub backward_bytes: u64,
+}
+
+impl LayerTime {
+    /// Achieved 10^9 FLOP/s of the forward pass (None where unknown or untimed).
+    pub fn forward_gflops(&self) -> Option<f64> {
+        rate_of(self.forward_flops, self.forward_ms)
+    }
+
+    /// Achieved 10^9 FLOP/s of the backward pass.
+    pub fn backward_gflops(&self) -> Option<f64> {
+        rate_of(self.backward_flops, self.backward_ms)
+    }
+
+    /// Achieved 10^9 bytes/s of the forward pass's least traffic.
+    pub fn forward_gbytes(&self) -> Option<f64> {
+        rate_of(self.forward_bytes, self.forward_ms)
+    }
+
+    /// Achieved 10^9 bytes/s of the backward pass's least traffic.
+    pub fn backward_gbytes(&self) -> Option<f64> {
+        rate_of(self.backward_bytes, self.backward_ms)
+    }
+}
+
+/// `count` per `ms` milliseconds in 10^9 per second.
+fn rate_of(count: u64, ms: f64) -> Option<f64> {
+    (count > 0 && ms > 0.0).then(|| count as f64 / (ms * 1e-3) / 1e9)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -234,24 +274,18 @@ pub struct ModeReport {
     pub per_layer: Vec<LayerTime>,
 }
 
-/// FLOPs of one step: forward is the spec's (1 MAC = 2 FLOPs) times the batch; backward costs two
+/// FLOPs of one step, the sum of `ModelSpec::costs`: forward is the spec's (1 MAC = 2 FLOPs) times the batch; backward costs two
 /// forwards (input and weight gradients) for each convolution and linear layer, less the first
 /// convolution's input gradient, which is never computed. None where the count does not fit in 64
 /// bits.
 pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> Option<u64> {
-    let forward = spec.macs().checked_mul(2)?;
-    let per_image = match mode {
-        Mode::Forward => forward,
-        Mode::ForwardBackward => {
-            let first_conv = spec
-                .layers
-                .iter()
-                .find(|l| l.is_conv())
-                .map_or(Some(0), |l| l.macs.checked_mul(2))?;
-            forward.checked_mul(3)?.checked_sub(first_conv)?
-        }
-    };
-    per_image.checked_mul(u64::try_from(batch).ok()?)
+    spec.costs(batch).ok()?.iter().try_fold(0u64, |sum, c| {
+        let step = match mode {
+            Mode::Forward => c.forward_flops,
+            Mode::ForwardBackward => c.forward_flops.checked_add(c.backward_flops())?,
+        };
+        sum.checked_add(step)
+    })
 }
 
 /// The model and images of a benchmark, built once for all modes.
@@ -396,13 +430,23 @@ impl<B: Backend> Bench<B> {
         })?;
         let stats = Stats::of(&step_seconds);
         let steps = step_seconds.len().max(1) as f64;
+        // Counts that fit for the whole step fit for each layer.
+        let costs = spec.costs(self.config.batch).unwrap_or_default();
         let order: Vec<String> = spec.layers.iter().map(|l| l.name.clone()).collect();
         let mut per_layer: Vec<LayerTime> = layers
             .into_iter()
-            .map(|(layer, (f, bw))| LayerTime {
-                layer,
-                forward_ms: 1e3 * f / steps,
-                backward_ms: 1e3 * bw / steps,
+            .map(|(layer, (f, bw))| {
+                let cost = costs.iter().find(|c| c.layer == layer);
+                let backward = mode == Mode::ForwardBackward;
+                LayerTime {
+                    forward_flops: cost.map_or(0, |c| c.forward_flops),
+                    forward_bytes: cost.map_or(0, |c| c.forward_bytes()),
+                    backward_flops: cost.filter(|_| backward).map_or(0, |c| c.backward_flops()),
+                    backward_bytes: cost.filter(|_| backward).map_or(0, |c| c.backward_bytes()),
+                    layer,
+                    forward_ms: 1e3 * f / steps,
+                    backward_ms: 1e3 * bw / steps,
+                }
             })
             .collect();
         per_layer.sort_by_key(|t| {

@@ -1,4 +1,5 @@
-//! The backend's own matrix-product rate: the ceiling a network's effective rate is read against.
+//! The backend's own ceilings, which a network's achieved rates are read against: its
+//! matrix-product rate (the compute roof) and its memory bandwidth (the memory roof).
 
 use std::time::Instant;
 
@@ -59,6 +60,45 @@ pub fn measure_matmul_peak<B: Backend>(backend: &B) -> Result<MatmulPeak, BenchE
     }
 }
 
+/// The backend's memory bandwidth: `y += a x` over vectors far larger than any cache, as
+/// STREAM's daxpy-like kernels measure it (12 bytes an element: x and y read, y written).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MemoryBandwidth {
+    /// Bytes of each vector.
+    pub vector_bytes: u64,
+    /// The best of the timed passes, in 10^9 bytes per second.
+    pub gb_per_second: f64,
+    /// Timed passes.
+    pub repetitions: usize,
+}
+
+/// Elements of each vector: 128 MiB, beyond the last-level cache of the machines we run on.
+const BANDWIDTH_ELEMENTS: usize = 1 << 25;
+
+/// Measures [`MemoryBandwidth`] on `backend`, each pass synchronised before its clock stops.
+pub fn measure_memory_bandwidth<B: Backend>(backend: &B) -> Result<MemoryBandwidth, BenchError> {
+    let shape = Shape::from([BANDWIDTH_ELEMENTS]);
+    let x = backend.random_normal(&shape, 0.0, 1.0, 1)?;
+    let mut y = backend.random_normal(&shape, 0.0, 1.0, 2)?;
+    let mut pass = || -> Result<f64, BenchError> {
+        let start = Instant::now();
+        backend.axpy(&mut y, 1e-3, &x)?;
+        backend.synchronize()?;
+        Ok(start.elapsed().as_secs_f64())
+    };
+    pass()?; // warm-up: the pages are touched, the threads started
+    let mut best = f64::INFINITY;
+    for _ in 0..REPETITIONS {
+        best = best.min(pass()?);
+    }
+    let bytes = 12.0 * BANDWIDTH_ELEMENTS as f64;
+    Ok(MemoryBandwidth {
+        vector_bytes: 4 * BANDWIDTH_ELEMENTS as u64,
+        gb_per_second: bytes / best.max(f64::MIN_POSITIVE) / 1e9,
+        repetitions: REPETITIONS,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +111,13 @@ mod tests {
         assert!(peak.n.is_power_of_two());
         assert!(peak.gflops_per_second.is_finite() && peak.gflops_per_second > 0.0);
         assert_eq!(peak.repetitions, REPETITIONS);
+    }
+
+    #[test]
+    fn the_bandwidth_is_a_positive_rate_over_vectors_beyond_the_caches() {
+        let b = measure_memory_bandwidth(&CpuBackend::new(1).unwrap()).unwrap();
+        assert_eq!(b.vector_bytes, 128 << 20);
+        assert!(b.gb_per_second.is_finite() && b.gb_per_second > 0.0);
+        assert_eq!(b.repetitions, REPETITIONS);
     }
 }

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use vgg_model::{ModelSpec, SpecOptions, VggConfig};
 
-use crate::{step_flops, BenchConfig, LayerTime, Machine, MatmulPeak, Mode, ModeReport, Stats};
+use crate::{
+    step_flops, BenchConfig, LayerTime, Machine, MatmulPeak, MemoryBandwidth, Mode, ModeReport,
+    Stats,
+};
 
 /// JSON schema version of `vgg bench --json`; bump it when a field changes meaning or disappears.
 pub const BENCH_SCHEMA: &str = "vgg-bench/1";
@@ -42,6 +45,9 @@ pub struct BenchRecord {
     /// The backend's measured matrix-product rate, the ceiling the GFLOP/s are read against.
     #[serde(default)]
     pub matmul_peak: Option<MatmulPeak>,
+    /// The backend's measured memory bandwidth, the memory roof of the per-layer rates.
+    #[serde(default)]
+    pub memory_bandwidth: Option<MemoryBandwidth>,
     /// The arithmetic of the convolutions and matrix products: "f32", "bf16" (operands rounded
     /// to bfloat16, sums in f32) or "tf32" (a GPU's tensor cores). Records from before it
     /// existed ran in f32 on the CPU.
@@ -336,6 +342,10 @@ fn check_ours(record: &BenchRecord, path: &Path) -> Result<(), RecordError> {
     if let Some(p) = &record.matmul_peak {
         count(path, "matrix product's side", p.n, Bounds::MATMUL_SIDE)?;
         rate(path, "the matrix-product peak", p.gflops_per_second)?;
+    }
+    if let Some(b) = &record.memory_bandwidth {
+        // GB/s are bounded as GFLOP/s are: both far beyond any machine.
+        rate(path, "the memory bandwidth", b.gb_per_second)?;
     }
     for m in &record.modes {
         rate(path, "a mode's GFLOP/s", m.gflops_per_second)?;

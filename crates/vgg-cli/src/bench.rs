@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use vgg_bench::record::{BenchRecord, BENCH_SCHEMA};
 use vgg_bench::{
-    check_memory, measure_matmul_peak, Bench, BenchConfig, Machine, Mode, ParallelOptions,
-    ParallelReport, StepEvent,
+    check_memory, measure_matmul_peak, measure_memory_bandwidth, Bench, BenchConfig, Machine, Mode,
+    ParallelOptions, ParallelReport, StepEvent,
 };
 use vgg_tensor::Backend;
 
@@ -216,6 +216,12 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
     } else {
         Some(measure_matmul_peak(&backend)?)
     };
+    // The memory roof, for the per-layer rates (256 MiB of vectors: only where asked for).
+    let bandwidth = if signals::stop_requested() || !a.per_layer {
+        None
+    } else {
+        Some(measure_memory_bandwidth(&backend)?)
+    };
     let record = BenchRecord {
         schema: BENCH_SCHEMA.to_string(),
         started,
@@ -225,6 +231,7 @@ pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Res
         network: Some(spec.describe_network()),
         machine: Some(Machine::this()),
         matmul_peak: peak,
+        memory_bandwidth: bandwidth,
         precision: Some(a.device.arithmetic().to_string()),
         config,
         modes: reports,
@@ -435,27 +442,47 @@ fn summary(record: &BenchRecord) -> String {
             n = p.n
         ));
     }
+    let bandwidth = record.memory_bandwidth.map(|b| b.gb_per_second);
     for r in reports.iter().filter(|r| !r.per_layer.is_empty()) {
-        // A forward run has no backward column to show.
+        // A forward run has no backward columns to show.
         let backward = r.mode == Mode::ForwardBackward;
-        let mut t = if backward {
-            Table::new(["layer", "forward ms", "backward ms", "share"])
-        } else {
-            Table::new(["layer", "forward ms", "share"])
-        };
+        let mut headers = vec!["layer", "forward ms", "GFLOP/s", "of peak", "GB/s", "of bw"];
+        if backward {
+            headers.extend(["backward ms", "GFLOP/s", "of peak", "GB/s", "of bw"]);
+        }
+        headers.push("share");
+        let mut t = Table::new(headers);
         let total: f64 = r
             .per_layer
             .iter()
             .map(|l| l.forward_ms + l.backward_ms)
             .sum();
+        let of = |rate: Option<f64>, roof: Option<f64>| match (rate, roof) {
+            (Some(r), Some(p)) if p > 0.0 => format!("{:.0}%", 100.0 * r / p),
+            _ => "-".to_string(),
+        };
+        let shown = |rate: Option<f64>| rate.map_or("-".to_string(), |r| format!("{r:.1}"));
         for l in &r.per_layer {
             let share = format!(
                 "{:.1}%",
                 100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
             );
-            let mut row = vec![l.layer.clone(), format!("{:.2}", l.forward_ms)];
+            let mut row = vec![
+                l.layer.clone(),
+                format!("{:.2}", l.forward_ms),
+                shown(l.forward_gflops()),
+                of(l.forward_gflops(), peak),
+                shown(l.forward_gbytes()),
+                of(l.forward_gbytes(), bandwidth),
+            ];
             if backward {
-                row.push(format!("{:.2}", l.backward_ms));
+                row.extend([
+                    format!("{:.2}", l.backward_ms),
+                    shown(l.backward_gflops()),
+                    of(l.backward_gflops(), peak),
+                    shown(l.backward_gbytes()),
+                    of(l.backward_gbytes(), bandwidth),
+                ]);
             }
             row.push(share);
             t.push(row);
@@ -464,6 +491,35 @@ fn summary(record: &BenchRecord) -> String {
             "\n{} by layer (per timed step):\n{}",
             r.mode.label(),
             t.text()
+        ));
+        let mut slowest: Vec<&vgg_bench::LayerTime> = r.per_layer.iter().collect();
+        slowest.sort_by(|a, b| {
+            (b.forward_ms + b.backward_ms).total_cmp(&(a.forward_ms + a.backward_ms))
+        });
+        let top: Vec<String> = slowest
+            .iter()
+            .take(5)
+            .map(|l| {
+                format!(
+                    "{} {:.1}%",
+                    l.layer,
+                    100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
+                )
+            })
+            .collect();
+        out.push_str(&format!("Most time: {}.\n", top.join(", ")));
+        out.push_str(&format!(
+            "GFLOP/s and GB/s: the layer's direct-method FLOPs and least bytes (vgg summary --columns \
+             roofline) over its time; of peak: against the matrix product above; of bw: against {}.\n",
+            record.memory_bandwidth.map_or(
+                "the memory bandwidth (not measured)".to_string(),
+                |b| format!(
+                    "the measured memory bandwidth, {:.1} GB/s (y += a x over {} vectors, best of {})",
+                    b.gb_per_second,
+                    bytes(b.vector_bytes),
+                    b.repetitions
+                )
+            )
         ));
         if backward {
             out.push_str(

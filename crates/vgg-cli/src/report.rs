@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use vgg_bench::record;
 use vgg_nn::io::NamedPath;
-use vgg_report::{comparison_table, distinct_names, page};
+use vgg_report::{comparison_table, distinct_names, page, roofline_chart};
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
@@ -30,6 +30,23 @@ pub enum ReportFormat {
     Html,
     /// A text table, ours against each other record
     Table,
+    /// The first record's roofline as SVG: each layer's achieved rate against its arithmetic
+    /// intensity, under the measured roofs (needs a `vgg bench --per-layer` record)
+    Roofline,
+}
+
+/// The roofline of the first record's first mode that has one.
+fn first_roofline(runs: &[vgg_bench::record::Run], path: &std::path::Path) -> Result<String> {
+    let first = &runs[0];
+    for m in &first.modes {
+        if let Some(svg) = roofline_chart(first, m)? {
+            return Ok(svg);
+        }
+    }
+    anyhow::bail!(
+        "{} counts no layer's FLOPs and bytes: make it with vgg bench --per-layer --json FILE",
+        path.display()
+    )
 }
 
 /// `vgg report`: the page from records on disk, to `--output` or stdout.
@@ -61,6 +78,7 @@ pub fn run(a: &ReportArgs) -> Result<String> {
     let html = match a.format {
         ReportFormat::Html => page(&runs)?,
         ReportFormat::Table => comparison_table(&runs),
+        ReportFormat::Roofline => first_roofline(&runs, &a.records[0])?,
     };
     match &a.output {
         Some(path) => {

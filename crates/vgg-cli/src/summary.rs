@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use vgg_model::{Chw, LayerOp, LayerSpec, MemoryEstimate, ModelSpec, PartialOptions};
+use vgg_model::{
+    Bound, Chw, LayerCost, LayerOp, LayerSpec, MemoryEstimate, ModelSpec, PartialOptions,
+};
 
 use crate::args::{self, FigureFormat, Format};
 use crate::options::{InputShape, NetDefaults, NetOptions};
@@ -28,10 +30,19 @@ pub struct SummaryArgs {
     #[arg(long, value_enum, default_value = "table")]
     pub format: FigureFormat,
     /// The table's columns, comma-separated, from layer, module (torchvision's name), op, input,
-    /// output, weights, biases, params, macs, rf, jump, memory; or `torchinfo` (module, input,
-    /// output, params, macs) [default: layer,op,output,weights,biases,params,macs,rf,jump,memory]
+    /// output, weights, biases, params, macs, rf, jump, memory, and the roofline's flops, dx-flops,
+    /// dw-flops (forward, input- and weight-gradient FLOPs for the batch), weight-bytes,
+    /// input-bytes, output-bytes, intensity, bound, bwd-intensity, bwd-bound; or `torchinfo`
+    /// (module, input, output, params, macs) or `roofline` (layer, flops, dx-flops, dw-flops, the
+    /// three bytes, intensity, bound)
+    /// [default: layer,op,output,weights,biases,params,macs,rf,jump,memory]
     #[arg(long, value_parser = parse_columns)]
     pub columns: Option<Columns>,
+    /// The machine's balance for the bound columns: its peak FLOP/s over its memory bytes/s
+    /// (`vgg bench` measures both); a layer below it is memory-bound. 10 is ~200 GFLOP/s over
+    /// ~20 GB/s, a 2-core AVX-512 VM
+    #[arg(long, default_value = "10", value_name = "FLOP/B", value_parser = balance, allow_negative_numbers = true)]
+    pub balance: f64,
     /// How shapes are written: hwc (224x224x64) or nchw (torchinfo's [1, 64, 224, 224], with the
     /// batch)
     #[arg(long, value_enum, default_value = "hwc")]
@@ -53,6 +64,38 @@ pub enum Column {
     Rf,
     Jump,
     Memory,
+    Flops,
+    DxFlops,
+    DwFlops,
+    WeightBytes,
+    InputBytes,
+    OutputBytes,
+    Intensity,
+    Bound,
+    BackwardIntensity,
+    BackwardBound,
+}
+
+/// `--columns roofline`.
+const ROOFLINE_COLUMNS: [Column; 9] = [
+    Column::Layer,
+    Column::Flops,
+    Column::DxFlops,
+    Column::DwFlops,
+    Column::WeightBytes,
+    Column::InputBytes,
+    Column::OutputBytes,
+    Column::Intensity,
+    Column::Bound,
+];
+
+fn balance(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "'{s}' is not a balance: a positive number of FLOPs per byte, e.g. 10"
+        )),
+    }
 }
 
 const DEFAULT_COLUMNS: [Column; 10] = [
@@ -73,6 +116,9 @@ const DEFAULT_COLUMNS: [Column; 10] = [
 pub struct Columns(pub Vec<Column>);
 
 fn parse_columns(s: &str) -> Result<Columns, String> {
+    if s.trim() == "roofline" {
+        return Ok(Columns(ROOFLINE_COLUMNS.to_vec()));
+    }
     if s.trim() == "torchinfo" {
         return Ok(Columns(vec![
             Column::Module,
@@ -96,8 +142,18 @@ fn parse_columns(s: &str) -> Result<Columns, String> {
             "rf" => Ok(Column::Rf),
             "jump" => Ok(Column::Jump),
             "memory" => Ok(Column::Memory),
+            "flops" => Ok(Column::Flops),
+            "dx-flops" => Ok(Column::DxFlops),
+            "dw-flops" => Ok(Column::DwFlops),
+            "weight-bytes" => Ok(Column::WeightBytes),
+            "input-bytes" => Ok(Column::InputBytes),
+            "output-bytes" => Ok(Column::OutputBytes),
+            "intensity" => Ok(Column::Intensity),
+            "bound" => Ok(Column::Bound),
+            "bwd-intensity" => Ok(Column::BackwardIntensity),
+            "bwd-bound" => Ok(Column::BackwardBound),
             other => Err(format!(
-                "'{other}' is not a column: use layer, module, op, input, output, weights, biases, params, macs, rf, jump, memory, or torchinfo"
+                "'{other}' is not a column: use layer, module, op, input, output, weights, biases, params, macs, rf, jump, memory, flops, dx-flops, dw-flops, weight-bytes, input-bytes, output-bytes, intensity, bound, bwd-intensity, bwd-bound, or torchinfo or roofline"
             )),
         })
         .collect::<Result<_, _>>()
@@ -127,7 +183,7 @@ pub fn run(a: &SummaryArgs) -> Result<String> {
     let Some(format) = a.format.report() else {
         return Ok(vgg_report::figures::network_diagram(&spec)?);
     };
-    render(&spec, a.batch_size, format, &columns, a.shapes)
+    render(&spec, a.batch_size, format, &columns, a.shapes, a.balance)
 }
 
 /// JSON schema version; bump it when a field changes meaning or disappears.
@@ -141,6 +197,13 @@ struct LayerRow<'a> {
     module: String,
     /// This layer's output for the whole batch, f32.
     output_bytes: u64,
+    /// FLOPs and bytes of each pass, for the batch (`vgg_model::cost`).
+    cost: LayerCost,
+    forward_intensity: f64,
+    backward_intensity: f64,
+    /// The roof that limits each pass on a machine of `balance` FLOP/B.
+    forward_bound: Bound,
+    backward_bound: Bound,
 }
 
 #[derive(Serialize)]
@@ -162,6 +225,8 @@ struct SummaryJson<'a> {
     paper_config: String,
     options: &'a vgg_model::SpecOptions,
     batch: usize,
+    /// The machine balance the bounds are read against, FLOP/B.
+    balance: f64,
     layers: Vec<LayerRow<'a>>,
     totals: Totals,
     memory: MemoryEstimate,
@@ -216,13 +281,18 @@ fn shape_text(c: &Chw, batch: usize, style: ShapeStyle) -> String {
     }
 }
 
-fn table(
-    spec: &ModelSpec,
+/// The summary's view of the spec: what it shows and for what.
+struct View<'a> {
+    spec: &'a ModelSpec,
     batch: usize,
-    csv: bool,
-    columns: &[Column],
+    columns: &'a [Column],
     style: ShapeStyle,
-) -> Table {
+    costs: &'a [LayerCost],
+    balance: f64,
+}
+
+fn table(v: &View, csv: bool) -> Table {
+    let (spec, batch, columns, style) = (v.spec, v.batch, v.columns, v.style);
     let num = |n: u64| if csv { n.to_string() } else { thousands(n) };
     let shape_header = match style {
         ShapeStyle::Hwc => "HxWxC",
@@ -243,6 +313,16 @@ fn table(
             Column::Rf => "RF".into(),
             Column::Jump => "jump".into(),
             Column::Memory => "memory".into(),
+            Column::Flops => "FLOPs".into(),
+            Column::DxFlops => "dX FLOPs".into(),
+            Column::DwFlops => "dW FLOPs".into(),
+            Column::WeightBytes => "weight bytes".into(),
+            Column::InputBytes => "input bytes".into(),
+            Column::OutputBytes => "output bytes".into(),
+            Column::Intensity => "FLOP/B".into(),
+            Column::Bound => "bound".into(),
+            Column::BackwardIntensity => "bwd FLOP/B".into(),
+            Column::BackwardBound => "bwd bound".into(),
         })
         .collect();
     let text = columns
@@ -250,12 +330,20 @@ fn table(
         .map(|c| {
             matches!(
                 c,
-                Column::Layer | Column::Module | Column::Op | Column::Input | Column::Output
+                Column::Layer
+                    | Column::Module
+                    | Column::Op
+                    | Column::Input
+                    | Column::Output
+                    | Column::Bound
+                    | Column::BackwardBound
             )
         })
         .collect();
     let mut t = Table::new(headers).with_text_mask(text);
-    for l in &spec.layers {
+    let size = |n: u64| if csv { n.to_string() } else { bytes(n) };
+    for (l, cost) in spec.layers.iter().zip(v.costs) {
+        let (fwd, bwd) = (cost.forward_intensity(), cost.backward_intensity());
         let out_bytes = l.output.elements() * batch as u64 * vgg_model::F32_BYTES;
         let field = |f: fn(&vgg_model::ReceptiveField) -> usize| {
             l.receptive_field
@@ -277,8 +365,17 @@ fn table(
                     Column::Macs => num(l.macs),
                     Column::Rf => field(|r| r.size),
                     Column::Jump => field(|r| r.jump),
-                    Column::Memory if csv => out_bytes.to_string(),
-                    Column::Memory => bytes(out_bytes),
+                    Column::Memory => size(out_bytes),
+                    Column::Flops => num(cost.forward_flops),
+                    Column::DxFlops => num(cost.input_gradient_flops),
+                    Column::DwFlops => num(cost.weight_gradient_flops),
+                    Column::WeightBytes => size(cost.weight_bytes),
+                    Column::InputBytes => size(cost.input_bytes),
+                    Column::OutputBytes => size(cost.output_bytes),
+                    Column::Intensity => format!("{fwd:.2}"),
+                    Column::Bound => LayerCost::bound(fwd, v.balance).word().into(),
+                    Column::BackwardIntensity => format!("{bwd:.2}"),
+                    Column::BackwardBound => LayerCost::bound(bwd, v.balance).word().into(),
                 })
                 .collect(),
         );
@@ -341,14 +438,44 @@ fn footer(spec: &ModelSpec, batch: usize, m: &MemoryEstimate, macs_batch: u64) -
     lines.join("\n")
 }
 
+/// The roofline's line of the footer: where the layers stand against the machine's balance.
+fn roofline_line(costs: &[LayerCost], balance: f64) -> String {
+    let memory_bound: Vec<&str> = costs
+        .iter()
+        .filter(|c| c.forward_bytes() > 0)
+        .filter(|c| LayerCost::bound(c.forward_intensity(), balance) == Bound::Memory)
+        .map(|c| c.layer.as_str())
+        .collect();
+    format!(
+        "Roofline (--columns roofline): FLOPs per byte moved (direct method, f32, each tensor read or \
+         written once per pass); at a balance of {balance} FLOP/B (--balance) the forward pass of {} \
+         is memory-bound",
+        if memory_bound.is_empty() {
+            "no layer".to_string()
+        } else {
+            memory_bound.join(", ")
+        }
+    )
+}
+
 pub fn render(
     spec: &ModelSpec,
     batch: usize,
     format: Format,
     columns: &[Column],
     style: ShapeStyle,
+    balance: f64,
 ) -> Result<String> {
     let m = spec.memory(batch)?;
+    let costs = spec.costs(batch)?;
+    let view = View {
+        spec,
+        batch,
+        columns,
+        style,
+        costs: &costs,
+        balance,
+    };
     // FLOPs of a batch's forward-backward (three passes, two FLOPs a MAC) must fit too.
     let macs_batch = spec
         .macs()
@@ -359,23 +486,23 @@ pub fn render(
                 "a batch of {batch} has too many MACs to count in 64 bits: use a smaller batch"
             )
         })?;
-    let footer = footer(spec, batch, &m, macs_batch);
+    let footer = format!(
+        "{}\n{}",
+        footer(spec, batch, &m, macs_batch),
+        roofline_line(&costs, balance)
+    );
     Ok(match format {
-        Format::Table => format!(
-            "{}{}\n",
-            table(spec, batch, false, columns, style).text(),
-            footer
-        ),
+        Format::Table => format!("{}{}\n", table(&view, false).text(), footer),
         Format::Markdown => format!(
             "{}\n{}\n",
-            table(spec, batch, false, columns, style).markdown(),
+            table(&view, false).markdown(),
             footer
                 .lines()
                 .map(|l| format!("- {l}"))
                 .collect::<Vec<_>>()
                 .join("\n")
         ),
-        Format::Csv => table(spec, batch, true, columns, style).csv(),
+        Format::Csv => table(&view, true).csv(),
         Format::Json => {
             let json = SummaryJson {
                 schema: SUMMARY_SCHEMA,
@@ -383,13 +510,20 @@ pub fn render(
                 paper_config: spec.model.paper_letter().to_string(),
                 options: &spec.options,
                 batch,
+                balance,
                 layers: spec
                     .layers
                     .iter()
-                    .map(|layer| LayerRow {
+                    .zip(&costs)
+                    .map(|(layer, cost)| LayerRow {
                         layer,
                         module: layer.torch_module(),
                         output_bytes: layer.output.elements() * batch as u64 * vgg_model::F32_BYTES,
+                        forward_intensity: cost.forward_intensity(),
+                        backward_intensity: cost.backward_intensity(),
+                        forward_bound: LayerCost::bound(cost.forward_intensity(), balance),
+                        backward_bound: LayerCost::bound(cost.backward_intensity(), balance),
+                        cost: cost.clone(),
                     })
                     .collect(),
                 totals: Totals {

@@ -135,6 +135,73 @@ fn per_layer_breaks_time_down_by_layer() {
         !out.contains("Forward across"),
         "only the chosen mode runs: {out}"
     );
+    // Each layer's achieved rates against the two roofs, and where the time goes.
+    assert!(out.contains("GFLOP/s") && out.contains("of bw"), "{out}");
+    assert!(out.contains("Most time: "), "{out}");
+    assert!(out.contains("the measured memory bandwidth"), "{out}");
+}
+
+/// The record keeps each layer's FLOPs and bytes (as `vgg summary --columns roofline` counts
+/// them) and the measured memory bandwidth, so a report can place the layers on a roofline.
+#[test]
+fn the_record_places_each_layer_on_the_roofline() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("run.json");
+    let mut args = tiny(&["--per-layer", "--mode", "forward-backward"]);
+    args.extend(["--json".to_string(), json.to_str().unwrap().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(&args);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let bandwidth = &record["memory_bandwidth"];
+    assert!(
+        bandwidth["gb_per_second"].as_f64().unwrap() > 0.0,
+        "{record}"
+    );
+    let summary: serde_json::Value = serde_json::from_str(&ok(&[
+        "summary",
+        "--model",
+        "vgg11",
+        "--width-mult",
+        "0.125",
+        "--hidden",
+        "64",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "2",
+        "--format",
+        "json",
+    ]))
+    .unwrap();
+    let layers = record["modes"][0]["per_layer"].as_array().unwrap();
+    assert_eq!(
+        layers.len(),
+        summary["layers"].as_array().unwrap().len() + 1
+    );
+    for l in layers {
+        let name = l["layer"].as_str().unwrap();
+        let Some(layer) = summary["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+        else {
+            // The time outside the network's layers (the loss, say) has no FLOPs counted.
+            assert_eq!(l["forward_flops"], 0, "{name}");
+            continue;
+        };
+        let cost = &layer["cost"];
+        let f = cost["forward_flops"].as_u64().unwrap();
+        assert_eq!(l["forward_flops"].as_u64().unwrap(), f, "{name}");
+        let b = cost["weight_bytes"].as_u64().unwrap()
+            + cost["input_bytes"].as_u64().unwrap()
+            + cost["output_bytes"].as_u64().unwrap();
+        assert_eq!(l["forward_bytes"].as_u64().unwrap(), b, "{name}");
+        let backward = cost["input_gradient_flops"].as_u64().unwrap()
+            + cost["weight_gradient_flops"].as_u64().unwrap();
+        assert_eq!(l["backward_flops"].as_u64().unwrap(), backward, "{name}");
+    }
 }
 
 #[test]

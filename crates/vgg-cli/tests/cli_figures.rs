@@ -223,8 +223,9 @@ fn the_benchmark_report_charts_render() {
         .skip(1)
         .map(|rest| &rest[..rest.find("</svg>").expect("closed") + "</svg>".len()])
         .collect();
-    // Per mode a series and a distribution, the throughput, and per mode the layers.
-    assert_eq!(charts.len(), 2 * 2 + 1 + 2);
+    // Per mode a series and a distribution, the throughput, and per mode the layers' times and
+    // their roofline.
+    assert_eq!(charts.len(), 2 * 2 + 1 + 2 * 2);
     for (i, chart) in charts.iter().enumerate() {
         check(&format!("<svg{chart}"), &format!("report-chart-{i}"), 0.03);
     }

@@ -194,3 +194,31 @@ fn a_browser_draws_the_report_charts() {
         assert!(n >= 1500, "{what}: {n} pixels of {colour:?}");
     }
 }
+
+#[test]
+fn the_roofline_is_drawn_from_a_per_layer_record_and_refused_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (layers, plain) = (
+        dir.path().join("layers.json"),
+        dir.path().join("plain.json"),
+    );
+    run(&tiny_bench(&["--per-layer", "--json", &path(&layers)]));
+    run(&tiny_bench(&["--json", &path(&plain)]));
+    let svg = ok(&["report", &path(&layers), "--format", "roofline"]);
+    assert!(svg.trim_start().starts_with("<svg"), "{svg}");
+    for needle in [
+        "compute roof",
+        "memory roof",
+        "\nconv1_1\n",
+        "\nfc6\n",
+        "roofline: vgg11",
+    ] {
+        assert!(svg.contains(needle), "{needle} missing");
+    }
+    let page = ok(&["report", &path(&layers)]);
+    assert!(page.contains("memory roof") && page.contains("arithmetic intensity"));
+    refused(
+        &["report", &path(&plain), "--format", "roofline"],
+        &["counts no layer's FLOPs and bytes", "--per-layer"],
+    );
+}

@@ -122,3 +122,91 @@ fn bad_input_is_refused_with_the_choices() {
     refused(&["summary", "--width-mult", "0"], &["width multiplier"]);
     refused(&["frobnicate"], &["frobnicate"]);
 }
+
+/// The roofline columns in CSV (exact numbers) and JSON, against the figures worked by hand in
+/// vgg-model's facts test: conv1_1 12.89 FLOP/B, fc6 0.50 at batch 1 and 15.86 at batch 32.
+#[test]
+fn the_roofline_columns_give_flops_bytes_intensity_and_bound() {
+    let csv = ok(&[
+        "summary",
+        "--model",
+        "vgg16",
+        "--columns",
+        "roofline",
+        "--format",
+        "csv",
+    ]);
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "layer,FLOPs,dX FLOPs,dW FLOPs,weight bytes,input bytes,output bytes,FLOP/B,bound"
+    );
+    let row = |name: &str| {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{name},")))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        row("conv1_1"),
+        "conv1_1,173408256,0,173408256,7168,602112,12845056,12.89,compute"
+    );
+    assert_eq!(
+        row("fc6"),
+        "fc6,205520896,205520896,205520896,411058176,100352,16384,0.50,memory"
+    );
+    assert_eq!(row("pool1"), "pool1,0,0,0,0,12845056,3211264,0.00,memory");
+    // A balance below fc6's intensity makes it compute-bound; at batch 32 it is anyway.
+    let low = ok(&[
+        "summary",
+        "--model",
+        "vgg16",
+        "--columns",
+        "layer,bound",
+        "--balance",
+        "0.4",
+    ]);
+    assert!(
+        low.lines()
+            .any(|l| l.starts_with("fc6") && l.ends_with("compute")),
+        "{low}"
+    );
+    let text = ok(&[
+        "summary",
+        "--model",
+        "vgg16",
+        "--columns",
+        "roofline",
+        "--batch-size",
+        "32",
+    ]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("fc6") && l.contains("15.86") && l.ends_with("compute")),
+        "{text}"
+    );
+    assert!(
+        text.contains("the forward pass of pool1, pool2, pool3, pool4, pool5 is memory-bound"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&["summary", "--model", "vgg16", "--format", "json"])).unwrap();
+    assert_eq!(json["balance"], 10.0);
+    let fc6 = json["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "fc6")
+        .unwrap();
+    assert_eq!(fc6["cost"]["forward_flops"], 205_520_896u64);
+    assert_eq!(fc6["cost"]["weight_bytes"], 411_058_176u64);
+    assert_eq!(fc6["forward_bound"], "memory");
+    assert!((fc6["forward_intensity"].as_f64().unwrap() - 0.4998).abs() < 1e-4);
+    for bad in ["0", "-1", "nan", "inf", "x"] {
+        refused(&["summary", "--balance", bad], &["is not a balance"]);
+    }
+    refused(
+        &["summary", "--columns", "flops,oops"],
+        &["'oops' is not a column", "roofline"],
+    );
+}

@@ -2,6 +2,7 @@
 //! receptive-field arithmetic, and the network at run time built from that spec.
 
 pub mod config;
+pub mod cost;
 pub mod explain;
 pub mod imagenet;
 pub mod model;
@@ -9,6 +10,7 @@ pub mod rf;
 pub mod spec;
 
 pub use config::{Stage, VggConfig};
+pub use cost::{Bound, LayerCost};
 pub use explain::{Explanation, Question, SmoothGrad};
 pub use model::{ModelError, PartialOptions, Prediction, SettingDiffers, Vgg};
 pub use rf::{

@@ -482,7 +482,7 @@ pub enum Workload {
     },
 }
 
-fn too_large(what: String) -> SpecError {
+pub(crate) fn too_large(what: String) -> SpecError {
     SpecError::TooLarge { what }
 }
 

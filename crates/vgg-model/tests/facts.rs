@@ -141,3 +141,67 @@ fn vgg16c_uses_1x1_at_the_end_of_blocks_3_to_5() {
         vgg_model::LayerOp::Conv { kernel: 3, .. }
     ));
 }
+
+/// The roofline's figures for VGG-16, worked by hand from the facts above (f32, 4 bytes):
+/// conv1_1 at batch 1 does 2 x 86,704,128 FLOPs and moves its 1,792 parameters (7,168 B), the
+/// 224x224x3 image (602,112 B) and its 224x224x64 output (12,845,056 B): 12.89 FLOP/B, above a
+/// balance of 10, so compute-bound. fc6 streams 102,764,544 parameters (411,058,176 B) for
+/// 205,520,896 FLOPs: 0.50 FLOP/B at batch 1, memory-bound; at batch 32 the same weights serve
+/// 32 images: 6,576,668,672 FLOPs over 414,793,728 B, 15.86 FLOP/B.
+#[test]
+fn vgg16_layer_costs_and_intensities() {
+    use vgg_model::{Bound, LayerCost};
+    let s = spec(VggConfig::Vgg16);
+    let one = s.costs(1).unwrap();
+    let at =
+        |costs: &[LayerCost], name: &str| costs.iter().find(|c| c.layer == name).unwrap().clone();
+    let conv1_1 = at(&one, "conv1_1");
+    assert_eq!(
+        (
+            conv1_1.forward_flops,
+            conv1_1.input_gradient_flops,
+            conv1_1.weight_gradient_flops
+        ),
+        (173_408_256, 0, 173_408_256)
+    );
+    assert_eq!(
+        (
+            conv1_1.weight_bytes,
+            conv1_1.input_bytes,
+            conv1_1.output_bytes
+        ),
+        (7_168, 602_112, 12_845_056)
+    );
+    assert!((conv1_1.forward_intensity() - 12.888_652).abs() < 1e-5);
+    assert_eq!(
+        LayerCost::bound(conv1_1.forward_intensity(), 10.0),
+        Bound::Compute
+    );
+    let fc6 = at(&one, "fc6");
+    assert_eq!(fc6.forward_flops, 205_520_896);
+    assert_eq!(fc6.forward_bytes(), 411_174_912);
+    assert!((fc6.forward_intensity() - 0.499_838).abs() < 1e-5);
+    assert_eq!(
+        LayerCost::bound(fc6.forward_intensity(), 10.0),
+        Bound::Memory
+    );
+    let conv5_3 = at(&one, "conv5_3");
+    assert_eq!(
+        (conv5_3.forward_flops, conv5_3.forward_bytes()),
+        (924_844_032, 10_242_048)
+    );
+    let fc6_32 = at(&s.costs(32).unwrap(), "fc6");
+    assert_eq!(
+        (fc6_32.forward_flops, fc6_32.forward_bytes()),
+        (6_576_668_672, 414_793_728)
+    );
+    assert!((fc6_32.forward_intensity() - 15.855_275).abs() < 1e-5);
+    // Totals: forward is the facts' 30,940,528,640 FLOPs; backward twice that less conv1_1's
+    // input gradient, as vgg bench counts a forward-backward step (92,648,177,664 FLOPs).
+    let forward: u64 = one.iter().map(|c| c.forward_flops).sum();
+    let backward: u64 = one.iter().map(|c| c.backward_flops()).sum();
+    assert_eq!(forward, 30_940_528_640);
+    assert_eq!(backward, 61_707_649_024);
+    assert_eq!(forward + backward, 92_648_177_664);
+    assert!(s.costs(usize::MAX).is_err());
+}

@@ -1,15 +1,17 @@
 //! Figures, drawn as SVG with plotters: the network diagram (`summary --format svg`), the
 //! receptive fields (`rf --format svg`), the training curves (`train --plot`) and the benchmark
-//! report's charts. SVG text is laid out by the viewer, so no font is needed here.
+//! report's charts, the roofline among them. SVG text is laid out by the viewer, so no font is needed here.
 
 mod bench;
 mod network;
 mod rf;
+mod roofline;
 mod training;
 
 pub use bench::*;
 pub use network::network_diagram;
 pub use rf::{receptive_fields, FieldStep, WeightComparison};
+pub use roofline::{roofline, RooflinePoint, Roofs};
 pub use training::{training_curves, EpochPoint};
 
 use crate::{ReportError, Result};

@@ -13,7 +13,7 @@ pub mod pictures;
 
 pub use comparison::comparison_table;
 pub use explain_page::{explain_page, ExplainPage, ExplainedImage, Figure};
-pub use page::{distinct_names, page};
+pub use page::{distinct_names, page, roofline_chart};
 
 /// Why a page or figure could not be drawn.
 #[derive(Debug, thiserror::Error)]

@@ -381,9 +381,74 @@ fn per_layer(h: &mut String, runs: &[Run]) -> Result<()> {
                     backward
                 )?
             )?;
+            roofline(h, r, m)?;
         }
     }
     Ok(())
+}
+
+/// The mode's roofline section of the page, where there is one.
+fn roofline(h: &mut String, r: &Run, m: &RunMode) -> Result<()> {
+    if let Some(svg) = roofline_chart(r, m)? {
+        writeln!(
+            h,
+            "<p class=\"note\">Each layer at its arithmetic intensity (direct-method FLOPs over the \
+             bytes it must move, <code>vgg summary --columns roofline</code>) and its achieved rate, \
+             under the machine's measured roofs; a pool does no arithmetic and has no point.</p>{svg}"
+        )?;
+    }
+    Ok(())
+}
+
+/// The mode's layers on a roofline (SVG), under the run's own measured roofs (ours; a peer's
+/// record has neither); None where the record does not count the layers' FLOPs and bytes (made
+/// without `--per-layer`, or before they were kept).
+pub fn roofline_chart(r: &Run, m: &RunMode) -> Result<Option<String>> {
+    let mut points = Vec::new();
+    for l in &m.per_layer {
+        if let Some(g) = l.forward_gflops() {
+            points.push(plot::RooflinePoint {
+                label: &l.layer,
+                intensity: l.forward_flops as f64 / l.forward_bytes.max(1) as f64,
+                gflops: g,
+                backward: false,
+            });
+        }
+        if let Some(g) = l.backward_gflops() {
+            points.push(plot::RooflinePoint {
+                label: &l.layer,
+                intensity: l.backward_flops as f64 / l.backward_bytes.max(1) as f64,
+                gflops: g,
+                backward: true,
+            });
+        }
+    }
+    if points.is_empty() {
+        return Ok(None);
+    }
+    let roofs = plot::Roofs {
+        peak_gflops: r
+            .ours
+            .as_ref()
+            .and_then(|o| o.matmul_peak)
+            .map(|p| p.gflops_per_second),
+        bandwidth_gbs: r
+            .ours
+            .as_ref()
+            .and_then(|o| o.memory_bandwidth)
+            .map(|b| b.gb_per_second),
+    };
+    Ok(Some(plot::roofline(
+        &format!(
+            "{} roofline: {}, batch {} ({})",
+            m.mode.label(),
+            r.network,
+            r.batch,
+            r.name
+        ),
+        &points,
+        roofs,
+    )?))
 }
 
 #[cfg(test)]
