@@ -21,12 +21,14 @@ tasks:
                      10 burn-in + 100 timed steps, forward and forward-backward)
       --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps
       --peers              also run the same protocol in PyTorch (NCHW and channels_last),
-                           TensorFlow and OpenVINO (forward; bench/peers/) where $PYTHON (default
+                           TensorFlow, and forward only OpenVINO, ONNX Runtime and ncnn (one
+                           image at a time; converted by pnnx) (bench/peers/) where $PYTHON (default
                            python3) imports them, and print one side-by-side table with the best
                            peer per mode
       --isa native|avx512|avx2|portable   cap our kernels' vector unit (the peers keep theirs)
       --precision f32|bf16  the arithmetic, ours and the peers' (bf16: PyTorch under autocast,
-                           OpenVINO's bf16 inference precision; TensorFlow skipped)
+                           OpenVINO's bf16 inference precision; TensorFlow, ONNX Runtime and ncnn
+                           skipped)
       --report FILE.html   also write the results (with --peers, every framework's side by side) as
                            one self-contained HTML page (`vgg report`)
       --batch-size N  --num-batches N  --burn-in N  --image-size N  --threads N
@@ -249,17 +251,33 @@ fn bench(args: &[String]) -> Result<()> {
                 &[][..],
                 "openvino.json",
             ),
+            (
+                "ONNX Runtime",
+                "onnxruntime",
+                "onnxruntime_bench.py",
+                &[][..],
+                "onnxruntime.json",
+            ),
+            ("ncnn", "ncnn", "ncnn_bench.py", &[][..], "ncnn.json"),
         ] {
-            if precision == "bf16" && module == "tensorflow" {
+            let f32_only = matches!(module, "tensorflow" | "onnxruntime" | "ncnn");
+            if precision == "bf16" && f32_only {
                 eprintln!("{name}: no bf16 mode in bench/peers/{script}; skipped");
                 continue;
             }
-            if module == "openvino" && s.mode == "forward-backward" {
+            let inference_only = matches!(module, "openvino" | "onnxruntime" | "ncnn");
+            if inference_only && s.mode == "forward-backward" {
                 eprintln!("{name}: an inference engine, forward only; skipped");
                 continue;
             }
-            if !python_has(&python, module) {
-                eprintln!("{name}: `{python} -c 'import {module}'` fails; skipped (set PYTHON to an interpreter that has it)");
+            // ncnn's peer converts the network with pnnx, a package of its own.
+            let needs: &[&str] = if module == "ncnn" {
+                &["ncnn", "pnnx"]
+            } else {
+                &[module]
+            };
+            if let Some(missing) = needs.iter().find(|m| !python_has(&python, m)) {
+                eprintln!("{name}: `{python} -c 'import {missing}'` fails; skipped (set PYTHON to an interpreter that has it)");
                 continue;
             }
             let json = out_dir.join(file);
