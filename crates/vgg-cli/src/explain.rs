@@ -172,18 +172,23 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
             .map(|l| l.name.clone())
             .expect("a VGG has convolutions"),
     };
+    // A layer asked for twice is drawn once.
+    let mut features: Vec<String> = Vec::new();
+    for f in &a.features {
+        if !features.contains(f) {
+            features.push(f.clone());
+        }
+    }
     let question = Question {
         cam_layer: layer.clone(),
         class: a.class,
-        features: a.features.clone(),
+        features: features.clone(),
         smooth_grad: (a.smooth_grad > 0).then_some(SmoothGrad {
             samples: a.smooth_grad,
             noise: a.noise,
             seed: a.seed,
         }),
     };
-    // Every output is named and checked before the work: the directory, no two outputs alike,
-    // none of them an input.
     vgg.check_question(&question)?;
     // What is explained: image files, or held-out images of the weights' data set.
     let sources: Vec<Source> = match a.held_out {
@@ -229,6 +234,8 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
         }
         None => a.images.iter().cloned().map(Source::File).collect(),
     };
+    // Every output is named and checked before the work: the directory, no two outputs alike,
+    // none of them an input.
     io::output_directory(&a.output)?;
     let stems = distinct_stems(&sources.iter().map(Source::stem).collect::<Vec<_>>());
     let outputs: Vec<ImageOutputs> = stems
@@ -240,8 +247,7 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
             smooth_grad: question
                 .smooth_grad
                 .map(|_| a.output.join(format!("{stem}.smoothgrad.png"))),
-            features: a
-                .features
+            features: features
                 .iter()
                 .map(|f| a.output.join(format!("{stem}.{f}.png")))
                 .collect(),

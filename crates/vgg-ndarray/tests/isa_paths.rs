@@ -3,7 +3,7 @@
 //! the portable path's results to rounding. Covers the Winograd transforms (forward, input and
 //! weight gradients), im2col, the skinny fully connected kernel, and the im2col-only setting.
 
-use vgg_ndarray::conv::use_winograd;
+use vgg_ndarray::conv::{use_winograd, Pass};
 use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{Conv2dParams, ConvGeometry, Shape};
@@ -31,8 +31,12 @@ fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
         let flipped =
             ConvGeometry::new(&g.output_shape(), &Shape::from([16, 32, 3, 3]), p).unwrap();
         let winograd = b.tuning().convolution == ConvAlgorithm::Auto;
-        for (g, weight_grad) in [(&g, false), (&flipped, false), (&g, true)] {
-            assert_eq!(use_winograd(g, weight_grad, b.tuning()), winograd);
+        for (g, pass) in [
+            (&g, Pass::Forward),
+            (&flipped, Pass::InputGradient),
+            (&g, Pass::WeightGradient),
+        ] {
+            assert_eq!(use_winograd(g, pass, b.tuning()), winograd);
         }
         let x = b.random_normal(&xs, 0.0, 1.0, 1).unwrap();
         let w = b.random_normal(&ws, 0.0, 0.1, 2).unwrap();
@@ -118,7 +122,7 @@ fn avx512_is_taken_where_the_cpu_has_it_and_refused_where_not() {
 /// The weight gradient of a small image takes im2col at batch 1 (conv5 at batch 1: 21 against
 /// 33-39 ms for the layer's backward), while its forward stays on Winograd.
 #[test]
-fn few_tiles_keep_the_weight_gradient_on_im2col() {
+fn few_tiles_keep_conv5_on_im2col() {
     let b = backend(Isa::detected(), ConvAlgorithm::Auto);
     let p = Conv2dParams {
         stride: 1,
@@ -132,7 +136,17 @@ fn few_tiles_keep_the_weight_gradient_on_im2col() {
         )
         .unwrap()
     };
-    assert!(!use_winograd(&conv5(1), true, b.tuning()));
-    assert!(use_winograd(&conv5(1), false, b.tuning()));
-    assert!(use_winograd(&conv5(8), false, b.tuning()));
+    // conv5's shape: the forward pass and the input gradient take Winograd from the batch where
+    // it measured faster (4 and 8 images), the weight gradient not at batch 1.
+    for (pass, from) in [(Pass::Forward, 4), (Pass::InputGradient, 8)] {
+        for batch in [1, 2, 4, 8, 16] {
+            assert_eq!(
+                use_winograd(&conv5(batch), pass, b.tuning()),
+                batch >= from,
+                "{pass:?} at batch {batch}"
+            );
+        }
+    }
+    assert!(!use_winograd(&conv5(1), Pass::WeightGradient, b.tuning()));
+    assert!(use_winograd(&conv5(8), Pass::Forward, b.tuning()));
 }

@@ -9,7 +9,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use vgg_ndarray::conv::use_winograd;
+use vgg_ndarray::conv::{use_winograd, Pass};
 use vgg_ndarray::{arena_usage, reset_arena_peak, ConvAlgorithm, CpuBackend, CpuConfig};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{Conv2dParams, ConvGeometry, Shape};
@@ -167,9 +167,9 @@ fn winograd_scratch_is_a_chunk_per_thread() {
         p,
     )
     .unwrap();
-    for weight_grad in [false, true] {
+    for pass in [Pass::Forward, Pass::WeightGradient] {
         assert!(
-            use_winograd(&g, weight_grad, b.tuning()),
+            use_winograd(&g, pass, b.tuning()),
             "conv1_2 is on the Winograd path"
         );
     }

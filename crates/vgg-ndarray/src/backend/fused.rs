@@ -34,6 +34,7 @@ impl Fused for CpuBackend {
                 relu,
                 &g,
                 &self.tuning,
+                conv::Pass::Forward,
                 y,
             )
         }))

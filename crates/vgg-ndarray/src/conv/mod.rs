@@ -38,14 +38,27 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// and 64x64). `ConvAlgorithm::Im2col` turns it off, for comparisons; so does bf16: rounding
 /// the transformed values to bf16 gave 10x the direct method's error (2.2e-2 against 2.3e-3,
 /// tests/bf16_mode.rs), since each transformed value sums several products of the input.
-pub fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
-    const WEIGHT_GRAD_MIN_PIXELS: usize = 4 * 14 * 14;
+///
+/// Below 28x28 the forward pass and the input gradient need enough images too, measured per
+/// layer on conv5's shape (512 -> 512 channels, 14x14) on a 2-core Sapphire Rapids-class VM: the
+/// forward pass with the transformed weights kept (`vgg bench --per-layer`) took 6.4 ms on
+/// Winograd and 4.0 on im2col at batch 1, 7.0 and 6.4 at batch 2, 8.8 and 12.4 at batch 4; the
+/// input gradient (`examples/conv_layers`) 11.5 and 6.2 ms at batch 1, 17.4 and 15.8 at batch 4,
+/// 24.6 and 26.9 at batch 8. The 4x-larger transformed weights are streamed for too few tiles.
+pub fn use_winograd(g: &ConvGeometry, pass: Pass, t: &Tuning) -> bool {
+    // Images' worth of 14x14 outputs below which im2col wins, per pass.
+    let min_pixels = match pass {
+        Pass::Forward => 4 * 14 * 14,
+        Pass::InputGradient => 8 * 14 * 14,
+        Pass::WeightGradient => 4 * 14 * 14,
+    };
     let area = g.out_h * g.out_w;
     let enough_channels = g.in_channels >= 128 || area >= 56 * 56;
-    let large_enough = if weight_grad && area < 28 * 28 {
+    let large_enough = if area < 28 * 28 {
         // Each thread sums its tiles' products into 36 k x c values: with few tiles (conv5 at
         // batch 1: 16) that sum and its output transform cost more than im2col's one GEMM.
-        winograd::large_chunks(g, t) && g.batch * area >= WEIGHT_GRAD_MIN_PIXELS
+        let chunks = pass != Pass::WeightGradient || winograd::large_chunks(g, t);
+        chunks && g.batch * area >= min_pixels
     } else {
         true
     };
@@ -56,6 +69,17 @@ pub fn use_winograd(g: &ConvGeometry, weight_grad: bool, t: &Tuning) -> bool {
         && area >= 14 * 14
         && enough_channels
         && large_enough
+}
+
+/// Which pass of a convolution an algorithm is chosen for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// y = conv(x, w).
+    Forward,
+    /// dx, as the convolution of dy with the flipped kernel.
+    InputGradient,
+    /// dw.
+    WeightGradient,
 }
 
 /// Whether a convolution (forward and weight gradient) takes bf16 products on AMX by the direct
@@ -76,7 +100,7 @@ pub fn forward_fused(
     t: &Tuning,
     y: &mut [f32],
 ) {
-    forward_with(x, Weights::Slice(w), bias, relu, g, t, y)
+    forward_with(x, Weights::Slice(w), bias, relu, g, t, Pass::Forward, y)
 }
 
 /// A convolution's weights: values, or a backend buffer, which keeps their Winograd transform
@@ -88,8 +112,9 @@ pub(crate) enum Weights<'a> {
     Kept(&'a Buffer),
 }
 
-/// `forward_fused` for either kind of weights: the one place that chooses among Winograd, grouped
-/// im2col and per-image im2col for the forward pass.
+/// `forward_fused` for either kind of weights, for the forward pass or the input gradient (a
+/// convolution too): the one place that chooses among Winograd, grouped im2col and per-image
+/// im2col for them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_with(
     x: &[f32],
@@ -98,6 +123,7 @@ pub(crate) fn forward_with(
     relu: bool,
     g: &ConvGeometry,
     t: &Tuning,
+    pass: Pass,
     y: &mut [f32],
 ) {
     assert_eq!(
@@ -115,7 +141,7 @@ pub(crate) fn forward_with(
         };
         return direct::forward(x, &packed, bias, relu, g, t.threads, y);
     }
-    if use_winograd(g, false, t) {
+    if use_winograd(g, pass, t) {
         return match weights {
             Weights::Slice(w) => winograd::forward(x, w, bias, relu, g, t, y),
             Weights::Kept(buf) => {
@@ -144,7 +170,17 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
     let in_image = g.in_channels * g.in_h * g.in_w;
     assert_eq!(dx.len(), g.batch * in_image, "conv input-gradient length");
     if let Some(flipped) = flipped_geometry(g) {
-        return forward(dy, &flip_kernel(w, g), &flipped, t, dx);
+        let flipped_w = flip_kernel(w, g);
+        return forward_with(
+            dy,
+            Weights::Slice(&flipped_w),
+            None,
+            false,
+            &flipped,
+            t,
+            Pass::InputGradient,
+            dx,
+        );
     }
     im2col::backward_input(dy, w, g, t, dx)
 }
@@ -155,7 +191,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
     if use_direct_bf16(g, t) {
         return direct::backward_weight(x, dy, g);
     }
-    if use_winograd(g, true, t) {
+    if use_winograd(g, Pass::WeightGradient, t) {
         return winograd::backward_weight(x, dy, g, t);
     }
     if grouped::images_per_weight_group(g, t) > 1 {
