@@ -2,9 +2,8 @@
 //! by default), median of 5 runs each; `im2col` as a second argument for the im2col path, `small`
 //! as a third for the layers of `vgg train`'s network instead (VGG-11 at width 1/4 on 32x32
 //! digits, where per-call overhead rather than arithmetic shows), `quarter` for VGG-16's at width
-//! 1/4 (few channels, large images):
-//! 1/4 (few channels, large images), or shapes of one's own as cin:cout:size,...:
-//! and `bf16` anywhere for the bf16 math mode:
+//! 1/4 (few channels, large images), or shapes of one's own as cin:cout:size,...; and `bf16`
+//! anywhere for the bf16 math mode:
 //!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|im2col] [small|quarter|16:32:16,...] [bf16]
 
 use std::time::Instant;
