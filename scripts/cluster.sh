@@ -34,7 +34,12 @@ down() {
 }
 
 shape() {  # host rate: a token bucket on the host's side of its link (what it sends)
-    ip netns exec "$PREFIX-$1" tc qdisc replace dev eth0 root tbf rate "$2" burst 256kb latency 50ms
+    ip netns exec "$PREFIX-$1" tc qdisc replace dev eth0 root tbf rate "$2" burst 256kb latency 50ms 2>/dev/null ||
+        die "'$2' is not a rate tc takes: give one such as 1gbit, 10gbit, 25gbit or 500mbit"
+}
+
+host_exists() {
+    hosts | grep -qx "$1" || die "no host '$1': the hosts are $(hosts | tr '\n' ' ')(scripts/cluster.sh up N makes them)"
 }
 
 up() {
@@ -70,9 +75,11 @@ case ${1:-} in
     up) need_root; shift; up "$@" ;;
     down) need_root; down ;;
     rate) need_root; [ $# = 2 ] || die "rate needs a rate, e.g. rate 10gbit"
+        [ -n "$(hosts)" ] || die "no hosts: scripts/cluster.sh up 2 first"
         for h in $(hosts); do shape "$h" "$2"; done ;;
     link) need_root; [ $# = 3 ] || die "link needs a host and up or down, e.g. link h2 down"
         case $3 in up|down) ;; *) die "link takes up or down, not '$3'";; esac
+        host_exists "$2"
         ip -n "$PREFIX-$2" link set eth0 "$3" ;;
     mpirun) need_root; shift
         [ -n "$(hosts)" ] || die "no hosts: scripts/cluster.sh up 2 first"
