@@ -53,6 +53,26 @@ def time_run(step, label, args):
     }
 
 
+def time_forward_only(args, forward, engine):
+    """The forward mode of an inference engine, with its peak memory; forward-backward is skipped, said so."""
+    results = {}
+    for mode in modes(args):
+        if mode != "forward":
+            print("%s is an inference engine: %s skipped" % (engine, mode), flush=True)
+            continue
+        reset_peak_rss()
+        results[mode] = time_run(forward, "Forward", args)
+        results[mode]["peak_rss_bytes"] = peak_rss_bytes()
+    return results
+
+
+def softmax_argmax(logits):
+    """The class of each row of logits (or of one vector), through softmax, as our forward computes it."""
+    import numpy as np
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).argmax(axis=-1)
+
+
 def peak_rss_bytes():
     try:
         with open("/proc/self/status") as f:

@@ -63,18 +63,9 @@ def main():
             with net.create_extractor() as ex:
                 ex.input(input_name, image)
                 _, out = ex.extract(output_name)
-                logits = np.array(out)
-                shifted = np.exp(logits - logits.max())
-                (shifted / shifted.sum()).argmax()
+                common.softmax_argmax(np.array(out))
 
-    results = {}
-    for mode in common.modes(args):
-        if mode != "forward":
-            print("ncnn is an inference engine: %s skipped" % mode, flush=True)
-            continue
-        common.reset_peak_rss()
-        results[mode] = common.time_run(forward, "Forward", args)
-        results[mode]["peak_rss_bytes"] = common.peak_rss_bytes()
+    results = common.time_forward_only(args, forward, "ncnn")
     common.write(args, "ncnn", ncnn.__version__, threads, results)
 
 

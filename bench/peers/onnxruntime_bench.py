@@ -7,7 +7,6 @@ import os
 import sys
 import tempfile
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
@@ -36,18 +35,9 @@ def main():
     data = images.numpy()
 
     def forward():
-        logits = session.run(None, {"images": data})[0]
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        (shifted / shifted.sum(axis=1, keepdims=True)).argmax(axis=1)
+        common.softmax_argmax(session.run(None, {"images": data})[0])
 
-    results = {}
-    for mode in common.modes(args):
-        if mode != "forward":
-            print("ONNX Runtime runs inference here: %s skipped" % mode, flush=True)
-            continue
-        common.reset_peak_rss()
-        results[mode] = common.time_run(forward, "Forward", args)
-        results[mode]["peak_rss_bytes"] = common.peak_rss_bytes()
+    results = common.time_forward_only(args, forward, "ONNX Runtime")
     threads = args.threads or os.cpu_count()
     common.write(args, "ONNX Runtime", ort.__version__, threads, results)
 

@@ -30,14 +30,7 @@ def main():
     def forward():
         request.infer({0: data})
 
-    results = {}
-    for mode in common.modes(args):
-        if mode != "forward":
-            print("OpenVINO is an inference engine: %s skipped" % mode, flush=True)
-            continue
-        common.reset_peak_rss()
-        results[mode] = common.time_run(forward, "Forward", args)
-        results[mode]["peak_rss_bytes"] = common.peak_rss_bytes()
+    results = common.time_forward_only(args, forward, "OpenVINO")
     threads = compiled.get_property("INFERENCE_NUM_THREADS")
     # "2026.4.1-22982-e213a147257-releases/2026/4": the release number names it.
     common.write(args, "OpenVINO", ov.__version__.split("-")[0], threads, results)

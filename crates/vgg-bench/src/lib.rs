@@ -274,10 +274,10 @@ pub struct ModeReport {
     pub per_layer: Vec<LayerTime>,
 }
 
-/// FLOPs of one step, the sum of `ModelSpec::costs`: forward is the spec's (1 MAC = 2 FLOPs) times the batch; backward costs two
-/// forwards (input and weight gradients) for each convolution and linear layer, less the first
-/// convolution's input gradient, which is never computed. None where the count does not fit in 64
-/// bits.
+/// FLOPs of one step, the sum of `ModelSpec::costs`: forward is the spec's (1 MAC = 2 FLOPs)
+/// times the batch; backward costs two forwards (input and weight gradients) for each convolution
+/// and linear layer, less the first convolution's input gradient, which is never computed. None
+/// where the count does not fit in 64 bits.
 pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> Option<u64> {
     spec.costs(batch).ok()?.iter().try_fold(0u64, |sum, c| {
         let step = match mode {

@@ -462,11 +462,11 @@ fn summary(record: &BenchRecord) -> String {
             _ => "-".to_string(),
         };
         let shown = |rate: Option<f64>| rate.map_or("-".to_string(), |r| format!("{r:.1}"));
+        let share = |l: &vgg_bench::LayerTime| {
+            100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
+        };
         for l in &r.per_layer {
-            let share = format!(
-                "{:.1}%",
-                100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
-            );
+            let share = format!("{:.1}%", share(l));
             let mut row = vec![
                 l.layer.clone(),
                 format!("{:.2}", l.forward_ms),
@@ -499,13 +499,7 @@ fn summary(record: &BenchRecord) -> String {
         let top: Vec<String> = slowest
             .iter()
             .take(5)
-            .map(|l| {
-                format!(
-                    "{} {:.1}%",
-                    l.layer,
-                    100.0 * (l.forward_ms + l.backward_ms) / total.max(f64::MIN_POSITIVE)
-                )
-            })
+            .map(|l| format!("{} {:.1}%", l.layer, share(l)))
             .collect();
         out.push_str(&format!("Most time: {}.\n", top.join(", ")));
         out.push_str(&format!(

@@ -2,6 +2,7 @@
 //! the maps, `vgg_report::pictures` draws them): Grad-CAM over the picture, saliency, SmoothGrad,
 //! a layer's activations and the first layer's filters, as PNG files and one page beside them.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -115,7 +116,7 @@ enum Source {
     HeldOut {
         name: String,
         stem: String,
-        values: Vec<f32>,
+        prepared: Prepared,
         label: usize,
     },
 }
@@ -226,7 +227,10 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
                     Source::HeldOut {
                         name: format!("held-out image {i} of {}", dataset.name()),
                         stem: format!("held-out-{i}"),
-                        values,
+                        prepared: Prepared {
+                            values,
+                            inverted: false,
+                        },
                         label: labels[0],
                     }
                 })
@@ -295,17 +299,13 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
     let mut page_images = Vec::new();
     let [c, h, w] = prep.shape();
     // Every image is read before anything is written: a bad one stops the run with no output.
-    let prepared: Vec<(Prepared, Option<usize>)> = sources
+    let prepared: Vec<(Cow<Prepared>, Option<usize>)> = sources
         .iter()
         .map(|source| match source {
-            Source::File(path) => Ok((prep.load(path)?, None)),
-            Source::HeldOut { values, label, .. } => Ok((
-                Prepared {
-                    values: values.clone(),
-                    inverted: false,
-                },
-                Some(*label),
-            )),
+            Source::File(path) => Ok((Cow::Owned(prep.load(path)?), None)),
+            Source::HeldOut {
+                prepared, label, ..
+            } => Ok((Cow::Borrowed(prepared), Some(*label))),
         })
         .collect::<Result<_>>()?;
     for (((source, stem_outputs), (prepared, label)), i) in

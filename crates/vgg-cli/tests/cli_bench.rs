@@ -158,22 +158,12 @@ fn the_record_places_each_layer_on_the_roofline() {
         bandwidth["gb_per_second"].as_f64().unwrap() > 0.0,
         "{record}"
     );
-    let summary: serde_json::Value = serde_json::from_str(&ok(&[
-        "summary",
-        "--model",
-        "vgg11",
-        "--width-mult",
-        "0.125",
-        "--hidden",
-        "64",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "2",
-        "--format",
-        "json",
-    ]))
-    .unwrap();
+    // The summary of the network TINY benchmarks: its flags up to and with the batch size.
+    let network = &TINY[1..TINY.iter().position(|a| *a == "--num-batches").unwrap()];
+    let mut summary_args = vec!["summary"];
+    summary_args.extend(network);
+    summary_args.extend(["--format", "json"]);
+    let summary: serde_json::Value = serde_json::from_str(&ok(&summary_args)).unwrap();
     let layers = record["modes"][0]["per_layer"].as_array().unwrap();
     assert_eq!(
         layers.len(),

@@ -52,8 +52,8 @@ impl Bound {
     }
 }
 
-/// FLOPs over bytes; 0 where nothing is moved.
-fn ratio(flops: u64, bytes: u64) -> f64 {
+/// Arithmetic intensity: FLOPs over bytes; 0 where nothing is moved.
+pub fn intensity(flops: u64, bytes: u64) -> f64 {
     if bytes == 0 {
         0.0
     } else {
@@ -87,12 +87,12 @@ impl LayerCost {
 
     /// Forward FLOPs per byte moved.
     pub fn forward_intensity(&self) -> f64 {
-        ratio(self.forward_flops, self.forward_bytes())
+        intensity(self.forward_flops, self.forward_bytes())
     }
 
     /// Backward FLOPs per byte moved.
     pub fn backward_intensity(&self) -> f64 {
-        ratio(self.backward_flops(), self.backward_bytes())
+        intensity(self.backward_flops(), self.backward_bytes())
     }
 
     /// The roof that limits an intensity on a machine of `balance` FLOPs per byte.

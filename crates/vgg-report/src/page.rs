@@ -406,21 +406,24 @@ fn roofline(h: &mut String, r: &Run, m: &RunMode) -> Result<()> {
 pub fn roofline_chart(r: &Run, m: &RunMode) -> Result<Option<String>> {
     let mut points = Vec::new();
     for l in &m.per_layer {
-        if let Some(g) = l.forward_gflops() {
-            points.push(plot::RooflinePoint {
-                label: &l.layer,
-                intensity: l.forward_flops as f64 / l.forward_bytes.max(1) as f64,
-                gflops: g,
-                backward: false,
-            });
-        }
-        if let Some(g) = l.backward_gflops() {
-            points.push(plot::RooflinePoint {
-                label: &l.layer,
-                intensity: l.backward_flops as f64 / l.backward_bytes.max(1) as f64,
-                gflops: g,
-                backward: true,
-            });
+        let passes = [
+            (l.forward_gflops(), l.forward_flops, l.forward_bytes, false),
+            (
+                l.backward_gflops(),
+                l.backward_flops,
+                l.backward_bytes,
+                true,
+            ),
+        ];
+        for (rate, flops, bytes, backward) in passes {
+            if let Some(gflops) = rate {
+                points.push(plot::RooflinePoint {
+                    label: &l.layer,
+                    intensity: vgg_model::cost::intensity(flops, bytes),
+                    gflops,
+                    backward,
+                });
+            }
         }
     }
     if points.is_empty() {

@@ -87,6 +87,15 @@ fn grid(
     out
 }
 
+/// The smallest and largest of `values`, which each map or filter of a grid is scaled to.
+fn range_of(values: &[f32]) -> (f32, f32) {
+    values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
 /// The nearest-neighbour enlargement that makes a side of `side` pixels at least `at_least`.
 fn enlargement(side: usize, at_least: usize) -> u32 {
     at_least.div_ceil(side.max(1)).max(1) as u32
@@ -126,12 +135,7 @@ pub fn feature_grid(
     let down = width.max(height).div_ceil(MAX_TILE).max(1) as u32;
     let plane = height * width;
     let ranges: Vec<(f32, f32)> = (0..shown)
-        .map(|c| {
-            let p = &values[c * plane..(c + 1) * plane];
-            let lo = p.iter().cloned().fold(f32::INFINITY, f32::min);
-            let hi = p.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            (lo, hi)
-        })
+        .map(|c| range_of(&values[c * plane..(c + 1) * plane]))
         .collect();
     let columns = (shown as f64).sqrt().ceil() as usize;
     let side = (
@@ -158,12 +162,7 @@ pub fn filter_grid(
     let per_filter = inputs * kh * kw;
     let scale = enlargement(kw.max(kh), 48);
     let ranges: Vec<(f32, f32)> = (0..out)
-        .map(|o| {
-            let f = &weights[o * per_filter..(o + 1) * per_filter];
-            let lo = f.iter().cloned().fold(f32::INFINITY, f32::min);
-            let hi = f.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            (lo, hi)
-        })
+        .map(|o| range_of(&weights[o * per_filter..(o + 1) * per_filter]))
         .collect();
     let columns = (out as f64).sqrt().ceil() as usize;
     let side = (kw as u32 * scale, kh as u32 * scale);

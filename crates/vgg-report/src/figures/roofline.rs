@@ -46,12 +46,9 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     if !lo.is_finite() {
         return (0.1, 1000.0);
     }
-    (
-        10f64.powf(lo.log10().floor()),
-        10f64
-            .powf(hi.log10().ceil())
-            .max(10.0 * 10f64.powf(lo.log10().floor())),
-    )
+    // At least one decade, so that a single value still has axes around it.
+    let bottom = 10f64.powf(lo.log10().floor());
+    (bottom, 10f64.powf(hi.log10().ceil()).max(10.0 * bottom))
 }
 
 /// The chart, as SVG.
