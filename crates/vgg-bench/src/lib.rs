@@ -17,9 +17,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use vgg_autodiff::Tape;
-use vgg_model::{ModelError, ModelSpec, SpecOptions, Vgg, VggConfig, Workload};
+use vgg_model::{
+    LayerCost, LayerOp, LayerSpec, ModelError, ModelSpec, SpecOptions, Vgg, VggConfig, Workload,
+};
 use vgg_nn::{InitScheme, RunOptions};
-use vgg_tensor::{Backend, Shape};
+use vgg_tensor::{Backend, Conv2dParams, ConvGeometry, ConvPass, Shape};
 
 pub use parallel::{ParallelOptions, ParallelReport, ParallelStep};
 pub use peak::{measure_matmul_peak, measure_memory_bandwidth, MatmulPeak, MemoryBandwidth};
@@ -220,6 +222,14 @@ pub struct LayerTime {
     /// Bytes the backward pass moves at least (0 in forward mode).
     #[serde(default)]
     pub backward_bytes: u64,
+    /// FLOPs the backend executes for the forward pass by the method it reports per convolution
+    /// (`Convolution::conv_method`: Winograd F(4x4, 3x3) does a quarter of the direct method's
+    /// products); None where it does not report one, in peers' records and in older ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_executed_flops: Option<u64>,
+    /// FLOPs the backend executes for the backward pass, as `forward_executed_flops`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backward_executed_flops: Option<u64>,
 }
 
 impl LayerTime {
@@ -231,6 +241,16 @@ impl LayerTime {
     /// Achieved 10^9 FLOP/s of the backward pass.
     pub fn backward_gflops(&self) -> Option<f64> {
         rate_of(self.backward_flops, self.backward_ms)
+    }
+
+    /// Executed 10^9 FLOP/s of the forward pass: the products the backend's methods perform.
+    pub fn forward_executed_gflops(&self) -> Option<f64> {
+        rate_of(self.forward_executed_flops?, self.forward_ms)
+    }
+
+    /// Executed 10^9 FLOP/s of the backward pass.
+    pub fn backward_executed_gflops(&self) -> Option<f64> {
+        rate_of(self.backward_executed_flops?, self.backward_ms)
     }
 
     /// Achieved 10^9 bytes/s of the forward pass's least traffic.
@@ -286,6 +306,47 @@ pub fn step_flops(spec: &ModelSpec, batch: usize, mode: Mode) -> Option<u64> {
         };
         sum.checked_add(step)
     })
+}
+
+/// FLOPs `backend` executes for `passes` of one layer at `batch`: a convolution's by the method
+/// the backend reports for each pass, any other layer's as `cost` counts them (the direct method);
+/// a pass `cost` does not count (the first convolution's input gradient) is not added. None where
+/// a convolution's method is unreported or a count overflows.
+pub fn executed_flops<B: Backend>(
+    backend: &B,
+    layer: &LayerSpec,
+    cost: &LayerCost,
+    batch: usize,
+    passes: &[ConvPass],
+) -> Option<u64> {
+    let counted = |pass: &ConvPass| match pass {
+        ConvPass::Forward => cost.forward_flops,
+        ConvPass::InputGradient => cost.input_gradient_flops,
+        ConvPass::WeightGradient => cost.weight_gradient_flops,
+    };
+    let LayerOp::Conv {
+        stride, padding, ..
+    } = layer.op
+    else {
+        return passes.iter().map(counted).try_fold(0u64, u64::checked_add);
+    };
+    let input = Shape::from([
+        batch,
+        layer.input.channels,
+        layer.input.height,
+        layer.input.width,
+    ]);
+    let g = ConvGeometry::new(
+        &input,
+        &Shape::new(layer.weight_shape()?),
+        Conv2dParams { stride, padding },
+    )
+    .ok()?;
+    passes
+        .iter()
+        .filter(|pass| counted(pass) > 0)
+        .map(|&pass| backend.conv_method(&g, pass).executed_flops(&g, pass))
+        .try_fold(0u64, |sum, flops| sum.checked_add(flops?))
 }
 
 /// The model and images of a benchmark, built once for all modes.
@@ -433,12 +494,22 @@ impl<B: Backend> Bench<B> {
         // Counts that fit for the whole step fit for each layer.
         let costs = spec.costs(self.config.batch).unwrap_or_default();
         let order: Vec<String> = spec.layers.iter().map(|l| l.name.clone()).collect();
+        let backward = mode == Mode::ForwardBackward;
         let mut per_layer: Vec<LayerTime> = layers
             .into_iter()
             .map(|(layer, (f, bw))| {
                 let cost = costs.iter().find(|c| c.layer == layer);
-                let backward = mode == Mode::ForwardBackward;
+                let executed = |passes: &[ConvPass]| {
+                    let (spec_layer, cost) = (spec.layers.iter().find(|l| l.name == layer)?, cost?);
+                    executed_flops(&self.backend, spec_layer, cost, self.config.batch, passes)
+                };
                 LayerTime {
+                    forward_executed_flops: executed(&[ConvPass::Forward]),
+                    backward_executed_flops: if backward {
+                        executed(&[ConvPass::InputGradient, ConvPass::WeightGradient])
+                    } else {
+                        Some(0)
+                    },
                     forward_flops: cost.map_or(0, |c| c.forward_flops),
                     forward_bytes: cost.map_or(0, |c| c.forward_bytes()),
                     backward_flops: cost.filter(|_| backward).map_or(0, |c| c.backward_flops()),

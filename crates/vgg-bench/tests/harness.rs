@@ -101,3 +101,66 @@ fn a_tiny_run_counts_its_steps_stops_early_and_times_layers() {
     assert!(report.interrupted);
     assert_eq!(report.step_seconds.len(), 1);
 }
+
+/// Executed FLOPs follow the method the backend reports per convolution and pass: the direct
+/// method's count on im2col and the reference backend, a quarter of it for each 4x4 block of
+/// Winograd F(4x4, 3x3) on the CPU, and the first convolution's input gradient not at all.
+#[test]
+fn executed_flops_follow_the_backends_method() {
+    use vgg_bench::executed_flops;
+    use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig};
+    use vgg_tensor::ConvPass;
+
+    let batch = 8;
+    let spec = vgg_model::ModelSpec::new(VggConfig::Vgg16, Default::default()).unwrap();
+    let costs = spec.costs(batch).unwrap();
+    let layer = |name: &str| {
+        let i = spec.layers.iter().position(|l| l.name == name).unwrap();
+        (&spec.layers[i], &costs[i])
+    };
+    let all = [
+        ConvPass::Forward,
+        ConvPass::InputGradient,
+        ConvPass::WeightGradient,
+    ];
+    let cpu = |convolution| {
+        CpuBackend::with_config(CpuConfig {
+            convolution,
+            ..CpuConfig::detect(2)
+        })
+        .unwrap()
+    };
+    let (auto, im2col) = (cpu(ConvAlgorithm::Auto), cpu(ConvAlgorithm::Im2col));
+    let (conv3_1, cost) = layer("conv3_1");
+    let direct = cost.forward_flops + cost.backward_flops();
+    for direct_backend in [
+        executed_flops(&ReferenceBackend, conv3_1, cost, batch, &all),
+        executed_flops(&im2col, conv3_1, cost, batch, &all),
+    ] {
+        assert_eq!(direct_backend, Some(direct));
+    }
+    // 56x56 outputs are 14x14 blocks of 4x4, each 36 products per channel pair instead of 144.
+    assert_eq!(
+        executed_flops(&auto, conv3_1, cost, batch, &[ConvPass::Forward]),
+        Some(2 * batch as u64 * 14 * 14 * 36 * 128 * 256)
+    );
+    assert_eq!(
+        executed_flops(&auto, conv3_1, cost, batch, &all),
+        Some(direct / 4)
+    );
+    // conv1_1 (3 input channels) runs by the direct method, and its input gradient is never made.
+    let (conv1_1, cost) = layer("conv1_1");
+    assert_eq!(
+        executed_flops(&auto, conv1_1, cost, batch, &all),
+        Some(cost.forward_flops + cost.weight_gradient_flops)
+    );
+    assert_eq!(cost.input_gradient_flops, 0);
+    // Fully connected layers and pools count as the spec does.
+    for name in ["fc6", "pool5"] {
+        let (l, cost) = layer(name);
+        assert_eq!(
+            executed_flops(&auto, l, cost, batch, &all),
+            Some(cost.forward_flops + cost.backward_flops())
+        );
+    }
+}

@@ -446,9 +446,12 @@ fn summary(record: &BenchRecord) -> String {
     for r in reports.iter().filter(|r| !r.per_layer.is_empty()) {
         // A forward run has no backward columns to show.
         let backward = r.mode == Mode::ForwardBackward;
-        let mut headers = vec!["layer", "forward ms", "GFLOP/s", "of peak", "GB/s", "of bw"];
+        let pass_headers = ["GFLOP/s", "executed", "of peak", "GB/s", "of bw"];
+        let mut headers = vec!["layer", "forward ms"];
+        headers.extend(pass_headers);
         if backward {
-            headers.extend(["backward ms", "GFLOP/s", "of peak", "GB/s", "of bw"]);
+            headers.push("backward ms");
+            headers.extend(pass_headers);
         }
         headers.push("share");
         let mut t = Table::new(headers);
@@ -471,7 +474,8 @@ fn summary(record: &BenchRecord) -> String {
                 l.layer.clone(),
                 format!("{:.2}", l.forward_ms),
                 shown(l.forward_gflops()),
-                of(l.forward_gflops(), peak),
+                shown(l.forward_executed_gflops()),
+                of(l.forward_executed_gflops().or(l.forward_gflops()), peak),
                 shown(l.forward_gbytes()),
                 of(l.forward_gbytes(), bandwidth),
             ];
@@ -479,7 +483,8 @@ fn summary(record: &BenchRecord) -> String {
                 row.extend([
                     format!("{:.2}", l.backward_ms),
                     shown(l.backward_gflops()),
-                    of(l.backward_gflops(), peak),
+                    shown(l.backward_executed_gflops()),
+                    of(l.backward_executed_gflops().or(l.backward_gflops()), peak),
                     shown(l.backward_gbytes()),
                     of(l.backward_gbytes(), bandwidth),
                 ]);
@@ -504,7 +509,10 @@ fn summary(record: &BenchRecord) -> String {
         out.push_str(&format!("Most time: {}.\n", top.join(", ")));
         out.push_str(&format!(
             "GFLOP/s and GB/s: the layer's direct-method FLOPs and least bytes (vgg summary --columns \
-             roofline) over its time; of peak: against the matrix product above; of bw: against {}.\n",
+             roofline) over its time; executed: the FLOPs of the products the backend's method performs \
+             (a quarter of the direct method's for 4x4 blocks of Winograd F(4x4, 3x3), whose transforms \
+             are not counted; - where the backend does not say); of peak: the executed rate (else the \
+             direct one) against the matrix product above; of bw: against {}.\n",
             record.memory_bandwidth.map_or(
                 "the memory bandwidth (not measured)".to_string(),
                 |b| format!(

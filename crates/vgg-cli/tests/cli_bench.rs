@@ -136,7 +136,10 @@ fn per_layer_breaks_time_down_by_layer() {
         "only the chosen mode runs: {out}"
     );
     // Each layer's achieved rates against the two roofs, and where the time goes.
-    assert!(out.contains("GFLOP/s") && out.contains("of bw"), "{out}");
+    assert!(
+        out.contains("GFLOP/s") && out.contains("executed") && out.contains("of bw"),
+        "{out}"
+    );
     assert!(out.contains("Most time: "), "{out}");
     assert!(out.contains("the measured memory bandwidth"), "{out}");
 }
@@ -191,6 +194,14 @@ fn the_record_places_each_layer_on_the_roofline() {
         let backward = cost["input_gradient_flops"].as_u64().unwrap()
             + cost["weight_gradient_flops"].as_u64().unwrap();
         assert_eq!(l["backward_flops"].as_u64().unwrap(), backward, "{name}");
+        // The products executed: this small network's convolutions (under 16 input channels or
+        // 56x56) all run by the direct method, which counts what the spec does.
+        assert_eq!(l["forward_executed_flops"].as_u64(), Some(f), "{name}");
+        assert_eq!(
+            l["backward_executed_flops"].as_u64(),
+            Some(backward),
+            "{name}"
+        );
     }
 }
 

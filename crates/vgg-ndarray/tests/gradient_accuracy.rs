@@ -100,7 +100,7 @@ fn on_winograd(batch: usize, cin: usize, cout: usize, side: usize) -> bool {
     )
     .unwrap();
     let b = CpuBackend::new(2).unwrap();
-    vgg_ndarray::conv::use_winograd(&g, vgg_ndarray::conv::Pass::WeightGradient, b.tuning())
+    vgg_ndarray::conv::use_winograd(&g, vgg_tensor::ConvPass::WeightGradient, b.tuning())
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //! the portable path's results to rounding. Covers the Winograd transforms (forward, input and
 //! weight gradients), im2col, the skinny fully connected kernel, and the im2col-only setting.
 
-use vgg_ndarray::conv::{use_winograd, Pass};
+use vgg_ndarray::conv::use_winograd;
 use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa};
 use vgg_tensor::prelude::*;
-use vgg_tensor::{Conv2dParams, ConvGeometry, Shape};
+use vgg_tensor::ConvPass as Pass;
+use vgg_tensor::{Conv2dParams, ConvGeometry, ConvMethod, Shape};
 
 fn backend(isa: Isa, convolution: ConvAlgorithm) -> CpuBackend {
     CpuBackend::with_config(CpuConfig {
@@ -37,6 +38,18 @@ fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
             (&g, Pass::WeightGradient),
         ] {
             assert_eq!(use_winograd(g, pass, b.tuning()), winograd);
+        }
+        // What the backend reports for counting products is what ran (on the forward geometry).
+        let reported = if winograd {
+            ConvMethod::Winograd {
+                output: 4,
+                kernel: 3,
+            }
+        } else {
+            ConvMethod::Direct
+        };
+        for pass in [Pass::Forward, Pass::InputGradient, Pass::WeightGradient] {
+            assert_eq!(b.conv_method(&g, pass), reported, "{pass:?}");
         }
         let x = b.random_normal(&xs, 0.0, 1.0, 1).unwrap();
         let w = b.random_normal(&ws, 0.0, 0.1, 2).unwrap();
@@ -149,4 +162,13 @@ fn few_tiles_keep_conv5_on_im2col() {
     }
     assert!(!use_winograd(&conv5(1), Pass::WeightGradient, b.tuning()));
     assert!(use_winograd(&conv5(8), Pass::Forward, b.tuning()));
+    // The input gradient's choice is reported on the forward geometry too.
+    assert_eq!(
+        b.conv_method(&conv5(4), Pass::InputGradient),
+        ConvMethod::Direct
+    );
+    assert_ne!(
+        b.conv_method(&conv5(8), Pass::InputGradient),
+        ConvMethod::Direct
+    );
 }

@@ -9,9 +9,10 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use vgg_ndarray::conv::{use_winograd, Pass};
+use vgg_ndarray::conv::use_winograd;
 use vgg_ndarray::{arena_usage, reset_arena_peak, ConvAlgorithm, CpuBackend, CpuConfig};
 use vgg_tensor::prelude::*;
+use vgg_tensor::ConvPass as Pass;
 use vgg_tensor::{Conv2dParams, ConvGeometry, Shape};
 
 struct Counting;

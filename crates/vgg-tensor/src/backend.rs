@@ -27,6 +27,7 @@ use crate::checks::{
 use crate::fused::Fused;
 use crate::ops::{BinaryOp, ReduceOp, UnaryOp};
 use crate::{composite, random, AdamParams, Conv2dParams, ConvGeometry, Pool2dParams, Result};
+use crate::{ConvMethod, ConvPass};
 use crate::{DeviceTensor, Shape, TensorError};
 
 /// A compute device: its tensor type, how tensors are made and moved, and device control.
@@ -187,6 +188,14 @@ pub trait Convolution: Device {
         weight_shape: &Shape,
         p: Conv2dParams,
     ) -> Result<Self::Tensor>;
+
+    /// The method this backend computes `pass` of the convolution `g` (its forward geometry)
+    /// by, so that a benchmark can count the products executed; `Unreported` unless the backend
+    /// says.
+    fn conv_method(&self, g: &ConvGeometry, pass: ConvPass) -> ConvMethod {
+        let _ = (g, pass);
+        ConvMethod::Unreported
+    }
 }
 
 /// 2-D pooling (NCHW, no padding, floored output sizes).

@@ -11,6 +11,7 @@ mod backend;
 mod checks;
 mod composite;
 pub mod conformance;
+mod conv_method;
 pub mod fused;
 pub mod memory;
 pub mod ops;
@@ -27,6 +28,7 @@ pub use checks::{
     check_reshape, check_row_bias, check_scalar, check_slice, check_upload, matmul_dims,
     same_shape,
 };
+pub use conv_method::{ConvMethod, ConvPass};
 pub use fused::Fused;
 pub use ops::{BinaryOp, ReduceOp, UnaryOp};
 pub use shape::{window_len, Conv2dParams, ConvGeometry, Pool2dParams, PoolGeometry, Shape};

@@ -11,8 +11,9 @@ use crate::checks::{
 };
 use crate::ops::{BinaryOp, ReduceOp, UnaryOp};
 use crate::{
-    Backend, Conv2dParams, ConvGeometry, Convolution, Device, DeviceTensor, Elementwise, Layout,
-    Matmul, Pool2dParams, PoolGeometry, Pooling, Reduce, Result, Shape, TensorError,
+    Backend, Conv2dParams, ConvGeometry, ConvMethod, ConvPass, Convolution, Device, DeviceTensor,
+    Elementwise, Layout, Matmul, Pool2dParams, PoolGeometry, Pooling, Reduce, Result, Shape,
+    TensorError,
 };
 
 /// The plain-loops backend.
@@ -315,6 +316,10 @@ impl Convolution for ReferenceBackend {
             dw[wi] += dy.data[yi] as f64 * x.data[xi] as f64
         });
         Ok(rounded(weight_shape.clone(), dw))
+    }
+
+    fn conv_method(&self, _g: &ConvGeometry, _pass: ConvPass) -> ConvMethod {
+        ConvMethod::Direct
     }
 }
 

@@ -1,6 +1,6 @@
 //! `Convolution`: the forward and both gradients, through `conv` (im2col, grouped, Winograd).
 
-use vgg_tensor::{Conv2dParams, ConvGeometry, Convolution, Result, Shape};
+use vgg_tensor::{Conv2dParams, ConvGeometry, ConvMethod, ConvPass, Convolution, Result, Shape};
 
 use super::{CpuBackend, CpuTensor};
 use crate::conv;
@@ -38,5 +38,9 @@ impl Convolution for CpuBackend {
         g.check_output("conv2d_backward_weight", &dy.shape)?;
         let dw = self.run(|| conv::backward_weight(x.as_slice(), dy.as_slice(), &g, &self.tuning));
         Ok(self.adopt(weight_shape.clone(), dw))
+    }
+
+    fn conv_method(&self, g: &ConvGeometry, pass: ConvPass) -> ConvMethod {
+        conv::method(g, pass, &self.tuning)
     }
 }

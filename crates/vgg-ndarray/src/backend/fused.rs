@@ -34,7 +34,7 @@ impl Fused for CpuBackend {
                 relu,
                 &g,
                 &self.tuning,
-                conv::Pass::Forward,
+                vgg_tensor::ConvPass::Forward,
                 y,
             )
         }))

@@ -7,7 +7,7 @@ mod grouped;
 mod im2col;
 pub mod winograd;
 
-use vgg_tensor::ConvGeometry;
+use vgg_tensor::{ConvGeometry, ConvMethod, ConvPass};
 
 use std::sync::Arc;
 
@@ -45,19 +45,19 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// Winograd and 4.0 on im2col at batch 1, 7.0 and 6.4 at batch 2, 8.8 and 12.4 at batch 4; the
 /// input gradient (`examples/conv_layers`) 11.5 and 6.2 ms at batch 1, 17.4 and 15.8 at batch 4,
 /// 24.6 and 26.9 at batch 8. The 4x-larger transformed weights are streamed for too few tiles.
-pub fn use_winograd(g: &ConvGeometry, pass: Pass, t: &Tuning) -> bool {
+pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     // Images' worth of 14x14 outputs below which im2col wins, per pass.
     let min_pixels = match pass {
-        Pass::Forward => 4 * 14 * 14,
-        Pass::InputGradient => 8 * 14 * 14,
-        Pass::WeightGradient => 4 * 14 * 14,
+        ConvPass::Forward => 4 * 14 * 14,
+        ConvPass::InputGradient => 8 * 14 * 14,
+        ConvPass::WeightGradient => 4 * 14 * 14,
     };
     let area = g.out_h * g.out_w;
     let enough_channels = g.in_channels >= 128 || area >= 56 * 56;
     let large_enough = if area < 28 * 28 {
         // Each thread sums its tiles' products into 36 k x c values: with few tiles (conv5 at
         // batch 1: 16) that sum and its output transform cost more than im2col's one GEMM.
-        let chunks = pass != Pass::WeightGradient || winograd::large_chunks(g, t);
+        let chunks = pass != ConvPass::WeightGradient || winograd::large_chunks(g, t);
         chunks && g.batch * area >= min_pixels
     } else {
         true
@@ -69,17 +69,6 @@ pub fn use_winograd(g: &ConvGeometry, pass: Pass, t: &Tuning) -> bool {
         && area >= 14 * 14
         && enough_channels
         && large_enough
-}
-
-/// Which pass of a convolution an algorithm is chosen for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pass {
-    /// y = conv(x, w).
-    Forward,
-    /// dx, as the convolution of dy with the flipped kernel.
-    InputGradient,
-    /// dw.
-    WeightGradient,
 }
 
 /// Whether a convolution (forward and weight gradient) takes bf16 products on AMX by the direct
@@ -100,7 +89,7 @@ pub fn forward_fused(
     t: &Tuning,
     y: &mut [f32],
 ) {
-    forward_with(x, Weights::Slice(w), bias, relu, g, t, Pass::Forward, y)
+    forward_with(x, Weights::Slice(w), bias, relu, g, t, ConvPass::Forward, y)
 }
 
 /// A convolution's weights: values, or a backend buffer, which keeps their Winograd transform
@@ -110,6 +99,56 @@ pub(crate) enum Weights<'a> {
     Slice(&'a [f32]),
     /// Transformed once and kept with the buffer (`winograd::worth_keeping_weights`).
     Kept(&'a Buffer),
+}
+
+/// The algorithms a pass can run by here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Algorithm {
+    /// bf16 products on AMX, no column matrix (`bf16/direct.rs`).
+    DirectBf16,
+    /// Winograd F(4x4, 3x3) (`winograd/`).
+    Winograd,
+    /// im2col over groups of images (`grouped.rs`).
+    Grouped,
+    /// Per-image tiled im2col (`im2col.rs`).
+    Im2col,
+}
+
+/// The one choice of algorithm for a pass on the geometry it runs on (the input gradient's is
+/// the flipped-kernel convolution's).
+fn algorithm(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> Algorithm {
+    if use_direct_bf16(g, t) {
+        Algorithm::DirectBf16
+    } else if use_winograd(g, pass, t) {
+        Algorithm::Winograd
+    } else if match pass {
+        ConvPass::WeightGradient => grouped::images_per_weight_group(g, t),
+        ConvPass::Forward | ConvPass::InputGradient => grouped::images_per_group(g, t),
+    } > 1
+    {
+        Algorithm::Grouped
+    } else {
+        Algorithm::Im2col
+    }
+}
+
+/// The method `pass` of the convolution `g` (its forward geometry) runs by, as
+/// `Convolution::conv_method` reports it: what the dispatchers below choose.
+pub fn method(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> ConvMethod {
+    let runs_on = match pass {
+        ConvPass::InputGradient => match flipped_geometry(g) {
+            Some(flipped) => flipped,
+            None => return ConvMethod::Direct,
+        },
+        ConvPass::Forward | ConvPass::WeightGradient => *g,
+    };
+    match algorithm(&runs_on, pass, t) {
+        Algorithm::Winograd => ConvMethod::Winograd {
+            output: winograd::OUTPUT_BLOCK,
+            kernel: 3,
+        },
+        Algorithm::DirectBf16 | Algorithm::Grouped | Algorithm::Im2col => ConvMethod::Direct,
+    }
 }
 
 /// `forward_fused` for either kind of weights, for the forward pass or the input gradient (a
@@ -123,7 +162,7 @@ pub(crate) fn forward_with(
     relu: bool,
     g: &ConvGeometry,
     t: &Tuning,
-    pass: Pass,
+    pass: ConvPass,
     y: &mut [f32],
 ) {
     assert_eq!(
@@ -131,7 +170,8 @@ pub(crate) fn forward_with(
         g.batch * g.out_channels * g.out_h * g.out_w,
         "conv output length"
     );
-    if use_direct_bf16(g, t) {
+    let algorithm = algorithm(g, pass, t);
+    if algorithm == Algorithm::DirectBf16 {
         let (k, taps) = (g.out_channels, g.kernel_h * g.kernel_w);
         let packed = match weights {
             Weights::Slice(w) => Arc::new(direct::pack_weights(w, g, false)),
@@ -141,7 +181,7 @@ pub(crate) fn forward_with(
         };
         return direct::forward(x, &packed, bias, relu, g, t.threads, y);
     }
-    if use_winograd(g, pass, t) {
+    if algorithm == Algorithm::Winograd {
         return match weights {
             Weights::Slice(w) => winograd::forward(x, w, bias, relu, g, t, y),
             Weights::Kept(buf) => {
@@ -158,7 +198,7 @@ pub(crate) fn forward_with(
         Weights::Slice(w) => w,
         Weights::Kept(buf) => buf.as_slice(),
     };
-    if grouped::images_per_group(g, t) > 1 {
+    if algorithm == Algorithm::Grouped {
         return grouped::forward(x, w, bias, relu, g, t, y);
     }
     im2col::forward_fused(x, w, bias, relu, g, t, y)
@@ -178,7 +218,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
             false,
             &flipped,
             t,
-            Pass::InputGradient,
+            ConvPass::InputGradient,
             dx,
         );
     }
@@ -188,16 +228,12 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
 /// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
 /// many images as threads, each worker sums a contiguous group of images into its own dW.
 pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
-    if use_direct_bf16(g, t) {
-        return direct::backward_weight(x, dy, g);
+    match algorithm(g, ConvPass::WeightGradient, t) {
+        Algorithm::DirectBf16 => direct::backward_weight(x, dy, g),
+        Algorithm::Winograd => winograd::backward_weight(x, dy, g, t),
+        Algorithm::Grouped => grouped::backward_weight(x, dy, g, t),
+        Algorithm::Im2col => im2col::backward_weight(x, dy, g, t),
     }
-    if use_winograd(g, Pass::WeightGradient, t) {
-        return winograd::backward_weight(x, dy, g, t);
-    }
-    if grouped::images_per_weight_group(g, t) > 1 {
-        return grouped::backward_weight(x, dy, g, t);
-    }
-    im2col::backward_weight(x, dy, g, t)
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ use transforms::*;
 
 /// Output block side.
 const M: usize = 4;
+/// Output block side, for those that count the products (`conv::method`).
+pub(crate) const OUTPUT_BLOCK: usize = M;
 /// Input tile side: M + 3 - 1.
 const A: usize = 6;
 /// Transformed positions per tile.
