@@ -4,4 +4,4 @@
 set -eu
 host=$1
 shift
-exec ip netns exec "vgg-cluster-$host" sh -c "$*"
+exec ip netns exec "${VGG_CLUSTER_PREFIX:-vgg-cluster}-$host" sh -c "$*"

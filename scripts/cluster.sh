@@ -7,14 +7,17 @@
 #
 #   scripts/cluster.sh up N [RATE]      hosts h1..hN, links of RATE (tc's units: 1gbit, 10gbit, 25gbit; default 1gbit)
 #   scripts/cluster.sh mpirun ARGS...   mpirun from h1 across the hosts, TCP only (e.g. --host h1,h2 vgg train ...)
-#   scripts/cluster.sh rate RATE        reshape every host's link
+#   scripts/cluster.sh rate RATE [HOST] reshape every host's link, or only HOST's (a slow link among fast ones)
 #   scripts/cluster.sh link HOST up|down   take one host's link down or bring it back (a pulled cable)
 #   scripts/cluster.sh down             remove every namespace this script made
 #
 # `up` removes what an earlier `up` left, and removes its namespaces again if it fails half-way.
+# VGG_CLUSTER_PREFIX (default vgg-cluster) names the namespaces, so that a test's cluster and yours coexist.
 set -eu
 
-PREFIX=vgg-cluster
+PREFIX=${VGG_CLUSTER_PREFIX:-vgg-cluster}
+case $PREFIX in ''|*[!a-z0-9-]*) echo "cluster.sh: VGG_CLUSTER_PREFIX takes lower-case letters, digits and '-', not '$PREFIX'" >&2; exit 2;; esac
+export VGG_CLUSTER_PREFIX=$PREFIX
 SUBNET=10.77.0
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -74,9 +77,10 @@ up() {
 case ${1:-} in
     up) need_root; shift; up "$@" ;;
     down) need_root; down ;;
-    rate) need_root; [ $# = 2 ] || die "rate needs a rate, e.g. rate 10gbit"
+    rate) need_root; [ $# = 2 ] || [ $# = 3 ] || die "rate needs a rate and may name one host, e.g. rate 10gbit or rate 100mbit h2"
         [ -n "$(hosts)" ] || die "no hosts: scripts/cluster.sh up 2 first"
-        for h in $(hosts); do shape "$h" "$2"; done ;;
+        if [ $# = 3 ]; then host_exists "$3"; shape "$3" "$2"
+        else for h in $(hosts); do shape "$h" "$2"; done; fi ;;
     link) need_root; [ $# = 3 ] || die "link needs a host and up or down, e.g. link h2 down"
         case $3 in up|down) ;; *) die "link takes up or down, not '$3'";; esac
         host_exists "$2"
@@ -84,9 +88,14 @@ case ${1:-} in
     mpirun) need_root; shift
         [ -n "$(hosts)" ] || die "no hosts: scripts/cluster.sh up 2 first"
         # TCP only, out-of-band traffic too, on the test subnet; ranks started by the agent.
+        # Keepalives on the out-of-band links: a host that stops answering is declared lost after
+        # about 4 s and mpirun ends the job, naming it. Open MPI's default (300 s idle, 9 probes
+        # 20 s apart) would have mpirun wait 8 minutes, and its abort waits on the lost host for ever.
         exec ip netns exec "$PREFIX-h1" env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
             mpirun --mca plm_rsh_agent "$HERE/cluster-agent.sh" \
             --mca btl tcp,self --mca btl_tcp_if_include "$SUBNET.0/24" \
-            --mca oob_tcp_if_include "$SUBNET.0/24" "$@" ;;
-    *) die "usage: scripts/cluster.sh up N [RATE] | mpirun ARGS... | rate RATE | link HOST up|down | down" ;;
+            --mca oob_tcp_if_include "$SUBNET.0/24" \
+            --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
+            "$@" ;;
+    *) die "usage: scripts/cluster.sh up N [RATE] | mpirun ARGS... | rate RATE [HOST] | link HOST up|down | down" ;;
 esac

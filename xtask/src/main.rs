@@ -14,9 +14,10 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci                 runs .ci/run: fmt, clippy -D warnings, the API docs, then `test`
   test [--setup-only]  every test: installs what the tests need where it is missing (a font,
-                     Chromium, Open MPI, libclang, pip; with apt-get, as root or through sudo,
-                     saying what and why), then the workspace's tests, the two-rank MPI tests and
-                     the CUDA kernels' NVRTC compile, each stage timed; --setup-only installs only
+                     Chromium, Open MPI, libclang, pip, iproute2; with apt-get, as root or
+                     through sudo, saying what and why), then the workspace's tests, the two-rank
+                     MPI tests, as root the emulated two-host cluster, and the CUDA kernels'
+                     NVRTC compile, each stage timed; --setup-only installs only
   bench [options]    `vgg bench` in release mode with the reference's settings (VGG-16, batch 32,
                      10 burn-in + 100 timed steps, forward and forward-backward)
       --quick              a smoke run: batch 2, 1 burn-in + 3 timed steps

@@ -15,7 +15,7 @@ struct Need {
     packages: &'static [&'static str],
 }
 
-const NEEDS: [Need; 5] = [
+const NEEDS: [Need; 6] = [
     Need {
         why: "a font, for the figure tests (they render the SVGs' text)",
         present: has_font,
@@ -35,6 +35,11 @@ const NEEDS: [Need; 5] = [
         why: "libclang, with which the mpi crate generates its bindings to MPI",
         present: has_libclang,
         packages: &["libclang-dev"],
+    },
+    Need {
+        why: "iproute2 (ip, tc), for the emulated-cluster test, which runs as root",
+        present: has_iproute2_or_cannot_use_it,
+        packages: &["iproute2"],
     },
     Need {
         why: "Python's pip, to fetch NVIDIA's NVRTC wheel, which compiles the CUDA kernels (no GPU needed)",
@@ -108,6 +113,33 @@ fn has_libclang() -> bool {
 
 fn has_pip() -> bool {
     succeeds("python3", &["-m", "pip", "--version"])
+}
+
+/// Only root makes the emulated cluster's namespaces; others skip its test and need no iproute2.
+fn has_iproute2_or_cannot_use_it() -> bool {
+    !is_root() || (on_path("ip").is_some() && on_path("tc").is_some())
+}
+
+/// Why the emulated-cluster test cannot run here, if it cannot: it needs root and a kernel (or
+/// container) that lets root make network namespaces.
+fn cluster_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("it needs root, to make network namespaces".into());
+    }
+    let probe = format!("vggprobe{}", std::process::id());
+    match Command::new("ip").args(["netns", "add", &probe]).output() {
+        Ok(out) if out.status.success() => {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &probe])
+                .output();
+            None
+        }
+        Ok(out) => Some(format!(
+            "this machine refuses network namespaces: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("cannot run ip: {e}")),
+    }
 }
 
 fn is_root() -> bool {
@@ -260,6 +292,32 @@ pub fn run(args: &[String]) -> Result<()> {
                 .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
         )?,
     ));
+    let mut skipped = Vec::new();
+    let cluster = "the emulated two-host cluster (network namespaces, tc, Open MPI over TCP)";
+    match cluster_unavailable() {
+        None => times.push((
+            "the emulated two-host cluster",
+            stage(
+                cluster,
+                cargo()
+                    .args([
+                        "test",
+                        "-p",
+                        "vgg-cli",
+                        "--features",
+                        "mpi",
+                        "--test",
+                        "cli_mpi",
+                    ])
+                    .args(locked)
+                    .args(["an_emulated_two_host_cluster", "--", "--ignored"]),
+            )?,
+        )),
+        Some(why) => {
+            eprintln!("== skipped: {cluster}: {why}");
+            skipped.push(format!("{cluster}: {why}"));
+        }
+    }
     let nvrtc = nvrtc_dir();
     let lib = nvrtc.join("nvidia/cu13/lib");
     if !lib.is_dir() {
@@ -298,10 +356,17 @@ pub fn run(args: &[String]) -> Result<()> {
                 .env("LD_LIBRARY_PATH", library_path),
         )?,
     ));
-    eprintln!("== every stage passed:");
+    if skipped.is_empty() {
+        eprintln!("== every stage passed:");
+    } else {
+        eprintln!("== every stage that could run here passed:");
+    }
     for (name, seconds) in &times {
         eprintln!("   {seconds:>6.0} s  {name}");
     }
     eprintln!("   {:>6.0} s  in all", start.elapsed().as_secs_f64());
+    for what in &skipped {
+        eprintln!("   skipped: {what}");
+    }
     Ok(())
 }
