@@ -91,11 +91,16 @@ case ${1:-} in
         # Keepalives on the out-of-band links: a host that stops answering is declared lost after
         # about 4 s and mpirun ends the job, naming it. Open MPI's default (300 s idle, 9 probes
         # 20 s apart) would have mpirun wait 8 minutes, and its abort waits on the lost host for ever.
+        # rtc ^hwloc: Open MPI's binding. Each "host" believes it has the machine's cores to itself and
+        # pinned its rank to core 0, so every rank ran on the same core; and its daemon, started in a
+        # host's namespace, sometimes crashed writing the topology to shared memory
+        # (hwloc_shmem_topology_write: 1 start in 30, and twice in a row after a long job; none in 40
+        # without the component).
         exec ip netns exec "$PREFIX-h1" env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
             mpirun --mca plm_rsh_agent "$HERE/cluster-agent.sh" \
             --mca btl tcp,self --mca btl_tcp_if_include "$SUBNET.0/24" \
             --mca oob_tcp_if_include "$SUBNET.0/24" \
             --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3 \
-            "$@" ;;
+            --mca rtc ^hwloc "$@" ;;
     *) die "usage: scripts/cluster.sh up N [RATE] | mpirun ARGS... | rate RATE [HOST] | link HOST up|down | down" ;;
 esac

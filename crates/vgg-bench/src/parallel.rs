@@ -10,7 +10,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use vgg_autodiff::Tape;
-use vgg_dist::{BucketMemory, Communicator, GradientReducer, Solo, StepReducer};
+use vgg_dist::{
+    BucketMemory, Communicator, GradientCompression, GradientReducer, Solo, StepReducer,
+};
 use vgg_nn::optim::{Optimizer, OptimizerKind};
 use vgg_nn::RunOptions;
 use vgg_tensor::Backend;
@@ -49,6 +51,9 @@ pub struct ParallelReport {
     pub buckets: usize,
     /// Whether buckets were sent during backward.
     pub overlap: bool,
+    /// How the gradients travelled: "f32", "bf16" or "fp16".
+    #[serde(default = "f32_gradients")]
+    pub gradients_sent_as: String,
     /// Gradient bytes each rank sends into the allreduce per step.
     pub gradient_bytes: u64,
     /// Every timed step.
@@ -67,6 +72,11 @@ pub struct ParallelReport {
     pub interrupted: bool,
 }
 
+/// Records written before gradients could be compressed sent f32.
+fn f32_gradients() -> String {
+    "f32".into()
+}
+
 /// How the data-parallel benchmark runs.
 #[derive(Debug, Clone, Copy)]
 pub struct ParallelOptions {
@@ -74,6 +84,8 @@ pub struct ParallelOptions {
     pub bucket_bytes: usize,
     /// Send buckets during backward.
     pub overlap: bool,
+    /// Send gradients in 16 bits (`None`: f32).
+    pub compression: Option<GradientCompression>,
     /// Also time rank 0 alone, for the efficiency.
     pub solo_baseline: bool,
 }
@@ -110,8 +122,12 @@ impl<B: Backend> Bench<B> {
                 let mut solo_opt = Optimizer::new(optimizer.kind);
                 for i in 0..total_steps {
                     let mut unused = BucketMemory::default();
+                    let alone = ParallelOptions {
+                        overlap: false,
+                        ..options
+                    };
                     let t =
-                        self.parallel_step(&Solo, &layout, &mut solo_opt, &mut unused, i, false)?;
+                        self.parallel_step(&Solo, &layout, &mut solo_opt, &mut unused, i, alone)?;
                     if i >= self.config.burn_in {
                         times.push(t.total);
                     }
@@ -127,14 +143,7 @@ impl<B: Backend> Bench<B> {
         let mut memory = BucketMemory::default();
         let mut interrupted = false;
         for i in 0..total_steps {
-            let t = self.parallel_step(
-                comm,
-                &layout,
-                &mut optimizer,
-                &mut memory,
-                i,
-                options.overlap,
-            )?;
+            let t = self.parallel_step(comm, &layout, &mut optimizer, &mut memory, i, options)?;
             let burn_in = i < self.config.burn_in;
             if !burn_in {
                 steps.push(t);
@@ -169,7 +178,12 @@ impl<B: Backend> Bench<B> {
             batch_per_rank: self.config.batch,
             buckets: layout.len(),
             overlap: options.overlap,
-            gradient_bytes: 4 * layout.bucket_elements().iter().sum::<usize>() as u64,
+            gradients_sent_as: options
+                .compression
+                .map_or("f32", GradientCompression::name)
+                .into(),
+            gradient_bytes: options.compression.map_or(4, |_| 2)
+                * layout.bucket_elements().iter().sum::<usize>() as u64,
             efficiency: solo
                 .filter(|s| s.mean > 0.0 && stats.mean > 0.0)
                 .map(|s| s.mean / stats.mean),
@@ -195,7 +209,7 @@ impl<B: Backend> Bench<B> {
         optimizer: &mut Optimizer<B>,
         memory: &mut BucketMemory,
         step: usize,
-        overlap: bool,
+        options: ParallelOptions,
     ) -> Result<ParallelStep, BenchError> {
         let Bench {
             backend: b,
@@ -232,7 +246,9 @@ impl<B: Backend> Bench<B> {
                 ..ParallelStep::default()
             });
         }
-        let mut reducer = StepReducer::new(comm, layout, 1.0 / comm.size() as f32, overlap, memory);
+        let weight = 1.0 / comm.size() as f32;
+        let mut reducer = StepReducer::new(comm, layout, weight, options.overlap, memory)
+            .compressed(options.compression);
         let grads = tape.backward_streaming(
             &loss,
             |_| {},

@@ -286,10 +286,11 @@ fn run_parallel<B: Backend>(
     comm.check_same(
         "benchmark settings",
         &format!(
-            "{config:?} {} {:?} {}",
+            "{config:?} {} {:?} {} {:?}",
             a.dist.bucket_bytes(),
             a.dist.no_overlap,
-            a.device.arithmetic()
+            a.device.arithmetic(),
+            a.dist.gradient_compression
         ),
     )?;
     signals::allow_graceful_stop();
@@ -323,6 +324,7 @@ fn run_parallel<B: Backend>(
     let options = ParallelOptions {
         bucket_bytes: a.dist.bucket_bytes(),
         overlap: !a.dist.no_overlap,
+        compression: a.dist.compression(),
         solo_baseline: true,
     };
     let report = bench.run_data_parallel(comm, options, &mut on_step)?;
@@ -360,11 +362,12 @@ fn parallel_summary(r: &ParallelReport) -> String {
     }
     let mut out = format!("\n{}", t.text());
     out.push_str(&format!(
-        "{}, {} images per rank; {} of gradients per rank per step in {}; \
+        "{}, {} images per rank; {} of gradients ({}) per rank per step in {}; \
          allreduce {:.3} s per step, of which {:.3} s overlapped backward\n",
         r.communicator,
         r.batch_per_rank,
         bytes(r.gradient_bytes),
+        r.gradients_sent_as,
         if r.overlap {
             crate::table::plural(r.buckets, "bucket") + " sent during backward"
         } else {

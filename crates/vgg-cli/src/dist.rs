@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
-use vgg_dist::{Communicator, Solo};
+use vgg_dist::{Communicator, GradientCompression, Solo};
 
 use crate::args;
 
@@ -24,9 +24,39 @@ pub struct DistArgs {
     /// with an error naming the exchange (another rank failed or stalled)
     #[arg(long, default_value = "300", value_parser = args::positive)]
     pub comm_timeout: usize,
+    /// Under mpirun: send gradients in 16 bits, half the bytes of f32: bf16 (8 bits of
+    /// mantissa) or fp16 (11 bits, each piece scaled into its range); summed in f32
+    #[arg(long, value_enum, default_value = "none")]
+    pub gradient_compression: Compression,
+}
+
+/// How gradients travel between ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// f32, as computed
+    None,
+    /// bfloat16
+    Bf16,
+    /// IEEE half precision
+    Fp16,
 }
 
 impl DistArgs {
+    /// The 16-bit format gradients travel in, if any.
+    pub fn compression(&self) -> Option<GradientCompression> {
+        match self.gradient_compression {
+            Compression::None => None,
+            Compression::Bf16 => Some(GradientCompression::Bf16),
+            Compression::Fp16 => Some(GradientCompression::Fp16),
+        }
+    }
+
+    /// How the gradients travel, for the run's description: "", ", sent in bf16".
+    pub fn describe_compression(&self) -> String {
+        self.compression()
+            .map_or_else(String::new, |c| format!(", sent in {}", c.name()))
+    }
+
     /// Bucket bytes: everything in one bucket without overlap.
     pub fn bucket_bytes(&self) -> usize {
         if self.no_overlap {

@@ -390,6 +390,10 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     // Ranks computing in other arithmetic would average unlike gradients (threads and vector
     // units may differ from host to host).
     comm.check_same("arithmetic (--precision)", args.device.arithmetic())?;
+    comm.check_same(
+        "gradient compression (--gradient-compression)",
+        &format!("{:?}", args.dist.gradient_compression),
+    )?;
     // Rank 0 alone writes.
     if root {
         args.check_outputs()?;
@@ -461,7 +465,7 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
                             "bucket"
                         )
                     )
-                }
+                } + &args.dist.describe_compression()
             )
         } else {
             String::new()
@@ -500,6 +504,7 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
         comm: &*comm,
         bucket_bytes: args.dist.bucket_bytes(),
         overlap: !args.dist.no_overlap,
+        compression: args.dist.compression(),
     };
     let reports = vgg_train::train_parallel(
         backend,

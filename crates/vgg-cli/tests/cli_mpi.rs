@@ -254,6 +254,82 @@ mod with_mpi {
             err.contains("arithmetic (--precision)") && err.contains("bf16"),
             "{err}"
         );
+        // Nor send their gradients in other formats.
+        let out = mpirun(&[
+            (1, train_args(&out_path, "1", &[])),
+            (
+                1,
+                train_args(&out_path, "1", &["--gradient-compression", "fp16"]),
+            ),
+        ]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("gradient compression (--gradient-compression)") && err.contains("Fp16"),
+            "{err}"
+        );
+    }
+
+    /// `--gradient-compression`: one SGD step on the whole digits set (one batch of 1438), sent
+    /// in bf16 and fp16, moves the weights as the f32 step does to within the format's precision
+    /// (a segment summed or placed wrongly would be off by its whole size); the job says how its
+    /// gradients travel, and the benchmark counts half the bytes.
+    #[test]
+    fn gradients_sent_in_16_bits_step_as_f32_to_their_precision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let one_step = ["--batch-size", "1438"];
+        // The initial weights: a step too small to change any.
+        let mut args = train_args(&path("start.st"), "1", &one_step);
+        let lr = args.iter().position(|a| a == "--lr").unwrap() + 1;
+        args[lr] = "1e-30".into();
+        let start = Command::new(&args[0]).args(&args[1..]).output().unwrap();
+        assert!(start.status.success(), "{}", stderr(&start));
+        let start = weights(&path("start.st"));
+        let step = |output: &str, extra: &[&str]| {
+            let out = mpirun(&[(
+                2,
+                train_args(&path(output), "1", &[&one_step[..], extra].concat()),
+            )]);
+            assert!(out.status.success(), "{}", stderr(&out));
+            let moved: BTreeMap<String, Vec<f32>> = weights(&path(output))
+                .into_iter()
+                .map(|(name, w)| {
+                    let from = &start[&name];
+                    (name, w.iter().zip(from).map(|(a, b)| a - b).collect())
+                })
+                .collect();
+            (stdout(&out), moved)
+        };
+        let (_, exact) = step("f32.st", &[]);
+        for (format, bits) in [("bf16", 8), ("fp16", 11)] {
+            let (text, sent) = step(format, &["--gradient-compression", format]);
+            assert!(
+                text.contains(&format!("during backward, sent in {format})")),
+                "{text}"
+            );
+            for (name, d) in &exact {
+                let norm = |v: &mut dyn Iterator<Item = f32>| v.map(|x| x * x).sum::<f32>().sqrt();
+                let error = norm(&mut d.iter().zip(&sent[name]).map(|(a, b)| a - b));
+                let size = norm(&mut d.iter().copied());
+                // Two roundings of 2^-bits each (values, then sums), with a margin.
+                assert!(
+                    error <= size * 4.0 * 2f32.powi(-bits),
+                    "{format} {name}: step off by {error:e} of {size:e}"
+                );
+            }
+            assert_ne!(exact, sent, "{format}: nothing was rounded");
+        }
+
+        let mut bench = vec![env!("CARGO_BIN_EXE_vgg").to_string()];
+        bench.extend(super::common::tiny_bench(&[
+            "--gradient-compression",
+            "bf16",
+        ]));
+        let out = mpirun(&[(2, bench)]);
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        assert!(text.contains("of gradients (bf16) per rank"), "{text}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use vgg_tensor::{Backend, DeviceTensor, Shape};
 
-use crate::{Communicator, DistError, PendingReduce, Result};
+use crate::{Communicator, DistError, GradientCompression, PendingReduce, Result};
 
 /// Which parameters go into which bucket, the same on every rank.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +148,8 @@ pub struct StepReducer<'a, C: Communicator + ?Sized> {
     pending: Vec<PendingReduce>,
     /// Whether buckets start during backward (false: all after it).
     overlap: bool,
+    /// How the buckets travel: f32, or 16 bits.
+    compression: Option<GradientCompression>,
     times: CommTimes,
 }
 
@@ -192,8 +194,16 @@ impl<'a, C: Communicator + ?Sized> StepReducer<'a, C> {
             memory,
             pending: Vec::new(),
             overlap,
+            compression: None,
             times: CommTimes::default(),
         }
+    }
+
+    /// Sends the buckets in 16 bits (`Some`) instead of f32: half the bytes, each gradient
+    /// rounded to the format (see [`GradientCompression`]).
+    pub fn compressed(mut self, compression: Option<GradientCompression>) -> Self {
+        self.compression = compression;
+        self
     }
 
     /// Starts the complete buckets (every bucket with `all`) in bucket order. Time spent inside
@@ -220,7 +230,10 @@ impl<'a, C: Communicator + ?Sized> StepReducer<'a, C> {
                 "allreduce"
             );
             let started = Instant::now();
-            self.pending.push(self.comm.start_allreduce(buffer)?);
+            self.pending.push(match self.compression {
+                Some(format) => self.comm.start_allreduce_compressed(buffer, format)?,
+                None => self.comm.start_allreduce(buffer)?,
+            });
             seconds += started.elapsed().as_secs_f64();
         }
         self.times.exposed += seconds;

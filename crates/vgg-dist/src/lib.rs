@@ -12,6 +12,7 @@
 //! its host-buffer implementation for any [`Communicator`].
 
 mod bucket;
+mod compression;
 mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -20,6 +21,7 @@ pub mod scaling;
 use std::sync::mpsc;
 
 pub use bucket::{BucketMemory, CommTimes, GradientBuckets, GradientReducer, StepReducer};
+pub use compression::{segment_width, GradientCompression};
 pub use local::LocalGroup;
 
 /// What can go wrong between processes.
@@ -176,6 +178,16 @@ pub trait Communicator: Send + Sync {
     /// The call returns at once where the communicator can overlap the reduction with other work.
     fn start_allreduce(&self, data: Vec<f32>) -> Result<PendingReduce>;
 
+    /// Starts summing `data` over the ranks as [`start_allreduce`](Self::start_allreduce) does,
+    /// with the values sent in 16 bits (`format`): half the bytes, each value rounded on its way
+    /// in and the sum rounded once, the same on every rank (see [`GradientCompression`]). One
+    /// process sends nothing and returns `data` unchanged.
+    fn start_allreduce_compressed(
+        &self,
+        data: Vec<f32>,
+        format: GradientCompression,
+    ) -> Result<PendingReduce>;
+
     /// Sums `data` element-wise over the ranks, in f64 (counts and loss sums), and waits.
     fn allreduce_f64(&self, data: &mut [f64]) -> Result<()>;
 
@@ -290,6 +302,14 @@ impl Communicator for Solo {
 
     fn start_allreduce(&self, data: Vec<f32>) -> Result<PendingReduce> {
         Ok(PendingReduce::ready(Ok(Reduced { data, seconds: 0.0 })))
+    }
+
+    fn start_allreduce_compressed(
+        &self,
+        data: Vec<f32>,
+        _format: GradientCompression,
+    ) -> Result<PendingReduce> {
+        self.start_allreduce(data)
     }
 
     fn allreduce_f64(&self, _data: &mut [f64]) -> Result<()> {

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{Communicator, DistError, PendingReduce, Reduced, Result};
+use crate::{Communicator, DistError, GradientCompression, PendingReduce, Reduced, Result};
 
 #[derive(Clone)]
 enum Payload {
@@ -175,6 +175,28 @@ impl Communicator for LocalGroup {
         }
         Ok(PendingReduce::ready(Ok(Reduced {
             data: sum,
+            seconds: start.elapsed().as_secs_f64(),
+        })))
+    }
+
+    fn start_allreduce_compressed(
+        &self,
+        data: Vec<f32>,
+        format: GradientCompression,
+    ) -> Result<PendingReduce> {
+        let start = Instant::now();
+        let len = data.len();
+        let all = self.exchange("allreduce", Payload::F32(data))?;
+        let mut buffers = Vec::with_capacity(all.len());
+        for part in &all {
+            match part {
+                Payload::F32(v) if v.len() == len => buffers.push(v.as_slice()),
+                _ => return Err(Self::layout("allreduce", format!("{len} here"))),
+            }
+        }
+        let data = format.reduce_all(&buffers, self.shared.size);
+        Ok(PendingReduce::ready(Ok(Reduced {
+            data,
             seconds: start.elapsed().as_secs_f64(),
         })))
     }

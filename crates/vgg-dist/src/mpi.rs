@@ -20,10 +20,11 @@ use ::mpi::topology::SimpleCommunicator;
 use ::mpi::traits::*;
 use ::mpi::Threading;
 
-use crate::{DistError, PendingReduce, Reduced, Result};
+use crate::{segment_width, DistError, GradientCompression, PendingReduce, Reduced, Result};
 
 enum Job {
     Allreduce(Vec<f32>, mpsc::Sender<Result<Reduced>>),
+    AllreduceCompressed(Vec<f32>, GradientCompression, mpsc::Sender<Result<Reduced>>),
     AllreduceF64(Vec<f64>, mpsc::Sender<Result<Vec<f64>>>),
     Broadcast(Vec<u8>, usize, mpsc::Sender<Result<Vec<u8>>>),
     Barrier(mpsc::Sender<Result<()>>),
@@ -109,6 +110,16 @@ impl crate::Communicator for Mpi {
         Ok(PendingReduce::from_channel(result))
     }
 
+    fn start_allreduce_compressed(
+        &self,
+        data: Vec<f32>,
+        format: GradientCompression,
+    ) -> Result<PendingReduce> {
+        let (reply, result) = mpsc::channel();
+        self.send(Job::AllreduceCompressed(data, format, reply))?;
+        Ok(PendingReduce::from_channel(result))
+    }
+
     fn allreduce_f64(&self, data: &mut [f64]) -> Result<()> {
         let summed = self.call(|reply| Job::AllreduceF64(data.to_vec(), reply))?;
         data.copy_from_slice(&summed);
@@ -155,6 +166,8 @@ struct Service<'q> {
     /// Sent buffers kept, by length, as the receive buffers of later allreduces of that length
     /// (the same buckets every step): no fresh memory to fault in.
     spares: RefCell<HashMap<usize, Vec<f32>>>,
+    /// The compressed allreduce's 16-bit buffers (what is sent, what arrives), kept likewise.
+    wire: RefCell<(Vec<u16>, Vec<u16>)>,
 }
 
 impl Service<'_> {
@@ -211,6 +224,7 @@ fn refuse(job: Job) {
     let broken = || DistError::Mpi("an earlier collective failed; the job is ending".into());
     match job {
         Job::Allreduce(_, r) => drop(r.send(Err(broken()))),
+        Job::AllreduceCompressed(_, _, r) => drop(r.send(Err(broken()))),
         Job::AllreduceF64(_, r) => drop(r.send(Err(broken()))),
         Job::Broadcast(_, _, r) => drop(r.send(Err(broken()))),
         Job::Barrier(r) => drop(r.send(Err(broken()))),
@@ -245,6 +259,7 @@ fn serve(
         queue: &queue,
         timeout,
         spares: RefCell::new(HashMap::new()),
+        wire: RefCell::new((Vec::new(), Vec::new())),
     };
     while let Ok(job) = queue.recv() {
         service.run(job);
@@ -263,6 +278,53 @@ impl Service<'_> {
         });
     }
 
+    /// The compressed allreduce (see [`GradientCompression`]) of `data` into `sum`: every rank's
+    /// segment in 16 bits to its owner (all-to-all), the owner's sum in 16 bits to every rank
+    /// (all-gather).
+    fn sum_compressed(
+        &self,
+        data: &[f32],
+        sum: &mut [f32],
+        format: GradientCompression,
+        report: impl Fn(DistError),
+    ) -> Result<()> {
+        let world = &self.world;
+        let ranks = world.size() as usize;
+        let width = segment_width(data.len(), ranks);
+        let piece = width + 1;
+        if piece * ranks > MAX_COUNT {
+            return Err(too_large("allreduce", piece * ranks));
+        }
+        let segment = |r: usize| (r * width).min(data.len())..((r + 1) * width).min(data.len());
+        let mut wire = self.wire.borrow_mut();
+        let (pieces, received) = &mut *wire;
+        pieces.clear();
+        for r in 0..ranks {
+            format.encode_piece(&data[segment(r)], width, pieces);
+        }
+        received.resize(piece * ranks, 0);
+        ::mpi::request::scope(|scope| {
+            let request = world.immediate_all_to_all_into(scope, &pieces[..], &mut received[..]);
+            self.complete("allreduce", request, &report);
+        });
+        let own = &mut sum[segment(world.rank() as usize)];
+        own.fill(0.0);
+        for part in received.chunks_exact(piece) {
+            format.add_piece(part, own);
+        }
+        pieces.clear();
+        format.encode_piece(own, width, pieces);
+        ::mpi::request::scope(|scope| {
+            let request = world.immediate_all_gather_into(scope, &pieces[..], &mut received[..]);
+            self.complete("allreduce", request, &report);
+        });
+        sum.fill(0.0);
+        for (r, part) in received.chunks_exact(piece).enumerate() {
+            format.add_piece(part, &mut sum[segment(r)]);
+        }
+        Ok(())
+    }
+
     fn run(&self, job: Job) {
         let world = &self.world;
         match job {
@@ -278,6 +340,19 @@ impl Service<'_> {
                 let seconds = start.elapsed().as_secs_f64();
                 let _ = reply.send(Ok(Reduced { data: sum, seconds }));
                 self.spares.borrow_mut().insert(data.len(), data);
+            }
+            Job::AllreduceCompressed(data, format, reply) => {
+                let start = Instant::now();
+                let spare = self.spares.borrow_mut().remove(&data.len());
+                let mut sum = spare.unwrap_or_else(|| vec![0.0f32; data.len()]);
+                match self.sum_compressed(&data, &mut sum, format, |e| drop(reply.send(Err(e)))) {
+                    Ok(()) => {
+                        let seconds = start.elapsed().as_secs_f64();
+                        let _ = reply.send(Ok(Reduced { data: sum, seconds }));
+                        self.spares.borrow_mut().insert(data.len(), data);
+                    }
+                    Err(e) => drop(reply.send(Err(e))),
+                }
             }
             Job::AllreduceF64(data, reply) => {
                 // Counts and loss sums: a few values.

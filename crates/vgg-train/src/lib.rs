@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use vgg_autodiff::Tape;
 use vgg_dist::{
-    BucketMemory, CommTimes, Communicator, GradientBuckets, GradientReducer, Solo, StepReducer,
+    BucketMemory, CommTimes, Communicator, GradientBuckets, GradientCompression, GradientReducer,
+    Solo, StepReducer,
 };
 use vgg_model::{ModelError, ModelSpec, Vgg};
 use vgg_nn::init::param_seed;
@@ -288,6 +289,8 @@ pub struct Parallel<'a> {
     /// Start each bucket's allreduce as soon as backward has produced it (false: one allreduce
     /// of everything after backward).
     pub overlap: bool,
+    /// Send gradients in 16 bits (`None`: f32).
+    pub compression: Option<GradientCompression>,
 }
 
 impl Parallel<'static> {
@@ -297,6 +300,7 @@ impl Parallel<'static> {
             comm: &Solo,
             bucket_bytes: DEFAULT_BUCKET_BYTES,
             overlap: true,
+            compression: None,
         }
     }
 }
@@ -433,6 +437,7 @@ pub fn train_parallel<B: Backend>(
                     parallel.overlap,
                     &mut memory,
                 )
+                .compressed(parallel.compression)
             });
             let mut local_grads = None;
             if !chunk.is_empty() {
