@@ -163,19 +163,30 @@ def explain_fixture(out):
         a, g = kept["a"], kept["a"].grad
         weights = g.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * a).sum(1))[0]
+        # Grad-CAM++ as pytorch-grad-cam's GradCAMPlusPlus weighs the channels, in float64.
+        a64, g64 = a.detach().double(), g.double()
+        g2, g3 = g64 ** 2, g64 ** 3
+        sum_a = a64.sum(dim=(2, 3), keepdim=True)
+        alpha = torch.where(g64 != 0, g2 / (2 * g2 + sum_a * g3 + 1e-6), torch.zeros_like(g64))
+        weights_pp = (alpha * F.relu(g64)).sum(dim=(2, 3), keepdim=True)
+        cam_pp = F.relu((weights_pp * a64).sum(1))[0].float()
         saliency = xi.grad.abs().amax(1)[0]
-        return cls, cam.detach(), saliency.detach()
+        return cls, cam.detach(), saliency.detach(), cam_pp
+
+    def up(cam):
+        return F.interpolate(cam[None, None], size=(224, 224), mode="bilinear", align_corners=False)[0, 0]
 
     # VGG-11's modules: conv3_1 is features[6] (its ReLU 7), pool4 features[15], conv5_2 features[18] (ReLU 19).
-    top, cam_top, saliency_top = explain(19, None)
-    _, cam_pool4, saliency_7 = explain(15, 7)
-    _, cam_conv3_1, _ = explain(7, None)
-    cam_up = F.interpolate(cam_top[None, None], size=(224, 224), mode="bilinear", align_corners=False)[0, 0]
+    top, cam_top, saliency_top, cam_pp_top = explain(19, None)
+    _, cam_pool4, saliency_7, cam_pp_pool4 = explain(15, 7)
+    _, cam_conv3_1, _, _ = explain(7, None)
     os.makedirs(out, exist_ok=True)
     save_file({"input": x.contiguous(), "cam_conv5_2_top": cam_top.contiguous(),
-               "cam_conv5_2_top_224": cam_up.contiguous(), "saliency_top": saliency_top.contiguous(),
+               "cam_conv5_2_top_224": up(cam_top).contiguous(), "saliency_top": saliency_top.contiguous(),
                "cam_pool4_class7": cam_pool4.contiguous(), "saliency_class7": saliency_7.contiguous(),
-               "cam_conv3_1_top": cam_conv3_1.contiguous()},
+               "cam_conv3_1_top": cam_conv3_1.contiguous(),
+               "campp_conv5_2_top": cam_pp_top.contiguous(), "campp_conv5_2_top_224": up(cam_pp_top).contiguous(),
+               "campp_pool4_class7": cam_pp_pool4.contiguous()},
               os.path.join(out, "expected.safetensors"),
               metadata={"top_class": str(top), "made_by": f"torch {torch.__version__}"})
     print(f"wrote {out}: top class {top}")

@@ -1,6 +1,7 @@
 //! `vgg explain`: what the network looks at in image files, drawn (`vgg_model::explain` computes
-//! the maps, `vgg_report::pictures` draws them): Grad-CAM over the picture, saliency, SmoothGrad,
-//! a layer's activations and the first layer's filters, as PNG files and one page beside them.
+//! the maps, `vgg_report::pictures` draws them): Grad-CAM and Grad-CAM++ over the picture,
+//! saliency, SmoothGrad, a layer's activations and the first layer's filters, as PNG files and
+//! one page beside them.
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -49,8 +50,8 @@ pub struct ExplainArgs {
     /// The directory the pictures (PNG) and their page (index.html) go in; created if missing
     #[arg(long, short, value_name = "DIR")]
     pub output: PathBuf,
-    /// The layer Grad-CAM weighs: a convolution or pool (conv1_1 ... pool5) [default: the last
-    /// convolution, conv5_3 in VGG-16]
+    /// The layer Grad-CAM and Grad-CAM++ weigh: a convolution or pool (conv1_1 ... pool5)
+    /// [default: the last convolution, conv5_3 in VGG-16]
     #[arg(long)]
     pub layer: Option<String>,
     /// The class to explain [default: each image's most probable]
@@ -141,6 +142,7 @@ impl Source {
 struct ImageOutputs {
     input: PathBuf,
     cam: PathBuf,
+    cam_plus_plus: PathBuf,
     saliency: PathBuf,
     smooth_grad: Option<PathBuf>,
     features: Vec<PathBuf>,
@@ -247,6 +249,7 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
         .map(|stem| ImageOutputs {
             input: a.output.join(format!("{stem}.input.png")),
             cam: a.output.join(format!("{stem}.gradcam-{layer}.png")),
+            cam_plus_plus: a.output.join(format!("{stem}.gradcampp-{layer}.png")),
             saliency: a.output.join(format!("{stem}.saliency.png")),
             smooth_grad: question
                 .smooth_grad
@@ -262,7 +265,12 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
     let page_path = a.output.join("index.html");
     let mut written: Vec<&Path> = vec![&page_path, &filters_path];
     for o in &outputs {
-        written.extend([o.input.as_path(), o.cam.as_path(), o.saliency.as_path()]);
+        written.extend([
+            o.input.as_path(),
+            o.cam.as_path(),
+            o.cam_plus_plus.as_path(),
+            o.saliency.as_path(),
+        ]);
         written.extend(o.smooth_grad.as_deref());
         written.extend(o.features.iter().map(PathBuf::as_path));
     }
@@ -338,6 +346,14 @@ pub fn run<B: Backend>(backend: &B, a: &ExplainArgs) -> Result<String> {
                 format!("Grad-CAM at {layer}, class {}", e.class),
                 png(&enlarged(
                     &heat_overlay(&picture, &e.cam_on_input.data),
+                    SMALLEST_PICTURE,
+                )),
+            ),
+            (
+                &stem_outputs.cam_plus_plus,
+                format!("Grad-CAM++ at {layer}, class {}", e.class),
+                png(&enlarged(
+                    &heat_overlay(&picture, &e.cam_plus_plus_on_input.data),
                     SMALLEST_PICTURE,
                 )),
             ),

@@ -64,7 +64,7 @@ enum Command {
     Backward(net::BackwardArgs),
     /// ImageNet classes of PNG or JPEG images, preprocessed as torchvision does
     Classify(classify::ClassifyArgs),
-    /// What the network looks at in images: Grad-CAM, saliency, SmoothGrad, a layer's activations
+    /// What the network looks at in images: Grad-CAM, Grad-CAM++, saliency, SmoothGrad, a layer's activations
     /// and the first layer's filters, as PNG files and a page (index.html)
     Explain(explain::ExplainArgs),
     /// Trains a VGG on the digits (carried in vgg) or CIFAR-10, with a checkpoint every epoch

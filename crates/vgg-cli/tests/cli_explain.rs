@@ -80,6 +80,19 @@ fn grad_cam_and_saliency_pictures_match_pytorchs_maps() {
     };
     let share = share_within(&overlay, 1.0, blended);
     assert!(share > 0.999, "{share} of Grad-CAM's pixels within a level");
+    // Grad-CAM++ likewise, against pytorch-grad-cam's formula on PyTorch's gradients.
+    let campp = tensor(&want, "campp_conv5_2_top_224");
+    let peak = campp.data.iter().cloned().fold(0.0, f32::max);
+    let overlay = rgb(&out.join("image.gradcampp-conv5_2.png"));
+    let share = share_within(&overlay, 1.0, |px, py| {
+        let t = campp.data[py as usize * 224 + px as usize] / peak;
+        let (base, heat) = (prepared(px, py), colour(colorous::TURBO, t));
+        std::array::from_fn(|c| (1.0 - 0.6 * t) * base[c] + 0.6 * t * heat[c])
+    });
+    assert!(
+        share > 0.999,
+        "{share} of Grad-CAM++'s pixels within a level"
+    );
     // Saliency: PyTorch's |d logit / d input|, max over channels, scaled to its 99th percentile.
     let sal = tensor(&want, "saliency_top");
     let mut sorted = sal.data.clone();
@@ -106,6 +119,7 @@ fn a_browser_draws_the_page_with_its_pictures() {
     for name in [
         "image.input.png",
         "image.gradcam-conv5_2.png",
+        "image.gradcampp-conv5_2.png",
         "image.saliency.png",
         "image.smoothgrad.png",
         "image.conv1_1.png",
@@ -116,7 +130,7 @@ fn a_browser_draws_the_page_with_its_pictures() {
         assert!(text.contains(name), "{name} not said: {text}");
     }
     let page = std::fs::read_to_string(out.join("index.html")).unwrap();
-    assert_eq!(page.matches("data:image/png;base64,").count(), 6);
+    assert_eq!(page.matches("data:image/png;base64,").count(), 7);
     assert!(page.contains("black widow"));
     let shot = browser::screenshot(&out.join("index.html"), 1200, 1600);
     // Saliency's and SmoothGrad's brightest pixels (inferno's end) and conv1_1's grid (viridis'

@@ -1,5 +1,6 @@
 //! What the network looks at, from one forward-backward per image on a frozen tape (no weight
-//! gradient is computed): Grad-CAM (Selvaraju et al., 2017) at any convolution or pool, saliency
+//! gradient is computed): Grad-CAM (Selvaraju et al., 2017) and Grad-CAM++ (Chattopadhyay et
+//! al., 2018) at any convolution or pool, saliency
 //! (Simonyan et al., 2014: the largest magnitude over channels of the input's gradient),
 //! SmoothGrad (Smilkov et al., 2017: saliency averaged over noisy copies of the image), and the
 //! activations of any layer. Every map is the gradient of the class's logit, before softmax.
@@ -48,6 +49,11 @@ pub struct Explanation {
     pub cam: HostTensor,
     /// `cam` enlarged to the input's size, [H, W] (bilinear, as PyTorch's `align_corners=False`).
     pub cam_on_input: HostTensor,
+    /// Grad-CAM++ at the same layer, [h, w]: each channel weighed by its positive gradients, each
+    /// scaled by the paper's alpha ([`grad_cam_plus_plus`]); not normalised.
+    pub cam_plus_plus: HostTensor,
+    /// `cam_plus_plus` enlarged to the input's size, [H, W].
+    pub cam_plus_plus_on_input: HostTensor,
     /// The largest |gradient| over the input's channels, [H, W].
     pub saliency: HostTensor,
     /// SmoothGrad's average of saliency maps, [H, W], where asked for.
@@ -61,7 +67,8 @@ struct Pass {
     probabilities: Vec<f32>,
     class: usize,
     input_gradient: HostTensor,
-    cam: Option<HostTensor>,
+    /// Grad-CAM and Grad-CAM++.
+    cam: Option<(HostTensor, HostTensor)>,
     features: Vec<(String, HostTensor)>,
 }
 
@@ -93,8 +100,9 @@ impl<B: Backend> Vgg<B> {
         let [_, _, height, width] = image.shape().dims() else {
             unreachable!("checked: rank 4")
         };
-        let cam = pass.cam.expect("the Grad-CAM layer was tapped");
+        let (cam, cam_plus_plus) = pass.cam.expect("the Grad-CAM layer was tapped");
         let cam_on_input = upsample_bilinear(&cam, *height, *width);
+        let cam_plus_plus_on_input = upsample_bilinear(&cam_plus_plus, *height, *width);
         let smooth_grad = match question.smooth_grad {
             Some(s) if s.samples > 0 => Some(self.smooth_grad(backend, image, pass.class, s)?),
             _ => None,
@@ -104,6 +112,8 @@ impl<B: Backend> Vgg<B> {
             class: pass.class,
             cam,
             cam_on_input,
+            cam_plus_plus,
+            cam_plus_plus_on_input,
             saliency: saliency(&pass.input_gradient),
             smooth_grad,
             features: pass.features,
@@ -195,10 +205,11 @@ impl<B: Backend> Vgg<B> {
         drop(logits);
         tape.backward(&score)?;
         let cam = match cam_tap {
-            Some((a, tap)) => Some(grad_cam(
-                &HostTensor::download(backend, &a)?,
-                &HostTensor::download(backend, &tap.gradient(backend)?)?,
-            )),
+            Some((a, tap)) => {
+                let a = HostTensor::download(backend, &a)?;
+                let g = HostTensor::download(backend, &tap.gradient(backend)?)?;
+                Some((grad_cam(&a, &g), grad_cam_plus_plus(&a, &g)))
+            }
             None => None,
         };
         // The features in the order asked.
@@ -307,6 +318,43 @@ pub fn grad_cam(activations: &HostTensor, gradients: &HostTensor) -> HostTensor 
     }
 }
 
+/// Grad-CAM++ from a layer's activations A and their gradients g, [1, K, h, w] each, [h, w]:
+/// ReLU of the channels weighed by sum over positions of alpha ReLU(g), with
+/// alpha = g^2 / (2 g^2 + (sum of A over the channel's positions) g^3), 0 where g is 0: the paper's
+/// closed form for an exponential of the score, as pytorch-grad-cam computes it (with its 1e-6 in
+/// the denominator, so that results match).
+pub fn grad_cam_plus_plus(activations: &HostTensor, gradients: &HostTensor) -> HostTensor {
+    let &[_, k, h, w] = activations.shape.as_slice() else {
+        panic!("activations are [1, K, h, w], got {:?}", activations.shape)
+    };
+    assert_eq!(activations.shape, gradients.shape);
+    let plane = h * w;
+    let mut cam = vec![0.0f64; plane];
+    for c in 0..k {
+        let g = &gradients.data[c * plane..(c + 1) * plane];
+        let a = &activations.data[c * plane..(c + 1) * plane];
+        let activation_sum = a.iter().map(|&v| v as f64).sum::<f64>();
+        let weight = g
+            .iter()
+            .map(|&g| {
+                let g = g as f64;
+                if g == 0.0 {
+                    return 0.0;
+                }
+                let (g2, g3) = (g * g, g * g * g);
+                g2 / (2.0 * g2 + activation_sum * g3 + 1e-6) * g.max(0.0)
+            })
+            .sum::<f64>();
+        cam.iter_mut()
+            .zip(a)
+            .for_each(|(m, &v)| *m += weight * v as f64);
+    }
+    HostTensor {
+        shape: vec![h, w],
+        data: cam.into_iter().map(|v| v.max(0.0) as f32).collect(),
+    }
+}
+
 /// The largest |value| over the channels of a [C, H, W] gradient, [H, W].
 pub fn saliency(gradient: &HostTensor) -> HostTensor {
     let &[c, h, w] = gradient.shape.as_slice() else {
@@ -381,6 +429,39 @@ mod tests {
         };
         // 1*1 - 0.5*4 = -1 -> 0; 1*2 - 0.5*2 = 1.
         assert_eq!(grad_cam(&a, &g), map(1, 2, &[0.0, 1.0]));
+    }
+
+    #[test]
+    fn grad_cam_plus_plus_weighs_positive_gradients_by_alpha() {
+        // Channel 0: A = [1, 3] (sum 4), g = [0.5, -1]: only the positive gradient counts,
+        // alpha = 0.25 / (0.5 + 4 x 0.125 + 1e-6); channel 1: g = 0, no weight.
+        let a = HostTensor {
+            shape: vec![1, 2, 1, 2],
+            data: vec![1.0, 3.0, 5.0, 7.0],
+        };
+        let g = HostTensor {
+            shape: vec![1, 2, 1, 2],
+            data: vec![0.5, -1.0, 0.0, 0.0],
+        };
+        let weight = 0.25 / (0.5 + 4.0 * 0.125 + 1e-6) * 0.5;
+        let cam = grad_cam_plus_plus(&a, &g);
+        assert_eq!(cam.shape, vec![1, 2]);
+        for (got, want) in cam.data.iter().zip([weight, 3.0 * weight]) {
+            assert!((f64::from(*got) - want).abs() < 1e-7, "{got} {want}");
+        }
+        // A negative weighted sum is cut to zero, as in Grad-CAM.
+        let negative = HostTensor {
+            shape: vec![1, 1, 1, 2],
+            data: vec![-1.0, -2.0],
+        };
+        let positive = HostTensor {
+            shape: vec![1, 1, 1, 2],
+            data: vec![0.1, 0.1],
+        };
+        assert_eq!(
+            grad_cam_plus_plus(&negative, &positive).data,
+            vec![0.0, 0.0]
+        );
     }
 
     #[test]

@@ -86,6 +86,22 @@ fn grad_cam_and_saliency_match_pytorch() {
         if layer == "conv5_2" {
             let err = relative_error(&e.cam_on_input, tensor(&want, "cam_conv5_2_top_224"));
             assert!(err < BOUND, "cam on the input: {err:.2e}");
+            let err = relative_error(
+                &e.cam_plus_plus_on_input,
+                tensor(&want, "campp_conv5_2_top_224"),
+            );
+            assert!(err < BOUND, "Grad-CAM++ on the input: {err:.2e}");
+        }
+        // Grad-CAM++ (pytorch-grad-cam's formula, in the fixture script) at the first two.
+        if layer != "conv3_1" {
+            let campp = format!("campp_{}", &cam[4..]);
+            let err = relative_error(&e.cam_plus_plus, tensor(&want, &campp));
+            assert!(err < BOUND, "{campp}: {err:.2e}");
+            assert!(
+                e.cam_plus_plus.data.iter().any(|&v| v > 0.0),
+                "{campp} is all zero"
+            );
+            eprintln!("{layer}: Grad-CAM++ within {err:.1e} of PyTorch");
         }
         eprintln!(
             "{layer}: Grad-CAM within {:.1e} of PyTorch",
