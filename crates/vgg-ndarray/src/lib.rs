@@ -9,6 +9,7 @@ pub mod config;
 pub mod conv;
 pub mod gemm;
 pub mod generic;
+mod lone_rows;
 pub mod pooling;
 mod simd;
 pub mod skinny;

@@ -5,9 +5,11 @@
 
 use rayon::prelude::*;
 
+use crate::lone_rows;
+
 /// Largest row count handled here.
 pub const MAX_ROWS: usize = 16;
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Rows of A per register block. With 4 rows of B too, 4 x 4 dot products of 16 lanes are 16
 /// AVX-512 accumulators, fed by 8 loads per 16 FMAs. AVX2's 16 registers of 8 lanes would need 32,
@@ -18,7 +20,7 @@ const LANES: usize = 16;
 const BLOCK: usize = 4;
 /// Values of k per pass: a pass's slice of packed A (8 rows at batch 8: 512 KiB) stays in L2
 /// while the block's rows of B stream through (fc6 has k = 25088).
-const K_STEP: usize = 16384;
+pub(crate) const K_STEP: usize = 16384;
 
 /// How B's values are stored: f32, or bf16 (`u16`: the f32's high half, `bf16::bits`), which
 /// halves the bytes a weight-bound product reads.
@@ -108,7 +110,7 @@ fn pack_rows(a: &[f32], m: usize, k: usize) -> Vec<f32> {
 
 /// A row . B row over `range`, with 16 partial sums.
 #[inline(always)]
-fn dot<E: Element>(a: &[f32], b: &[E], range: std::ops::Range<usize>) -> f32 {
+pub(crate) fn dot<E: Element>(a: &[f32], b: &[E], range: std::ops::Range<usize>) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (a, b) = (&a[range.clone()], &b[range]);
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -212,6 +214,9 @@ trait Blocks: Element {
 
 impl Blocks for f32 {
     fn block(a: &[f32], packed: &[f32], b: &[f32], m: usize, k: usize, ct: &mut [f32]) {
+        if m < BLOCK {
+            return lone_rows::lone_rows(a, b, m, k, ct);
+        }
         if crate::simd::level() < crate::config::Isa::Avx512 {
             return block_4x2(a, packed, b, m, k, ct);
         }
@@ -221,6 +226,9 @@ impl Blocks for f32 {
 
 impl Blocks for u16 {
     fn block(a: &[f32], packed: &[f32], b: &[u16], m: usize, k: usize, ct: &mut [f32]) {
+        if m < BLOCK {
+            return lone_rows::lone_rows_bf16(a, b, m, k, ct);
+        }
         if crate::simd::level() < crate::config::Isa::Avx512 {
             return block_4x2_bf16(a, packed, b, m, k, ct);
         }
@@ -230,6 +238,9 @@ impl Blocks for u16 {
 
 impl Blocks for Rounded {
     fn block(a: &[f32], packed: &[f32], b: &[Rounded], m: usize, k: usize, ct: &mut [f32]) {
+        if m < BLOCK {
+            return lone_rows::lone_rows_rounded(a, b, m, k, ct);
+        }
         if crate::simd::level() < crate::config::Isa::Avx512 {
             return block_4x2_rounded(a, packed, b, m, k, ct);
         }
@@ -294,6 +305,25 @@ mod tests {
             .collect()
     }
 
+    /// A row's products are the same 16 lanes in the same order, fused, in a group of 4 or alone.
+    #[test]
+    fn a_rows_result_does_not_depend_on_the_row_count() {
+        let (n, k) = (37, 1000);
+        let a: Vec<f32> = (0..4 * k)
+            .map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.1)
+            .collect();
+        let b: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 13) % 7) as f32 * 0.7 - 2.5)
+            .collect();
+        let mut four = vec![0.0; 4 * n];
+        a_bt(&a, &b, 4, n, k, &mut four);
+        for row in 0..4 {
+            let mut one = vec![0.0; n];
+            a_bt(&a[row * k..(row + 1) * k], &b, 1, n, k, &mut one);
+            assert_eq!(one, four[row * n..(row + 1) * n], "row {row}");
+        }
+    }
+
     #[test]
     fn matches_naive_loops() {
         for (m, n, k) in [
@@ -302,6 +332,8 @@ mod tests {
             (8, 1100, 33),
             (16, 5, 2000),
             (9, 10, 2503),
+            // Lone rows over two passes of k, B's rows not a multiple of 4.
+            (2, 13, 20000),
         ] {
             let a: Vec<f32> = (0..m * k).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
             let b: Vec<f32> = (0..n * k)
