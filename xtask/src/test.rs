@@ -272,21 +272,27 @@ pub fn run(args: &[String]) -> Result<()> {
                 .args(locked),
         )?,
     ));
+    // The MPI tests, which the emulated cluster's test is one of (it runs only as root).
+    let mpi_tests = || {
+        let mut command = cargo();
+        command
+            .args([
+                "test",
+                "-p",
+                "vgg-cli",
+                "--features",
+                "mpi",
+                "--test",
+                "cli_mpi",
+            ])
+            .args(locked);
+        command
+    };
     times.push((
         "the two-rank MPI tests",
         stage(
             "the two-rank MPI tests (feature mpi, under mpirun)",
-            cargo()
-                .args([
-                    "test",
-                    "-p",
-                    "vgg-cli",
-                    "--features",
-                    "mpi",
-                    "--test",
-                    "cli_mpi",
-                ])
-                .args(locked)
+            mpi_tests()
                 // Containers and CI run as root, which Open MPI refuses unless told.
                 .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
                 .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"),
@@ -299,18 +305,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "the emulated two-host cluster",
             stage(
                 cluster,
-                cargo()
-                    .args([
-                        "test",
-                        "-p",
-                        "vgg-cli",
-                        "--features",
-                        "mpi",
-                        "--test",
-                        "cli_mpi",
-                    ])
-                    .args(locked)
-                    .args(["an_emulated_two_host_cluster", "--", "--ignored"]),
+                mpi_tests().args(["an_emulated_two_host_cluster", "--", "--ignored"]),
             )?,
         )),
         Some(why) => {

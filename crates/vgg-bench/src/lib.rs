@@ -253,6 +253,27 @@ impl LayerTime {
         rate_of(self.backward_executed_flops?, self.backward_ms)
     }
 
+    /// FLOPs of the forward pass as performed: executed where the backend says, else the direct
+    /// method's.
+    pub fn forward_performed_flops(&self) -> u64 {
+        self.forward_executed_flops.unwrap_or(self.forward_flops)
+    }
+
+    /// FLOPs of the backward pass as performed, as `forward_performed_flops`.
+    pub fn backward_performed_flops(&self) -> u64 {
+        self.backward_executed_flops.unwrap_or(self.backward_flops)
+    }
+
+    /// 10^9 FLOP/s of the forward pass as performed (`forward_performed_flops`).
+    pub fn forward_performed_gflops(&self) -> Option<f64> {
+        rate_of(self.forward_performed_flops(), self.forward_ms)
+    }
+
+    /// 10^9 FLOP/s of the backward pass as performed.
+    pub fn backward_performed_gflops(&self) -> Option<f64> {
+        rate_of(self.backward_performed_flops(), self.backward_ms)
+    }
+
     /// Achieved 10^9 bytes/s of the forward pass's least traffic.
     pub fn forward_gbytes(&self) -> Option<f64> {
         rate_of(self.forward_bytes, self.forward_ms)

@@ -478,7 +478,7 @@ fn summary(record: &BenchRecord) -> String {
                 format!("{:.2}", l.forward_ms),
                 shown(l.forward_gflops()),
                 shown(l.forward_executed_gflops()),
-                of(l.forward_executed_gflops().or(l.forward_gflops()), peak),
+                of(l.forward_performed_gflops(), peak),
                 shown(l.forward_gbytes()),
                 of(l.forward_gbytes(), bandwidth),
             ];
@@ -487,7 +487,7 @@ fn summary(record: &BenchRecord) -> String {
                     format!("{:.2}", l.backward_ms),
                     shown(l.backward_gflops()),
                     shown(l.backward_executed_gflops()),
-                    of(l.backward_executed_gflops().or(l.backward_gflops()), peak),
+                    of(l.backward_performed_gflops(), peak),
                     shown(l.backward_gbytes()),
                     of(l.backward_gbytes(), bandwidth),
                 ]);

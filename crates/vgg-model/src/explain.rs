@@ -298,24 +298,9 @@ fn without_batch(mut t: HostTensor) -> HostTensor {
 /// Grad-CAM from a layer's activations and their gradients, [1, K, h, w] each: ReLU of the
 /// channels weighed by their gradients' spatial means, [h, w].
 pub fn grad_cam(activations: &HostTensor, gradients: &HostTensor) -> HostTensor {
-    let &[_, k, h, w] = activations.shape.as_slice() else {
-        panic!("activations are [1, K, h, w], got {:?}", activations.shape)
-    };
-    assert_eq!(activations.shape, gradients.shape);
-    let plane = h * w;
-    let mut cam = vec![0.0f64; plane];
-    for c in 0..k {
-        let g = &gradients.data[c * plane..(c + 1) * plane];
-        let weight = g.iter().map(|&v| v as f64).sum::<f64>() / plane as f64;
-        let a = &activations.data[c * plane..(c + 1) * plane];
-        cam.iter_mut()
-            .zip(a)
-            .for_each(|(m, &v)| *m += weight * v as f64);
-    }
-    HostTensor {
-        shape: vec![h, w],
-        data: cam.into_iter().map(|v| v.max(0.0) as f32).collect(),
-    }
+    weighed_channels(activations, gradients, |g, _| {
+        g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64
+    })
 }
 
 /// Grad-CAM++ from a layer's activations A and their gradients g, [1, K, h, w] each, [h, w]:
@@ -324,6 +309,28 @@ pub fn grad_cam(activations: &HostTensor, gradients: &HostTensor) -> HostTensor 
 /// closed form for an exponential of the score, as pytorch-grad-cam computes it (with its 1e-6 in
 /// the denominator, so that results match).
 pub fn grad_cam_plus_plus(activations: &HostTensor, gradients: &HostTensor) -> HostTensor {
+    weighed_channels(activations, gradients, |g, a| {
+        let activation_sum = a.iter().map(|&v| v as f64).sum::<f64>();
+        g.iter()
+            .map(|&g| {
+                let g = g as f64;
+                if g == 0.0 {
+                    return 0.0;
+                }
+                let (g2, g3) = (g * g, g * g * g);
+                g2 / (2.0 * g2 + activation_sum * g3 + 1e-6) * g.max(0.0)
+            })
+            .sum::<f64>()
+    })
+}
+
+/// ReLU of the sum over channels of `weight(gradient plane, activation plane)` times the
+/// activation plane, in f64, for [1, K, h, w] activations and gradients: [h, w].
+fn weighed_channels(
+    activations: &HostTensor,
+    gradients: &HostTensor,
+    weight: impl Fn(&[f32], &[f32]) -> f64,
+) -> HostTensor {
     let &[_, k, h, w] = activations.shape.as_slice() else {
         panic!("activations are [1, K, h, w], got {:?}", activations.shape)
     };
@@ -333,18 +340,7 @@ pub fn grad_cam_plus_plus(activations: &HostTensor, gradients: &HostTensor) -> H
     for c in 0..k {
         let g = &gradients.data[c * plane..(c + 1) * plane];
         let a = &activations.data[c * plane..(c + 1) * plane];
-        let activation_sum = a.iter().map(|&v| v as f64).sum::<f64>();
-        let weight = g
-            .iter()
-            .map(|&g| {
-                let g = g as f64;
-                if g == 0.0 {
-                    return 0.0;
-                }
-                let (g2, g3) = (g * g, g * g * g);
-                g2 / (2.0 * g2 + activation_sum * g3 + 1e-6) * g.max(0.0)
-            })
-            .sum::<f64>();
+        let weight = weight(g, a);
         cam.iter_mut()
             .zip(a)
             .for_each(|(m, &v)| *m += weight * v as f64);

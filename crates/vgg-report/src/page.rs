@@ -412,14 +412,14 @@ pub fn roofline_chart(r: &Run, m: &RunMode) -> Result<Option<String>> {
         // method's), so that no point stands above the compute roof for doing less arithmetic.
         let passes = [
             (
-                l.forward_executed_gflops().or(l.forward_gflops()),
-                l.forward_executed_flops.unwrap_or(l.forward_flops),
+                l.forward_performed_gflops(),
+                l.forward_performed_flops(),
                 l.forward_bytes,
                 false,
             ),
             (
-                l.backward_executed_gflops().or(l.backward_gflops()),
-                l.backward_executed_flops.unwrap_or(l.backward_flops),
+                l.backward_performed_gflops(),
+                l.backward_performed_flops(),
                 l.backward_bytes,
                 true,
             ),
