@@ -27,9 +27,23 @@
         float64.pth (refused: not float32) and hostile.pth (a pickle that would call os.system when
         unpickled by Python: refused without running it).
 
-    python3 scripts/make_fixtures.py --torchvision-vgg16 DIR
-        torchvision's own vgg16() (random init) exported unchanged from state_dict(), with an
-        input and its logits: checks that such a file loads without conversion (528 MB, not committed).
+    python3 scripts/make_fixtures.py --family tests/fixtures/family
+        torchvision's eight VGG models (vgg11 .. vgg19 and vgg11_bn .. vgg19_bn) at width 1/16, hidden
+        width 32, 10 classes, 32x32, batch 4, with BatchNorm's scales, shifts and running statistics
+        drawn away from their initial values. input.npy, and for each model NAME/weights.safetensors
+        (the whole state_dict, num_batches_tracked as int64, as torchvision saves it), NAME/eval.npy (the
+        logits in eval mode) and, for the _bn models, NAME/eval.safetensors (the gradients of
+        sum(logits^2)/2 in eval mode, through the running statistics), NAME/train.npy and
+        NAME/train.safetensors: the
+        logits in train mode (BatchNorm on the batch's statistics, dropout off), the gradients of
+        sum(logits^2)/2 for every parameter (`grad.` + name) and the running statistics after that
+        forward pass (`after.` + name).
+
+    python3 scripts/make_fixtures.py --torchvision DIR
+        torchvision's own eight models (vgg11() .. vgg19_bn(), random init, BatchNorm's statistics drawn
+        as above) at 224x224 in eval mode: DIR/NAME.pth (torch.save of the state_dict, as torchvision
+        ships its weights), DIR/input.npy and DIR/NAME.logits.npy. For the ignored test
+        `torchvision_at_224` (VGG_TORCHVISION_DIR=DIR; 4.2 GB, not committed).
 
 Needs torch, torchvision, numpy and safetensors (pip install torch torchvision numpy safetensors).
 """
@@ -49,7 +63,7 @@ class SmallVgg(nn.Module):
     """torchvision's VGG layout (features / flatten / classifier, same module indices) without the
     adaptive average pool, so fc6 reads pool5 as it is, as the reference program does."""
 
-    def __init__(self, cfg, hidden, classes, size):
+    def __init__(self, cfg, hidden, classes, size, batch_norm=False):
         super().__init__()
         layers, channels = [], 3
         for v in cfg:
@@ -57,7 +71,10 @@ class SmallVgg(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2))
                 size //= 2
             else:
-                layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(channels, v, 3, padding=1))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(v))
+                layers.append(nn.ReLU(inplace=True))
                 channels = v
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
@@ -215,35 +232,106 @@ def pth_fixtures(out):
     print(f"wrote {out}: {sorted(os.listdir(out))}")
 
 
-def torchvision_vgg16(out):
+# torchvision's configurations (torchvision.models.vgg.cfgs), widths to be divided by 16.
+FAMILY = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+CFGS = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+
+
+def family_fixtures(out):
+    torch.manual_seed(0)
+    os.makedirs(out, exist_ok=True)
+    x = torch.randn(4, 3, 32, 32)
+    np.save(os.path.join(out, "input.npy"), x.numpy().astype(np.float32))
+    for base, letter in FAMILY.items():
+        cfg = [v if v == "M" else v // 16 for v in CFGS[letter]]
+        for bn in (False, True):
+            name = base + ("_bn" if bn else "")
+            model = SmallVgg(cfg, hidden=32, classes=10, size=32, batch_norm=bn)
+            for m in model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.uniform_(m.bias, -0.1, 0.1)
+                if isinstance(m, nn.BatchNorm2d):
+                    nn.init.uniform_(m.weight, 0.5, 1.5)
+                    nn.init.uniform_(m.bias, -0.2, 0.2)
+                    m.running_mean.uniform_(-0.3, 0.3)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.num_batches_tracked.fill_(7)
+            d = os.path.join(out, name)
+            os.makedirs(d, exist_ok=True)
+            meta = {"vgg.model": name, "vgg.classes": "10", "vgg.hidden": "32", "vgg.width_mult": "0.0625",
+                    "vgg.in_channels": "3", "vgg.input": "32x32", "made_by": f"torch {torch.__version__}"}
+            save_file({n: t.contiguous() for n, t in model.state_dict().items()},
+                      os.path.join(d, "weights.safetensors"), metadata=meta)
+            with torch.no_grad():
+                np.save(os.path.join(d, "eval.npy"), model.eval()(x).numpy().astype(np.float32))
+            if not bn:
+                continue
+            logits = model(x)
+            (logits.pow(2).sum() / 2).backward()
+            save_file({f"grad.{n}": p.grad.contiguous() for n, p in model.named_parameters()},
+                      os.path.join(d, "eval.safetensors"), metadata={"made_by": meta["made_by"]})
+            model.zero_grad(set_to_none=True)
+            model.train()
+            for m in model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.eval()
+            logits = model(x)
+            (logits.pow(2).sum() / 2).backward()
+            np.save(os.path.join(d, "train.npy"), logits.detach().numpy().astype(np.float32))
+            result = {f"grad.{n}": p.grad.contiguous() for n, p in model.named_parameters()}
+            result.update({f"after.{n}": t.contiguous().float() for n, t in model.state_dict().items()
+                           if "running" in n or "num_batches" in n})
+            save_file(result, os.path.join(d, "train.safetensors"), metadata={"made_by": meta["made_by"]})
+    print(f"wrote {out}: {sorted(os.listdir(out))}")
+
+
+def torchvision_family(out):
     import torchvision
     torch.manual_seed(0)
-    model = torchvision.models.vgg16().eval()
-    x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        logits = model(x)
     os.makedirs(out, exist_ok=True)
-    save_file({n: t.contiguous() for n, t in model.state_dict().items()}, os.path.join(out, "vgg16.safetensors"))
+    x = torch.randn(1, 3, 224, 224)
     np.save(os.path.join(out, "input.npy"), x.numpy())
-    np.save(os.path.join(out, "logits.npy"), logits.numpy())
-    print(f"wrote {out}: torchvision {torchvision.__version__} vgg16, top-5 {logits.topk(5).indices.tolist()}")
+    for base in FAMILY:
+        for name in (base, base + "_bn"):
+            model = getattr(torchvision.models, name)().eval()
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    nn.init.uniform_(m.weight, 0.5, 1.5)
+                    nn.init.uniform_(m.bias, -0.2, 0.2)
+                    m.running_mean.uniform_(-0.3, 0.3)
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.num_batches_tracked.fill_(7)
+            with torch.no_grad():
+                logits = model(x)
+            torch.save(model.state_dict(), os.path.join(out, f"{name}.pth"))
+            np.save(os.path.join(out, f"{name}.logits.npy"), logits.numpy())
+            print(f"wrote {out}/{name}.pth: torchvision {torchvision.__version__}, top-5 {logits.topk(5).indices.tolist()}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", nargs="?", default="tests/fixtures/vgg11-w8")
-    parser.add_argument("--torchvision-vgg16", metavar="DIR")
+    parser.add_argument("--torchvision", metavar="DIR")
     parser.add_argument("--classify", metavar="DIR")
     parser.add_argument("--pth", metavar="DIR")
     parser.add_argument("--explain", metavar="DIR")
+    parser.add_argument("--family", metavar="DIR")
     args = parser.parse_args()
-    if args.explain:
+    if args.family:
+        family_fixtures(args.family)
+    elif args.explain:
         explain_fixture(args.explain)
     elif args.pth:
         pth_fixtures(args.pth)
     elif args.classify:
         classify_fixture(args.classify)
-    elif args.torchvision_vgg16:
-        torchvision_vgg16(args.torchvision_vgg16)
+    elif args.torchvision:
+        torchvision_family(args.torchvision)
     else:
         small_fixture(args.out)

@@ -435,6 +435,7 @@ impl<B: Backend> Bench<B> {
                 let run = RunOptions {
                     keep_prob: 0.5,
                     seed: vgg_nn::init::param_seed(self.config.seed, step),
+                    training: true,
                 };
                 let logits = self
                     .model

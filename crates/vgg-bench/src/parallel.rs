@@ -226,6 +226,7 @@ impl<B: Backend> Bench<B> {
                 vgg_nn::init::param_seed(config.seed, step),
                 comm.rank(),
             ),
+            training: true,
         };
         let logits = model.forward(&tape, &x, run)?;
         let loss = tape.l2_loss(&logits)?;

@@ -12,7 +12,8 @@ use crate::args;
 /// metadata where the command reads one, else from the command's defaults.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct NetOptions {
-    /// The configuration: vgg11 (A), vgg13 (B), vgg16c (C), vgg16 (D) or vgg19 (E) of the paper
+    /// The configuration: vgg11 (A), vgg13 (B), vgg16c (C), vgg16 (D) or vgg19 (E) of the paper,
+    /// or torchvision's vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn (BatchNorm after every convolution)
     /// [default: the weight file's, else vgg16; train: vgg11]
     #[arg(long, value_parser = args::model)]
     pub model: Option<VggConfig>,

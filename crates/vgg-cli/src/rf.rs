@@ -15,7 +15,8 @@ pub const RF_SCHEMA: &str = "vgg-rf/1";
 
 #[derive(clap::Args, Debug)]
 pub struct RfArgs {
-    /// The configuration: vgg11 (A), vgg13 (B), vgg16c (C), vgg16 (D) or vgg19 (E) of the paper
+    /// The configuration: vgg11 (A), vgg13 (B), vgg16c (C), vgg16 (D) or vgg19 (E) of the paper,
+    /// or torchvision's vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn (BatchNorm after every convolution)
     #[arg(long, default_value = "vgg16", value_parser = args::model)]
     pub model: VggConfig,
     /// An ad-hoc stack instead of a model, e.g. conv3,conv3,conv3: comma-separated convK, convK/S

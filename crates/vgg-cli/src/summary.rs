@@ -211,6 +211,7 @@ struct Totals {
     params: u64,
     weights: u64,
     biases: u64,
+    norm_params: u64,
     param_bytes: u64,
     macs_per_image: u64,
     flops_per_image: u64,
@@ -387,9 +388,14 @@ fn footer(spec: &ModelSpec, batch: usize, m: &MemoryEstimate, macs_batch: u64) -
     let input = spec.input();
     let mut lines = vec![
         format!(
-            "{} (paper config {}), input {}x{}x{}, {} classes, batch {}",
+            "{} (paper config {}{}), input {}x{}x{}, {} classes, batch {}",
             spec.model,
             spec.model.paper_letter(),
+            if spec.model.batch_norm() {
+                " with BatchNorm after every convolution"
+            } else {
+                ""
+            },
             input.height,
             input.width,
             input.channels,
@@ -397,10 +403,14 @@ fn footer(spec: &ModelSpec, batch: usize, m: &MemoryEstimate, macs_batch: u64) -
             batch
         ),
         format!(
-            "Total params: {} ({} weights + {} biases), {} as f32",
+            "Total params: {} ({} weights + {} biases{}), {} as f32",
             thousands(spec.params()),
             thousands(spec.weights()),
             thousands(spec.biases()),
+            match spec.norm_params() {
+                0 => String::new(),
+                n => format!(" + {} BatchNorm scales and shifts", thousands(n)),
+            },
             bytes(m.param_bytes)
         ),
         format!(
@@ -530,6 +540,7 @@ pub fn render(
                     params: spec.params(),
                     weights: spec.weights(),
                     biases: spec.biases(),
+                    norm_params: spec.norm_params(),
                     param_bytes: spec.params() * vgg_model::F32_BYTES,
                     macs_per_image: spec.macs(),
                     flops_per_image: spec.flops(),

@@ -422,6 +422,7 @@ fn a_small_vgg_forward_backward_matches_the_cpu() {
     let run = RunOptions {
         keep_prob: 0.5,
         seed: 9,
+        training: true,
     };
 
     let cpu_tape = Tape::new(p.cpu.clone());

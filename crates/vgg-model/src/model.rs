@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use vgg_autodiff::{AutodiffError, Tape, Var};
 use vgg_nn::io::{HostTensor, TensorFile};
-use vgg_nn::{init, InitScheme, Layer, RunOptions, Sequential};
+use vgg_nn::{init, BatchNorm2d, InitScheme, Layer, RunOptions, Sequential};
 use vgg_tensor::{Backend, Conv2dParams, DeviceTensor, Pool2dParams, Shape, TensorError};
 
 use crate::spec::{LayerOp, ModelSpec, SpecOptions};
@@ -125,6 +125,9 @@ impl<B: Backend> Vgg<B> {
                     features.push(Layer::conv2d(
                         backend, cin, cout, kernel, p, scheme, layer_seed,
                     )?);
+                    if l.batch_norm {
+                        features.push(Layer::BatchNorm2d(BatchNorm2d::new(backend, cout)?));
+                    }
                     features.push(Layer::Relu);
                 }
                 LayerOp::MaxPool { kernel, stride } => {
@@ -217,6 +220,9 @@ impl<B: Backend> Vgg<B> {
             let t = given[name.as_str()];
             *param = backend.upload(&Shape::from(t.shape.clone()), &t.data)?;
         }
+        let lookup = |name: &str| given.get(name).copied();
+        vgg.features.load_buffers(backend, &lookup)?;
+        vgg.classifier.load_buffers(backend, &lookup)?;
         Ok(vgg)
     }
 
@@ -233,15 +239,15 @@ impl<B: Backend> Vgg<B> {
         path: &std::path::Path,
         extra: &[(&str, String)],
     ) -> Result<(), ModelError> {
-        let params = self.named_params();
-        let names: Vec<(String, Vec<usize>)> = params
+        let state = self.state(backend)?;
+        let names: Vec<(String, Vec<usize>)> = state
             .iter()
             .map(|(n, t)| (n.clone(), t.shape().dims().to_vec()))
             .collect();
         let mut metadata = metadata(&self.spec);
         metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
         vgg_nn::io::save_safetensors_streamed(path, &metadata, &names, |i| {
-            backend.download(params[i].1)
+            backend.download(&state[i].1)
         })?;
         Ok(())
     }
@@ -249,9 +255,9 @@ impl<B: Backend> Vgg<B> {
     /// Every parameter as host tensors, with metadata describing the network.
     pub fn to_tensor_file(&self, backend: &B) -> Result<TensorFile, ModelError> {
         let tensors = self
-            .named_params()
+            .state(backend)?
             .into_iter()
-            .map(|(name, t)| Ok((name, HostTensor::download(backend, t)?)))
+            .map(|(name, t)| Ok((name, HostTensor::download(backend, &t)?)))
             .collect::<Result<Vec<_>, TensorError>>()?;
         Ok(TensorFile {
             tensors,
@@ -269,6 +275,36 @@ impl<B: Backend> Vgg<B> {
         let mut p = self.features.named_params();
         p.extend(self.classifier.named_params());
         p
+    }
+
+    /// (torchvision name, value) of every buffer: the `_bn` models' running statistics, which
+    /// are saved with the weights but not trained.
+    pub fn named_buffers(&self, backend: &B) -> Result<Vec<(String, B::Tensor)>, ModelError> {
+        let mut b = self.features.named_buffers(backend)?;
+        b.extend(self.classifier.named_buffers(backend)?);
+        Ok(b)
+    }
+
+    /// Everything a weight file holds, as torchvision's state_dict orders it: each module's
+    /// parameters, then its buffers.
+    fn state(&self, backend: &B) -> Result<Vec<(String, B::Tensor)>, ModelError> {
+        let mut state: Vec<(String, B::Tensor)> = self
+            .named_params()
+            .into_iter()
+            .map(|(n, t)| (n, t.clone()))
+            .collect();
+        state.extend(self.named_buffers(backend)?);
+        let module = |name: &str| {
+            let (prefix, rest) = name.split_once('.').unwrap_or((name, ""));
+            let index: usize = rest
+                .split('.')
+                .next()
+                .and_then(|i| i.parse().ok())
+                .unwrap_or(0);
+            (prefix != "features", index)
+        };
+        state.sort_by_key(|(name, _)| module(name));
+        Ok(state)
     }
 
     /// Every parameter with its torchvision name, mutable (for optimisers and loaders).
@@ -335,7 +371,7 @@ impl<B: Backend> Vgg<B> {
     /// index). None for a name the network does not have.
     fn module_of_layer(&self, name: &str) -> Option<(bool, usize)> {
         let l = self.spec.layers.iter().find(|l| l.name == name)?;
-        Some((l.is_linear(), l.torch_index + usize::from(l.relu)))
+        Some((l.is_linear(), l.output_module()))
     }
 
     /// `forward_observed`, handing the output of each spec layer in `taps` (conv1_1 ... fc8,
@@ -441,9 +477,10 @@ impl<B: Backend> Vgg<B> {
     }
 }
 
-/// torchvision name -> shape of every parameter of a spec.
+/// torchvision name -> shape of every tensor of a spec's state_dict: parameters and buffers.
 pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
-    spec.layers
+    let mut expected: BTreeMap<String, Vec<usize>> = spec
+        .layers
         .iter()
         .filter_map(|l| Some((l.torch_prefix()?, l.weight_shape()?, l.output.channels)))
         .flat_map(|(prefix, w, out)| {
@@ -452,7 +489,22 @@ pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
                 (format!("{prefix}.bias"), vec![out]),
             ]
         })
-        .collect()
+        .collect();
+    for l in &spec.layers {
+        let Some(prefix) = l.norm_prefix() else {
+            continue;
+        };
+        let c = l.output.channels;
+        expected.insert(format!("{prefix}.weight"), vec![c]);
+        expected.insert(format!("{prefix}.bias"), vec![c]);
+        let buffers = vgg_nn::batch_norm::BUFFERS
+            .into_iter()
+            .zip(vgg_nn::batch_norm::buffer_shapes(c));
+        for (name, shape) in buffers {
+            expected.insert(format!("{prefix}.{name}"), shape);
+        }
+    }
+    expected
 }
 
 /// A network setting that a weight file's metadata gives another value.
@@ -561,7 +613,7 @@ pub fn options_from_tensors(
             match stage {
                 Stage::Conv { kernel, .. } => {
                     want.push((index, kernel));
-                    index += 2;
+                    index += 2 + usize::from(c.batch_norm());
                 }
                 Stage::Pool => index += 1,
             }

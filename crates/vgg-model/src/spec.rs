@@ -109,11 +109,16 @@ pub struct LayerSpec {
     pub input: Chw,
     /// The shape of one image's output of the layer.
     pub output: Chw,
+    /// BatchNorm follows this convolution (the `_bn` models), as torchvision's module
+    /// `torch_index + 1`, before the ReLU.
+    pub batch_norm: bool,
     /// Weight count.
     pub weights: u64,
     /// Bias count.
     pub biases: u64,
-    /// Weights plus biases.
+    /// The BatchNorm's scale and shift, one each per channel; 0 without one.
+    pub norm_params: u64,
+    /// Weights, biases and BatchNorm parameters (its running statistics are not parameters).
     pub params: u64,
     /// Multiply-accumulates for one image.
     pub macs: u64,
@@ -148,6 +153,18 @@ impl LayerSpec {
             LayerOp::Linear => Some(format!("classifier.{}", self.torch_index)),
             LayerOp::MaxPool { .. } => None,
         }
+    }
+
+    /// The torchvision state-dict prefix of the BatchNorm after this convolution (`features.1`).
+    pub fn norm_prefix(&self) -> Option<String> {
+        self.batch_norm
+            .then(|| format!("features.{}", self.torch_index + 1))
+    }
+
+    /// Index of the torchvision module whose output is this layer's (after its BatchNorm and
+    /// ReLU), in `features` or `classifier`.
+    pub fn output_module(&self) -> usize {
+        self.torch_index + usize::from(self.batch_norm) + usize::from(self.relu)
     }
 
     /// The torchvision module this layer is (`features.0`, `features.4` for a pool,
@@ -270,6 +287,11 @@ impl ModelSpec {
         self.layers.iter().map(|l| l.biases).sum()
     }
 
+    /// The number of BatchNorm scales and shifts.
+    pub fn norm_params(&self) -> u64 {
+        self.layers.iter().map(|l| l.norm_params).sum()
+    }
+
     /// Multiply-accumulates of one image's forward pass.
     pub fn macs(&self) -> u64 {
         self.layers.iter().map(|l| l.macs).sum()
@@ -320,11 +342,14 @@ impl ModelSpec {
             .map(|l| l.output.elements().max(l.input.elements()))
             .max()
             .unwrap_or(0);
-        // A convolution followed by a max-pool is one tape node keeping only the pooled output.
+        // A convolution followed by a max-pool is one tape node keeping only the pooled output;
+        // with BatchNorm between them (training) it is not.
         let before_pools = sum(self
             .layers
             .windows(2)
-            .filter(|w| w[0].is_conv() && matches!(w[1].op, LayerOp::MaxPool { .. }))
+            .filter(|w| {
+                w[0].is_conv() && !w[0].batch_norm && matches!(w[1].op, LayerOp::MaxPool { .. })
+            })
             .map(|w| w[0].output.elements())
             .collect())?;
         // A small first layer's large output is recomputed in backward (the tape's default
@@ -333,7 +358,12 @@ impl ModelSpec {
         let recomputed = sum(self
             .layers
             .windows(2)
-            .filter(|w| w[0].is_conv() && w[0].relu && !matches!(w[1].op, LayerOp::MaxPool { .. }))
+            .filter(|w| {
+                w[0].is_conv()
+                    && w[0].relu
+                    && !w[0].batch_norm
+                    && !matches!(w[1].op, LayerOp::MaxPool { .. })
+            })
             .filter(|w| {
                 let bytes = bytes(w[0].output.elements()).unwrap_or(u64::MAX);
                 let shape = vgg_tensor::Shape::from(w[0].weight_shape().unwrap_or_default());
@@ -342,7 +372,19 @@ impl ModelSpec {
             .map(|w| w[0].output.elements())
             .collect())?;
         let kept = outputs - before_pools - recomputed;
-        let saved = sum(vec![input_bytes, bytes(kept)?, bytes(pooled)?])?;
+        // Batch statistics keep two more activations per convolution (centred and normalised).
+        let normalised = sum(self
+            .layers
+            .iter()
+            .filter(|l| l.batch_norm)
+            .map(|l| 2 * l.output.elements())
+            .collect())?;
+        let saved = sum(vec![
+            input_bytes,
+            bytes(kept)?,
+            bytes(normalised)?,
+            bytes(pooled)?,
+        ])?;
         let param_bytes = self.params() * F32_BYTES;
         let params_and_grads = param_bytes.checked_mul(2).ok_or_else(overflow)?;
         let two_largest = bytes(largest_output.checked_mul(2).ok_or_else(overflow)?)?;
@@ -566,6 +608,12 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
                         &[weights, out.height as u64, out.width as u64],
                     )?;
                     rf = rf.then(kernel, 1, padding)?;
+                    let batch_norm = model.batch_norm();
+                    let norm_params = if batch_norm {
+                        2 * out.channels as u64
+                    } else {
+                        0
+                    };
                     let layer = LayerSpec {
                         name,
                         op: LayerOp::Conv {
@@ -577,15 +625,18 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
                         dropout: false,
                         input,
                         output: out,
+                        batch_norm,
                         weights,
                         biases: out.channels as u64,
-                        params: weights + out.channels as u64,
+                        norm_params,
+                        params: weights + out.channels as u64 + norm_params,
                         macs,
                         receptive_field: Some(rf),
                         floored: false,
                         torch_index,
                     };
-                    torch_index += 2; // Conv2d, ReLU
+                    // Conv2d, [BatchNorm2d,] ReLU
+                    torch_index += 2 + usize::from(batch_norm);
                     layer
                 }
                 Stage::Pool => {
@@ -609,8 +660,10 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
                         dropout: false,
                         input,
                         output: out,
+                        batch_norm: false,
                         weights: 0,
                         biases: 0,
+                        norm_params: 0,
                         params: 0,
                         macs: 0,
                         receptive_field: Some(rf),
@@ -648,8 +701,10 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
             dropout: hidden,
             input,
             output,
+            batch_norm: false,
             weights,
             biases: out_features as u64,
+            norm_params: 0,
             params: weights + out_features as u64,
             macs: weights,
             receptive_field: None,
@@ -701,6 +756,51 @@ mod tests {
         assert_eq!(s.macs(), 15_470_264_320);
         assert_eq!(s.params() * F32_BYTES, 553_430_176);
         assert_eq!(s.layers.len(), 21);
+    }
+
+    #[test]
+    fn batch_norm_totals_match_torchvision() {
+        // torchvision's documented parameter counts of the `_bn` models.
+        for (model, params) in [
+            (VggConfig::Vgg11Bn, 132_868_840),
+            (VggConfig::Vgg13Bn, 133_053_736),
+            (VggConfig::Vgg16Bn, 138_365_992),
+            (VggConfig::Vgg19Bn, 143_678_248),
+        ] {
+            let s = spec(model);
+            assert_eq!(s.params(), params, "{model}");
+            let plain = spec(model.without_batch_norm());
+            assert_eq!(s.macs(), plain.macs(), "{model}");
+            assert_eq!(s.params() - plain.params(), s.norm_params(), "{model}");
+        }
+        let s = spec(VggConfig::Vgg16Bn);
+        let pools: Vec<String> = s
+            .layers
+            .iter()
+            .filter(|l| !l.has_params())
+            .map(|l| l.torch_module())
+            .collect();
+        assert_eq!(
+            pools,
+            [
+                "features.6",
+                "features.13",
+                "features.23",
+                "features.33",
+                "features.43"
+            ]
+        );
+        let conv1_2 = s.layer("conv1_2").unwrap();
+        assert_eq!(conv1_2.torch_prefix().as_deref(), Some("features.3"));
+        assert_eq!(conv1_2.norm_prefix().as_deref(), Some("features.4"));
+        assert_eq!(conv1_2.output_module(), 5);
+        assert!(
+            s.memory(8).unwrap().saved_for_backward_bytes
+                > spec(VggConfig::Vgg16)
+                    .memory(8)
+                    .unwrap()
+                    .saved_for_backward_bytes
+        );
     }
 
     #[test]

@@ -34,11 +34,13 @@ fn parameter_count_equals_the_spec_for_every_config() {
         let spec = small(model);
         let vgg = Vgg::init(&b, spec.clone(), &InitScheme::REFERENCE, 1).unwrap();
         assert_eq!(vgg.param_count(), spec.params(), "{model}");
-        let names: Vec<String> = vgg.named_params().into_iter().map(|(n, _)| n).collect();
+        let mut names: Vec<String> = vgg.named_params().into_iter().map(|(n, _)| n).collect();
+        let buffers = vgg.named_buffers(&b).unwrap();
+        assert_eq!(buffers.is_empty(), !model.batch_norm(), "{model}");
+        names.extend(buffers.into_iter().map(|(n, _)| n));
         let expected: Vec<String> = expected_params(&spec).into_keys().collect();
-        let mut sorted = names.clone();
-        sorted.sort();
-        assert_eq!(sorted, expected, "{model}");
+        names.sort();
+        assert_eq!(names, expected, "{model}");
     }
 }
 
@@ -125,7 +127,11 @@ fn dropout_changes_training_forwards_only() {
             .forward(
                 &tape,
                 &tape.constant(x.clone()),
-                vgg_nn::RunOptions { keep_prob, seed },
+                vgg_nn::RunOptions {
+                    keep_prob,
+                    seed,
+                    training: false,
+                },
             )
             .unwrap();
         b.download(y.value()).unwrap()

@@ -1,8 +1,9 @@
-//! Layers over `vgg-autodiff`, generic over the backend: Conv2d, Linear, MaxPool2d, ReLU, Dropout,
-//! Flatten in a `Sequential` whose parameter names follow PyTorch's (`{prefix}.{index}.weight`),
+//! Layers over `vgg-autodiff`, generic over the backend: Conv2d, BatchNorm2d, Linear, MaxPool2d,
+//! ReLU, Dropout, Flatten in a `Sequential` whose parameter names follow PyTorch's (`{prefix}.{index}.weight`),
 //! seeded initialisers, optimisers, a parameter store for networks of your own (`params`), and
 //! named-tensor files (safetensors, .npy).
 
+pub mod batch_norm;
 pub mod init;
 pub mod io;
 pub mod optim;
@@ -11,6 +12,7 @@ pub mod params;
 use vgg_autodiff::{Tape, Var};
 use vgg_tensor::{Backend, Conv2dParams, Pool2dParams, Shape};
 
+pub use batch_norm::BatchNorm2d;
 pub use init::{Init, InitScheme};
 pub use optim::{Optimizer, OptimizerKind, Schedule};
 pub use params::{Attached, ParamError, ParamId, ParamStore};
@@ -23,13 +25,17 @@ pub struct RunOptions {
     pub keep_prob: f32,
     /// Seeds the dropout masks; give each step its own.
     pub seed: u64,
+    /// BatchNorm normalises by the batch's statistics and updates its running averages
+    /// (PyTorch's `train()`); otherwise it uses the running averages (`eval()`).
+    pub training: bool,
 }
 
 impl RunOptions {
-    /// No dropout.
+    /// No dropout; BatchNorm uses its running averages.
     pub const EVAL: RunOptions = RunOptions {
         keep_prob: 1.0,
         seed: 0,
+        training: false,
     };
 }
 
@@ -55,6 +61,8 @@ pub struct Linear<B: Backend> {
 pub enum Layer<B: Backend> {
     /// A convolution with bias.
     Conv2d(Conv2d<B>),
+    /// Batch normalisation; it must follow a convolution.
+    BatchNorm2d(BatchNorm2d<B>),
     /// A fully connected layer with bias.
     Linear(Linear<B>),
     /// A max-pool.
@@ -117,6 +125,7 @@ impl<B: Backend> Layer<B> {
     pub fn params(&self) -> Option<(&B::Tensor, &B::Tensor)> {
         match self {
             Layer::Conv2d(c) => Some((&c.weight, &c.bias)),
+            Layer::BatchNorm2d(n) => Some((&n.weight, &n.bias)),
             Layer::Linear(l) => Some((&l.weight, &l.bias)),
             _ => None,
         }
@@ -126,6 +135,7 @@ impl<B: Backend> Layer<B> {
     pub fn params_mut(&mut self) -> Option<(&mut B::Tensor, &mut B::Tensor)> {
         match self {
             Layer::Conv2d(c) => Some((&mut c.weight, &mut c.bias)),
+            Layer::BatchNorm2d(n) => Some((&mut n.weight, &mut n.bias)),
             Layer::Linear(l) => Some((&mut l.weight, &mut l.bias)),
             _ => None,
         }
@@ -180,6 +190,44 @@ impl<B: Backend> Sequential<B> {
             .collect()
     }
 
+    /// (name, value) of every buffer (state that is saved but not trained: BatchNorm's running
+    /// statistics), in order.
+    pub fn named_buffers(&self, backend: &B) -> vgg_tensor::Result<Vec<(String, B::Tensor)>> {
+        let mut named = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Layer::BatchNorm2d(n) = layer {
+                let names = batch_norm::BUFFERS.map(|b| format!("{}.{i}.{b}", self.prefix));
+                named.extend(names.into_iter().zip(n.buffers(backend)?));
+            }
+        }
+        Ok(named)
+    }
+
+    /// Sets every buffer from `lookup`, which gives each buffer's value by its name (shapes
+    /// already checked); a buffer it does not give is an error naming it.
+    pub fn load_buffers<'a>(
+        &self,
+        backend: &B,
+        lookup: &dyn Fn(&str) -> Option<&'a io::HostTensor>,
+    ) -> vgg_tensor::Result<()> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Layer::BatchNorm2d(n) = layer {
+                let names = batch_norm::BUFFERS.map(|b| format!("{}.{i}.{b}", self.prefix));
+                let mut values = Vec::with_capacity(3);
+                for name in &names {
+                    values.push(lookup(name).ok_or_else(|| {
+                        vgg_tensor::TensorError::InvalidArgument {
+                            op: "load_buffers",
+                            message: format!("no value for {name}"),
+                        }
+                    })?);
+                }
+                n.set_buffers(backend, [values[0], values[1], values[2]])?;
+            }
+        }
+        Ok(())
+    }
+
     /// Runs every layer, fusing a convolution with the ReLU after it, and recording the pair with
     /// a max-pool after them as one node (`DeferredConv::max_pool2d`). Each intermediate value is
     /// dropped as soon as the next exists, so an inference tape holds one layer's input and output.
@@ -222,21 +270,63 @@ impl<B: Backend> Sequential<B> {
         while i < self.layers.len() {
             let first = i;
             tape.set_label(Some(&format!("{}.{i}", self.prefix)));
-            let next_is_relu = matches!(self.layers.get(i + 1), Some(Layer::Relu));
             h = match &self.layers[i] {
                 Layer::Conv2d(c) => {
                     let w = tape.param(format!("{}.{i}.weight", self.prefix), c.weight.clone());
                     let b = tape.param(format!("{}.{i}.bias", self.prefix), c.bias.clone());
-                    let pool_fuses = !taps.contains(&(i + 1));
-                    match (next_is_relu, self.layers.get(i + 2)) {
+                    let norm = match self.layers.get(i + 1) {
+                        Some(Layer::BatchNorm2d(n)) => Some(n),
+                        _ => None,
+                    };
+                    let relu_at = i + 1 + usize::from(norm.is_some());
+                    let next_is_relu = matches!(self.layers.get(relu_at), Some(Layer::Relu));
+                    let (w, b) = match norm {
+                        None => (w, b),
+                        Some(n) => {
+                            let at = i + 1;
+                            tape.set_label(Some(&format!("{}.{at}", self.prefix)));
+                            let gamma = tape
+                                .param(format!("{}.{at}.weight", self.prefix), n.weight.clone());
+                            let beta =
+                                tape.param(format!("{}.{at}.bias", self.prefix), n.bias.clone());
+                            if run.training {
+                                // The batch's statistics need the convolution's output.
+                                tape.set_label(Some(&format!("{}.{i}", self.prefix)));
+                                let z = tape.conv2d_bias_act(&h, &w, &b, c.params, false)?;
+                                drop(h);
+                                tape.set_label(Some(&format!("{}.{at}", self.prefix)));
+                                let y = n.forward_training(tape, &z, &gamma, &beta)?;
+                                i = at;
+                                h = if next_is_relu {
+                                    i = relu_at;
+                                    tape.set_label(Some(&format!("{}.{i}", self.prefix)));
+                                    tape.relu(&y)?
+                                } else {
+                                    y
+                                };
+                                tape.set_label(None);
+                                if taps.contains(&i) {
+                                    h = hook(i, h)?;
+                                }
+                                after(first, i);
+                                i += 1;
+                                continue;
+                            }
+                            let folded = n.fold_into(tape, &w, &b, &gamma, &beta)?;
+                            tape.set_label(Some(&format!("{}.{i}", self.prefix)));
+                            folded
+                        }
+                    };
+                    let pool_fuses = !taps.contains(&relu_at);
+                    match (next_is_relu, self.layers.get(relu_at + 1)) {
                         // Convolution, ReLU and max-pool: one tape node, which keeps the pooled
                         // output rather than the convolution's (labelled with the convolution,
                         // so its backward, the pool's included, counts there).
                         (true, Some(Layer::MaxPool2d(p))) if pool_fuses => {
                             let conv = tape.conv2d_bias_relu_deferred(&h, &w, &b, c.params)?;
                             drop(h);
-                            after(first, i + 1);
-                            i += 2;
+                            after(first, relu_at);
+                            i = relu_at + 1;
                             let mut pooled = conv.max_pool2d(tape, *p)?;
                             tape.set_label(None);
                             if taps.contains(&i) {
@@ -248,10 +338,24 @@ impl<B: Backend> Sequential<B> {
                             continue;
                         }
                         (true, _) => {
-                            i += 1;
+                            i = relu_at;
                             tape.conv2d_bias_act(&h, &w, &b, c.params, true)?
                         }
-                        (false, _) => tape.conv2d_bias_act(&h, &w, &b, c.params, false)?,
+                        (false, _) => {
+                            i = relu_at - 1;
+                            tape.conv2d_bias_act(&h, &w, &b, c.params, false)?
+                        }
+                    }
+                }
+                // Reached only when no convolution comes before it.
+                Layer::BatchNorm2d(n) => {
+                    let gamma = tape.param(format!("{}.{i}.weight", self.prefix), n.weight.clone());
+                    let beta = tape.param(format!("{}.{i}.bias", self.prefix), n.bias.clone());
+                    if run.training {
+                        n.forward_training(tape, &h, &gamma, &beta)?
+                    } else {
+                        let (mean, var) = n.running_mean_var();
+                        tape.batch_norm_eval(&h, &mean, &var, &gamma, &beta, batch_norm::EPS)?
                     }
                 }
                 Layer::Linear(l) => {

@@ -110,6 +110,7 @@ fn dropout_is_seeded_and_off_in_evaluation() {
     let train = |seed| RunOptions {
         keep_prob: 0.5,
         seed,
+        training: true,
     };
     assert_eq!(run(RunOptions::EVAL), run(RunOptions::EVAL));
     assert_eq!(run(train(1)), run(train(1)));

@@ -425,6 +425,7 @@ pub fn train_parallel<B: Backend>(
             let run = RunOptions {
                 keep_prob: config.keep_prob,
                 seed,
+                training: true,
             };
             let step = optimizer.steps.saturating_add(1);
             let mut sums = [0.0f64; 2];

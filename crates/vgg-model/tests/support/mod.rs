@@ -25,6 +25,7 @@ pub fn step<B: Backend>(
     let run = RunOptions {
         keep_prob,
         seed: 11,
+        training: keep_prob < 1.0,
     };
     let logits = vgg.forward(&tape, &tape.constant(x), run).unwrap();
     let values = b.download(logits.value()).unwrap();

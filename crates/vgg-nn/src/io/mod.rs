@@ -108,8 +108,8 @@ pub enum IoError {
         /// Its Python type.
         python_type: String,
     },
-    #[error("{path}: tensor '{name}' is {dtype}, but only F32 is supported; convert it, e.g. in PyTorch with .float()")]
-    /// A tensor is not float32.
+    #[error("{path}: tensor '{name}' is {dtype}, but only F32 (and integers that F32 holds exactly, up to 2^24) is supported; convert it, e.g. in PyTorch with .float()")]
+    /// A tensor is neither float32 nor integers that float32 holds exactly.
     Dtype {
         /// The file.
         path: PathBuf,
@@ -304,6 +304,35 @@ pub(crate) fn kind_in_words(kind: std::fs::FileType) -> &'static str {
     }
 }
 
+/// How a file stores a tensor's values, for [`stored_values`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Little-endian float32.
+    F32,
+    /// Little-endian int64 (PyTorch's counters, BatchNorm's `num_batches_tracked`).
+    I64,
+    /// Little-endian int32.
+    I32,
+}
+
+/// A tensor's values as float32: float32 as stored, integers only when every one is held
+/// exactly (|v| <= 2^24), so nothing is silently rounded. None otherwise.
+pub(crate) fn stored_values(bytes: &[u8], stored: Stored) -> Option<Vec<f32>> {
+    const EXACT: i64 = 1 << 24;
+    let exact = |v: i64| (-EXACT..=EXACT).contains(&v).then_some(v as f32);
+    match stored {
+        Stored::F32 => Some(f32_from_le(bytes)),
+        Stored::I64 => bytes
+            .chunks_exact(8)
+            .map(|b| exact(i64::from_le_bytes(b.try_into().expect("8 bytes"))))
+            .collect(),
+        Stored::I32 => bytes
+            .chunks_exact(4)
+            .map(|b| exact(i32::from_le_bytes(b.try_into().expect("4 bytes")).into()))
+            .collect(),
+    }
+}
+
 pub(crate) fn f32_from_le(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
@@ -355,18 +384,24 @@ pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<TensorFile, IoErro
         .unwrap_or_default();
     let mut tensors = Vec::new();
     for (name, view) in parsed.tensors() {
-        if view.dtype() != Dtype::F32 {
+        let stored = match view.dtype() {
+            Dtype::F32 => Some(Stored::F32),
+            Dtype::I64 => Some(Stored::I64),
+            Dtype::I32 => Some(Stored::I32),
+            _ => None,
+        };
+        let Some(data) = stored.and_then(|s| stored_values(view.data(), s)) else {
             return Err(IoError::Dtype {
                 path: path.to_path_buf(),
                 name,
                 dtype: format!("{:?}", view.dtype()),
             });
-        }
+        };
         tensors.push((
             name,
             HostTensor {
                 shape: view.shape().to_vec(),
-                data: f32_from_le(view.data()),
+                data,
             },
         ));
     }
@@ -461,5 +496,26 @@ mod tests {
         std::fs::write(&path, safetensors::serialize([("w", view)], None).unwrap()).unwrap();
         let e = load_safetensors(&path).unwrap_err().to_string();
         assert!(e.contains("F16") && e.contains("only F32"), "{e}");
+    }
+
+    #[test]
+    fn integers_load_only_where_f32_holds_them_exactly() {
+        let write = |name: &str, values: &[i64]| {
+            let path = tmp(name);
+            let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let view = TensorView::new(Dtype::I64, vec![values.len()], &data).unwrap();
+            std::fs::write(&path, safetensors::serialize([("n", view)], None).unwrap()).unwrap();
+            load_safetensors(&path)
+        };
+        let file = write("i64.safetensors", &[7, -3, 1 << 24]).unwrap();
+        assert_eq!(file.tensors[0].1.data, [7.0, -3.0, 16_777_216.0]);
+        let e = write("i64-big.safetensors", &[(1 << 24) + 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("I64") && e.contains("2^24"), "{e}");
+        assert_eq!(
+            stored_values(&5i32.to_le_bytes(), Stored::I32),
+            Some(vec![5.0])
+        );
     }
 }

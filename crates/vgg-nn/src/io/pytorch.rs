@@ -8,7 +8,7 @@ use std::path::Path;
 
 use pytorch_reader::{DType, PickleValue, PytorchReader};
 
-use super::{f32_from_le, open_regular, HostTensor, IoError, TensorFile};
+use super::{open_regular, stored_values, HostTensor, IoError, Stored, TensorFile};
 
 /// Whether `bytes` (a file's first bytes) look like a `torch.save` file: a zip archive (PyTorch
 /// 1.6 and later) or a bare pickle (older files).
@@ -64,13 +64,17 @@ pub fn load_pytorch(path: &Path) -> Result<TensorFile, IoError> {
     let mut tensors = Vec::with_capacity(named.len());
     for (name, tensor) in named {
         let name = name[prefix.len()..].to_string();
-        if tensor.dtype() != DType::F32 {
-            return Err(IoError::Dtype {
-                path: path.to_path_buf(),
-                name,
-                dtype: format!("{:?}", tensor.dtype()),
-            });
-        }
+        let dtype_error = |name: String| IoError::Dtype {
+            path: path.to_path_buf(),
+            name,
+            dtype: format!("{:?}", tensor.dtype()),
+        };
+        let stored = match tensor.dtype() {
+            DType::F32 => Stored::F32,
+            DType::I64 => Stored::I64,
+            DType::I32 => Stored::I32,
+            _ => return Err(dtype_error(name)),
+        };
         let bytes = tensor.read().map_err(|e| bad(e.to_string()))?;
         if bytes.len() != tensor.byte_len() {
             return Err(bad(format!(
@@ -80,7 +84,9 @@ pub fn load_pytorch(path: &Path) -> Result<TensorFile, IoError> {
             )));
         }
         // The reader gives native-endian bytes; every target we build for is little-endian.
-        let data = f32_from_le(&bytes);
+        let Some(data) = stored_values(&bytes, stored) else {
+            return Err(dtype_error(name));
+        };
         tensors.push((
             name,
             HostTensor {
