@@ -37,12 +37,15 @@
         NAME/train.safetensors: the
         logits in train mode (BatchNorm on the batch's statistics, dropout off), the gradients of
         sum(logits^2)/2 for every parameter (`grad.` + name) and the running statistics after that
-        forward pass (`after.` + name).
+        forward pass (`after.` + name). And vgg11_bn-avgpool3/: vgg11_bn with torchvision's adaptive
+        average pool (to 3x3, from pool5's 2x2 at 64x64, batch 2): weights, input.npy, eval.npy and
+        eval.safetensors.
 
     python3 scripts/make_fixtures.py --torchvision DIR
         torchvision's own eight models (vgg11() .. vgg19_bn(), random init, BatchNorm's statistics drawn
         as above) at 224x224 in eval mode: DIR/NAME.pth (torch.save of the state_dict, as torchvision
-        ships its weights), DIR/input.npy and DIR/NAME.logits.npy. For the ignored test
+        ships its weights), DIR/input.npy and DIR/NAME.logits.npy, and at 320x320 (where the adaptive
+        pool averages pool5's 10x10 to 7x7) DIR/input320.npy and DIR/NAME.logits320.npy. For the ignored test
         `torchvision_at_224` (VGG_TORCHVISION_DIR=DIR; 4.2 GB, not committed).
 
 Needs torch, torchvision, numpy and safetensors (pip install torch torchvision numpy safetensors).
@@ -63,7 +66,7 @@ class SmallVgg(nn.Module):
     """torchvision's VGG layout (features / flatten / classifier, same module indices) without the
     adaptive average pool, so fc6 reads pool5 as it is, as the reference program does."""
 
-    def __init__(self, cfg, hidden, classes, size, batch_norm=False):
+    def __init__(self, cfg, hidden, classes, size, batch_norm=False, adaptive=None):
         super().__init__()
         layers, channels = [], 3
         for v in cfg:
@@ -77,6 +80,9 @@ class SmallVgg(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
                 channels = v
         self.features = nn.Sequential(*layers)
+        # torchvision's avgpool, when asked for.
+        self.avgpool = nn.AdaptiveAvgPool2d((adaptive, adaptive)) if adaptive else nn.Identity()
+        size = adaptive or size
         self.classifier = nn.Sequential(
             nn.Linear(channels * size * size, hidden), nn.ReLU(True), nn.Dropout(),
             nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(),
@@ -84,7 +90,7 @@ class SmallVgg(nn.Module):
         )
 
     def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
 def small_fixture(out):
@@ -288,6 +294,25 @@ def family_fixtures(out):
             result.update({f"after.{n}": t.contiguous().float() for n, t in model.state_dict().items()
                            if "running" in n or "num_batches" in n})
             save_file(result, os.path.join(d, "train.safetensors"), metadata={"made_by": meta["made_by"]})
+    # torchvision's adaptive pool: vgg11_bn's pool5 (2x2 at 64x64) averaged to 3x3, windows
+    # overlapping; the gradients of sum(logits^2)/2 in eval mode.
+    torch.manual_seed(1)
+    cfg = [v if v == "M" else v // 16 for v in CFGS["A"]]
+    model = SmallVgg(cfg, hidden=32, classes=10, size=64, batch_norm=True, adaptive=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    d = os.path.join(out, "vgg11_bn-avgpool3")
+    os.makedirs(d, exist_ok=True)
+    meta = {"vgg.model": "vgg11_bn", "vgg.classes": "10", "vgg.hidden": "32", "vgg.width_mult": "0.0625",
+            "vgg.in_channels": "3", "vgg.input": "64x64", "vgg.adaptive_pool": "3",
+            "made_by": f"torch {torch.__version__}"}
+    save_file({n: t.contiguous() for n, t in model.state_dict().items()},
+              os.path.join(d, "weights.safetensors"), metadata=meta)
+    np.save(os.path.join(d, "input.npy"), x.numpy().astype(np.float32))
+    logits = model(x)
+    (logits.pow(2).sum() / 2).backward()
+    np.save(os.path.join(d, "eval.npy"), logits.detach().numpy().astype(np.float32))
+    save_file({f"grad.{n}": p.grad.contiguous() for n, p in model.named_parameters()},
+              os.path.join(d, "eval.safetensors"), metadata={"made_by": meta["made_by"]})
     print(f"wrote {out}: {sorted(os.listdir(out))}")
 
 
@@ -297,6 +322,9 @@ def torchvision_family(out):
     os.makedirs(out, exist_ok=True)
     x = torch.randn(1, 3, 224, 224)
     np.save(os.path.join(out, "input.npy"), x.numpy())
+    # At 320x320 pool5 is 10x10, which the adaptive pool averages to 7x7 in overlapping windows.
+    x320 = torch.randn(1, 3, 320, 320)
+    np.save(os.path.join(out, "input320.npy"), x320.numpy())
     for base in FAMILY:
         for name in (base, base + "_bn"):
             model = getattr(torchvision.models, name)().eval()
@@ -309,6 +337,7 @@ def torchvision_family(out):
                     m.num_batches_tracked.fill_(7)
             with torch.no_grad():
                 logits = model(x)
+                np.save(os.path.join(out, f"{name}.logits320.npy"), model(x320).numpy())
             torch.save(model.state_dict(), os.path.join(out, f"{name}.pth"))
             np.save(os.path.join(out, f"{name}.logits.npy"), logits.numpy())
             print(f"wrote {out}/{name}.pth: torchvision {torchvision.__version__}, top-5 {logits.topk(5).indices.tolist()}")

@@ -163,6 +163,14 @@ impl<B: Backend> Suite<'_, B> {
             });
         }
         self.case("global_avg_pool", img(), |t, v| t.global_avg_pool(&v[0]));
+        // Overlapping windows (7 -> 3), repeated ones (6 -> 7, 2 -> 7).
+        self.case("adaptive_avg_pool2d 7x6 to 3x7", img(), |t, v| {
+            t.adaptive_avg_pool2d(&v[0], (3, 7))
+        });
+        let small = spaced(b, &[1, 2, 2, 3], 9).map(|x| vec![x]);
+        self.case("adaptive_avg_pool2d 2x3 to 7x7", small, |t, v| {
+            t.adaptive_avg_pool2d(&v[0], (7, 7))
+        });
         self.case("relu", spaced(b, &[3, 7], 5).map(|x| vec![x]), |t, v| {
             t.relu(&v[0])
         });

@@ -788,6 +788,49 @@ impl<B: Backend> Tape<B> {
         )
     }
 
+    /// PyTorch's `AdaptiveAvgPool2d((out_h, out_w))`: output cell (i, j) is the mean of input
+    /// rows floor(i H / out_h) .. ceil((i + 1) H / out_h) and the columns likewise, so windows
+    /// may overlap or repeat (a 1x1 input becomes out_h x out_w copies). The pool is separable:
+    /// two products with averaging matrices, whose gradients the tape already has. An input of
+    /// the output's size is returned as it is.
+    pub fn adaptive_avg_pool2d(&self, x: &Var<B>, out: (usize, usize)) -> Result<Var<B>> {
+        let (n, c, h, w) = x.shape().nchw("adaptive_avg_pool2d")?;
+        let (out_h, out_w) = out;
+        if out_h == 0 || out_w == 0 {
+            return Err(TensorError::InvalidArgument {
+                op: "adaptive_avg_pool2d",
+                message: format!("the output size {out_h}x{out_w} must be at least 1x1"),
+            }
+            .into());
+        }
+        if (h, w) == out {
+            return Ok(x.clone());
+        }
+        // Averages over one axis: [out, len] with row i weighing its window equally.
+        let averaging = |len: usize, out: usize| -> Result<Var<B>> {
+            let mut m = vec![0.0f32; out * len];
+            for i in 0..out {
+                let (start, end) = (i * len / out, ((i + 1) * len).div_ceil(out));
+                for v in &mut m[i * len + start..i * len + end] {
+                    *v = 1.0 / (end - start) as f32;
+                }
+            }
+            Ok(self.constant(self.backend().upload(&Shape::from([out, len]), &m)?))
+        };
+        let planes = n * c;
+        // Columns: [N C H, W] x [W, out_w]^T.
+        let x = self.reshape(x, &Shape::from([planes * h, w]))?;
+        let y = self.matmul(&x, &averaging(w, out_w)?, false, true)?;
+        // Rows: bring H last, then the same.
+        let y = self.reshape(&y, &Shape::from([planes, h, out_w]))?;
+        let y = self.permute(&y, &[0, 2, 1])?;
+        let y = self.reshape(&y, &Shape::from([planes * out_w, h]))?;
+        let y = self.matmul(&y, &averaging(h, out_h)?, false, true)?;
+        let y = self.reshape(&y, &Shape::from([planes, out_w, out_h]))?;
+        let y = self.permute(&y, &[0, 2, 1])?;
+        self.reshape(&y, &Shape::from([n, c, out_h, out_w]))
+    }
+
     /// The mean of each channel of an NCHW tensor: [N, C].
     pub fn global_avg_pool(&self, x: &Var<B>) -> Result<Var<B>> {
         let (n, c, _, _) = x.shape().nchw("global_avg_pool")?;

@@ -76,6 +76,48 @@ fn batch_norm_normalises<B: Backend>(b: &B) {
     assert_eq!(out.var.shape().dims(), [2]);
 }
 
+/// PyTorch's AdaptiveAvgPool2d by its definition: each output cell the mean of its window.
+fn adaptive_avg_pool_is_pytorchs<B: Backend>(b: &B) {
+    for ((h, w), (oh, ow)) in [
+        ((7, 6), (3, 4)),
+        ((1, 1), (7, 7)),
+        ((2, 3), (7, 7)),
+        ((5, 5), (5, 5)),
+    ] {
+        let x = spaced(b, &[2, 3, h, w], 21);
+        let host = b.download(&x).unwrap();
+        let tape = Tape::inference(b.clone());
+        let y = tape
+            .adaptive_avg_pool2d(&tape.constant(x), (oh, ow))
+            .unwrap();
+        assert_eq!(y.shape().dims(), [2, 3, oh, ow]);
+        let got = b.download(y.value()).unwrap();
+        let mut want = Vec::new();
+        for plane in host.chunks(h * w) {
+            for i in 0..oh {
+                for j in 0..ow {
+                    let (r0, r1) = (i * h / oh, ((i + 1) * h).div_ceil(oh));
+                    let (c0, c1) = (j * w / ow, ((j + 1) * w).div_ceil(ow));
+                    let mut sum = 0.0;
+                    for r in r0..r1 {
+                        for c in c0..c1 {
+                            sum += plane[r * w + c];
+                        }
+                    }
+                    want.push(sum / ((r1 - r0) * (c1 - c0)) as f32);
+                }
+            }
+        }
+        for (g, e) in got.iter().zip(&want) {
+            assert!(
+                (g - e).abs() < 1e-5,
+                "{} {h}x{w} to {oh}x{ow}: {g} vs {e}",
+                b.name()
+            );
+        }
+    }
+}
+
 fn custom_ops<B: Backend>(b: &B) {
     check(b, "swish", &[spaced(b, &[4, 6], 17)], |t, v| {
         t.apply(Swish, &[&v[0]])
@@ -110,6 +152,7 @@ fn custom_ops<B: Backend>(b: &B) {
 fn all<B: Backend>(b: &B) {
     vgg_autodiff::conformance::assert_conforms(b);
     batch_norm_normalises(b);
+    adaptive_avg_pool_is_pytorchs(b);
     custom_ops(b);
 }
 

@@ -69,6 +69,9 @@ pub struct BenchConfig {
     pub width_mult: f64,
     /// Width of the two hidden fully connected layers.
     pub hidden: usize,
+    /// torchvision's adaptive average pool before fc6, to this side; None as the reference.
+    #[serde(default)]
+    pub adaptive_pool: Option<usize>,
     /// Seed of the random weights and input.
     pub seed: u64,
     /// Also time every layer apart (slower; the steps are synchronised per layer).
@@ -88,6 +91,7 @@ impl Default for BenchConfig {
             classes: 1000,
             width_mult: 1.0,
             hidden: 4096,
+            adaptive_pool: None,
             seed: 0,
             per_layer: false,
         }
@@ -162,6 +166,7 @@ impl BenchConfig {
                 classes: self.classes,
                 width_mult: self.width_mult,
                 hidden: self.hidden,
+                adaptive_pool: self.adaptive_pool,
             },
         )?)
     }

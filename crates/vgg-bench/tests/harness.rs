@@ -21,6 +21,7 @@ fn tiny() -> BenchConfig {
         hidden: 8,
         seed: 1,
         per_layer: false,
+        adaptive_pool: None,
     }
 }
 

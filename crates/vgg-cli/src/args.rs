@@ -25,6 +25,22 @@ pub fn input_size(s: &str) -> Result<(usize, usize), String> {
     Ok((h, w))
 }
 
+/// The adaptive pool before fc6: its side, or `none`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdaptivePool(pub Option<usize>);
+
+/// `7` (torchvision's) or `none`.
+pub fn adaptive_pool(s: &str) -> Result<AdaptivePool, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(AdaptivePool(None));
+    }
+    positive(s)
+        .map(|side| AdaptivePool(Some(side)))
+        .map_err(|_| {
+            format!("'{s}' is not a pool size: give a side such as 7 (torchvision's), or none")
+        })
+}
+
 /// A count that must be at least 1 (batch, classes, channels, steps).
 pub fn positive(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {

@@ -96,6 +96,7 @@ impl BenchArgs {
             classes: spec.options.classes,
             width_mult: spec.options.width_mult,
             hidden: spec.options.hidden,
+            adaptive_pool: spec.options.adaptive_pool,
             seed: self.seed,
             per_layer: self.per_layer,
         })

@@ -28,6 +28,11 @@ pub struct NetOptions {
     /// the data set's]
     #[arg(long, value_parser = args::positive)]
     pub classes: Option<usize>,
+    /// torchvision's adaptive average pool before fc6, to SIDE x SIDE, so that the weights run at
+    /// any input size; `none`: fc6 reads pool5 as it is, as the paper's network [default: the
+    /// weight file's (7 for torchvision's files), else none]
+    #[arg(long, value_name = "SIDE|none", value_parser = args::adaptive_pool)]
+    pub adaptive_pool: Option<args::AdaptivePool>,
 }
 
 /// What a command's defaults are where neither the flags nor a weight file say.
@@ -54,6 +59,7 @@ impl NetOptions {
             classes: self.classes,
             width_mult: self.width_mult,
             hidden: self.hidden,
+            adaptive_pool: self.adaptive_pool.map(|p| p.0),
             ..Default::default()
         }
     }

@@ -185,7 +185,9 @@ pub fn model(spec: &ModelSpec, format: Format) -> String {
                     padding,
                 } => (kernel, stride, padding),
                 vgg_model::LayerOp::MaxPool { kernel, stride } => (kernel, stride, 0),
-                vgg_model::LayerOp::Linear => return None,
+                vgg_model::LayerOp::Linear | vgg_model::LayerOp::AdaptiveAvgPool { .. } => {
+                    return None
+                }
             };
             Some(RfRow {
                 layer: l.name.clone(),

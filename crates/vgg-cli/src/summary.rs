@@ -243,6 +243,7 @@ fn op_text(layer: &LayerSpec) -> String {
         } => format!("conv{kernel}x{kernel}/{stride} p{padding}"),
         LayerOp::MaxPool { kernel, stride } => format!("maxpool{kernel}x{kernel}/{stride}"),
         LayerOp::Linear => "linear".to_string(),
+        LayerOp::AdaptiveAvgPool { size } => format!("avgpool to {size}x{size}"),
     }
 }
 
@@ -259,7 +260,21 @@ pub fn notes(spec: &ModelSpec) -> Vec<String> {
             )
         })
         .collect();
-    if let Some(pool5) = spec.layer("pool5") {
+    if let Some(avgpool) = spec.layer("avgpool") {
+        let (side, pool5) = (avgpool.output.height, avgpool.input);
+        notes.push(format!(
+            "avgpool (torchvision's AdaptiveAvgPool2d(({side}, {side}))) averages pool5's {}x{} to \
+             {side}x{side}, so fc6 reads {} features at any input size{}",
+            pool5.height,
+            pool5.width,
+            avgpool.output.elements(),
+            if (pool5.height, pool5.width) == (side, side) {
+                " (here it changes nothing)"
+            } else {
+                ""
+            }
+        ));
+    } else if let Some(pool5) = spec.layer("pool5") {
         if (pool5.output.height, pool5.output.width) != (7, 7) {
             notes.push(format!(
                 "fc6 reads pool5 flattened: {}x{}x{} = {} features (7x7x512 at 224x224)",

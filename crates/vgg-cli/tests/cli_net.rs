@@ -310,3 +310,99 @@ fn a_pth_state_dict_runs_without_flags_and_matches_pytorch() {
         &["hostile.pth", "Python object", "system", "state_dict"],
     );
 }
+
+fn family(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/family")
+        .join(name)
+}
+
+/// torchvision's `_bn` models and its adaptive pool from the command line: PyTorch's logits and
+/// evaluation gradients on tests/fixtures/family, and a pooled network run at another size.
+#[test]
+fn batch_norm_models_and_the_adaptive_pool_match_pytorch() {
+    let logits = tmp("bn-logits.npy");
+    ok(&[
+        "forward",
+        "--weights",
+        s(&family("vgg16_bn/weights.safetensors")),
+        "--input",
+        s(&family("input.npy")),
+        "--output",
+        s(&logits),
+    ]);
+    let ours = io::load_npy(&logits).unwrap();
+    let theirs = io::load_npy(&family("vgg16_bn/eval.npy")).unwrap();
+    let err = relative_error(&ours.data, &theirs.data);
+    assert!(
+        err < 1e-4,
+        "vgg16_bn logits differ from PyTorch's by {err:e}"
+    );
+
+    let grads = tmp("bn-grads.safetensors");
+    ok(&[
+        "backward",
+        "--weights",
+        s(&family("vgg11_bn-avgpool3/weights.safetensors")),
+        "--input",
+        s(&family("vgg11_bn-avgpool3/input.npy")),
+        "--output",
+        s(&grads),
+    ]);
+    let ours = io::load_safetensors(&grads).unwrap();
+    let theirs = io::load_safetensors(&family("vgg11_bn-avgpool3/eval.safetensors")).unwrap();
+    assert_eq!(ours.tensors.len(), theirs.tensors.len());
+    for (name, a) in &ours.tensors {
+        let b = &theirs
+            .tensors
+            .iter()
+            .find(|(n, _)| *n == format!("grad.{name}"))
+            .unwrap_or_else(|| panic!("PyTorch has no gradient of {name}"))
+            .1;
+        let err = relative_error(&a.data, &b.data);
+        assert!(
+            err < 1e-3,
+            "{name}: gradient differs from PyTorch's by {err:e}"
+        );
+    }
+
+    // A network with the pool runs at an input size other than the one it was made for.
+    let weights = tmp("pooled.safetensors");
+    ok(&[
+        "init",
+        "--model",
+        "vgg13_bn",
+        "--width-mult",
+        "0.0625",
+        "--hidden",
+        "16",
+        "--classes",
+        "5",
+        "--image-size",
+        "32",
+        "--adaptive-pool",
+        "2",
+        "--output",
+        s(&weights),
+    ]);
+    let summary = ok(&["summary", "--weights", s(&weights), "--image-size", "96"]);
+    assert!(
+        summary.contains("avgpool") && summary.contains("averages pool5's 3x3 to 2x2"),
+        "{summary}"
+    );
+    let input = tmp("input-96.npy");
+    io::save_npy(
+        &input,
+        &HostTensor {
+            shape: vec![1, 3, 96, 96],
+            data: (0..3 * 96 * 96).map(|i| (i % 17) as f32 / 17.0).collect(),
+        },
+    )
+    .unwrap();
+    let out = ok(&["forward", "--weights", s(&weights), "--input", s(&input)]);
+    assert!(out.contains("image 0: top-5:"), "{out}");
+    refused(
+        &["summary", "--model", "vgg16", "--adaptive-pool", "0"],
+        &["'0'", "pool size", "none"],
+    );
+}

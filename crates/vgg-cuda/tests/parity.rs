@@ -401,11 +401,9 @@ fn bad_operands_get_the_same_errors_as_on_the_cpu() {
     assert!(p.gpu.upload(&Shape::from([3]), &[1.0, 2.0]).is_err());
 }
 
-/// A narrow VGG-11 at 32x32 in training mode (dropout on, same masks): the logits, the loss and
-/// every parameter's gradient agree with the CPU's.
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn a_small_vgg_forward_backward_matches_the_cpu() {
+/// A narrow `model` at 32x32 in training mode (dropout on, same masks; BatchNorm on the batch's
+/// statistics): the logits, the loss and every parameter's gradient agree with the CPU's.
+fn a_small_vgg_matches_the_cpu(model: VggConfig, adaptive_pool: Option<usize>) {
     let p = Pair::new();
     let options = SpecOptions {
         height: 32,
@@ -414,8 +412,9 @@ fn a_small_vgg_forward_backward_matches_the_cpu() {
         classes: 10,
         width_mult: 0.25,
         hidden: 64,
+        adaptive_pool,
     };
-    let spec = ModelSpec::new(VggConfig::Vgg11, options).unwrap();
+    let spec = ModelSpec::new(model, options).unwrap();
     let cpu_vgg = Vgg::init(&p.cpu, spec.clone(), &InitScheme::REFERENCE, 7).unwrap();
     let gpu_vgg = Vgg::init(&p.gpu, spec, &InitScheme::REFERENCE, 7).unwrap();
     let x = p.normal(&[3, 3, 32, 32], 8);
@@ -449,8 +448,21 @@ fn a_small_vgg_forward_backward_matches_the_cpu() {
     let cpu_grads = cpu_tape.backward(&cpu_loss).unwrap();
     let gpu_grads = gpu_tape.backward(&gpu_loss).unwrap();
     let names: Vec<String> = cpu_vgg.named_params().into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names.len(), 22, "8 convolutions and 3 linear layers");
-    for name in names {
+    let convs = 8 * (1 + usize::from(model.batch_norm()));
+    assert_eq!(
+        names.len(),
+        2 * convs + 6,
+        "8 convolutions and 3 linear layers"
+    );
+    // A convolution's bias before BatchNorm in training has a gradient of rounding noise only.
+    let noise: Vec<String> = cpu_vgg
+        .spec()
+        .layers
+        .iter()
+        .filter(|l| l.batch_norm)
+        .filter_map(|l| Some(format!("{}.bias", l.torch_prefix()?)))
+        .collect();
+    for name in names.into_iter().filter(|n| !noise.contains(n)) {
         let pair = (
             cpu_grads.by_name(&name).unwrap().clone(),
             gpu_grads
@@ -460,6 +472,26 @@ fn a_small_vgg_forward_backward_matches_the_cpu() {
         );
         p.check(&format!("gradient of {name}"), &pair, GRADIENT);
     }
+    for ((name, c), (_, g)) in cpu_vgg
+        .named_buffers(&p.cpu)
+        .unwrap()
+        .into_iter()
+        .zip(gpu_vgg.named_buffers(&p.gpu).unwrap())
+    {
+        p.check(&format!("{name} after the step"), &(c, g), FORWARD);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_small_vgg_forward_backward_matches_the_cpu() {
+    a_small_vgg_matches_the_cpu(VggConfig::Vgg11, None);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_small_vgg_with_batch_norm_and_the_adaptive_pool_matches_the_cpu() {
+    a_small_vgg_matches_the_cpu(VggConfig::Vgg11Bn, Some(2));
 }
 
 /// NaN propagates through ReLU, the fused bias+ReLU and max-pooling as on the CPU (and in PyTorch).

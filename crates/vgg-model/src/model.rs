@@ -78,6 +78,8 @@ pub mod meta {
     pub const IN_CHANNELS: &str = "vgg.in_channels";
     /// Metadata key: the input size the weights were made for, HxW.
     pub const INPUT: &str = "vgg.input";
+    /// Metadata key: the side of the adaptive average pool before fc6, or "none".
+    pub const ADAPTIVE_POOL: &str = "vgg.adaptive_pool";
     /// Metadata key, in files `vgg init` writes: how the weights were drawn ("reference, seed 0").
     /// Its presence says the weights were never trained.
     pub const INITIALISED: &str = "vgg.initialised";
@@ -133,6 +135,8 @@ impl<B: Backend> Vgg<B> {
                 LayerOp::MaxPool { kernel, stride } => {
                     features.push(Layer::MaxPool2d(Pool2dParams { kernel, stride }))
                 }
+                // Between the two Sequentials, as torchvision's `avgpool`: see forward_tapped.
+                LayerOp::AdaptiveAvgPool { .. } => {}
                 LayerOp::Linear => {
                     let fan_in = l.input.elements() as usize;
                     classifier.push(Layer::linear(
@@ -388,7 +392,9 @@ impl<B: Backend> Vgg<B> {
         after_layer: &mut dyn FnMut(&str),
     ) -> Result<Var<B>, ModelError> {
         let (mut feature_taps, mut classifier_taps) = (Vec::new(), Vec::new());
-        for name in taps {
+        let avgpool = self.spec.options.adaptive_pool;
+        let tap_avgpool = avgpool.is_some() && taps.contains(&AVGPOOL);
+        for name in taps.iter().filter(|n| !(tap_avgpool && **n == AVGPOOL)) {
             match self.module_of_layer(name) {
                 Some((true, i)) => classifier_taps.push((i, *name)),
                 Some((false, i)) => feature_taps.push((i, *name)),
@@ -427,6 +433,20 @@ impl<B: Backend> Vgg<B> {
             &mut |i, v| hook(&named(&feature_taps, i), v),
             &mut |_, last| after_layer(&feature_names[last]),
         )?;
+        let features = match avgpool {
+            Some(side) => {
+                tape.set_label(Some(AVGPOOL));
+                let pooled = tape.adaptive_avg_pool2d(&features, (side, side));
+                tape.set_label(None);
+                let mut pooled = pooled?;
+                if tap_avgpool {
+                    pooled = hook(AVGPOOL, pooled)?;
+                }
+                after_layer(AVGPOOL);
+                pooled
+            }
+            None => features,
+        };
         let flat = tape.flatten(&features)?;
         drop(features);
         // ReLU and dropout modules count towards the fully connected layer before them.
@@ -449,6 +469,9 @@ impl<B: Backend> Vgg<B> {
     /// The spec layer (conv1_1 ... pool5, fc6 ... fc8) of a tape label (`features.3`,
     /// `classifier.4`): ReLU and dropout modules belong to the layer before them.
     pub fn layer_of_label(&self, label: &str) -> Option<&str> {
+        if label == AVGPOOL {
+            return self.spec.layer(AVGPOOL).map(|l| l.name.as_str());
+        }
         let (prefix, index) = label.rsplit_once('.')?;
         let index: usize = index.parse().ok()?;
         let in_features = prefix == "features";
@@ -458,6 +481,7 @@ impl<B: Backend> Vgg<B> {
         self.spec
             .layers
             .iter()
+            .filter(|l| l.has_params() || matches!(l.op, LayerOp::MaxPool { .. }))
             .filter(|l| l.is_linear() != in_features && l.torch_index <= index)
             .max_by_key(|l| l.torch_index)
             .map(|l| l.name.as_str())
@@ -476,6 +500,9 @@ impl<B: Backend> Vgg<B> {
         })
     }
 }
+
+/// The name of torchvision's adaptive average pool, as a layer, a module and a tape label.
+const AVGPOOL: &str = "avgpool";
 
 /// torchvision name -> shape of every tensor of a spec's state_dict: parameters and buffers.
 pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
@@ -525,6 +552,7 @@ fn settings_differing(spec: &ModelSpec, metadata: &HashMap<String, String>) -> V
         (meta::HIDDEN, o.hidden.to_string()),
         (meta::WIDTH_MULT, o.width_mult.to_string()),
         (meta::INPUT, format!("{}x{}", o.height, o.width)),
+        (meta::ADAPTIVE_POOL, adaptive_pool_words(o.adaptive_pool)),
     ];
     ours.into_iter()
         .filter_map(|(key, value)| {
@@ -548,10 +576,19 @@ fn made_with_words(made_with: &[SettingDiffers]) -> String {
     format!(". The file says it was made with {}", settings.join(", "))
 }
 
+/// The metadata value of an adaptive pool's side: the side, or "none".
+fn adaptive_pool_words(side: Option<usize>) -> String {
+    side.map_or("none".to_string(), |s| s.to_string())
+}
+
 /// The metadata written with a network's weights.
 pub fn metadata(spec: &ModelSpec) -> HashMap<String, String> {
     let o = &spec.options;
     HashMap::from([
+        (
+            meta::ADAPTIVE_POOL.to_string(),
+            adaptive_pool_words(o.adaptive_pool),
+        ),
         (meta::MODEL.to_string(), spec.model.name().to_string()),
         (meta::CLASSES.to_string(), o.classes.to_string()),
         (meta::HIDDEN.to_string(), o.hidden.to_string()),
@@ -571,10 +608,17 @@ pub fn options_from_metadata(
         let (h, w) = s.split_once('x')?;
         Some((h.parse().ok()?, w.parse().ok()?))
     });
+    // Our files without the key were made before the pool existed: they have none.
+    let adaptive_pool = get(meta::MODEL).map(|_| {
+        get(meta::ADAPTIVE_POOL)
+            .and_then(|v| v.parse().ok())
+            .filter(|&side| side > 0)
+    });
     (
         model,
         PartialOptions {
             input,
+            adaptive_pool,
             in_channels: get(meta::IN_CHANNELS).and_then(|v| v.parse().ok()),
             classes: get(meta::CLASSES).and_then(|v| v.parse().ok()),
             width_mult: get(meta::WIDTH_MULT).and_then(|v| v.parse().ok()),
@@ -585,9 +629,11 @@ pub fn options_from_metadata(
 
 /// Spec options read off the tensors themselves, for files without our metadata (torchvision's
 /// state_dicts, `.pth` or exported): the configuration from the convolutions' positions and
-/// kernels, the width from the first one, fc6's and fc8's widths, and a square input from fc6's
-/// fan-in (pool5's side is the input's / 32). Whatever does not fit a VGG stays unknown, and the
-/// weights are then checked against the network the flags and defaults give.
+/// kernels, the width from the first one, fc6's and fc8's widths, and from fc6's fan-in the side
+/// s of torchvision's adaptive pool, which such files are made with, and the input at which the
+/// pool changes nothing (32 s: pool5's side is the input's / 32). Whatever does not fit a VGG
+/// stays unknown, and the weights are then checked against the network the flags and defaults
+/// give.
 pub fn options_from_tensors(
     tensors: &[(String, HostTensor)],
 ) -> (Option<VggConfig>, PartialOptions) {
@@ -624,15 +670,16 @@ pub fn options_from_tensors(
     let last_channels = convs.last().map(|(_, s)| s[0]);
     let fc6 = shape("classifier.0.weight").filter(|s| s.len() == 2);
     let fc8 = shape("classifier.6.weight").filter(|s| s.len() == 2);
-    let input = fc6.zip(last_channels).and_then(|(fc6, channels)| {
+    let side = fc6.zip(last_channels).and_then(|(fc6, channels)| {
         let area = fc6[1].checked_div(channels)?;
         let side = (area as f64).sqrt().round() as usize;
-        (side > 0 && side * side * channels == fc6[1]).then_some((side * 32, side * 32))
+        (side > 0 && side * side * channels == fc6[1]).then_some(side)
     });
     (
         model,
         PartialOptions {
-            input,
+            input: side.map(|s| (s * 32, s * 32)),
+            adaptive_pool: side.map(Some),
             in_channels: first.map(|s| s[1]),
             classes: fc8.map(|s| s[0]),
             width_mult: first.map(|s| s[0] as f64 / 64.0),
@@ -646,6 +693,8 @@ pub fn options_from_tensors(
 pub struct PartialOptions {
     /// Input height and width.
     pub input: Option<(usize, usize)>,
+    /// The adaptive pool's side, or `Some(None)`: known to have none.
+    pub adaptive_pool: Option<Option<usize>>,
     /// Channels of the input image.
     pub in_channels: Option<usize>,
     /// Outputs of the last layer.
@@ -661,6 +710,7 @@ impl PartialOptions {
     pub fn or(self, fallback: PartialOptions) -> PartialOptions {
         PartialOptions {
             input: self.input.or(fallback.input),
+            adaptive_pool: self.adaptive_pool.or(fallback.adaptive_pool),
             in_channels: self.in_channels.or(fallback.in_channels),
             classes: self.classes.or(fallback.classes),
             width_mult: self.width_mult.or(fallback.width_mult),
@@ -683,6 +733,7 @@ impl PartialOptions {
             classes: self.classes.unwrap_or(d.classes),
             width_mult: self.width_mult.unwrap_or(d.width_mult),
             hidden: self.hidden.unwrap_or(d.hidden),
+            adaptive_pool: self.adaptive_pool.unwrap_or(d.adaptive_pool),
         }
     }
 }

@@ -28,6 +28,10 @@ pub struct SpecOptions {
     pub width_mult: f64,
     /// Width of fc6 and fc7.
     pub hidden: usize,
+    /// torchvision's `AdaptiveAvgPool2d((s, s))` between pool5 and fc6, so that fc6 reads s x s
+    /// positions whatever the input size (the identity at 224 with s = 7). None: fc6 reads pool5
+    /// as it is, as the paper's and the reference's network do.
+    pub adaptive_pool: Option<usize>,
 }
 
 impl Default for SpecOptions {
@@ -39,6 +43,7 @@ impl Default for SpecOptions {
             classes: 1000,
             width_mult: 1.0,
             hidden: 4096,
+            adaptive_pool: None,
         }
     }
 }
@@ -65,6 +70,11 @@ pub enum LayerOp {
     },
     /// Fully connected ([out, in] weights) with bias; ReLU and dropout on fc6 and fc7 only.
     Linear,
+    /// Average-pool to `size` x `size` whatever the input's size (torchvision's `avgpool`).
+    AdaptiveAvgPool {
+        /// The output's side.
+        size: usize,
+    },
 }
 
 /// Channels, height, width of one image's activation.
@@ -151,7 +161,7 @@ impl LayerSpec {
         match self.op {
             LayerOp::Conv { .. } => Some(format!("features.{}", self.torch_index)),
             LayerOp::Linear => Some(format!("classifier.{}", self.torch_index)),
-            LayerOp::MaxPool { .. } => None,
+            LayerOp::MaxPool { .. } | LayerOp::AdaptiveAvgPool { .. } => None,
         }
     }
 
@@ -172,6 +182,7 @@ impl LayerSpec {
     pub fn torch_module(&self) -> String {
         match self.op {
             LayerOp::Linear => format!("classifier.{}", self.torch_index),
+            LayerOp::AdaptiveAvgPool { .. } => "avgpool".to_string(),
             _ => format!("features.{}", self.torch_index),
         }
     }
@@ -186,7 +197,7 @@ impl LayerSpec {
                 kernel,
             ]),
             LayerOp::Linear => Some(vec![self.output.channels, self.input.elements() as usize]),
-            LayerOp::MaxPool { .. } => None,
+            LayerOp::MaxPool { .. } | LayerOp::AdaptiveAvgPool { .. } => None,
         }
     }
 }
@@ -490,6 +501,9 @@ impl ModelSpec {
         if o.classes != d.classes {
             parts.push(format!("{} classes", o.classes));
         }
+        if let Some(side) = o.adaptive_pool {
+            parts.push(format!("avgpool {side}x{side}"));
+        }
         if input && (o.height, o.width, o.in_channels) != (d.height, d.width, d.in_channels) {
             parts.push(format!("{}x{}x{} input", o.height, o.width, o.in_channels));
         }
@@ -535,6 +549,7 @@ fn validate_options(o: &SpecOptions) -> Result<(), SpecError> {
         ("channels", o.in_channels),
         ("classes", o.classes),
         ("hidden width", o.hidden),
+        ("adaptive pool size", o.adaptive_pool.unwrap_or(1)),
     ];
     if let Some((what, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(SpecError::Zero { what });
@@ -679,7 +694,35 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
             layers.push(layer);
         }
     }
-    // The classifier reads pool5 flattened, whatever its spatial size (as the reference computes it).
+    // torchvision's average pool to a fixed size, else the classifier reads pool5 flattened,
+    // whatever its spatial size (as the reference computes it).
+    if let Some(size) = o.adaptive_pool {
+        let input = shape;
+        let output = Chw {
+            channels: input.channels,
+            height: size,
+            width: size,
+        };
+        elements("avgpool", output)?;
+        layers.push(LayerSpec {
+            name: "avgpool".to_string(),
+            op: LayerOp::AdaptiveAvgPool { size },
+            relu: false,
+            dropout: false,
+            input,
+            output,
+            batch_norm: false,
+            weights: 0,
+            biases: 0,
+            norm_params: 0,
+            params: 0,
+            macs: 0,
+            receptive_field: None,
+            floored: false,
+            torch_index: 0,
+        });
+        shape = output;
+    }
     let fcs = [
         ("fc6", o.hidden, true),
         ("fc7", o.hidden, true),

@@ -129,6 +129,28 @@ fn batch_norm_models_differentiate_as_pytorch_does_in_evaluation() {
 }
 
 #[test]
+fn torchvisions_adaptive_pool_averages_as_pytorch_does() {
+    let b = cpu();
+    let dir = fixtures().join("vgg11_bn-avgpool3");
+    let file = load_tensors(&dir.join("weights.safetensors")).unwrap();
+    let (model, options) = options_from_metadata(&file.metadata);
+    let spec = ModelSpec::new(model.unwrap(), options.resolve()).unwrap();
+    assert_eq!(spec.options.adaptive_pool, Some(3));
+    let vgg = Vgg::from_tensors(&b, spec, &file).unwrap();
+    let x = load_npy(&dir.join("input.npy")).unwrap();
+    let x = b.upload(&Shape::from(x.shape.clone()), &x.data).unwrap();
+    let tape = Tape::new(b.clone());
+    let logits = vgg
+        .forward(&tape, &tape.constant(x), RunOptions::EVAL)
+        .unwrap();
+    let want = load_npy(&dir.join("eval.npy")).unwrap();
+    let err = relative_error(&b.download(logits.value()).unwrap(), &want.data);
+    assert!(err < 1e-4, "logits differ by {err}");
+    let expected = load_tensors(&dir.join("eval.safetensors")).unwrap();
+    check_gradients(&b, "vgg11_bn-avgpool3", &vgg, tape, &logits, &expected);
+}
+
+#[test]
 fn batch_norm_models_train_as_pytorch_does() {
     let b = cpu();
     for name in FAMILY.iter().filter(|n| n.ends_with("_bn")) {
@@ -182,36 +204,55 @@ fn a_file_without_metadata_names_its_model_by_its_tensors() {
         let (model, options) = options_from_tensors(&file.tensors);
         assert_eq!(model.map(|m| m.name()), Some(name));
         let (_, from_metadata) = options_from_metadata(&file.metadata);
-        assert_eq!(options.resolve(), from_metadata.resolve(), "{name}");
+        // Such a file is taken for torchvision's, whose adaptive pool changes nothing at the
+        // input size read off fc6 (pool5 is 1x1 at 32x32).
+        let shown = options.resolve();
+        assert_eq!(shown.adaptive_pool, Some(1), "{name}");
+        let without_pool = vgg_model::SpecOptions {
+            adaptive_pool: None,
+            ..shown
+        };
+        assert_eq!(without_pool, from_metadata.resolve(), "{name}");
     }
 }
 
-/// torchvision's own eight models at 224x224, as torchvision ships them (`.pth`, no metadata),
+/// torchvision's own eight models at 224x224 and 320x320 (the adaptive pool at work), as
+/// torchvision ships them (`.pth`, no metadata),
 /// against their logits in PyTorch; made by `scripts/make_fixtures.py --torchvision DIR`.
 #[test]
 #[ignore = "needs torchvision's models (4.2 GB): make them with scripts/make_fixtures.py --torchvision DIR and set VGG_TORCHVISION_DIR=DIR"]
-fn torchvision_at_224() {
+fn torchvision_at_224_and_320() {
     let dir = PathBuf::from(std::env::var_os("VGG_TORCHVISION_DIR").expect(
         "set VGG_TORCHVISION_DIR to the directory scripts/make_fixtures.py --torchvision wrote",
     ));
     let b = cpu();
-    let x = load_npy(&dir.join("input.npy")).unwrap();
-    let x = b.upload(&Shape::from(x.shape.clone()), &x.data).unwrap();
     for name in FAMILY {
         let file = load_tensors(&dir.join(format!("{name}.pth"))).unwrap();
         let (model, options) = options_from_tensors(&file.tensors);
         let model = model.unwrap_or_else(|| panic!("{name}: not recognised"));
         assert_eq!(model.name(), name);
-        let vgg = Vgg::from_tensors(&b, ModelSpec::new(model, options.resolve()).unwrap(), &file)
-            .unwrap();
-        drop(file);
-        let tape = Tape::inference(b.clone());
-        let logits = vgg
-            .forward(&tape, &tape.constant(x.clone()), RunOptions::EVAL)
-            .unwrap();
-        let want = load_npy(&dir.join(format!("{name}.logits.npy"))).unwrap();
-        let err = relative_error(&b.download(logits.value()).unwrap(), &want.data);
-        eprintln!("{name}: logits within {err:.1e} of torchvision's (relative to the largest)");
-        assert!(err < 1e-4, "{name}: logits differ by {err}");
+        // At 224 the adaptive pool changes nothing; at 320 it averages pool5's 10x10 to 7x7.
+        for (side, input, logits) in [
+            (224, "input.npy", "logits"),
+            (320, "input320.npy", "logits320"),
+        ] {
+            let options = vgg_model::PartialOptions {
+                input: Some((side, side)),
+                ..Default::default()
+            }
+            .or(options);
+            let spec = ModelSpec::new(model, options.resolve()).unwrap();
+            let vgg = Vgg::from_tensors(&b, spec, &file).unwrap();
+            let x = load_npy(&dir.join(input)).unwrap();
+            let x = b.upload(&Shape::from(x.shape.clone()), &x.data).unwrap();
+            let tape = Tape::inference(b.clone());
+            let y = vgg
+                .forward(&tape, &tape.constant(x), RunOptions::EVAL)
+                .unwrap();
+            let want = load_npy(&dir.join(format!("{name}.{logits}.npy"))).unwrap();
+            let err = relative_error(&b.download(y.value()).unwrap(), &want.data);
+            eprintln!("{name} at {side}: logits within {err:.1e} of torchvision's (relative to the largest)");
+            assert!(err < 1e-4, "{name} at {side}: logits differ by {err}");
+        }
     }
 }

@@ -27,6 +27,7 @@ fn spec() -> ModelSpec {
             classes: 10,
             width_mult: 0.0625,
             hidden: 8,
+            adaptive_pool: None,
         },
     )
     .unwrap()

@@ -36,6 +36,7 @@ fn spec() -> ModelSpec {
             classes: 10,
             width_mult: 0.125,
             hidden: 32,
+            adaptive_pool: None,
         },
     )
     .unwrap()

@@ -25,6 +25,7 @@ fn spec() -> ModelSpec {
             classes: 10,
             width_mult: 0.25,
             hidden: 128,
+            adaptive_pool: None,
         },
     )
     .unwrap()

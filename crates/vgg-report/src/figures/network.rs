@@ -36,7 +36,7 @@ pub fn network_diagram(spec: &ModelSpec) -> Result<String> {
         let out = layer.output;
         let (colour, width, height) = match layer.op {
             LayerOp::Linear => (LINEAR, 16, 150),
-            LayerOp::Conv { .. } | LayerOp::MaxPool { .. } => {
+            LayerOp::Conv { .. } | LayerOp::MaxPool { .. } | LayerOp::AdaptiveAvgPool { .. } => {
                 let colour = if layer.is_conv() { CONV } else { POOL };
                 let channels = out.channels.max(1) as f64;
                 let width = 10 + (5.0 * channels.log2()).round() as i32;
@@ -92,9 +92,14 @@ pub fn network_diagram(spec: &ModelSpec) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
         drawn(root.fill(&WHITE))?;
         let title = format!(
-            "{} (paper config {}), input {}x{}x{}: {} parameters, {} MACs per image",
+            "{} (paper config {}{}), input {}x{}x{}: {} parameters, {} MACs per image",
             spec.model.name(),
             spec.model.paper_letter(),
+            if spec.model.batch_norm() {
+                " with BatchNorm"
+            } else {
+                ""
+            },
             input.height,
             input.width,
             input.channels,
