@@ -405,4 +405,17 @@ fn batch_norm_models_and_the_adaptive_pool_match_pytorch() {
         &["summary", "--model", "vgg16", "--adaptive-pool", "0"],
         &["'0'", "pool size", "none"],
     );
+    // A corrupt running variance would make every output NaN: refused, named.
+    let mut file = io::load_tensors(&family("vgg16_bn/weights.safetensors")).unwrap();
+    for (name, t) in &mut file.tensors {
+        if name == "features.8.running_var" {
+            t.data[0] = -1.0;
+        }
+    }
+    let corrupt = tmp("negative-variance.safetensors");
+    io::save_safetensors(&corrupt, &file).unwrap();
+    refused(
+        &["forward", "--weights", s(&corrupt), "--random", "1"],
+        &["features.8.running_var", "negative variances", "corrupt"],
+    );
 }

@@ -219,15 +219,34 @@ impl<B: Backend> Vgg<B> {
                 tensors: non_finite,
             });
         }
+        let impossible = impossible_statistics(&given);
+        if !impossible.is_empty() {
+            return Err(ModelError::Weights {
+                model: spec.describe(),
+                problems: impossible,
+                made_with: Vec::new(),
+            });
+        }
         let mut vgg = Vgg::init(backend, spec, &InitScheme::REFERENCE, 0)?;
         for (name, param) in vgg.named_params_mut() {
             let t = given[name.as_str()];
             *param = backend.upload(&Shape::from(t.shape.clone()), &t.data)?;
         }
-        let lookup = |name: &str| given.get(name).copied();
-        vgg.features.load_buffers(backend, &lookup)?;
-        vgg.classifier.load_buffers(backend, &lookup)?;
+        vgg.load_buffers(backend, &given)?;
         Ok(vgg)
+    }
+
+    /// Sets every buffer (BatchNorm's running statistics) from `given`, which must hold each
+    /// under its torchvision name with the expected shape.
+    pub fn load_buffers(
+        &self,
+        backend: &B,
+        given: &HashMap<&str, &HostTensor>,
+    ) -> Result<(), ModelError> {
+        let lookup = |name: &str| given.get(name).copied();
+        self.features.load_buffers(backend, &lookup)?;
+        self.classifier.load_buffers(backend, &lookup)?;
+        Ok(())
     }
 
     /// Writes every parameter to a safetensors file at `path`, with metadata describing the
@@ -532,6 +551,29 @@ pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
         }
     }
     expected
+}
+
+/// BatchNorm statistics no training run can produce: a negative variance (its square root
+/// would make every output NaN) or a count of batches that is not a whole number.
+fn impossible_statistics(given: &HashMap<&str, &HostTensor>) -> Vec<String> {
+    let mut problems: Vec<String> = given
+        .iter()
+        .filter_map(|(name, t)| {
+            if name.ends_with(".running_var") {
+                let negative = t.data.iter().filter(|v| **v < 0.0).count();
+                (negative > 0).then(|| {
+                    format!("{name} holds {negative} negative variances; the file is corrupt")
+                })
+            } else if name.ends_with(".num_batches_tracked") {
+                let bad = t.data.iter().find(|v| !(**v >= 0.0 && v.fract() == 0.0))?;
+                Some(format!("{name} is {bad}, not a count of batches"))
+            } else {
+                None
+            }
+        })
+        .collect();
+    problems.sort();
+    problems
 }
 
 /// A network setting that a weight file's metadata gives another value.

@@ -256,3 +256,27 @@ fn torchvision_at_224_and_320() {
         }
     }
 }
+
+#[test]
+fn impossible_statistics_are_refused_by_name() {
+    let b = cpu();
+    let mut file = load_tensors(&fixtures().join("vgg11_bn/weights.safetensors")).unwrap();
+    for (name, t) in &mut file.tensors {
+        match name.as_str() {
+            "features.1.running_var" => t.data[3] = -0.5,
+            "features.5.num_batches_tracked" => t.data[0] = 2.5,
+            _ => {}
+        }
+    }
+    let (model, options) = options_from_metadata(&file.metadata);
+    let spec = ModelSpec::new(model.unwrap(), options.resolve()).unwrap();
+    let err = Vgg::from_tensors(&b, spec, &file)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("features.1.running_var holds 1 negative variances")
+            && err.contains("features.5.num_batches_tracked is 2.5"),
+        "{err}"
+    );
+}

@@ -17,7 +17,7 @@ use vgg_dist::{
 };
 use vgg_model::{ModelError, ModelSpec, Vgg};
 use vgg_nn::init::param_seed;
-use vgg_nn::io::TensorFile;
+use vgg_nn::io::{HostTensor, TensorFile};
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
 use vgg_nn::RunOptions;
 use vgg_tensor::{Backend, DeviceTensor, Shape};
@@ -352,6 +352,37 @@ pub fn share_state<B: Backend>(
     Ok(())
 }
 
+/// Makes every rank's buffers (BatchNorm's running statistics, which each rank gathered from its
+/// own share of the batches) their mean over the ranks, so that the ranks evaluate alike and the
+/// checkpoint holds what all of them saw. PyTorch's DDP instead hands rank 0's to every rank.
+pub fn average_buffers<B: Backend>(
+    backend: &B,
+    comm: &dyn Communicator,
+    model: &Vgg<B>,
+) -> Result<(), TrainError> {
+    let buffers = model.named_buffers(backend)?;
+    if comm.size() == 1 || buffers.is_empty() {
+        return Ok(());
+    }
+    let mut host = Vec::with_capacity(buffers.len());
+    let mut sums = Vec::new();
+    for (name, t) in buffers {
+        let t = HostTensor::download(backend, &t)?;
+        sums.extend(t.data.iter().map(|&v| v as f64));
+        host.push((name, t));
+    }
+    comm.allreduce_f64(&mut sums)?;
+    let mut means = sums.into_iter().map(|v| (v / comm.size() as f64) as f32);
+    for (_, t) in &mut host {
+        for v in &mut t.data {
+            *v = means.next().expect("one sum per value");
+        }
+    }
+    let given = host.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    model.load_buffers(backend, &given)?;
+    Ok(())
+}
+
 /// Trains from `state.epochs_done` up to `config.epochs`, shuffling each epoch with a seed of its
 /// own so that a resumed run sees the same batches as an uninterrupted one.
 pub fn train<B: Backend>(
@@ -493,6 +524,7 @@ pub fn train_parallel<B: Backend>(
             optimizer.step(backend, model.named_params_mut(), &grads, lr)?;
             observer.batch(b + 1, batches.len());
         }
+        average_buffers(backend, comm, &state.model)?;
         let (test_loss, test_accuracy) = evaluate_parallel(
             backend,
             &state.model,

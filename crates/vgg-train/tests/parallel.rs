@@ -27,8 +27,12 @@ fn data(train: usize, test: usize) -> (Dataset, Dataset) {
 }
 
 fn spec() -> ModelSpec {
+    spec_of(VggConfig::Vgg11)
+}
+
+fn spec_of(model: VggConfig) -> ModelSpec {
     ModelSpec::new(
-        VggConfig::Vgg11,
+        model,
         SpecOptions {
             height: 32,
             width: 32,
@@ -75,6 +79,26 @@ fn run_compressed(
     config: TrainConfig,
     bucket_bytes: usize,
     overlap: bool,
+    sets: (Dataset, Dataset),
+    compression: Option<GradientCompression>,
+) -> Vec<(Vec<Vec<f32>>, Vec<EpochReport>)> {
+    run_model(
+        VggConfig::Vgg11,
+        ranks,
+        config,
+        (bucket_bytes, overlap),
+        sets,
+        compression,
+    )
+}
+
+/// `run_compressed` of `model`; each rank's weights are followed by its buffers (BatchNorm's
+/// running statistics).
+fn run_model(
+    model: VggConfig,
+    ranks: usize,
+    config: TrainConfig,
+    (bucket_bytes, overlap): (usize, bool),
     (train_set, test_set): (Dataset, Dataset),
     compression: Option<GradientCompression>,
 ) -> Vec<(Vec<Vec<f32>>, Vec<EpochReport>)> {
@@ -90,7 +114,7 @@ fn run_compressed(
                     comm.rank() as u64 + 1
                 };
                 let mut state = TrainState {
-                    model: Vgg::init(&b, spec(), &InitScheme::REFERENCE, seed).unwrap(),
+                    model: Vgg::init(&b, spec_of(model), &InitScheme::REFERENCE, seed).unwrap(),
                     optimizer: Optimizer::new(config.optimizer),
                     epochs_done: 0,
                 };
@@ -112,12 +136,14 @@ fn run_compressed(
                     )
                     .unwrap()
                 });
-                let weights = state
+                let mut weights: Vec<Vec<f32>> = state
                     .model
                     .named_params()
                     .into_iter()
                     .map(|(_, t)| b.download(t).unwrap())
                     .collect();
+                let buffers = state.model.named_buffers(&b).unwrap();
+                weights.extend(buffers.iter().map(|(_, t)| b.download(t).unwrap()));
                 (weights, reports)
             })
         })
@@ -284,5 +310,33 @@ fn gradients_sent_in_16_bits_train_alike_on_every_rank_near_f32() {
     assert!(
         differences[1] * 8.0 < differences[0],
         "bf16, fp16: {differences:?}"
+    );
+}
+
+/// With BatchNorm each rank normalises its own share of a batch, so ranks differ from one process
+/// (as PyTorch's DDP without SyncBatchNorm); but every rank ends with the same weights and the
+/// same running statistics (their mean over the ranks, taken each epoch), and evaluates with them.
+#[test]
+fn batch_norm_ranks_end_alike() {
+    let results = run_model(
+        VggConfig::Vgg11Bn,
+        2,
+        config(16, 2),
+        (1 << 20, true),
+        data(64, 32),
+        None,
+    );
+    let (first, reports) = &results[0];
+    let (second, second_reports) = &results[1];
+    assert_eq!(first.len(), second.len());
+    let differing = first.iter().zip(second).position(|(a, b)| a != b);
+    assert_eq!(
+        differing, None,
+        "tensor {differing:?} differs between the ranks"
+    );
+    assert_eq!(reports.len(), 2);
+    assert_eq!(
+        reports.last().unwrap().test_accuracy,
+        second_reports.last().unwrap().test_accuracy
     );
 }
