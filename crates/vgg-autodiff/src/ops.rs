@@ -851,19 +851,63 @@ impl<B: Backend> Tape<B> {
         eps: f32,
     ) -> Result<BatchNormOutput<B>> {
         let (axes, channel_shape) = norm_axes(x.shape(), gamma.shape(), beta.shape())?;
-        let mean = self.mean_axes(x, &axes)?;
-        let centred = self.sub(x, &mean)?;
-        let var = self.mean_axes(&self.square(&centred)?, &axes)?;
-        let eps_t = self.constant(self.backend().scalar(eps)?);
-        let inv_std = self.unary(UnaryOp::Recip, &self.sqrt(&self.add(&var, &eps_t)?)?)?;
-        let normalised = self.mul(&centred, &inv_std)?;
-        let y = self.affine(&normalised, gamma, beta, &channel_shape)?;
         let b = self.backend();
+        let per_channel = count(x.shape(), &axes).max(1) as f32;
+        let mean = b.scale(
+            &b.reduce(ReduceOp::Sum, &x.value, &axes)?,
+            1.0 / per_channel,
+        )?;
+        let centred = b.sub(&x.value, &mean)?;
+        let squares = b.unary(UnaryOp::Square, &centred)?;
+        let var = b.scale(
+            &b.reduce(ReduceOp::Sum, &squares, &axes)?,
+            1.0 / per_channel,
+        )?;
+        drop(squares);
+        let inv_std = b.unary(
+            UnaryOp::Recip,
+            &b.unary(UnaryOp::Sqrt, &b.add(&var, &b.scalar(eps)?)?)?,
+        )?;
+        let normalised = b.mul(&centred, &inv_std)?;
+        drop(centred);
+        let g = b.reshape(&gamma.value, &channel_shape)?;
+        let y = b.add(
+            &b.mul(&normalised, &g)?,
+            &b.reshape(&beta.value, &channel_shape)?,
+        )?;
+        // One node that keeps only the normalised input (as PyTorch's own kernel does), where
+        // the same arithmetic as separate ops would keep it and the centred input both.
+        let saved = normalised.bytes() + inv_std.bytes() + g.bytes();
+        let gamma_shape = gamma.shape().clone();
+        let y = self.record(
+            "batch_norm",
+            &[x, gamma, beta],
+            y,
+            saved,
+            Box::new(move |b, dy, needs| {
+                let sum = |t: &B::Tensor| b.reduce(ReduceOp::Sum, t, &axes);
+                let dbeta = sum(dy)?;
+                let dgamma = sum(&b.mul(dy, &normalised)?)?;
+                // dx = gamma inv_std (dy - mean(dy) - normalised mean(dy normalised)).
+                let dx = needs[0]
+                    .then(|| {
+                        let centred_dy = b.sub(dy, &b.scale(&dbeta, 1.0 / per_channel)?)?;
+                        let along = b.mul(&normalised, &b.scale(&dgamma, 1.0 / per_channel)?)?;
+                        b.mul(&b.sub(&centred_dy, &along)?, &b.mul(&g, &inv_std)?)
+                    })
+                    .transpose()?;
+                Ok(vec![
+                    dx,
+                    Some(b.reshape(&dgamma, &gamma_shape)?),
+                    Some(b.reshape(&dbeta, &gamma_shape)?),
+                ])
+            }),
+        )?;
         let c = Shape::from([channel_shape.elements()]);
         Ok(BatchNormOutput {
             y,
-            mean: b.reshape(mean.value(), &c)?,
-            var: b.reshape(var.value(), &c)?,
+            mean: b.reshape(&mean, &c)?,
+            var: b.reshape(&var, &c)?,
         })
     }
 

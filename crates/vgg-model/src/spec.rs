@@ -222,7 +222,8 @@ pub struct MemoryEstimate {
     pub param_bytes: u64,
     /// Parameters plus one gradient per parameter.
     pub params_and_grads_bytes: u64,
-    /// Saved activations + params and grads + the two largest activation gradients alive at once.
+    /// Saved activations + params and grads + the largest activation gradients alive at once
+    /// (two, four with BatchNorm).
     pub estimated_forward_backward_bytes: u64,
 }
 
@@ -383,12 +384,12 @@ impl ModelSpec {
             .map(|w| w[0].output.elements())
             .collect())?;
         let kept = outputs - before_pools - recomputed;
-        // Batch statistics keep two more activations per convolution (centred and normalised).
+        // Batch statistics keep one more activation per convolution: the normalised input.
         let normalised = sum(self
             .layers
             .iter()
             .filter(|l| l.batch_norm)
-            .map(|l| 2 * l.output.elements())
+            .map(|l| l.output.elements())
             .collect())?;
         let saved = sum(vec![
             input_bytes,
@@ -398,7 +399,9 @@ impl ModelSpec {
         ])?;
         let param_bytes = self.params() * F32_BYTES;
         let params_and_grads = param_bytes.checked_mul(2).ok_or_else(overflow)?;
-        let two_largest = bytes(largest_output.checked_mul(2).ok_or_else(overflow)?)?;
+        // BatchNorm's backward holds four activation-sized tensors at once, where the rest hold two.
+        let alive = if self.model.batch_norm() { 4 } else { 2 };
+        let largest_gradients = bytes(largest_output.checked_mul(alive).ok_or_else(overflow)?)?;
         Ok(MemoryEstimate {
             batch,
             input_bytes,
@@ -407,7 +410,11 @@ impl ModelSpec {
             saved_for_backward_bytes: saved,
             param_bytes,
             params_and_grads_bytes: params_and_grads,
-            estimated_forward_backward_bytes: sum(vec![saved, params_and_grads, two_largest])?,
+            estimated_forward_backward_bytes: sum(vec![
+                saved,
+                params_and_grads,
+                largest_gradients,
+            ])?,
         })
     }
 
