@@ -11,7 +11,7 @@ seconds="${1:-300}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(safetensors npy image checkpoint cifar record pytorch)
+  targets=(safetensors npy image checkpoint cifar record pytorch weights)
 fi
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O

@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
             classes: 10,
             width_mult: 0.0625,
             hidden: 8,
+            adaptive_pool: None,
         },
     )
     .expect("a valid spec");

@@ -450,7 +450,14 @@ impl<B: Backend> Vgg<B> {
             run,
             &indices(&feature_taps),
             &mut |i, v| hook(&named(&feature_taps, i), v),
-            &mut |_, last| after_layer(&feature_names[last]),
+            // A layer may run as several steps (a `_bn` convolution in training: convolution,
+            // BatchNorm, ReLU); it is complete after the last of its modules.
+            &mut |_, last| {
+                if last + 1 == feature_names.len() || feature_names[last + 1] != feature_names[last]
+                {
+                    after_layer(&feature_names[last])
+                }
+            },
         )?;
         let features = match avgpool {
             Some(side) => {

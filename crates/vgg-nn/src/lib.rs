@@ -281,7 +281,15 @@ impl<B: Backend> Sequential<B> {
                     let relu_at = i + 1 + usize::from(norm.is_some());
                     let next_is_relu = matches!(self.layers.get(relu_at), Some(Layer::Relu));
                     let (w, b) = match norm {
-                        None => (w, b),
+                        // Training: the batch's statistics need the convolution's output, so it
+                        // runs alone, and the BatchNorm and ReLU after it as modules of their own.
+                        Some(_) if run.training => {
+                            h = tape.conv2d_bias_act(&h, &w, &b, c.params, false)?;
+                            tape.set_label(None);
+                            after(first, i);
+                            i += 1;
+                            continue;
+                        }
                         Some(n) => {
                             let at = i + 1;
                             tape.set_label(Some(&format!("{}.{at}", self.prefix)));
@@ -289,33 +297,11 @@ impl<B: Backend> Sequential<B> {
                                 .param(format!("{}.{at}.weight", self.prefix), n.weight.clone());
                             let beta =
                                 tape.param(format!("{}.{at}.bias", self.prefix), n.bias.clone());
-                            if run.training {
-                                // The batch's statistics need the convolution's output.
-                                tape.set_label(Some(&format!("{}.{i}", self.prefix)));
-                                let z = tape.conv2d_bias_act(&h, &w, &b, c.params, false)?;
-                                drop(h);
-                                tape.set_label(Some(&format!("{}.{at}", self.prefix)));
-                                let y = n.forward_training(tape, &z, &gamma, &beta)?;
-                                i = at;
-                                h = if next_is_relu {
-                                    i = relu_at;
-                                    tape.set_label(Some(&format!("{}.{i}", self.prefix)));
-                                    tape.relu(&y)?
-                                } else {
-                                    y
-                                };
-                                tape.set_label(None);
-                                if taps.contains(&i) {
-                                    h = hook(i, h)?;
-                                }
-                                after(first, i);
-                                i += 1;
-                                continue;
-                            }
                             let folded = n.fold_into(tape, &w, &b, &gamma, &beta)?;
                             tape.set_label(Some(&format!("{}.{i}", self.prefix)));
                             folded
                         }
+                        None => (w, b),
                     };
                     let pool_fuses = !taps.contains(&relu_at);
                     match (next_is_relu, self.layers.get(relu_at + 1)) {
@@ -347,7 +333,7 @@ impl<B: Backend> Sequential<B> {
                         }
                     }
                 }
-                // Reached only when no convolution comes before it.
+                // In training, or after anything but a convolution (which folds it in otherwise).
                 Layer::BatchNorm2d(n) => {
                     let gamma = tape.param(format!("{}.{i}.weight", self.prefix), n.weight.clone());
                     let beta = tape.param(format!("{}.{i}.bias", self.prefix), n.bias.clone());
