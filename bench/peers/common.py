@@ -19,6 +19,9 @@ def parse_args(description):
     p.add_argument("--device", default="cpu", help="PyTorch only: cpu or cuda")
     p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default="contiguous",
                    help="PyTorch only: NCHW (contiguous) or NHWC (channels_last) tensors")
+    p.add_argument("--batch-norm", action="store_true",
+                   help="PyTorch only: BatchNorm after every convolution (torchvision's vgg16_bn; "
+                        "eval mode for forward, train mode for forward-backward)")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
                    help="the arithmetic: f32, or bf16 (PyTorch: autocast to bfloat16; OpenVINO: "
                         "bf16 inference precision)")

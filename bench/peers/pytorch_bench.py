@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The reference's VGG-16 benchmark in PyTorch: same protocol, init, dropout and loss as `vgg bench`.
 Forward: eval mode, no autograd, softmax and argmax. Forward-backward: train mode (dropout 0.5), gradients of
-sum(fc8^2)/2 for every parameter, no optimiser step. --precision bf16: both under
+sum(fc8^2)/2 for every parameter, no optimiser step. --batch-norm: vgg16_bn (BatchNorm in eval mode forward,
+on the batch's statistics in forward-backward). --precision bf16: both under
 torch.autocast(dtype=torch.bfloat16), PyTorch's mixed precision (f32 weights and gradients)."""
 import contextlib
 
@@ -11,14 +12,17 @@ import torch.nn as nn
 import common
 
 
-def vgg16():
+def vgg16(batch_norm=False):
     cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
     layers, c = [], 3
     for v in cfg:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(c, v, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(nn.ReLU(inplace=True))
             c = v
     model = nn.Sequential(*layers, nn.Flatten(),
                           nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(0.5),
@@ -39,7 +43,7 @@ def main():
     device = torch.device(args.device)
     # channels_last lets oneDNN (CPU) and cuDNN keep NHWC activations, often their fastest layout.
     memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    model = vgg16().to(device, memory_format=memory_format)
+    model = vgg16(args.batch_norm).to(device, memory_format=memory_format)
     params = list(model.parameters())
     images = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1).to(
         device, memory_format=memory_format)

@@ -853,62 +853,57 @@ impl<B: Backend> Tape<B> {
         let (axes, channel_shape) = norm_axes(x.shape(), gamma.shape(), beta.shape())?;
         let b = self.backend();
         let per_channel = count(x.shape(), &axes).max(1) as f32;
-        let mean = b.scale(
-            &b.reduce(ReduceOp::Sum, &x.value, &axes)?,
-            1.0 / per_channel,
+        let channels = ChannelOps {
+            axes: axes.clone(),
+            channel_shape: channel_shape.clone(),
+        };
+        // Per-channel statistics and arithmetic, all [C]: the backend's channel kernels on NCHW.
+        let mean = b.scale(&channels.sums(b, &x.value)?, 1.0 / per_channel)?;
+        let centred = channels.affine(
+            b,
+            &x.value,
+            &b.full(mean.shape(), 1.0)?,
+            &b.scale(&mean, -1.0)?,
         )?;
-        let centred = b.sub(&x.value, &mean)?;
         let squares = b.unary(UnaryOp::Square, &centred)?;
-        let var = b.scale(
-            &b.reduce(ReduceOp::Sum, &squares, &axes)?,
-            1.0 / per_channel,
-        )?;
+        let var = b.scale(&channels.sums(b, &squares)?, 1.0 / per_channel)?;
         drop(squares);
         let inv_std = b.unary(
             UnaryOp::Recip,
             &b.unary(UnaryOp::Sqrt, &b.add(&var, &b.scalar(eps)?)?)?,
         )?;
-        let normalised = b.mul(&centred, &inv_std)?;
+        let normalised = channels.affine(b, &centred, &inv_std, &b.zeros(inv_std.shape())?)?;
         drop(centred);
-        let g = b.reshape(&gamma.value, &channel_shape)?;
-        let y = b.add(
-            &b.mul(&normalised, &g)?,
-            &b.reshape(&beta.value, &channel_shape)?,
-        )?;
+        let y = channels.affine(b, &normalised, &gamma.value, &beta.value)?;
         // One node that keeps only the normalised input (as PyTorch's own kernel does), where
         // the same arithmetic as separate ops would keep it and the centred input both.
-        let saved = normalised.bytes() + inv_std.bytes() + g.bytes();
-        let gamma_shape = gamma.shape().clone();
+        let saved = normalised.bytes() + inv_std.bytes() + gamma.value.bytes();
+        let g = gamma.value.clone();
         let y = self.record(
             "batch_norm",
             &[x, gamma, beta],
             y,
             saved,
             Box::new(move |b, dy, needs| {
-                let sum = |t: &B::Tensor| b.reduce(ReduceOp::Sum, t, &axes);
-                let dbeta = sum(dy)?;
-                let dgamma = sum(&b.mul(dy, &normalised)?)?;
+                let dbeta = channels.sums(b, dy)?;
+                let dgamma = channels.sums(b, &b.mul(dy, &normalised)?)?;
                 // dx = gamma inv_std (dy - mean(dy) - normalised mean(dy normalised)).
                 let dx = needs[0]
                     .then(|| {
-                        let centred_dy = b.sub(dy, &b.scale(&dbeta, 1.0 / per_channel)?)?;
-                        let along = b.mul(&normalised, &b.scale(&dgamma, 1.0 / per_channel)?)?;
-                        b.mul(&b.sub(&centred_dy, &along)?, &b.mul(&g, &inv_std)?)
+                        let along = channels.affine(
+                            b,
+                            &normalised,
+                            &b.scale(&dgamma, -1.0 / per_channel)?,
+                            &b.scale(&dbeta, -1.0 / per_channel)?,
+                        )?;
+                        let step = b.mul(&g, &inv_std)?;
+                        channels.affine(b, &b.add(dy, &along)?, &step, &b.zeros(step.shape())?)
                     })
                     .transpose()?;
-                Ok(vec![
-                    dx,
-                    Some(b.reshape(&dgamma, &gamma_shape)?),
-                    Some(b.reshape(&dbeta, &gamma_shape)?),
-                ])
+                Ok(vec![dx, Some(dgamma), Some(dbeta)])
             }),
         )?;
-        let c = Shape::from([channel_shape.elements()]);
-        Ok(BatchNormOutput {
-            y,
-            mean: b.reshape(&mean, &c)?,
-            var: b.reshape(&var, &c)?,
-        })
+        Ok(BatchNormOutput { y, mean, var })
     }
 
     /// Batch normalisation with given statistics (evaluation): (x - mean) / sqrt(var + eps) *
@@ -945,6 +940,41 @@ impl<B: Backend> Tape<B> {
         let gamma = self.reshape(gamma, channel_shape)?;
         let beta = self.reshape(beta, channel_shape)?;
         self.add(&self.mul(x, &gamma)?, &beta)
+    }
+}
+
+/// Batch normalisation's per-channel sums and arithmetic on `[C]` vectors: the backend's channel
+/// kernels for NCHW, broadcasting for [N, C].
+struct ChannelOps {
+    axes: Vec<usize>,
+    channel_shape: Shape,
+}
+
+impl ChannelOps {
+    /// Each channel's sum over the other axes, `[C]`.
+    fn sums<B: Backend>(&self, b: &B, x: &B::Tensor) -> vgg_tensor::Result<B::Tensor> {
+        if x.shape().rank() == 4 {
+            return b.channel_bias_grad(x);
+        }
+        let c = Shape::from([self.channel_shape.elements()]);
+        b.reshape(&b.reduce(ReduceOp::Sum, x, &self.axes)?, &c)
+    }
+
+    /// x * scale + shift per channel.
+    fn affine<B: Backend>(
+        &self,
+        b: &B,
+        x: &B::Tensor,
+        scale: &B::Tensor,
+        shift: &B::Tensor,
+    ) -> vgg_tensor::Result<B::Tensor> {
+        if x.shape().rank() == 4 {
+            return b.channel_affine(x, scale, shift);
+        }
+        b.add(
+            &b.mul(x, &b.reshape(scale, &self.channel_shape)?)?,
+            &b.reshape(shift, &self.channel_shape)?,
+        )
     }
 }
 

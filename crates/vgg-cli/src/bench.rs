@@ -527,7 +527,7 @@ fn summary(record: &BenchRecord) -> String {
                 )
             )
         ));
-        if backward {
+        if backward && !config.model.batch_norm() {
             out.push_str(
                 "A max-pool's backward counts toward the convolution before it: the two are one \
                  tape node, which keeps the pooled output instead of the convolution's.\n",

@@ -326,6 +326,19 @@ pub trait Backend: Fused {
         self.fused_channel_bias_grad(dy, dims)
     }
 
+    /// `x * scale[c] + shift[c]` for every pixel of channel c of an NCHW tensor (`[C]` each):
+    /// batch normalisation's per-channel arithmetic.
+    fn channel_affine(
+        &self,
+        x: &Self::Tensor,
+        scale: &Self::Tensor,
+        shift: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let dims = check_channel_bias("channel_affine", x.shape(), scale.shape())?;
+        check_channel_bias("channel_affine", x.shape(), shift.shape())?;
+        self.fused_channel_affine(x, scale, shift, dims)
+    }
+
     /// Adds `b` (`[F]`) to every row of an [N, F] tensor.
     fn add_row_bias(&self, x: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor> {
         let dims = check_row_bias("add_row_bias", x.shape(), b.shape())?;

@@ -63,6 +63,20 @@ pub(crate) fn add_channel_bias<B: Backend>(
     b.add(x, &b.reshape(bias, &Shape::from([1, c, 1, 1]))?)
 }
 
+pub(crate) fn channel_affine<B: Backend>(
+    b: &B,
+    x: &T<B>,
+    scale: &T<B>,
+    shift: &T<B>,
+    (_, c, _, _): Nchw,
+) -> Result<T<B>> {
+    let per_channel = Shape::from([1, c, 1, 1]);
+    b.add(
+        &b.mul(x, &b.reshape(scale, &per_channel)?)?,
+        &b.reshape(shift, &per_channel)?,
+    )
+}
+
 pub(crate) fn channel_bias_grad<B: Backend>(b: &B, dy: &T<B>, (_, c, _, _): Nchw) -> Result<T<B>> {
     b.reshape(&b.reduce(ReduceOp::Sum, dy, &[0, 2, 3])?, &Shape::from([c]))
 }

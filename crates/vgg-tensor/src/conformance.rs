@@ -673,6 +673,12 @@ impl<B: Backend> Suite<'_, B> {
             tol,
         );
         self.same(
+            &bin("channel_affine"),
+            self.b.channel_affine(&x.b, &c.b, &c.b),
+            self.r.channel_affine(&x.r, &c.r, &c.r),
+            tol,
+        );
+        self.same(
             &bin("channel_bias_grad"),
             self.b.channel_bias_grad(&x.b),
             self.r.channel_bias_grad(&x.r),

@@ -107,6 +107,20 @@ pub trait Fused: Device + Elementwise + Reduce + Layout + Matmul + Convolution +
         composite::add_channel_bias(self, x, b, dims)
     }
 
+    /// NCHW `x` times `scale` plus `shift` per channel (`[C]` each).
+    fn fused_channel_affine(
+        &self,
+        x: &T<Self>,
+        scale: &T<Self>,
+        shift: &T<Self>,
+        dims: Nchw,
+    ) -> Result<T<Self>>
+    where
+        Self: Backend,
+    {
+        composite::channel_affine(self, x, scale, shift, dims)
+    }
+
     /// NCHW `dy` summed over N, H and W.
     fn fused_channel_bias_grad(&self, dy: &T<Self>, dims: Nchw) -> Result<T<Self>>
     where

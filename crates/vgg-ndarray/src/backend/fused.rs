@@ -59,6 +59,26 @@ impl Fused for CpuBackend {
         }))
     }
 
+    fn fused_channel_affine(
+        &self,
+        x: &CpuTensor,
+        scale: &CpuTensor,
+        shift: &CpuTensor,
+        (_, c, h, w): Nchw,
+    ) -> Result<CpuTensor> {
+        let plane = (h * w).max(1);
+        let (scale, shift) = (scale.as_slice(), shift.as_slice());
+        Ok(self.build(x.shape.clone(), |y| {
+            y.par_chunks_mut(plane)
+                .zip(x.as_slice().par_chunks(plane))
+                .enumerate()
+                .for_each(|(i, (y, x))| {
+                    let (a, b) = (scale[i % c], shift[i % c]);
+                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * a + b);
+                })
+        }))
+    }
+
     fn fused_channel_bias_grad(&self, dy: &CpuTensor, (n, c, h, w): Nchw) -> Result<CpuTensor> {
         let plane = h * w;
         let data = dy.as_slice();
