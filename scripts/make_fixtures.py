@@ -248,6 +248,16 @@ CFGS = {
 }
 
 
+def randomise_batch_norm(m):
+    """A BatchNorm's scale, shift and running statistics drawn away from their initial values,
+    so that a test sees each of them used."""
+    nn.init.uniform_(m.weight, 0.5, 1.5)
+    nn.init.uniform_(m.bias, -0.2, 0.2)
+    m.running_mean.uniform_(-0.3, 0.3)
+    m.running_var.uniform_(0.5, 2.0)
+    m.num_batches_tracked.fill_(7)
+
+
 def family_fixtures(out):
     torch.manual_seed(0)
     os.makedirs(out, exist_ok=True)
@@ -263,11 +273,7 @@ def family_fixtures(out):
                     nn.init.xavier_uniform_(m.weight)
                     nn.init.uniform_(m.bias, -0.1, 0.1)
                 if isinstance(m, nn.BatchNorm2d):
-                    nn.init.uniform_(m.weight, 0.5, 1.5)
-                    nn.init.uniform_(m.bias, -0.2, 0.2)
-                    m.running_mean.uniform_(-0.3, 0.3)
-                    m.running_var.uniform_(0.5, 2.0)
-                    m.num_batches_tracked.fill_(7)
+                    randomise_batch_norm(m)
             d = os.path.join(out, name)
             os.makedirs(d, exist_ok=True)
             meta = {"vgg.model": name, "vgg.classes": "10", "vgg.hidden": "32", "vgg.width_mult": "0.0625",
@@ -330,11 +336,7 @@ def torchvision_family(out):
             model = getattr(torchvision.models, name)().eval()
             for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
-                    nn.init.uniform_(m.weight, 0.5, 1.5)
-                    nn.init.uniform_(m.bias, -0.2, 0.2)
-                    m.running_mean.uniform_(-0.3, 0.3)
-                    m.running_var.uniform_(0.5, 2.0)
-                    m.num_batches_tracked.fill_(7)
+                    randomise_batch_norm(m)
             with torch.no_grad():
                 logits = model(x)
                 np.save(os.path.join(out, f"{name}.logits320.npy"), model(x320).numpy())

@@ -34,7 +34,7 @@ mod tape;
 
 pub use check::{check_gradients, GradCheck, GradCheckReport};
 pub use custom::CustomOp;
-pub use ops::{BatchNormOutput, DeferredConv};
+pub use ops::{inverse_std, BatchNormOutput, DeferredConv};
 pub use recompute::{Recompute, Saved};
 pub use tap::Tap;
 pub use tape::{BackwardFn, BackwardStep, Gradients, Tape, Value, Var};

@@ -854,8 +854,8 @@ impl<B: Backend> Tape<B> {
         let b = self.backend();
         let per_channel = count(x.shape(), &axes).max(1) as f32;
         let channels = ChannelOps {
-            axes: axes.clone(),
-            channel_shape: channel_shape.clone(),
+            axes,
+            channel_shape,
         };
         // Per-channel statistics and arithmetic, all [C]: the backend's channel kernels on NCHW.
         let mean = b.scale(&channels.sums(b, &x.value)?, 1.0 / per_channel)?;
@@ -868,10 +868,7 @@ impl<B: Backend> Tape<B> {
         let squares = b.unary(UnaryOp::Square, &centred)?;
         let var = b.scale(&channels.sums(b, &squares)?, 1.0 / per_channel)?;
         drop(squares);
-        let inv_std = b.unary(
-            UnaryOp::Recip,
-            &b.unary(UnaryOp::Sqrt, &b.add(&var, &b.scalar(eps)?)?)?,
-        )?;
+        let inv_std = inverse_std(b, &var, eps)?;
         let normalised = channels.affine(b, &centred, &inv_std, &b.zeros(inv_std.shape())?)?;
         drop(centred);
         let y = channels.affine(b, &normalised, &gamma.value, &beta.value)?;
@@ -919,10 +916,7 @@ impl<B: Backend> Tape<B> {
     ) -> Result<Var<B>> {
         let (_, channel_shape) = norm_axes(x.shape(), gamma.shape(), beta.shape())?;
         let b = self.backend();
-        let inv_std = b.unary(
-            UnaryOp::Recip,
-            &b.unary(UnaryOp::Sqrt, &b.add(var, &b.scalar(eps)?)?)?,
-        )?;
+        let inv_std = inverse_std(b, var, eps)?;
         let mean = self.constant(b.reshape(mean, &channel_shape)?);
         let inv_std = self.constant(b.reshape(&inv_std, &channel_shape)?);
         let normalised = self.mul(&self.sub(x, &mean)?, &inv_std)?;
@@ -941,6 +935,14 @@ impl<B: Backend> Tape<B> {
         let beta = self.reshape(beta, channel_shape)?;
         self.add(&self.mul(x, &gamma)?, &beta)
     }
+}
+
+/// 1 / sqrt(var + eps): what batch normalisation divides each channel by.
+pub fn inverse_std<B: Backend>(b: &B, var: &B::Tensor, eps: f32) -> vgg_tensor::Result<B::Tensor> {
+    b.unary(
+        UnaryOp::Recip,
+        &b.unary(UnaryOp::Sqrt, &b.add(var, &b.scalar(eps)?)?)?,
+    )
 }
 
 /// Batch normalisation's per-channel sums and arithmetic on `[C]` vectors: the backend's channel

@@ -311,22 +311,8 @@ impl<B: Backend> Vgg<B> {
     /// Everything a weight file holds, as torchvision's state_dict orders it: each module's
     /// parameters, then its buffers.
     fn state(&self, backend: &B) -> Result<Vec<(String, B::Tensor)>, ModelError> {
-        let mut state: Vec<(String, B::Tensor)> = self
-            .named_params()
-            .into_iter()
-            .map(|(n, t)| (n, t.clone()))
-            .collect();
-        state.extend(self.named_buffers(backend)?);
-        let module = |name: &str| {
-            let (prefix, rest) = name.split_once('.').unwrap_or((name, ""));
-            let index: usize = rest
-                .split('.')
-                .next()
-                .and_then(|i| i.parse().ok())
-                .unwrap_or(0);
-            (prefix != "features", index)
-        };
-        state.sort_by_key(|(name, _)| module(name));
+        let mut state = self.features.named_state(backend)?;
+        state.extend(self.classifier.named_state(backend)?);
         Ok(state)
     }
 
@@ -495,20 +481,22 @@ impl<B: Backend> Vgg<B> {
     /// The spec layer (conv1_1 ... pool5, fc6 ... fc8) of a tape label (`features.3`,
     /// `classifier.4`): ReLU and dropout modules belong to the layer before them.
     pub fn layer_of_label(&self, label: &str) -> Option<&str> {
-        if label == AVGPOOL {
-            return self.spec.layer(AVGPOOL).map(|l| l.name.as_str());
+        let layers = &self.spec.layers;
+        // A layer's own module (`features.0`, `avgpool`), else the last layer of the same
+        // Sequential whose module comes before the label's.
+        if let Some(l) = layers.iter().find(|l| l.torch_module() == label) {
+            return Some(l.name.as_str());
         }
         let (prefix, index) = label.rsplit_once('.')?;
         let index: usize = index.parse().ok()?;
-        let in_features = prefix == "features";
-        if !in_features && prefix != "classifier" {
-            return None;
-        }
-        self.spec
-            .layers
+        layers
             .iter()
-            .filter(|l| l.has_params() || matches!(l.op, LayerOp::MaxPool { .. }))
-            .filter(|l| l.is_linear() != in_features && l.torch_index <= index)
+            .filter(|l| {
+                let module = l.torch_module();
+                module.rsplit_once('.').is_some_and(|(p, i)| {
+                    p == prefix && i.parse::<usize>().is_ok_and(|i| i <= index)
+                })
+            })
             .max_by_key(|l| l.torch_index)
             .map(|l| l.name.as_str())
     }
@@ -560,23 +548,15 @@ pub fn expected_params(spec: &ModelSpec) -> BTreeMap<String, Vec<usize>> {
     expected
 }
 
-/// BatchNorm statistics no training run can produce: a negative variance (its square root
-/// would make every output NaN) or a count of batches that is not a whole number.
+/// Every BatchNorm statistic no training run can produce (`impossible_statistic`), named, so
+/// that a file's problems are reported at once.
 fn impossible_statistics(given: &HashMap<&str, &HostTensor>) -> Vec<String> {
     let mut problems: Vec<String> = given
         .iter()
         .filter_map(|(name, t)| {
-            if name.ends_with(".running_var") {
-                let negative = t.data.iter().filter(|v| **v < 0.0).count();
-                (negative > 0).then(|| {
-                    format!("{name} holds {negative} negative variances; the file is corrupt")
-                })
-            } else if name.ends_with(".num_batches_tracked") {
-                let bad = t.data.iter().find(|v| !(**v >= 0.0 && v.fract() == 0.0))?;
-                Some(format!("{name} is {bad}, not a count of batches"))
-            } else {
-                None
-            }
+            let (_, buffer) = name.rsplit_once('.')?;
+            let why = vgg_nn::batch_norm::impossible_statistic(buffer, &t.data)?;
+            Some(format!("{name} {why}"))
         })
         .collect();
     problems.sort();

@@ -165,6 +165,28 @@ impl LayerSpec {
         }
     }
 
+    /// A layer without parameters or arithmetic counted (a pool) from `input` to `output`; its
+    /// receptive field, flooring and module index left for the caller.
+    fn pool(name: String, op: LayerOp, input: Chw, output: Chw) -> LayerSpec {
+        LayerSpec {
+            name,
+            op,
+            relu: false,
+            dropout: false,
+            input,
+            output,
+            batch_norm: false,
+            weights: 0,
+            biases: 0,
+            norm_params: 0,
+            params: 0,
+            macs: 0,
+            receptive_field: None,
+            floored: false,
+            torch_index: 0,
+        }
+    }
+
     /// The torchvision state-dict prefix of the BatchNorm after this convolution (`features.1`).
     pub fn norm_prefix(&self) -> Option<String> {
         self.batch_norm
@@ -676,22 +698,16 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
                     };
                     rf = rf.then(kernel, stride, 0)?;
                     let layer = LayerSpec {
-                        name: format!("pool{}", block + 1),
-                        op: LayerOp::MaxPool { kernel, stride },
-                        relu: false,
-                        dropout: false,
-                        input,
-                        output: out,
-                        batch_norm: false,
-                        weights: 0,
-                        biases: 0,
-                        norm_params: 0,
-                        params: 0,
-                        macs: 0,
                         receptive_field: Some(rf),
                         floored: (input.height - kernel) % stride != 0
                             || (input.width - kernel) % stride != 0,
                         torch_index,
+                        ..LayerSpec::pool(
+                            format!("pool{}", block + 1),
+                            LayerOp::MaxPool { kernel, stride },
+                            input,
+                            out,
+                        )
                     };
                     torch_index += 1;
                     layer
@@ -711,23 +727,12 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
             width: size,
         };
         elements("avgpool", output)?;
-        layers.push(LayerSpec {
-            name: "avgpool".to_string(),
-            op: LayerOp::AdaptiveAvgPool { size },
-            relu: false,
-            dropout: false,
+        layers.push(LayerSpec::pool(
+            "avgpool".to_string(),
+            LayerOp::AdaptiveAvgPool { size },
             input,
             output,
-            batch_norm: false,
-            weights: 0,
-            biases: 0,
-            norm_params: 0,
-            params: 0,
-            macs: 0,
-            receptive_field: None,
-            floored: false,
-            torch_index: 0,
-        });
+        ));
         shape = output;
     }
     let fcs = [

@@ -25,6 +25,24 @@ pub fn buffer_shapes(channels: usize) -> [Vec<usize>; 3] {
     [vec![channels], vec![channels], vec![]]
 }
 
+/// Why `values` cannot be the running statistic `buffer` (one of `BUFFERS`) of any training
+/// run: a negative variance (its square root would make every output NaN) or a count of batches
+/// that is not a whole number. None where they can.
+pub fn impossible_statistic(buffer: &str, values: &[f32]) -> Option<String> {
+    match buffer {
+        "running_var" => {
+            let negative = values.iter().filter(|v| **v < 0.0).count();
+            (negative > 0)
+                .then(|| format!("holds {negative} negative variances; the file is corrupt"))
+        }
+        "num_batches_tracked" => {
+            let bad = values.iter().find(|v| !(**v >= 0.0 && v.fract() == 0.0))?;
+            Some(format!("is {bad}, not a count of batches"))
+        }
+        _ => None,
+    }
+}
+
 /// The running averages a BatchNorm keeps for evaluation.
 pub struct RunningStats<B: Backend> {
     /// Per-channel mean, `[C]`.
@@ -81,16 +99,18 @@ impl<B: Backend> BatchNorm2d<B> {
     }
 
     /// Replaces the running statistics with `values` (in `BUFFERS` order, shapes already
-    /// checked). A negative or fractional count is refused.
+    /// checked), refusing impossible ones (`impossible_statistic`).
     pub fn set_buffers(&self, backend: &B, values: [&HostTensor; 3]) -> vgg_tensor::Result<()> {
+        for (buffer, t) in BUFFERS.iter().zip(values) {
+            if let Some(why) = impossible_statistic(buffer, &t.data) {
+                return Err(TensorError::InvalidArgument {
+                    op: "batch_norm",
+                    message: format!("{buffer} {why}"),
+                });
+            }
+        }
         let [mean, var, batches] = values;
         let count = batches.data.first().copied().unwrap_or(0.0);
-        if !(count >= 0.0 && count.fract() == 0.0) {
-            return Err(TensorError::InvalidArgument {
-                op: "batch_norm",
-                message: format!("num_batches_tracked is {count}, not a count of batches"),
-            });
-        }
         let upload = |t: &HostTensor| backend.upload(&Shape::from(t.shape.clone()), &t.data);
         *self.stats() = RunningStats {
             mean: upload(mean)?,
@@ -144,13 +164,7 @@ impl<B: Backend> BatchNorm2d<B> {
     ) -> vgg_autodiff::Result<(Var<B>, Var<B>)> {
         let backend = tape.backend();
         let (mean, var) = self.running_mean_var();
-        let inv_std = backend.unary(
-            vgg_tensor::UnaryOp::Recip,
-            &backend.unary(
-                vgg_tensor::UnaryOp::Sqrt,
-                &backend.add(&var, &backend.scalar(EPS)?)?,
-            )?,
-        )?;
+        let inv_std = vgg_autodiff::inverse_std(backend, &var, EPS)?;
         let s = tape.mul(gamma, &tape.constant(inv_std))?;
         let out_channels = w.shape().dims().first().copied().unwrap_or(1);
         let mut per_filter = vec![1; w.shape().rank()];

@@ -190,17 +190,47 @@ impl<B: Backend> Sequential<B> {
             .collect()
     }
 
+    /// The state-dict name of `what` (weight, bias, running_mean, ...) of module `i`.
+    fn name(&self, i: usize, what: &str) -> String {
+        format!("{}.{i}.{what}", self.prefix)
+    }
+
+    /// Each BatchNorm, with the names of its buffers (`batch_norm::BUFFERS` order), in order.
+    fn batch_norms(&self) -> impl Iterator<Item = ([String; 3], &BatchNorm2d<B>)> {
+        self.layers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, layer)| match layer {
+                Layer::BatchNorm2d(n) => Some((batch_norm::BUFFERS.map(|b| self.name(i, b)), n)),
+                _ => None,
+            })
+    }
+
     /// (name, value) of every buffer (state that is saved but not trained: BatchNorm's running
     /// statistics), in order.
     pub fn named_buffers(&self, backend: &B) -> vgg_tensor::Result<Vec<(String, B::Tensor)>> {
         let mut named = Vec::new();
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Layer::BatchNorm2d(n) = layer {
-                let names = batch_norm::BUFFERS.map(|b| format!("{}.{i}.{b}", self.prefix));
-                named.extend(names.into_iter().zip(n.buffers(backend)?));
-            }
+        for (names, n) in self.batch_norms() {
+            named.extend(names.into_iter().zip(n.buffers(backend)?));
         }
         Ok(named)
+    }
+
+    /// (name, value) of every parameter and buffer, as a PyTorch state_dict orders them: each
+    /// module's parameters, then its buffers.
+    pub fn named_state(&self, backend: &B) -> vgg_tensor::Result<Vec<(String, B::Tensor)>> {
+        let mut state = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some((w, b)) = layer.params() {
+                state.push((self.name(i, "weight"), w.clone()));
+                state.push((self.name(i, "bias"), b.clone()));
+            }
+            if let Layer::BatchNorm2d(n) = layer {
+                let names = batch_norm::BUFFERS.map(|b| self.name(i, b));
+                state.extend(names.into_iter().zip(n.buffers(backend)?));
+            }
+        }
+        Ok(state)
     }
 
     /// Sets every buffer from `lookup`, which gives each buffer's value by its name (shapes
@@ -210,20 +240,17 @@ impl<B: Backend> Sequential<B> {
         backend: &B,
         lookup: &dyn Fn(&str) -> Option<&'a io::HostTensor>,
     ) -> vgg_tensor::Result<()> {
-        for (i, layer) in self.layers.iter().enumerate() {
-            if let Layer::BatchNorm2d(n) = layer {
-                let names = batch_norm::BUFFERS.map(|b| format!("{}.{i}.{b}", self.prefix));
-                let mut values = Vec::with_capacity(3);
-                for name in &names {
-                    values.push(lookup(name).ok_or_else(|| {
-                        vgg_tensor::TensorError::InvalidArgument {
-                            op: "load_buffers",
-                            message: format!("no value for {name}"),
-                        }
-                    })?);
-                }
-                n.set_buffers(backend, [values[0], values[1], values[2]])?;
-            }
+        for (names, n) in self.batch_norms() {
+            let value = |name: &String| {
+                lookup(name).ok_or_else(|| vgg_tensor::TensorError::InvalidArgument {
+                    op: "load_buffers",
+                    message: format!("no value for {name}"),
+                })
+            };
+            n.set_buffers(
+                backend,
+                [value(&names[0])?, value(&names[1])?, value(&names[2])?],
+            )?;
         }
         Ok(())
     }
@@ -280,17 +307,11 @@ impl<B: Backend> Sequential<B> {
                     };
                     let relu_at = i + 1 + usize::from(norm.is_some());
                     let next_is_relu = matches!(self.layers.get(relu_at), Some(Layer::Relu));
+                    // Training: the batch's statistics need the convolution's output, so it
+                    // runs alone, and the BatchNorm and ReLU after it as modules of their own.
+                    let alone = norm.is_some() && run.training;
                     let (w, b) = match norm {
-                        // Training: the batch's statistics need the convolution's output, so it
-                        // runs alone, and the BatchNorm and ReLU after it as modules of their own.
-                        Some(_) if run.training => {
-                            h = tape.conv2d_bias_act(&h, &w, &b, c.params, false)?;
-                            tape.set_label(None);
-                            after(first, i);
-                            i += 1;
-                            continue;
-                        }
-                        Some(n) => {
+                        Some(n) if !alone => {
                             let at = i + 1;
                             tape.set_label(Some(&format!("{}.{at}", self.prefix)));
                             let gamma = tape
@@ -301,10 +322,10 @@ impl<B: Backend> Sequential<B> {
                             tape.set_label(Some(&format!("{}.{i}", self.prefix)));
                             folded
                         }
-                        None => (w, b),
+                        _ => (w, b),
                     };
                     let pool_fuses = !taps.contains(&relu_at);
-                    match (next_is_relu, self.layers.get(relu_at + 1)) {
+                    match (next_is_relu && !alone, self.layers.get(relu_at + 1)) {
                         // Convolution, ReLU and max-pool: one tape node, which keeps the pooled
                         // output rather than the convolution's (labelled with the convolution,
                         // so its backward, the pool's included, counts there).
@@ -328,7 +349,9 @@ impl<B: Backend> Sequential<B> {
                             tape.conv2d_bias_act(&h, &w, &b, c.params, true)?
                         }
                         (false, _) => {
-                            i = relu_at - 1;
+                            if !alone {
+                                i = relu_at - 1;
+                            }
                             tape.conv2d_bias_act(&h, &w, &b, c.params, false)?
                         }
                     }
