@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 QUICK=${2:-}
 PYTHON=${PYTHON:-python3}
 STEPS=(--burn-in 10 --num-batches 100)
+# Each step is bounded, so one hung kernel costs its own step and not the machine's whole lease.
+STEP_LIMIT=${STEP_LIMIT:-240}
 if [ "$QUICK" = "--quick" ]; then STEPS=(--burn-in 2 --num-batches 5); fi
 status=0
 
@@ -46,15 +48,15 @@ fi
 echo "== CUDA tests (ignored ones included)"
 for t in "$BUNDLE"/tests/*; do
   echo "-- $t"
-  "$t" --include-ignored --test-threads 1 || status=1
+  timeout "$STEP_LIMIT" "$t" --include-ignored --test-threads 1 || { echo "-- $t: exit $?"; status=1; }
 done
 
 echo "== vgg bench --backend cuda (VGG-16, batch 32)"
-"$BUNDLE/vgg" bench --backend cuda --model vgg16 --batch-size 32 "${STEPS[@]}" --mode both || status=1
+timeout "$STEP_LIMIT" "$BUNDLE/vgg" bench --backend cuda --model vgg16 --batch-size 32 "${STEPS[@]}" --mode both || status=1
 
 if [ "$HAVE_TORCH" = 1 ]; then
   echo "== PyTorch, same protocol, on the GPU"
-  "$PYTHON" bench/peers/pytorch_bench.py --device cuda --batch-size 32 "${STEPS[@]}" --mode both || status=1
+  timeout "$STEP_LIMIT" "$PYTHON" bench/peers/pytorch_bench.py --device cuda --batch-size 32 "${STEPS[@]}" --mode both || status=1
 fi
 
 echo "== done, status $status"

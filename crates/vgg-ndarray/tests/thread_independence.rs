@@ -39,7 +39,8 @@ fn training_ops_give_the_same_bits_on_any_thread_count() {
         padding: 1,
     };
     let mut ok = true;
-    // The digits network's convolutions (VGG-11 at width 1/4, 32x32, batch 32) and a larger one.
+    // The digits network's convolutions (VGG-11 at width 1/4, 32x32, batch 32), larger ones, and
+    // one with so few Winograd tiles (49) that the threads split its output channels.
     for (n, c, k, hw) in [
         (32, 1, 16, 32),
         (32, 16, 32, 16),
@@ -49,6 +50,7 @@ fn training_ops_give_the_same_bits_on_any_thread_count() {
         (32, 128, 128, 2),
         (8, 64, 128, 56),
         (3, 128, 256, 28),
+        (1, 128, 256, 28),
     ] {
         let x = |b: &CpuBackend| b.random_normal(&Shape::from([n, c, hw, hw]), 0.0, 1.0, 1);
         let w = |b: &CpuBackend| b.random_normal(&Shape::from([k, c, 3, 3]), 0.0, 0.1, 2);

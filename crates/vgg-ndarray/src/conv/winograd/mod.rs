@@ -158,29 +158,90 @@ pub(crate) fn forward_transformed(
         len: y.len(),
         streaming: y.len() * 4 > t.streaming_bytes,
     };
+    if split_channels(&chunks, t) {
+        return forward_by_channels(x, u, bias, relu, g, t, &chunks, out);
+    }
     (0..chunks.count).into_par_iter().for_each(|chunk| {
         chunks.with_scratch(chunk, |rows, tiles, v, mm| {
             simd::input(x, g, rows.clone(), v);
-            for pos in 0..POSITIONS {
-                product(
-                    MatMut {
-                        data: mm,
-                        offset: pos * tiles,
-                        rows: k,
-                        cols: tiles,
-                        row_stride: POSITIONS * tiles,
-                    },
-                    Mat::row_major(&u[pos * k * c..(pos + 1) * k * c], k, c),
-                    position(v, pos, c, tiles),
-                    false,
-                    1,
-                    t,
-                );
-            }
-            simd::output(mm, g, rows, bias, relu, out);
+            position_products(u, v, mm, 0..k, (k, c), tiles, t);
+            simd::output(mm, g, rows, 0..k, bias, relu, out);
             store_fence();
         })
     });
+}
+
+/// Whether the threads share the tiles and split the output channels instead (`forward_by_channels`):
+/// where the whole call has few tiles (VGG-16's conv4 at batch 1: 49), splitting the tiles leaves
+/// each thread 21-28 of them for every transformed weight it streams from memory. At batch 2 (98
+/// tiles) the split measured slower (conv4_2 13.6-14.8 -> 17.1-17.7 ms): docs/performance.md.
+fn split_channels(chunks: &Chunks, t: &Tuning) -> bool {
+    const MAX_TILES: usize = 4 * LANES;
+    t.threads > 1 && chunks.total_rows * chunks.tiles_w <= MAX_TILES
+}
+
+/// `forward_transformed` with every thread on all the tiles and its own share of the output
+/// channels: the input is transformed once, and each thread reads only its channels' transformed
+/// weights (at batch 1, conv4's 36 MiB are read once in all instead of once per thread).
+#[allow(clippy::too_many_arguments)]
+fn forward_by_channels(
+    x: &[f32],
+    u: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    g: &ConvGeometry,
+    t: &Tuning,
+    chunks: &Chunks,
+    out: OutPtr,
+) {
+    let (k, c) = (g.out_channels, g.in_channels);
+    let rows = 0..chunks.total_rows;
+    let tiles = rows.len() * chunks.tiles_w;
+    // Both written whole below (the input transform; the products).
+    let mut v = Memory::uninit(POSITIONS * c * tiles);
+    simd::input(x, g, rows.clone(), &mut v);
+    let mut m = Memory::uninit(POSITIONS * k * tiles);
+    let share = k.div_ceil(t.threads);
+    m.par_chunks_mut(share * POSITIONS * tiles)
+        .enumerate()
+        .for_each(|(i, m)| {
+            let channels = i * share..((i + 1) * share).min(k);
+            position_products(u, &v, m, channels.clone(), (k, c), tiles, t);
+            // Each share writes only its own channels' planes.
+            simd::output(m, g, rows.clone(), channels, bias, relu, out);
+            store_fence();
+        });
+}
+
+/// M[pos] = U[pos] V[pos] for the output channels `channels` (m holds their rows only), one
+/// thread's GEMM per position.
+fn position_products(
+    u: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+    channels: std::ops::Range<usize>,
+    (k, c): (usize, usize),
+    tiles: usize,
+    t: &Tuning,
+) {
+    let rows = channels.len();
+    for pos in 0..POSITIONS {
+        let at = (pos * k + channels.start) * c;
+        product(
+            MatMut {
+                data: m,
+                offset: pos * tiles,
+                rows,
+                cols: tiles,
+                row_stride: POSITIONS * tiles,
+            },
+            Mat::row_major(&u[at..at + rows * c], rows, c),
+            position(v, pos, c, tiles),
+            false,
+            1,
+            t,
+        );
+    }
 }
 
 /// dW for a 3x3 stride-1 convolution (`applies`): per chunk, `dU[pos] += dM[pos] V[pos]^T` with
@@ -358,6 +419,27 @@ mod tests {
         assert!(kept(1, 512, 14) && kept(16, 512, 14) && !kept(32, 512, 14));
         assert!(kept(8, 512, 28) && !kept(16, 512, 28));
         assert!(kept(1, 256, 56) && !kept(8, 256, 56));
+    }
+
+    /// The threads split the output channels where a call has few tiles (conv4 at batch 1), and
+    /// the tiles elsewhere or on one thread.
+    #[test]
+    fn channels_are_split_where_tiles_are_few() {
+        let splits = |batch: usize, side: usize, threads: usize| {
+            let g = ConvGeometry::new(
+                &Shape::from([batch, 512, side, side]),
+                &Shape::from([512, 512, 3, 3]),
+                Conv2dParams {
+                    stride: 1,
+                    padding: 1,
+                },
+            )
+            .unwrap();
+            let t = Tuning::detect(threads);
+            split_channels(&Chunks::new(&g, &t), &t)
+        };
+        assert!(splits(1, 28, 2) && splits(1, 28, 4));
+        assert!(!splits(2, 28, 2) && !splits(1, 56, 2) && !splits(1, 28, 1));
     }
 
     /// An output beyond `Tuning::streaming_bytes` takes the non-temporal stores: every value is

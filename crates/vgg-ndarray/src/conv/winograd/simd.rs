@@ -28,6 +28,7 @@ crate::simd::dispatch_simd! {
         m: &[f32],
         g: &ConvGeometry,
         rows: std::ops::Range<usize>,
+        channels: std::ops::Range<usize>,
         bias: Option<&[f32]>,
         relu: bool,
         y: OutPtr,

@@ -233,13 +233,15 @@ pub(super) fn transform_output_grad_generic(
     }
 }
 
-/// Y = At M A for the tile rows `rows`, plus bias and ReLU, into the output.
+/// Y = At M A for the tile rows `rows` and output channels `channels` (m holds those channels'
+/// rows only), plus bias and ReLU, into the output.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn transform_output_generic(
     m: &[f32],
     g: &ConvGeometry,
     rows: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     relu: bool,
     y: OutPtr,
@@ -252,13 +254,14 @@ pub(super) fn transform_output_generic(
     let streaming = y.streaming;
     for (ri, row) in rows.clone().enumerate() {
         let (n, th) = (row / tiles_h, row % tiles_h);
-        for ko in 0..k_count {
+        for ko in channels.clone() {
             let b = bias.map_or(0.0, |b| b[ko]);
             let out_plane = (n * k_count + ko) * plane;
             for t0 in (0..tiles_w).step_by(LANES) {
                 let lanes = LANES.min(tiles_w - t0);
                 let base = ri * tiles_w + t0;
-                let s = load_positions(m, tiles, ko * POSITIONS * tiles + base, lanes);
+                let at = (ko - channels.start) * POSITIONS * tiles + base;
+                let s = load_positions(m, tiles, at, lanes);
                 let width = (g.out_w - t0 * M).min(LANES * M);
                 for (a, out) in transform_2d(&s, at6).iter().enumerate() {
                     let oh = th * M + a;
