@@ -50,7 +50,7 @@ pub(crate) const STYLE: &str = "body{font-family:'DejaVu Sans',Helvetica,Arial,s
 background:#fff;max-width:1160px;margin:24px auto;padding:0 16px}h1{font-size:24px}h2{font-size:19px;\
 margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}h3{font-size:16px}\
 table{border-collapse:collapse;font-size:12px;margin:8px 0}td,th{padding:3px 6px;white-space:nowrap;text-align:right;\
-border-bottom:1px solid #eee}th{background:#f4f4f4}td:first-child,th:first-child,.text{text-align:left}\
+border-bottom:1px solid #eee}th{background:#f4f4f4;white-space:normal;vertical-align:bottom}td:first-child,th:first-child,.text{text-align:left}\
 table.settings td{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:16px}\
 .note{font-size:13px;color:#555}.warn{background:#fff4e0;padding:6px 10px;border-left:4px solid #e8a33d}\
 svg{display:block}";

@@ -17,13 +17,19 @@ const BAR_CHART_WIDTH: u32 = 1120;
 /// Height of a bar chart's row.
 const BAR_ROW: u32 = 22;
 
-/// Colours of the frameworks, ours first: each keeps its colour in every chart of a page.
-pub const FRAMEWORK_COLOURS: [RGBColor; 5] = [
+/// Colours of the frameworks, ours first: each keeps its colour in every chart of a page. Nine,
+/// so that ours and the peers `cargo xtask bench --peers` runs (six) never share one; the
+/// Category10 palette less its red, which marks the measured peak.
+pub const FRAMEWORK_COLOURS: [RGBColor; 9] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 /// The forward half of a layer's bar.
 pub const FORWARD: RGBColor = CONV;
@@ -481,6 +487,20 @@ mod tests {
             .map(|(text, _)| text.trim().to_string())
             .filter(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()))
             .collect()
+    }
+
+    /// The page of `cargo xtask bench --peers` shows ours and six peers; two that shared a colour
+    /// could not be told apart in its charts (ncnn once took ours).
+    #[test]
+    fn every_framework_of_a_full_peer_run_has_its_own_colour() {
+        let peers_run_by_xtask = 6;
+        assert!(FRAMEWORK_COLOURS.len() > peers_run_by_xtask);
+        for (i, a) in FRAMEWORK_COLOURS.iter().enumerate() {
+            assert_ne!(*a, PEAK, "colour {i} is the peak line's");
+            for b in &FRAMEWORK_COLOURS[i + 1..] {
+                assert_ne!(a, b, "colour {i} repeats");
+            }
+        }
     }
 
     #[test]
