@@ -6,9 +6,20 @@ import statistics
 import time
 from datetime import datetime
 
+# The convolution widths of torchvision's VGG configurations ("M": a 2x2 max-pool), as `vgg summary` lists them.
+CONFIGS = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
 
 def parse_args(description):
     p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", choices=sorted(CONFIGS), default="vgg16",
+                   help="the network (the reference times vgg16)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-batches", type=int, default=100)
     p.add_argument("--burn-in", type=int, default=10)
@@ -20,8 +31,8 @@ def parse_args(description):
     p.add_argument("--memory-format", choices=["contiguous", "channels_last"], default="contiguous",
                    help="PyTorch only: NCHW (contiguous) or NHWC (channels_last) tensors")
     p.add_argument("--batch-norm", action="store_true",
-                   help="PyTorch only: BatchNorm after every convolution (torchvision's vgg16_bn; "
-                        "eval mode for forward, train mode for forward-backward)")
+                   help="BatchNorm after every convolution (torchvision's vgg16_bn and kin; eval mode for "
+                        "forward, train mode for forward-backward); not in TensorFlow's port")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
                    help="the arithmetic: f32, or bf16 (PyTorch: autocast to bfloat16; OpenVINO: "
                         "bf16 inference precision)")
@@ -94,10 +105,15 @@ def reset_peak_rss():
         pass
 
 
+def network(args):
+    """The network run, named as `vgg bench --model` names it."""
+    return args.model + ("_bn" if args.batch_norm else "")
+
+
 def write(args, framework, version, threads, results):
     if args.json:
         with open(args.json, "w") as f:
             # Read by `vgg report` (crates/vgg-cli/src/report.rs) and `cargo xtask bench --peers`.
-            json.dump({"schema": "vgg-peer-bench/1", "framework": framework, "version": version,
+            json.dump({"schema": "vgg-peer-bench/1", "framework": framework, "version": version, "model": network(args),
                        "precision": args.precision, "threads": threads, "batch": args.batch_size, "image_size": args.image_size,
                        "burn_in": args.burn_in, "num_batches": args.num_batches, "modes": results}, f, indent=2)

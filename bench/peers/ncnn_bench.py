@@ -14,7 +14,7 @@ import pnnx
 import torch
 
 import common
-from pytorch_bench import vgg16
+from pytorch_bench import vgg
 
 
 class Named(torch.nn.Module):
@@ -31,7 +31,7 @@ def main():
     if args.precision != "f32":
         sys.exit("ncnn_bench.py runs f32 only")
     torch.manual_seed(0)
-    model = vgg16().eval()
+    model = vgg(args.model, args.batch_norm).eval()
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1
     net = ncnn.Net()
     net.opt.use_vulkan_compute = False
@@ -42,11 +42,11 @@ def main():
     threads = args.threads or os.cpu_count()
     net.opt.num_threads = threads
     with tempfile.TemporaryDirectory() as tmp:
-        traced = os.path.join(tmp, "vgg16.pt")
-        # pnnx writes vgg16.ncnn.param and vgg16.ncnn.bin beside the TorchScript file; its Python
+        traced = os.path.join(tmp, "vgg.pt")
+        # pnnx writes vgg.ncnn.param and vgg.ncnn.bin beside the TorchScript file; its Python
         # listing names modules by path, which a bare Sequential's "0", "1" ... cannot be.
         pnnx.export(Named(model), traced, (images[:1],))
-        base = os.path.join(tmp, "vgg16.ncnn")
+        base = os.path.join(tmp, "vgg.ncnn")
         if net.load_param(base + ".param") or net.load_model(base + ".bin"):
             sys.exit("ncnn could not load the converted model")
         with open(base + ".param") as f:

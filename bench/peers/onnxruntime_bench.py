@@ -11,7 +11,7 @@ import onnxruntime as ort
 import torch
 
 import common
-from pytorch_bench import vgg16
+from pytorch_bench import vgg
 
 
 def main():
@@ -19,10 +19,10 @@ def main():
     if args.precision != "f32":
         sys.exit("onnxruntime_bench.py runs f32 only")
     torch.manual_seed(0)
-    model = vgg16().eval()
+    model = vgg(args.model, args.batch_norm).eval()
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "vgg16.onnx")
+        path = os.path.join(tmp, "vgg.onnx")
         torch.onnx.export(model, (images,), path, opset_version=17, dynamo=False,
                           input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})

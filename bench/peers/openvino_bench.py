@@ -7,13 +7,13 @@ import openvino as ov
 import torch
 
 import common
-from pytorch_bench import vgg16
+from pytorch_bench import vgg
 
 
 def main():
     args = common.parse_args(__doc__)
     torch.manual_seed(0)
-    model = vgg16().eval()
+    model = vgg(args.model, args.batch_norm).eval()
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1
     converted = ov.convert_model(model, example_input=images)
     config = {"INFERENCE_PRECISION_HINT": "bf16" if args.precision == "bf16" else "f32",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The reference's VGG-16 benchmark in PyTorch: same protocol, init, dropout and loss as `vgg bench`.
+"""The reference's VGG-16 benchmark in PyTorch (--model: another VGG): same protocol, init, dropout and loss as `vgg bench`.
 Forward: eval mode, no autograd, softmax and argmax. Forward-backward: train mode (dropout 0.5), gradients of
 sum(fc8^2)/2 for every parameter, no optimiser step. --batch-norm: vgg16_bn (BatchNorm in eval mode forward,
 on the batch's statistics in forward-backward). --precision bf16: both under
@@ -12,10 +12,9 @@ import torch.nn as nn
 import common
 
 
-def vgg16(batch_norm=False):
-    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+def vgg(name="vgg16", batch_norm=False):
     layers, c = [], 3
-    for v in cfg:
+    for v in common.CONFIGS[name]:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
@@ -43,7 +42,7 @@ def main():
     device = torch.device(args.device)
     # channels_last lets oneDNN (CPU) and cuDNN keep NHWC activations, often their fastest layout.
     memory_format = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    model = vgg16(args.batch_norm).to(device, memory_format=memory_format)
+    model = vgg(args.model, args.batch_norm).to(device, memory_format=memory_format)
     params = list(model.parameters())
     images = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) * 0.1).to(
         device, memory_format=memory_format)

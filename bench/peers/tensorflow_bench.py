@@ -4,6 +4,7 @@ NHWC, Xavier (Glorot uniform) weights, conv biases 0, fc biases 0.1, 'SAME' pool
 placeholder, forward = argmax(softmax(fc8)) with keep_prob 1.0, forward-backward = tf.gradients(l2_loss(fc8),
 params) with keep_prob 0.5. One change: fc8 is linear (the note's ReLU on fc8 is a slip; `vgg bench` fixes it too)."""
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
@@ -38,12 +39,16 @@ def pool(x):
     return tf.nn.max_pool2d(x, ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding="SAME")
 
 
-def inference_op(x, keep_prob):
+def inference_op(x, keep_prob, model):
     p = []
-    for block, (n, width) in enumerate([(2, 64), (2, 128), (3, 256), (3, 512), (3, 512)], start=1):
-        for i in range(1, n + 1):
-            x = conv_op(x, "conv%d_%d" % (block, i), width, p)
-        x = pool(x)
+    block, i = 1, 1
+    for v in common.CONFIGS[model]:
+        if v == "M":
+            x = pool(x)
+            block, i = block + 1, 1
+        else:
+            x = conv_op(x, "conv%d_%d" % (block, i), v, p)
+            i += 1
     shp = x.get_shape()
     x = tf.reshape(x, [-1, shp[1] * shp[2] * shp[3]])
     x = v1.nn.dropout(fc_op(x, "fc6", 4096, p), rate=1 - keep_prob)
@@ -54,6 +59,8 @@ def inference_op(x, keep_prob):
 
 def main():
     args = common.parse_args(__doc__)
+    if args.batch_norm:
+        sys.exit("tensorflow_bench.py ports the reference, which has no BatchNorm")
     v1.disable_eager_execution()
     config = v1.ConfigProto()
     if args.threads:
@@ -65,7 +72,7 @@ def main():
         images = tf.Variable(v1.random_normal([args.batch_size, args.image_size, args.image_size, 3],
                                               dtype=tf.float32, stddev=1e-1))
         keep_prob = v1.placeholder(tf.float32)
-        predictions, fc8, p = inference_op(images, keep_prob)
+        predictions, fc8, p = inference_op(images, keep_prob, args.model)
         grad = tf.gradients(tf.nn.l2_loss(fc8), p)
         sess = v1.Session(config=config)
         sess.run(v1.global_variables_initializer())

@@ -26,6 +26,8 @@ tasks:
                            image at a time; converted by pnnx) (bench/peers/) where $PYTHON (default
                            python3) imports them, and print one side-by-side table with the best
                            peer per mode
+      --model NAME         the network (default vgg16, the reference's); the peers run vgg11, vgg13,
+                           vgg16 and vgg19, with _bn in PyTorch, OpenVINO, ONNX Runtime and ncnn
       --isa native|avx512|avx2|portable   cap our kernels' vector unit (the peers keep theirs)
       --precision f32|bf16  the arithmetic, ours and the peers' (bf16: PyTorch under autocast,
                            OpenVINO's bf16 inference precision; TensorFlow, ONNX Runtime and ncnn
@@ -98,6 +100,39 @@ impl Settings {
     }
 }
 
+/// The network as the peers' scripts (bench/peers/common.py) take it: a configuration and
+/// whether BatchNorm follows each convolution.
+struct PeerModel {
+    config: String,
+    batch_norm: bool,
+}
+
+impl PeerModel {
+    /// `vgg bench --model`'s name in the peers' terms, or None where they cannot run it (VGG-16's
+    /// configuration C, with 1x1 convolutions, is ours alone).
+    fn of(model: &str) -> Option<PeerModel> {
+        let name = model.trim().to_ascii_lowercase().replace('-', "_");
+        let (config, batch_norm) = match name.strip_suffix("_bn") {
+            Some(config) => (config, true),
+            None => (name.as_str(), false),
+        };
+        ["vgg11", "vgg13", "vgg16", "vgg19"]
+            .contains(&config)
+            .then(|| PeerModel {
+                config: config.to_string(),
+                batch_norm,
+            })
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--model".to_string(), self.config.clone()];
+        if self.batch_norm {
+            args.push("--batch-norm".to_string());
+        }
+        args
+    }
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -167,6 +202,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mut report: Option<PathBuf> = None;
     let mut ours_only: Vec<String> = Vec::new();
     let mut precision = "f32".to_string();
+    let mut model: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -188,6 +224,7 @@ fn bench(args: &[String]) -> Result<()> {
             "--report" => report = Some(PathBuf::from(value()?)),
             "--isa" => ours_only.extend(["--isa".to_string(), value()?]),
             "--precision" => precision = value()?,
+            "--model" => model = Some(value()?),
             "--batch-size" => s.batch = value()?,
             "--num-batches" => s.num_batches = value()?,
             "--burn-in" => s.burn_in = value()?,
@@ -201,11 +238,23 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("--precision is f32 or bf16, not '{precision}'\n{USAGE}");
     }
     ours_only.extend(["--precision".to_string(), precision.clone()]);
+    if training && model.is_some() {
+        bail!("--model is for the inference benchmark; --training times the README's small network\n{USAGE}");
+    }
+    let model = model.unwrap_or_else(|| "vgg16".to_string());
+    let peer_model = PeerModel::of(&model);
+    if peers && peer_model.is_none() {
+        bail!(
+            "the peers run vgg11, vgg13, vgg16 and vgg19 (with or without _bn), not '{model}'; \
+             drop --peers to time it alone"
+        );
+    }
     cargo(&["build", "--release", "--quiet", "-p", "vgg-cli"])?;
     if training {
         (t.batch, t.threads) = (s.batch, s.threads);
         return training::run(&t, peers, &ours_only);
     }
+    ours_only.extend(["--model".to_string(), model.clone()]);
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let ours_json = out_dir.join("vgg.json");
@@ -266,6 +315,11 @@ fn bench(args: &[String]) -> Result<()> {
                 eprintln!("{name}: no bf16 mode in bench/peers/{script}; skipped");
                 continue;
             }
+            let peer_model = peer_model.as_ref().expect("checked with --peers above");
+            if peer_model.batch_norm && module == "tensorflow" {
+                eprintln!("{name}: bench/peers/{script} ports the reference, which has no BatchNorm; skipped");
+                continue;
+            }
             let inference_only = matches!(module, "openvino" | "onnxruntime" | "ncnn");
             if inference_only && s.mode == "forward-backward" {
                 eprintln!("{name}: an inference engine, forward only; skipped");
@@ -286,6 +340,7 @@ fn bench(args: &[String]) -> Result<()> {
             cmd.arg(root().join("bench/peers").join(script))
                 .args(s.args())
                 .args(options)
+                .args(peer_model.args())
                 .args(["--precision", &precision])
                 .arg("--json")
                 .arg(&json);
@@ -302,7 +357,7 @@ fn bench(args: &[String]) -> Result<()> {
     }
     // The records are read, checked and compared by `vgg report`, typed, as the page reads them.
     println!(
-        "\nVGG-16, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all), {precision}; seconds per batch",
+        "\n{model}, batch {}, {}x{}, {} burn-in + {} timed steps, threads {} (0: all), {precision}; seconds per batch",
         s.batch, s.image_size, s.image_size, s.burn_in, s.num_batches, s.threads
     );
     let mut cmd = Command::new(&vgg);
@@ -447,5 +502,27 @@ fn main() -> Result<()> {
             Ok(())
         }
         Some(other) => bail!("unknown task '{other}'\n{USAGE}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerModel;
+
+    #[test]
+    fn the_peers_run_the_four_configurations_with_or_without_batch_norm() {
+        let args = |m: &str| PeerModel::of(m).map(|p| p.args().join(" "));
+        assert_eq!(args("vgg16").as_deref(), Some("--model vgg16"));
+        assert_eq!(
+            args("VGG19-BN").as_deref(),
+            Some("--model vgg19 --batch-norm")
+        );
+        assert_eq!(
+            args("vgg11_bn").as_deref(),
+            Some("--model vgg11 --batch-norm")
+        );
+        for ours_alone in ["vgg16c", "vggC", "resnet50", "", "_bn"] {
+            assert!(args(ours_alone).is_none(), "{ours_alone}");
+        }
     }
 }

@@ -64,6 +64,9 @@ pub struct BenchRecord {
 struct PeerRecord {
     framework: String,
     version: String,
+    /// The network (`vgg bench --model`'s names); records from before it existed ran VGG-16.
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default)]
     precision: Option<String>,
     threads: Option<usize>,
@@ -459,11 +462,21 @@ fn peer(record: PeerRecord, path: &Path) -> Result<Run, RecordError> {
     if let Some(s) = record.image_size {
         count(path, "image size", s, Bounds::SIDE)?;
     }
-    // The peers run VGG-16 as the reference does: 3 x S x S images, 1000 classes.
+    let network = match &record.model {
+        None => VggConfig::Vgg16,
+        Some(m) => m.parse::<VggConfig>().map_err(|e| {
+            implausible(
+                path,
+                format!("the model is '{}'", m.chars().take(100).collect::<String>()),
+                e.to_string(),
+            )
+        })?,
+    };
+    // The peers run 3 x S x S images and 1000 classes, as the reference does.
     let spec = match record.image_size {
         Some(s) => Some(
             ModelSpec::new(
-                VggConfig::Vgg16,
+                network,
                 SpecOptions {
                     height: s,
                     width: s,
@@ -521,7 +534,7 @@ fn peer(record: PeerRecord, path: &Path) -> Result<Run, RecordError> {
     };
     let run = Run {
         name,
-        network: VggConfig::Vgg16.to_string(),
+        network: network.to_string(),
         batch: record.batch,
         image: record.image_size.map(|s| (s, s)),
         threads: record.threads,
@@ -556,6 +569,35 @@ mod tests {
         );
         let unnamed = parse(&peer_json(2.into(), &[0.5]), Path::new("p.json")).unwrap();
         assert_eq!(unnamed.arithmetic(), "f32");
+    }
+
+    #[test]
+    fn a_peers_model_sets_its_network_and_arithmetic_and_an_unknown_one_is_refused() {
+        let with = |model: &str| {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&peer_json(2.into(), &[0.5])).unwrap();
+            v["model"] = model.into();
+            parse(&serde_json::to_vec(&v).unwrap(), Path::new("p.json"))
+        };
+        let flops = |run: &Run| run.modes[0].flops_per_step.unwrap();
+        let unnamed = parse(&peer_json(2.into(), &[0.5]), Path::new("p.json")).unwrap();
+        assert_eq!(unnamed.network, "vgg16");
+        let vgg19 = with("vgg19").unwrap();
+        let vgg11 = with("vgg11").unwrap();
+        let vgg19_bn = with("vgg19_bn").unwrap();
+        assert_eq!(
+            (vgg19.network.as_str(), vgg19_bn.network.as_str()),
+            ("vgg19", "vgg19_bn")
+        );
+        // The paper's Table 4 order of cost: A < D < E (about 7.6, 15.5 and 19.6 GMACs).
+        assert!(flops(&vgg11) < flops(&unnamed) && flops(&unnamed) < flops(&vgg19));
+        let ratio = flops(&vgg19) as f64 / flops(&unnamed) as f64;
+        assert!((1.25..1.28).contains(&ratio), "{ratio}");
+        let e = with("resnet50").unwrap_err().to_string();
+        assert!(
+            e.contains("model is 'resnet50'") && e.contains("vgg16"),
+            "{e}"
+        );
     }
 
     fn peer_json(batch: serde_json::Value, steps: &[f64]) -> Vec<u8> {
