@@ -71,15 +71,8 @@ pub fn comparison_table(runs: &[Run]) -> String {
         }
     }
     for run in &runs[1..] {
-        if run.arithmetic() != ours.arithmetic() {
-            let _ = writeln!(
-                out,
-                "note: {} ran in {}, {} in {}: its ratios compare the arithmetic as well as the speed",
-                run.name,
-                run.arithmetic(),
-                ours.name,
-                ours.arithmetic()
-            );
+        if let Some(sentence) = crate::alike::not_alike(ours, run) {
+            let _ = writeln!(out, "note: {sentence}");
         }
     }
     out.push_str(
@@ -95,12 +88,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_in_another_precision_are_named_as_such() {
+    fn runs_in_another_precision_or_network_are_named_as_such() {
         let mut bf16 = peer("fast", &[0.5]);
         bf16.precision = Some("bf16".into());
-        let table = comparison_table(&[peer("ours", &[1.0]), bf16]);
+        let mut vgg19 = peer("deep", &[2.0]);
+        vgg19.network = "vgg19".into();
+        let table = comparison_table(&[peer("ours", &[1.0]), bf16, vgg19]);
         assert!(
-            table.contains("note: fast 1 ran in bf16, ours 1 in f32"),
+            table.contains(
+                "note: fast 1 was not run with the same settings as ours 1: precision bf16 against f32;"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "note: deep 1 was not run with the same settings as ours 1: network vgg19 against vgg16;"
+            ),
             "{table}"
         );
         let same = comparison_table(&[peer("ours", &[1.0]), peer("slow", &[2.0])]);

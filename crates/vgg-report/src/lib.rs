@@ -4,6 +4,7 @@
 //! fields, the training curves and the report's charts), with the number formats they share
 //! ([`numbers`]). The command line only chooses what to draw and where to write it.
 
+mod alike;
 mod comparison;
 mod explain_page;
 pub mod figures;

@@ -229,33 +229,8 @@ fn settings(h: &mut String, o: &BenchRecord) -> Result<()> {
 fn mismatches(h: &mut String, runs: &[Run]) -> Result<()> {
     let first = &runs[0];
     for r in &runs[1..] {
-        let mut differ = Vec::new();
-        if r.network != first.network {
-            differ.push(format!("network {} against {}", r.network, first.network));
-        }
-        if r.arithmetic() != first.arithmetic() {
-            differ.push(format!(
-                "precision {} against {}",
-                r.arithmetic(),
-                first.arithmetic()
-            ));
-        }
-        if r.batch != first.batch {
-            differ.push(format!("batch {} against {}", r.batch, first.batch));
-        }
-        if let (Some(a), Some(b)) = (r.image, first.image) {
-            if a != b {
-                differ.push(format!("input {}x{} against {}x{}", a.0, a.1, b.0, b.1));
-            }
-        }
-        if !differ.is_empty() {
-            writeln!(
-                h,
-                "<p class=\"warn\">{} was not run with the same settings as {}: {}.</p>",
-                escape(&r.name),
-                escape(&first.name),
-                escape(&differ.join(", "))
-            )?;
+        if let Some(sentence) = crate::alike::not_alike(first, r) {
+            writeln!(h, "<p class=\"warn\">{}</p>", escape(&sentence))?;
         }
     }
     Ok(())
