@@ -572,7 +572,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peers_model_sets_its_network_and_arithmetic_and_an_unknown_one_is_refused() {
+    fn a_peers_model_sets_its_network_and_flops_and_an_unknown_one_is_refused() {
         let with = |model: &str| {
             let mut v: serde_json::Value =
                 serde_json::from_slice(&peer_json(2.into(), &[0.5])).unwrap();

@@ -5,7 +5,7 @@ use vgg_bench::record::Run;
 
 /// The settings in which `other` was not run as `first` was, each as "what A against B" (empty
 /// where they were run alike): the network, the arithmetic, the batch and the input size.
-pub fn differences(first: &Run, other: &Run) -> Vec<String> {
+fn differences(first: &Run, other: &Run) -> Vec<String> {
     let mut differ = Vec::new();
     if other.network != first.network {
         differ.push(format!(
@@ -32,7 +32,7 @@ pub fn differences(first: &Run, other: &Run) -> Vec<String> {
 }
 
 /// The sentence both the page and the table print for a run not measured like the first.
-pub fn not_alike(first: &Run, other: &Run) -> Option<String> {
+pub(crate) fn not_alike(first: &Run, other: &Run) -> Option<String> {
     let differ = differences(first, other);
     (!differ.is_empty()).then(|| {
         format!(
