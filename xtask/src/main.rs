@@ -391,6 +391,8 @@ fn gpu_bundle(dir: &str) -> Result<()> {
         "--locked",
         "-p",
         "vgg-cuda",
+        "-p",
+        "vgg-nccl",
         "--no-run",
         "--message-format=json",
     ];
@@ -401,7 +403,7 @@ fn gpu_bundle(dir: &str) -> Result<()> {
         .with_context(|| format!("running {cargo_bin}"))?;
     if !out.status.success() {
         bail!(
-            "building vgg-cuda's tests failed:\n{}",
+            "building vgg-cuda's and vgg-nccl's tests failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

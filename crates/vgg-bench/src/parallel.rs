@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use vgg_autodiff::Tape;
 use vgg_dist::{
-    BucketMemory, Communicator, GradientCompression, GradientReducer, Solo, StepReducer,
+    Communicator, ExchangeOptions, GradientCompression, GradientExchange, HostExchange, Solo,
 };
 use vgg_nn::optim::{Optimizer, OptimizerKind};
 use vgg_nn::RunOptions;
@@ -43,7 +43,8 @@ pub struct ParallelStep {
 pub struct ParallelReport {
     /// Ranks in the job.
     pub ranks: usize,
-    /// What carried the gradients.
+    /// What carried the gradients: the communicator, and host buffers or the device's own
+    /// collectives (NCCL).
     pub communicator: String,
     /// Images per rank per step.
     pub batch_per_rank: usize,
@@ -93,10 +94,12 @@ pub struct ParallelOptions {
 impl<B: Backend> Bench<B> {
     /// The data-parallel training step on the ranks of `comm`, `burn_in` then `num_batches`
     /// steps, each reported to `on_step` (rank 0's times; its break ends every rank's run at the
-    /// same step). Every rank must call it alike.
+    /// same step), the gradients averaged by `exchange` (the backend's own over the same ranks,
+    /// or `None`: host buffers over `comm`). Every rank must call it alike.
     pub fn run_data_parallel(
         &mut self,
         comm: &dyn Communicator,
+        exchange: Option<&dyn GradientExchange<B>>,
         options: ParallelOptions,
         on_step: &mut dyn FnMut(usize, bool, f64) -> ControlFlow<()>,
     ) -> Result<ParallelReport, BenchError> {
@@ -115,19 +118,17 @@ impl<B: Backend> Bench<B> {
             weight_decay: 0.0,
         });
         let total_steps = self.config.total_steps()?;
+        let host = HostExchange::new(comm);
+        let exchange = exchange.unwrap_or(&host);
         let solo = if options.solo_baseline && comm.size() > 1 {
             comm.barrier()?;
             let mut times = Vec::new();
             if comm.rank() == 0 {
                 let mut solo_opt = Optimizer::new(optimizer.kind);
+                let alone = HostExchange::new(&Solo);
                 for i in 0..total_steps {
-                    let mut unused = BucketMemory::default();
-                    let alone = ParallelOptions {
-                        overlap: false,
-                        ..options
-                    };
                     let t =
-                        self.parallel_step(&Solo, &layout, &mut solo_opt, &mut unused, i, alone)?;
+                        self.parallel_step(&Solo, &alone, &layout, &mut solo_opt, i, options)?;
                     if i >= self.config.burn_in {
                         times.push(t.total);
                     }
@@ -140,10 +141,9 @@ impl<B: Backend> Bench<B> {
             None
         };
         let mut steps = Vec::new();
-        let mut memory = BucketMemory::default();
         let mut interrupted = false;
         for i in 0..total_steps {
-            let t = self.parallel_step(comm, &layout, &mut optimizer, &mut memory, i, options)?;
+            let t = self.parallel_step(comm, exchange, &layout, &mut optimizer, i, options)?;
             let burn_in = i < self.config.burn_in;
             if !burn_in {
                 steps.push(t);
@@ -174,7 +174,7 @@ impl<B: Backend> Bench<B> {
         let solo = solo.filter(|_| comm.rank() == 0);
         Ok(ParallelReport {
             ranks,
-            communicator: comm.describe(),
+            communicator: exchange.describe(),
             batch_per_rank: self.config.batch,
             buckets: layout.len(),
             overlap: options.overlap,
@@ -205,9 +205,9 @@ impl<B: Backend> Bench<B> {
     fn parallel_step(
         &mut self,
         comm: &dyn Communicator,
+        exchange: &dyn GradientExchange<B>,
         layout: &vgg_dist::GradientBuckets,
         optimizer: &mut Optimizer<B>,
-        memory: &mut BucketMemory,
         step: usize,
         options: ParallelOptions,
     ) -> Result<ParallelStep, BenchError> {
@@ -248,8 +248,14 @@ impl<B: Backend> Bench<B> {
             });
         }
         let weight = 1.0 / comm.size() as f32;
-        let mut reducer = StepReducer::new(comm, layout, weight, options.overlap, memory)
-            .compressed(options.compression);
+        let mut reducer = exchange.reducer(
+            layout,
+            weight,
+            ExchangeOptions {
+                overlap: options.overlap,
+                compression: options.compression,
+            },
+        )?;
         let grads = tape.backward_streaming(
             &loss,
             |_| {},

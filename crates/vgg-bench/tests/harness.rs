@@ -4,26 +4,12 @@
 
 use std::ops::ControlFlow;
 
+mod common;
+
+use common::tiny;
 use vgg_bench::{step_flops, workload, Bench, BenchConfig, BenchError, Mode};
 use vgg_model::{VggConfig, Workload};
 use vgg_tensor::reference::ReferenceBackend;
-
-fn tiny() -> BenchConfig {
-    BenchConfig {
-        model: VggConfig::Vgg11,
-        batch: 2,
-        num_batches: 3,
-        burn_in: 1,
-        height: 32,
-        width: 32,
-        classes: 4,
-        width_mult: 0.0625,
-        hidden: 8,
-        seed: 1,
-        per_layer: false,
-        adaptive_pool: None,
-    }
-}
 
 #[test]
 fn settings_are_refused_by_name() {

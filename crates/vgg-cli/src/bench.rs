@@ -12,9 +12,9 @@ use vgg_bench::{
     check_memory, measure_matmul_peak, measure_memory_bandwidth, Bench, BenchConfig, Machine, Mode,
     ParallelOptions, ParallelReport, StepEvent,
 };
-use vgg_tensor::Backend;
 
 use crate::args;
+use crate::exchange::DeviceExchange;
 use crate::options::{DeviceArgs, InputShape, NetDefaults, NetOptions};
 use crate::signals;
 use crate::stdout;
@@ -110,7 +110,7 @@ fn now() -> String {
         .to_string()
 }
 
-pub fn run<B: Backend>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Result<String> {
+pub fn run<B: DeviceExchange>(backend: B, threads: Option<usize>, a: &BenchArgs) -> Result<String> {
     let started = now();
     let config = a.config()?;
     let comm = crate::dist::communicator(&a.dist)?;
@@ -261,7 +261,7 @@ struct ParallelRecord<'a> {
 }
 
 /// `vgg bench` as one rank of several: the data-parallel training step; rank 0 reports.
-fn run_parallel<B: Backend>(
+fn run_parallel<B: DeviceExchange>(
     backend: B,
     a: &BenchArgs,
     config: BenchConfig,
@@ -295,6 +295,7 @@ fn run_parallel<B: Backend>(
         ),
     )?;
     signals::allow_graceful_stop();
+    let exchange = backend.device_exchange(comm, &a.dist)?;
     if root {
         stdout::line(&format!(
             "{} ({}x{}, batch {} per rank) on {} x {} ({}): the training step, {} burn-in + {} timed steps, \
@@ -305,7 +306,7 @@ fn run_parallel<B: Backend>(
             config.batch,
             backend.name(),
             comm.size(),
-            comm.describe(),
+            crate::exchange::describe(exchange.as_deref(), comm),
             config.burn_in,
             config.num_batches
         ))?;
@@ -328,7 +329,7 @@ fn run_parallel<B: Backend>(
         compression: a.dist.compression(),
         solo_baseline: true,
     };
-    let report = bench.run_data_parallel(comm, options, &mut on_step)?;
+    let report = bench.run_data_parallel(comm, exchange.as_deref(), options, &mut on_step)?;
     said?;
     if !root {
         return Ok(String::new());

@@ -146,3 +146,38 @@ pub fn default_threads() -> usize {
         _ => 0,
     }
 }
+
+/// The GPU a rank takes where `--gpu` is not given: its place among the ranks a launcher put on
+/// this node, modulo the GPUs there (0 outside a launcher). NCCL needs a GPU per rank.
+pub fn default_gpu() -> usize {
+    let launch = vgg_dist::launched_by_mpi().ok().flatten();
+    gpu_of(launch, || vgg_cuda::device_count().unwrap_or(1))
+}
+
+/// [`default_gpu`] for a given launch and a count of GPUs (asked only under a launcher).
+fn gpu_of(launch: Option<vgg_dist::Launch>, gpus: impl FnOnce() -> usize) -> usize {
+    launch.map_or(0, |l| l.local_rank % gpus().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rank_of_a_node_takes_its_own_gpu() {
+        let launch = |local_rank| vgg_dist::Launch {
+            launcher: "test",
+            rank: 4 + local_rank,
+            size: 8,
+            local: 4,
+            local_rank,
+        };
+        assert_eq!(gpu_of(None, || panic!("not asked")), 0);
+        let on_four: Vec<usize> = (0..4).map(|r| gpu_of(Some(launch(r)), || 4)).collect();
+        assert_eq!(on_four, [0, 1, 2, 3]);
+        // More ranks than GPUs share them round-robin (NCCL will then refuse, saying why).
+        let on_two: Vec<usize> = (0..4).map(|r| gpu_of(Some(launch(r)), || 2)).collect();
+        assert_eq!(on_two, [0, 1, 0, 1]);
+        assert_eq!(gpu_of(Some(launch(3)), || 0), 0);
+    }
+}

@@ -6,6 +6,7 @@ mod causes;
 mod classify;
 mod dist;
 mod eval;
+mod exchange;
 mod exit;
 mod explain;
 mod hints;

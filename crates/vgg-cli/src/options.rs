@@ -123,9 +123,10 @@ pub struct DeviceArgs {
     /// OpenVINO's bf16), on AMX where the CPU has it and on the f32 units elsewhere
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionChoice,
-    /// With --backend cuda: which GPU, counting from 0
-    #[arg(long, default_value = "0")]
-    pub gpu: usize,
+    /// With --backend cuda: which GPU, counting from 0 [default: 0; under mpirun, the rank's
+    /// place among the ranks on its node, modulo the node's GPUs, so that each rank has its own]
+    #[arg(long)]
+    pub gpu: Option<usize>,
     /// With --backend cuda: keep convolutions in full f32 instead of TF32 tensor cores (PyTorch's
     /// default is TF32)
     #[arg(long)]
@@ -198,7 +199,7 @@ impl DeviceArgs {
             );
         }
         Ok(vgg_cuda::CudaBackend::new(vgg_cuda::CudaOptions {
-            ordinal: self.gpu,
+            ordinal: self.gpu.unwrap_or_else(crate::dist::default_gpu),
             allow_tf32: !self.no_tf32,
         })?)
     }

@@ -17,6 +17,7 @@ use vgg_train::{
     checkpoint, data, meta, resume, EpochReport, Observer, TrainConfig, TrainError, TrainState,
 };
 
+use crate::exchange::DeviceExchange;
 use crate::options::{DeviceArgs, NetDefaults, NetOptions};
 use crate::stdout;
 
@@ -383,7 +384,7 @@ fn check_same_data(recorded: &Provenance, args: &TrainArgs, path: &Path) -> Resu
     Ok(())
 }
 
-pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
+pub fn run<B: DeviceExchange>(backend: &B, args: &TrainArgs) -> Result<String> {
     let config = args.config()?;
     let comm = crate::dist::communicator(&args.dist)?;
     let root = comm.rank() == 0;
@@ -446,12 +447,13 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
             epochs_done: 0,
         },
     };
+    let exchange = backend.device_exchange(&*comm, &args.dist)?;
     if root {
         let ranks = if comm.size() > 1 {
             format!(
                 " x {} ({}; each batch of {} split, {} per rank; gradients in {})",
                 comm.size(),
-                comm.describe(),
+                crate::exchange::describe(exchange.as_deref(), &*comm),
                 config.batch_size,
                 crate::table::plural(config.batch_size.div_ceil(comm.size()), "image"),
                 if args.dist.no_overlap {
@@ -502,6 +504,7 @@ pub fn run<B: Backend>(backend: &B, args: &TrainArgs) -> Result<String> {
     };
     let parallel = vgg_train::Parallel {
         comm: &*comm,
+        exchange: exchange.as_deref(),
         bucket_bytes: args.dist.bucket_bytes(),
         overlap: !args.dist.no_overlap,
         compression: args.dist.compression(),

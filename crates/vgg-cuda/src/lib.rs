@@ -12,6 +12,7 @@ mod fused;
 mod layers;
 mod layout;
 mod memory;
+mod raw;
 mod reduce;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use cudarc::driver::CudaContext;
 use vgg_tensor::TensorError;
 
 pub use backend::{compile_kernels, CudaBackend, CudaOptions, CudaPoolIndices, CudaTensor};
+pub use raw::device_count;
 
 /// Turns a CUDA library's error into the tensor error that says what was being done.
 pub(crate) fn device_error<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> TensorError + '_ {

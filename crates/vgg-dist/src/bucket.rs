@@ -5,6 +5,7 @@
 //! every rank must start the same collectives in the same order.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use vgg_tensor::{Backend, DeviceTensor, Shape};
@@ -65,6 +66,16 @@ impl GradientBuckets {
         &self.lens
     }
 
+    /// Bucket `b`'s parameters: name, shape and offset in the bucket, in the order they were given.
+    pub fn members(&self, b: usize) -> &[(String, Shape, usize)] {
+        &self.buckets[b]
+    }
+
+    /// The bucket of parameter `name` and its index among the bucket's members.
+    pub fn position(&self, name: &str) -> Option<(usize, usize)> {
+        self.index.get(name).copied()
+    }
+
     /// A description of the layout that must be the same on every rank.
     pub fn fingerprint(&self) -> String {
         self.buckets
@@ -112,21 +123,102 @@ impl CommTimes {
 }
 
 /// What the training loop does with a step's gradients on several ranks: hand each one over as
-/// backward produces it, then take the averages. A device-side implementation (NCCL on CUDA
-/// tensors) would implement this for its backend.
+/// backward produces it, then take the averages. [`StepReducer`] does it in host buffers for any
+/// backend; a backend may do it on its device (NCCL on CUDA tensors). A
+/// [`GradientExchange`](crate::GradientExchange) makes one per step.
 pub trait GradientReducer<B: Backend> {
     /// The gradient of `name`, final, on this rank.
     fn add(&mut self, backend: &B, name: &str, grad: &B::Tensor) -> Result<()>;
 
     /// Waits for every bucket and returns the averaged gradients by name, and the step's timings.
-    fn finish(self, backend: &B) -> Result<(HashMap<String, B::Tensor>, CommTimes)>;
+    /// Called once, at the end of the step: the reducer is spent afterwards.
+    fn finish(&mut self, backend: &B) -> Result<(HashMap<String, B::Tensor>, CommTimes)>;
+}
+
+/// Which gradients of a step have come, per bucket: what every reducer checks a gradient
+/// against, and how it knows a bucket is full.
+#[derive(Debug, Clone)]
+pub struct Arrivals {
+    /// Per bucket, which members have their gradient.
+    arrived: Vec<Vec<bool>>,
+    /// Per bucket, how many have not.
+    missing: Vec<usize>,
+}
+
+impl Arrivals {
+    /// None of `layout`'s gradients yet.
+    pub fn new(layout: &GradientBuckets) -> Arrivals {
+        Arrivals {
+            arrived: layout
+                .buckets
+                .iter()
+                .map(|b| vec![false; b.len()])
+                .collect(),
+            missing: layout.buckets.iter().map(Vec::len).collect(),
+        }
+    }
+
+    /// Records `name`'s gradient, of shape `shape`, after checking that it belongs in `layout`
+    /// with that shape and has not come already; returns its (bucket, index in the bucket).
+    pub fn arrive(
+        &mut self,
+        layout: &GradientBuckets,
+        name: &str,
+        shape: &Shape,
+    ) -> Result<(usize, usize)> {
+        let Some((b, i)) = layout.position(name) else {
+            return Err(DistError::Layout(format!(
+                "a gradient for '{name}', which is in no bucket"
+            )));
+        };
+        let (_, expected, _) = &layout.buckets[b][i];
+        if shape != expected {
+            return Err(DistError::Layout(format!(
+                "the gradient of '{name}' has shape {shape}, its bucket expects {expected}"
+            )));
+        }
+        if self.arrived[b][i] {
+            return Err(DistError::Layout(format!(
+                "a second gradient for '{name}' in one step"
+            )));
+        }
+        self.arrived[b][i] = true;
+        self.missing[b] -= 1;
+        Ok((b, i))
+    }
+
+    /// Whether every gradient of bucket `b` has come.
+    pub fn full(&self, b: usize) -> bool {
+        self.missing[b] == 0
+    }
+
+    /// Bucket `b`'s members whose gradient has not come (the loss did not reach them, or the
+    /// rank had no images): (shape, offset in the bucket), to be sent as zeros.
+    pub fn absent<'l>(
+        &'l self,
+        layout: &'l GradientBuckets,
+        b: usize,
+    ) -> impl Iterator<Item = (&'l Shape, usize)> + 'l {
+        layout.buckets[b]
+            .iter()
+            .zip(&self.arrived[b])
+            .filter(|(_, &arrived)| !arrived)
+            .map(|((_, shape, offset), _)| (shape, *offset))
+    }
 }
 
 /// The buckets' host buffers, kept from one step to the next: after the first step a step
 /// allocates no bucket memory, so none is faulted in again (528 MiB a step for VGG-16).
 #[derive(Debug, Default)]
 pub struct BucketMemory {
-    buffers: Vec<Vec<f32>>,
+    buffers: Mutex<Vec<Vec<f32>>>,
+}
+
+impl BucketMemory {
+    fn buffers(&self) -> MutexGuard<'_, Vec<Vec<f32>>> {
+        // The buffers' contents never matter between steps: a panic cannot leave them wrong.
+        self.buffers.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The host-buffer reducer for any backend and any [`Communicator`]: each gradient is copied
@@ -138,12 +230,10 @@ pub struct StepReducer<'a, C: Communicator + ?Sized> {
     weight: f32,
     /// Each bucket's buffer, until its reduction starts.
     buffers: Vec<Option<Vec<f32>>>,
-    /// Gradients still missing per bucket.
-    missing: Vec<usize>,
-    /// Which members of each bucket have their gradient.
-    arrived: Vec<Vec<bool>>,
+    /// Which gradients have come.
+    arrivals: Arrivals,
     /// Where the buffers come from and go back to.
-    memory: &'a mut BucketMemory,
+    memory: &'a BucketMemory,
     /// Reductions started, in bucket order.
     pending: Vec<PendingReduce>,
     /// Whether buckets start during backward (false: all after it).
@@ -163,13 +253,14 @@ impl<'a, C: Communicator + ?Sized> StepReducer<'a, C> {
         layout: &'a GradientBuckets,
         weight: f32,
         overlap: bool,
-        memory: &'a mut BucketMemory,
+        memory: &'a BucketMemory,
     ) -> StepReducer<'a, C> {
-        memory.buffers.resize_with(layout.len(), Vec::new);
+        let mut kept = memory.buffers();
+        kept.resize_with(layout.len(), Vec::new);
         let buffers = layout
             .lens
             .iter()
-            .zip(&mut memory.buffers)
+            .zip(kept.iter_mut())
             .map(|(&n, kept)| {
                 let buffer = std::mem::take(kept);
                 // Every element is written before the bucket goes: no need to clear it.
@@ -180,17 +271,13 @@ impl<'a, C: Communicator + ?Sized> StepReducer<'a, C> {
                 })
             })
             .collect();
+        drop(kept);
         StepReducer {
             comm,
             layout,
             weight,
             buffers,
-            missing: layout.buckets.iter().map(Vec::len).collect(),
-            arrived: layout
-                .buckets
-                .iter()
-                .map(|b| vec![false; b.len()])
-                .collect(),
+            arrivals: Arrivals::new(layout),
             memory,
             pending: Vec::new(),
             overlap,
@@ -211,18 +298,14 @@ impl<'a, C: Communicator + ?Sized> StepReducer<'a, C> {
     fn start_ready(&mut self, all: bool) -> Result<f64> {
         let mut seconds = 0.0;
         while let Some(slot) = self.buffers.get_mut(self.pending.len()) {
-            if !(all || self.missing[self.pending.len()] == 0) {
+            let b = self.pending.len();
+            if !(all || self.arrivals.full(b)) {
                 break;
             }
-            let b = self.pending.len();
             let mut buffer = slot.take().unwrap_or_default();
             // Parameters the loss did not reach send zeros; a rank without images sends only zeros.
-            for ((_, shape, offset), &arrived) in
-                self.layout.buckets[b].iter().zip(&self.arrived[b])
-            {
-                if !arrived {
-                    buffer[*offset..*offset + shape.elements()].fill(0.0);
-                }
+            for (shape, offset) in self.arrivals.absent(self.layout, b) {
+                buffer[offset..offset + shape.elements()].fill(0.0);
             }
             tracing::trace!(
                 bucket = self.pending.len(),
@@ -243,22 +326,12 @@ impl<'a, C: Communicator + ?Sized> StepReducer<'a, C> {
 
 impl<B: Backend, C: Communicator + ?Sized> GradientReducer<B> for StepReducer<'_, C> {
     fn add(&mut self, backend: &B, name: &str, grad: &B::Tensor) -> Result<()> {
-        let Some(&(b, i)) = self.layout.index.get(name) else {
-            return Err(DistError::Layout(format!(
-                "a gradient for '{name}', which is in no bucket"
-            )));
-        };
+        let (b, i) = self.arrivals.arrive(self.layout, name, grad.shape())?;
         let start = Instant::now();
         let (_, shape, offset) = &self.layout.buckets[b][i];
-        if grad.shape() != shape {
+        let Some(buffer) = self.buffers[b].as_mut() else {
             return Err(DistError::Layout(format!(
-                "the gradient of '{name}' has shape {}, its bucket expects {shape}",
-                grad.shape()
-            )));
-        }
-        let (Some(buffer), false) = (self.buffers[b].as_mut(), self.arrived[b][i]) else {
-            return Err(DistError::Layout(format!(
-                "a second gradient for '{name}' in one step"
+                "the gradient of '{name}' came after its bucket was sent"
             )));
         };
         let part = &mut buffer[*offset..*offset + shape.elements()];
@@ -267,8 +340,6 @@ impl<B: Backend, C: Communicator + ?Sized> GradientReducer<B> for StepReducer<'_
             let weight = self.weight;
             part.iter_mut().for_each(|v| *v *= weight);
         }
-        self.arrived[b][i] = true;
-        self.missing[b] -= 1;
         self.times.copies += start.elapsed().as_secs_f64();
         if self.overlap {
             self.times.in_backward += self.start_ready(false)?;
@@ -276,16 +347,17 @@ impl<B: Backend, C: Communicator + ?Sized> GradientReducer<B> for StepReducer<'_
         Ok(())
     }
 
-    fn finish(mut self, backend: &B) -> Result<(HashMap<String, B::Tensor>, CommTimes)> {
+    fn finish(&mut self, backend: &B) -> Result<(HashMap<String, B::Tensor>, CommTimes)> {
         self.start_ready(true)?;
         let start = Instant::now();
         let mut grads = HashMap::new();
         let mut copies = 0.0;
         let pending = std::mem::take(&mut self.pending);
+        let mut memory = self.memory.buffers();
         for ((pending, members), kept) in pending
             .into_iter()
             .zip(&self.layout.buckets)
-            .zip(&mut self.memory.buffers)
+            .zip(memory.iter_mut())
         {
             let reduced = pending.wait()?;
             self.times.total += reduced.seconds;

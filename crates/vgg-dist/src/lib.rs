@@ -7,12 +7,14 @@
 //! backend can use it; [`GradientBuckets`] and [`StepReducer`] average a step's gradients in
 //! buckets started while backward is still running, as PyTorch's DistributedDataParallel does.
 //!
-//! A communicator for device tensors (NCCL for CUDA) would take the reducer's place for its
-//! backend: [`GradientReducer`] is the interface the training loop uses, and [`StepReducer`] is
-//! its host-buffer implementation for any [`Communicator`].
+//! [`GradientReducer`] is the interface the training loop uses, made each step by a
+//! [`GradientExchange`]: [`HostExchange`] (reducers of type [`StepReducer`]) works for any backend
+//! over any [`Communicator`]; a backend may bring its own that keeps gradients on its device (the
+//! `vgg-nccl` crate: NCCL for CUDA tensors).
 
 mod bucket;
 mod compression;
+mod exchange;
 mod local;
 #[cfg(feature = "mpi")]
 pub mod mpi;
@@ -20,8 +22,11 @@ pub mod scaling;
 
 use std::sync::mpsc;
 
-pub use bucket::{BucketMemory, CommTimes, GradientBuckets, GradientReducer, StepReducer};
+pub use bucket::{
+    Arrivals, BucketMemory, CommTimes, GradientBuckets, GradientReducer, StepReducer,
+};
 pub use compression::{segment_width, GradientCompression};
+pub use exchange::{ExchangeOptions, GradientExchange, HostExchange};
 pub use local::LocalGroup;
 
 /// What can go wrong between processes.
@@ -86,6 +91,10 @@ pub enum DistError {
     /// The MPI library failed or could not start.
     #[error("MPI: {0}")]
     Mpi(String),
+    /// A device library's collectives (NCCL) failed or cannot do what was asked; the message
+    /// names the library.
+    #[error("{0}")]
+    Collective(String),
     /// A launcher started this process as one of several ranks, but this build has no MPI.
     #[error(
         "this process was started by {launcher} as one of {size} ranks, but this vgg was built \
@@ -329,8 +338,8 @@ impl Communicator for Solo {
     }
 }
 
-/// Where a launcher started this process: which launcher, this rank, the ranks in all, and the
-/// ranks on this node.
+/// Where a launcher started this process: which launcher, this rank, the ranks in all, the
+/// ranks on this node and this rank's place among them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Launch {
     /// The launcher, in words.
@@ -341,28 +350,34 @@ pub struct Launch {
     pub size: usize,
     /// Ranks on this node (at least 1).
     pub local: usize,
+    /// This rank's index among the ranks on this node, below `local` (0 where the launcher does not
+    /// say): which of the node's GPUs it takes.
+    pub local_rank: usize,
 }
 
 /// The launchers recognised, each by the variables it sets in every rank: (launcher, size, rank,
-/// ranks on this node). The first whose size variable is set wins.
-const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
+/// ranks on this node, rank on this node). The first whose size variable is set wins.
+const LAUNCHERS: [(&str, &str, &str, &str, &str); 4] = [
     (
         "Open MPI's mpirun",
         "OMPI_COMM_WORLD_SIZE",
         "OMPI_COMM_WORLD_RANK",
         "OMPI_COMM_WORLD_LOCAL_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
     ),
     (
         "MPICH's or Intel MPI's mpiexec (Hydra, PMI)",
         "PMI_SIZE",
         "PMI_RANK",
         "MPI_LOCALNRANKS",
+        "MPI_LOCALRANKID",
     ),
     (
         "MVAPICH's mpirun_rsh",
         "MV2_COMM_WORLD_SIZE",
         "MV2_COMM_WORLD_RANK",
         "MV2_COMM_WORLD_LOCAL_SIZE",
+        "MV2_COMM_WORLD_LOCAL_RANK",
     ),
     // srun sets SLURM_STEP_* in a job step's tasks only, not in the batch script that starts
     // them, so a lone `vgg` in an allocation of many tasks still runs alone.
@@ -371,6 +386,7 @@ const LAUNCHERS: [(&str, &str, &str, &str); 4] = [
         "SLURM_STEP_NUM_TASKS",
         "SLURM_PROCID",
         "SLURM_STEP_TASKS_PER_NODE",
+        "SLURM_LOCALID",
     ),
 ];
 
@@ -392,7 +408,7 @@ pub fn launch_from(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch
             reason: "not a whole number",
         })
     };
-    for (launcher, size_var, rank_var, local_var) in LAUNCHERS {
+    for (launcher, size_var, rank_var, local_var, local_rank_var) in LAUNCHERS {
         let Some(size) = var(size_var) else { continue };
         let size = number(size_var, &size)?;
         if size == 0 {
@@ -417,11 +433,23 @@ pub fn launch_from(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch
             Some(l) => number(local_var, &l)?.clamp(1, size),
             None => size,
         };
+        let local_rank = match var(local_rank_var) {
+            Some(r) => number(local_rank_var, &r)?,
+            None => 0,
+        };
+        if local_rank >= local {
+            return Err(DistError::BadLaunch {
+                variable: local_rank_var,
+                value: local_rank.to_string(),
+                reason: "the rank on this node is not below the ranks on this node",
+            });
+        }
         return Ok(Some(Launch {
             launcher,
             rank,
             size,
             local,
+            local_rank,
         }));
     }
     Ok(None)

@@ -5,8 +5,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use vgg_dist::{
-    BucketMemory, Communicator, DistError, GradientBuckets, GradientReducer, LocalGroup, Solo,
-    StepReducer,
+    BucketMemory, Communicator, DistError, ExchangeOptions, GradientBuckets, GradientExchange,
+    GradientReducer, HostExchange, LocalGroup, Solo, StepReducer,
 };
 use vgg_ndarray::CpuBackend;
 use vgg_tensor::prelude::*;
@@ -178,11 +178,18 @@ fn reduce_on_ranks(weights: &'static [f32], overlap: bool, skip: Option<&'static
         let cpu = CpuBackend::new(1).unwrap();
         let layout = GradientBuckets::new(&params(), 1024);
         let r = comm.rank();
-        let mut memory = BucketMemory::default();
+        // Through the exchange the training loop uses: host buffers kept between steps.
+        let exchange = HostExchange::new(&comm);
+        let options = ExchangeOptions {
+            overlap,
+            compression: None,
+        };
         // Two steps: the second reuses the first's buffers, which hold its sums.
         let mut last = HashMap::new();
         for _ in 0..2 {
-            let mut reducer = StepReducer::new(&comm, &layout, weights[r], overlap, &mut memory);
+            let mut reducer =
+                GradientExchange::<CpuBackend>::reducer(&exchange, &layout, weights[r], options)
+                    .unwrap();
             // Backward's order, fc first; one parameter may get no gradient.
             for (name, shape) in params() {
                 if Some(name.as_str()) == skip {
@@ -191,7 +198,7 @@ fn reduce_on_ranks(weights: &'static [f32], overlap: bool, skip: Option<&'static
                 let g = cpu.full(&shape, (r + 1) as f32).unwrap();
                 reducer.add(&cpu, &name, &g).unwrap();
             }
-            let (grads, times) = GradientReducer::<CpuBackend>::finish(reducer, &cpu).unwrap();
+            let (grads, times) = reducer.finish(&cpu).unwrap();
             assert!(times.total >= 0.0 && times.exposed >= 0.0);
             last = grads
                 .into_iter()
@@ -236,8 +243,8 @@ fn the_reducer_weights_each_rank_by_its_images() {
 fn the_reducer_refuses_gradients_that_do_not_fit() {
     let cpu = CpuBackend::new(1).unwrap();
     let layout = GradientBuckets::new(&params(), 1024);
-    let mut memory = BucketMemory::default();
-    let mut reducer = StepReducer::new(&Solo, &layout, 1.0, true, &mut memory);
+    let memory = BucketMemory::default();
+    let mut reducer = StepReducer::new(&Solo, &layout, 1.0, true, &memory);
     let bad = cpu.zeros(&Shape::from([3])).unwrap();
     let e = reducer.add(&cpu, "fc.bias", &bad).unwrap_err();
     assert!(e.to_string().contains("expects [10]"), "{e}");
@@ -262,38 +269,45 @@ fn a_launcher_is_recognised_by_its_variables() {
     assert_eq!(launch(&[]).unwrap(), None);
     // Open MPI, MPICH/Intel MPI's Hydra, MVAPICH and Slurm's srun.
     type Vars<'a> = &'a [(&'a str, &'a str)];
-    let cases: [(Vars, (usize, usize, usize)); 5] = [
+    let cases: [(Vars, (usize, usize, usize, usize)); 5] = [
         (
             &[
                 ("OMPI_COMM_WORLD_SIZE", "4"),
                 ("OMPI_COMM_WORLD_RANK", "3"),
                 ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
+                ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
             ],
-            (3, 4, 2),
+            (3, 4, 2, 1),
         ),
         (
             &[
                 ("PMI_SIZE", "2"),
                 ("PMI_RANK", "1"),
                 ("MPI_LOCALNRANKS", "2"),
+                ("MPI_LOCALRANKID", "1"),
             ],
-            (1, 2, 2),
+            (1, 2, 2, 1),
         ),
-        (&[("MV2_COMM_WORLD_SIZE", "3")], (0, 3, 3)),
+        (&[("MV2_COMM_WORLD_SIZE", "3")], (0, 3, 3, 0)),
         (
             &[
                 ("SLURM_STEP_NUM_TASKS", "6"),
                 ("SLURM_PROCID", "5"),
                 ("SLURM_STEP_TASKS_PER_NODE", "2(x3)"),
+                ("SLURM_LOCALID", "1"),
             ],
-            (5, 6, 2),
+            (5, 6, 2, 1),
         ),
         // An allocation's batch script is no step: SLURM_NTASKS alone starts nothing.
-        (&[("SLURM_NTASKS", "8"), ("PMI_SIZE", "1")], (0, 1, 1)),
+        (&[("SLURM_NTASKS", "8"), ("PMI_SIZE", "1")], (0, 1, 1, 0)),
     ];
-    for (vars, (rank, size, local)) in cases {
+    for (vars, (rank, size, local, local_rank)) in cases {
         let l = launch(vars).unwrap().expect("a launcher");
-        assert_eq!((l.rank, l.size, l.local), (rank, size, local), "{vars:?}");
+        assert_eq!(
+            (l.rank, l.size, l.local, l.local_rank),
+            (rank, size, local, local_rank),
+            "{vars:?}"
+        );
     }
     assert_eq!(launch(&[("SLURM_NTASKS", "8")]).unwrap(), None);
     // Malformed values are errors, never one rank.
@@ -303,6 +317,11 @@ fn a_launcher_is_recognised_by_its_variables() {
         &[("PMI_SIZE", "0")],
         &[("PMI_SIZE", "2"), ("PMI_RANK", "2")],
         &[("SLURM_STEP_NUM_TASKS", "-1")],
+        &[
+            ("OMPI_COMM_WORLD_SIZE", "4"),
+            ("OMPI_COMM_WORLD_LOCAL_SIZE", "2"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "2"),
+        ],
     ] {
         let e = launch(vars).unwrap_err().to_string();
         assert!(e.contains(vars.last().unwrap().0), "{vars:?}: {e}");

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use vgg_autodiff::Tape;
 use vgg_dist::{
-    BucketMemory, CommTimes, Communicator, GradientBuckets, GradientCompression, GradientReducer,
-    Solo, StepReducer,
+    CommTimes, Communicator, ExchangeOptions, GradientBuckets, GradientCompression,
+    GradientExchange, HostExchange, Solo,
 };
 use vgg_model::{ModelError, ModelSpec, Vgg};
 use vgg_nn::init::param_seed;
@@ -281,9 +281,12 @@ fn correct<B: Backend>(
 }
 
 /// How a data-parallel run shares its work among ranks.
-pub struct Parallel<'a> {
+pub struct Parallel<'a, B: Backend> {
     /// The ranks.
     pub comm: &'a dyn Communicator,
+    /// Where the gradients are averaged: the backend's own exchange over the same ranks (NCCL for
+    /// CUDA tensors), or `None` for host buffers over `comm`.
+    pub exchange: Option<&'a dyn GradientExchange<B>>,
     /// Gradient bytes per allreduce bucket (PyTorch's DDP: 25 MB).
     pub bucket_bytes: usize,
     /// Start each bucket's allreduce as soon as backward has produced it (false: one allreduce
@@ -293,11 +296,12 @@ pub struct Parallel<'a> {
     pub compression: Option<GradientCompression>,
 }
 
-impl Parallel<'static> {
+impl<B: Backend> Parallel<'static, B> {
     /// One process: nothing is shared.
-    pub fn solo() -> Parallel<'static> {
+    pub fn solo() -> Parallel<'static, B> {
         Parallel {
             comm: &Solo,
+            exchange: None,
             bucket_bytes: DEFAULT_BUCKET_BYTES,
             overlap: true,
             compression: None,
@@ -417,10 +421,16 @@ pub fn train_parallel<B: Backend>(
     test_set: &Dataset,
     config: &TrainConfig,
     observer: &mut dyn Observer<B>,
-    parallel: &Parallel<'_>,
+    parallel: &Parallel<'_, B>,
 ) -> Result<Vec<EpochReport>, TrainError> {
     config.validate()?;
     let comm = parallel.comm;
+    let host = HostExchange::new(comm);
+    let exchange = parallel.exchange.unwrap_or(&host);
+    let options = ExchangeOptions {
+        overlap: parallel.overlap,
+        compression: parallel.compression,
+    };
     let (rank, size) = (comm.rank(), comm.size());
     share_state(
         backend,
@@ -433,7 +443,6 @@ pub fn train_parallel<B: Backend>(
         ),
     )?;
     let layout = gradient_buckets(&state.model, parallel.bucket_bytes);
-    let mut memory = BucketMemory::default();
     let mut reports = Vec::new();
     let shape = |n: usize| Shape::from([n, train_set.channels, train_set.height, train_set.width]);
     for epoch in state.epochs_done..config.epochs {
@@ -461,16 +470,11 @@ pub fn train_parallel<B: Backend>(
             let step = optimizer.steps.saturating_add(1);
             let mut sums = [0.0f64; 2];
             // One process uses its own gradients as they are: no buckets, no copies.
-            let mut reducer = (size > 1).then(|| {
-                StepReducer::new(
-                    comm,
-                    &layout,
-                    chunk.len() as f32 / batch.len() as f32,
-                    parallel.overlap,
-                    &mut memory,
-                )
-                .compressed(parallel.compression)
-            });
+            let mut reducer = (size > 1)
+                .then(|| {
+                    exchange.reducer(&layout, chunk.len() as f32 / batch.len() as f32, options)
+                })
+                .transpose()?;
             let mut local_grads = None;
             if !chunk.is_empty() {
                 let (images, labels) = train_set.gather(chunk);
@@ -504,7 +508,7 @@ pub fn train_parallel<B: Backend>(
                 None => local_grads
                     .map(|g| g.into_named().into_iter().collect())
                     .unwrap_or_default(),
-                Some(reducer) => {
+                Some(mut reducer) => {
                     let (grads, times) = reducer.finish(backend)?;
                     comm.allreduce_f64(&mut sums)?;
                     let mean = (sums[0] / batch.len() as f64) as f32;

@@ -3,10 +3,15 @@
 //! ranks that start differently, or leave, are named.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use vgg_dist::{Communicator, DistError, GradientCompression, LocalGroup};
+use vgg_dist::{
+    Communicator, DistError, ExchangeOptions, GradientBuckets, GradientCompression,
+    GradientExchange, GradientReducer, HostExchange, LocalGroup,
+};
 use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
 use vgg_ndarray::CpuBackend;
 use vgg_nn::optim::{Optimizer, OptimizerKind, Schedule};
@@ -89,7 +94,31 @@ fn run_compressed(
         (bucket_bytes, overlap),
         sets,
         compression,
+        None,
     )
+}
+
+/// A backend's own exchange as the training loop sees one: here the host exchange, counting the
+/// reducers it makes.
+struct Counting<'a> {
+    host: HostExchange<'a>,
+    made: Arc<AtomicUsize>,
+}
+
+impl GradientExchange<CpuBackend> for Counting<'_> {
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+
+    fn reducer<'s>(
+        &'s self,
+        layout: &'s GradientBuckets,
+        weight: f32,
+        options: ExchangeOptions,
+    ) -> vgg_dist::Result<Box<dyn GradientReducer<CpuBackend> + 's>> {
+        self.made.fetch_add(1, Ordering::SeqCst);
+        self.host.reducer(layout, weight, options)
+    }
 }
 
 /// `run_compressed` of `model`; each rank's weights are followed by its buffers (BatchNorm's
@@ -101,11 +130,13 @@ fn run_model(
     (bucket_bytes, overlap): (usize, bool),
     (train_set, test_set): (Dataset, Dataset),
     compression: Option<GradientCompression>,
+    counter: Option<Arc<AtomicUsize>>,
 ) -> Vec<(Vec<Vec<f32>>, Vec<EpochReport>)> {
     let handles: Vec<_> = LocalGroup::new(ranks, Duration::from_secs(60))
         .into_iter()
         .map(|comm| {
             let (train_set, test_set) = (train_set.clone(), test_set.clone());
+            let counter = counter.clone();
             thread::spawn(move || {
                 let b = CpuBackend::new(1).unwrap();
                 let seed = if ranks == 1 {
@@ -118,13 +149,20 @@ fn run_model(
                     optimizer: Optimizer::new(config.optimizer),
                     epochs_done: 0,
                 };
-                let parallel = Parallel {
-                    comm: &comm,
-                    bucket_bytes,
-                    overlap,
-                    compression,
-                };
+                let counting = counter.map(|made| Counting {
+                    host: HostExchange::new(&comm),
+                    made,
+                });
                 let reports = b.execute(|| {
+                    let parallel = Parallel {
+                        comm: &comm,
+                        exchange: counting
+                            .as_ref()
+                            .map(|c| c as &dyn GradientExchange<CpuBackend>),
+                        bucket_bytes,
+                        overlap,
+                        compression,
+                    };
                     train_parallel(
                         &b,
                         &mut state,
@@ -202,6 +240,26 @@ fn ranks_sharing_each_batch_train_as_one_process_on_the_whole_batch() {
 }
 
 #[test]
+fn the_training_loop_takes_the_exchange_it_is_given() {
+    // 70 images in batches of 16: 5 steps on each of 2 ranks, each with a reducer of its own.
+    let sets = data(70, 20);
+    let made = Arc::new(AtomicUsize::new(0));
+    let counted = run_model(
+        VggConfig::Vgg11,
+        2,
+        config(16, 1),
+        (1 << 16, true),
+        sets.clone(),
+        None,
+        Some(made.clone()),
+    );
+    assert_eq!(made.load(Ordering::SeqCst), 2 * 5);
+    // The same sums as the loop's own host exchange, to the bit.
+    let host = run(2, config(16, 1), 1 << 16, true, sets);
+    assert_eq!(counted[0].0, host[0].0);
+}
+
+#[test]
 fn batches_smaller_than_the_ranks_leave_some_ranks_without_images() {
     // Batches of 2 images over 3 ranks: one rank has none at every step and still takes part.
     let sets = data(6, 4);
@@ -247,6 +305,7 @@ fn ranks_with_other_settings_stop_with_a_named_error() {
                 let c = config(if comm.rank() == 0 { 4 } else { 2 }, 1);
                 let parallel = Parallel {
                     comm: &comm,
+                    exchange: None,
                     bucket_bytes: 1 << 16,
                     overlap: true,
                     compression: None,
@@ -324,6 +383,7 @@ fn batch_norm_ranks_end_alike() {
         config(16, 2),
         (1 << 20, true),
         data(64, 32),
+        None,
         None,
     );
     let (first, reports) = &results[0];
