@@ -120,6 +120,10 @@ impl<B: Backend> Bench<B> {
         let total_steps = self.config.total_steps()?;
         let host = HostExchange::new(comm);
         let exchange = exchange.unwrap_or(&host);
+        let sent = ExchangeOptions {
+            overlap: options.overlap,
+            compression: options.compression,
+        };
         let solo = if options.solo_baseline && comm.size() > 1 {
             comm.barrier()?;
             let mut times = Vec::new();
@@ -127,8 +131,7 @@ impl<B: Backend> Bench<B> {
                 let mut solo_opt = Optimizer::new(optimizer.kind);
                 let alone = HostExchange::new(&Solo);
                 for i in 0..total_steps {
-                    let t =
-                        self.parallel_step(&Solo, &alone, &layout, &mut solo_opt, i, options)?;
+                    let t = self.parallel_step(&Solo, &alone, &layout, &mut solo_opt, i, sent)?;
                     if i >= self.config.burn_in {
                         times.push(t.total);
                     }
@@ -143,7 +146,7 @@ impl<B: Backend> Bench<B> {
         let mut steps = Vec::new();
         let mut interrupted = false;
         for i in 0..total_steps {
-            let t = self.parallel_step(comm, exchange, &layout, &mut optimizer, i, options)?;
+            let t = self.parallel_step(comm, exchange, &layout, &mut optimizer, i, sent)?;
             let burn_in = i < self.config.burn_in;
             if !burn_in {
                 steps.push(t);
@@ -209,7 +212,7 @@ impl<B: Backend> Bench<B> {
         layout: &vgg_dist::GradientBuckets,
         optimizer: &mut Optimizer<B>,
         step: usize,
-        options: ParallelOptions,
+        sent: ExchangeOptions,
     ) -> Result<ParallelStep, BenchError> {
         let Bench {
             backend: b,
@@ -248,14 +251,7 @@ impl<B: Backend> Bench<B> {
             });
         }
         let weight = 1.0 / comm.size() as f32;
-        let mut reducer = exchange.reducer(
-            layout,
-            weight,
-            ExchangeOptions {
-                overlap: options.overlap,
-                compression: options.compression,
-            },
-        )?;
+        let mut reducer = exchange.reducer(layout, weight, sent)?;
         let grads = tape.backward_streaming(
             &loss,
             |_| {},

@@ -57,6 +57,11 @@ impl DistArgs {
             .map_or_else(String::new, |c| format!(", sent in {}", c.name()))
     }
 
+    /// How long a rank waits for the others in one exchange (`--comm-timeout`).
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.comm_timeout as u64)
+    }
+
     /// Bucket bytes: everything in one bucket without overlap.
     pub fn bucket_bytes(&self) -> usize {
         if self.no_overlap {
@@ -98,8 +103,7 @@ pub fn finish() {
 
 #[cfg(feature = "mpi")]
 fn start_mpi(_launch: vgg_dist::Launch, args: &DistArgs) -> Result<Arc<dyn Communicator>> {
-    let timeout = std::time::Duration::from_secs(args.comm_timeout as u64);
-    Ok(Arc::new(vgg_dist::mpi::Mpi::init(timeout)?))
+    Ok(Arc::new(vgg_dist::mpi::Mpi::init(args.timeout())?))
 }
 
 #[cfg(not(feature = "mpi"))]

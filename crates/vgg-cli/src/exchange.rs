@@ -2,8 +2,6 @@
 //! CPU; NCCL on the GPUs where every rank has it (the gradients never leave the device), else host
 //! buffers there too, said in the run's description.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use vgg_dist::{Communicator, GradientExchange};
 use vgg_tensor::Backend;
@@ -47,8 +45,7 @@ impl DeviceExchange for vgg_cuda::CudaBackend {
             );
             return Ok(None);
         }
-        let timeout = Duration::from_secs(args.comm_timeout as u64);
-        match vgg_nccl::NcclExchange::new(self, comm, timeout) {
+        match vgg_nccl::NcclExchange::new(self, comm, args.timeout()) {
             Ok(exchange) => Ok(Some(Box::new(exchange))),
             // Every rank learns this alike, so all go on with host buffers.
             Err(e @ vgg_nccl::NcclError::Unavailable { .. }) => {

@@ -408,6 +408,21 @@ pub fn launch_from(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch
             reason: "not a whole number",
         })
     };
+    // A place among `count` (0 where the variable is unset), refused where it is not below it.
+    let index = |name: &'static str, count: usize, reason: &'static str| -> Result<usize> {
+        let i = match var(name) {
+            Some(v) => number(name, &v)?,
+            None => 0,
+        };
+        if i >= count {
+            return Err(DistError::BadLaunch {
+                variable: name,
+                value: i.to_string(),
+                reason,
+            });
+        }
+        Ok(i)
+    };
     for (launcher, size_var, rank_var, local_var, local_rank_var) in LAUNCHERS {
         let Some(size) = var(size_var) else { continue };
         let size = number(size_var, &size)?;
@@ -418,32 +433,16 @@ pub fn launch_from(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch
                 reason: "a job has at least one rank",
             });
         }
-        let rank = match var(rank_var) {
-            Some(r) => number(rank_var, &r)?,
-            None => 0,
-        };
-        if rank >= size {
-            return Err(DistError::BadLaunch {
-                variable: rank_var,
-                value: rank.to_string(),
-                reason: "the rank is not below the job's size",
-            });
-        }
+        let rank = index(rank_var, size, "the rank is not below the job's size")?;
         let local = match var(local_var) {
             Some(l) => number(local_var, &l)?.clamp(1, size),
             None => size,
         };
-        let local_rank = match var(local_rank_var) {
-            Some(r) => number(local_rank_var, &r)?,
-            None => 0,
-        };
-        if local_rank >= local {
-            return Err(DistError::BadLaunch {
-                variable: local_rank_var,
-                value: local_rank.to_string(),
-                reason: "the rank on this node is not below the ranks on this node",
-            });
-        }
+        let local_rank = index(
+            local_rank_var,
+            local,
+            "the rank on this node is not below the ranks on this node",
+        )?;
         return Ok(Some(Launch {
             launcher,
             rank,
