@@ -9,6 +9,7 @@ pub mod config;
 pub mod conv;
 pub mod gemm;
 pub mod generic;
+pub mod linear_grad;
 mod lone_rows;
 pub mod pooling;
 mod simd;

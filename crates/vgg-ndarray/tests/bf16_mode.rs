@@ -7,8 +7,9 @@
 //! rounded operands is off by about 2^-9 of its magnitude, less where the rounding errors of
 //! many products cancel. Measured on a Sapphire Rapids (norm-relative), the same on both units
 //! and on the direct, per-image and grouped paths: forward and input gradient 2.3e-3, weight
-//! gradient 0.9e-3 to 2.1e-3, linear layers 2.3e-3, against f32's 1e-7 to 1e-6. (Winograd,
-//! which bf16 does not take, gave 2.2e-2: its transformed values are rounded.)
+//! gradient 0.9e-3 to 2.1e-3, linear layers 2.3e-3 (forward and weight gradient), against
+//! f32's 3e-8 to 1e-6. (Winograd, which bf16 does not take, gave 2.2e-2: its transformed values
+//! are rounded.)
 
 mod naive;
 
@@ -43,8 +44,9 @@ type Conv = (usize, usize, usize, usize);
 /// One image at 56x56 (per-image im2col), several small ones (grouped im2col), more channels.
 const CONVS: [Conv; 3] = [(1, 16, 32, 56), (4, 16, 32, 16), (3, 32, 48, 8)];
 
-/// Forward, input gradient and weight gradient of `conv`, and a linear layer's forward on 3
-/// rows and 20 rows (the skinny kernel and the GEMM).
+/// Forward, input gradient and weight gradient of `conv`, a linear layer's forward on 3 rows
+/// and 20 rows (the skinny kernel and the GEMM), and its weight gradient at batch 2 with over a
+/// million values (written once: `linear_grad`).
 fn outputs(b: &CpuBackend, (n, c, k, side): Conv) -> Vec<Vec<f32>> {
     let (xd, wd) = ((n, c, side, side), (k, c, 3, 3));
     let p = Conv2dParams {
@@ -61,6 +63,7 @@ fn outputs(b: &CpuBackend, (n, c, k, side): Conv) -> Vec<Vec<f32>> {
         data(20 * 300, 5, 0.3),
         data(70 * 300, 6, 0.0),
     );
+    let (g2, x2) = (data(2 * 1000, 7, 0.1), data(2 * 1100, 8, 0.3));
     b.clone().execute(|| {
         let up = |v: &[f32], s: &[usize]| b.upload(&Shape::from(s), v).unwrap();
         let x = up(&x, &[xd.0, xd.1, xd.2, xd.3]);
@@ -72,7 +75,9 @@ fn outputs(b: &CpuBackend, (n, c, k, side): Conv) -> Vec<Vec<f32>> {
         let fc = up(&fc, &[70, 300]);
         let h3 = b.matmul(&up(&a3, &[3, 300]), &fc, false, true).unwrap();
         let h20 = b.matmul(&up(&a20, &[20, 300]), &fc, false, true).unwrap();
-        [y, dx, dw, h3, h20]
+        let (g2, x2) = (up(&g2, &[2, 1000]), up(&x2, &[2, 1100]));
+        let dw_linear = b.matmul(&g2, &x2, true, false).unwrap();
+        [y, dx, dw, h3, h20, dw_linear]
             .iter()
             .map(|t| b.download(t).unwrap())
             .collect()
@@ -93,15 +98,23 @@ fn reference((n, c, k, side): Conv) -> Vec<Vec<f64>> {
         naive::conv_backward_weight(&x, xd, &dy, yd, wd, 1, 1),
         naive::matmul(&wide(&data(3 * 300, 4, 0.3)), &fc_t, 3, 300, 70),
         naive::matmul(&wide(&data(20 * 300, 5, 0.3)), &fc_t, 20, 300, 70),
+        naive::matmul(
+            &naive::transpose(&wide(&data(2 * 1000, 7, 0.1)), 2, 1000),
+            &wide(&data(2 * 1100, 8, 0.3)),
+            1000,
+            2,
+            1100,
+        ),
     ]
 }
 
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "forward",
     "input gradient",
     "weight gradient",
     "linear 3 rows",
     "linear 20 rows",
+    "linear weight gradient, batch 2",
 ];
 
 #[test]

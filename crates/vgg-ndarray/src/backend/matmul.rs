@@ -7,8 +7,8 @@ use crate::gemm::{product, Mat, MatMut};
 
 use super::{CpuBackend, CpuTensor};
 use crate::bf16::amx;
-use crate::config::Bf16Unit;
-use crate::{bf16, skinny, CHUNK};
+use crate::config::{Bf16Unit, Precision};
+use crate::{bf16, linear_grad, skinny, CHUNK};
 use rayon::prelude::*;
 
 impl Matmul for CpuBackend {
@@ -78,6 +78,16 @@ impl Matmul for CpuBackend {
                             skinny::a_bt_bf16(a.as_slice(), weight, m, n, k, c)
                         }
                     }
+                }
+                // A linear layer's weight gradient (dY^T X) at a small batch: a large result
+                // written once.
+                _ if ta && !tb && linear_grad::at_b_applies(m, n, k) => {
+                    let precision = match self.tuning.bf16 {
+                        None => Precision::F32,
+                        Some(_) => Precision::Bf16,
+                    };
+                    let (a, b) = (a.as_slice(), b.as_slice());
+                    linear_grad::at_b(a, b, (m, n, k), c, self.tuning.streaming_bytes, precision)
                 }
                 _ => product(dst, lhs, rhs, false, self.threads, &self.tuning),
             }

@@ -261,13 +261,17 @@ mod tests {
     #[test]
     fn products_are_the_rounded_operands_summed_in_f32_on_every_unit() {
         // Shapes on and off the tiles' multiples (16 rows, 32 inner, 32 columns), an inner
-        // dimension of several passes (512), views transposed on either side, and accumulation.
+        // dimension of several passes (512), views transposed on either side, and accumulation;
+        // each of AMX's blockings: one 32-row block over several passes of 128 and blocks of
+        // 1024 columns (8 x 300 x 2100), one inner tile over blocks of 4096 (40 x 20 x 4200).
         for &(m, k, n) in &[
             (1, 1, 1),
             (16, 32, 32),
             (33, 70, 45),
             (64, 27, 300),
             (40, 1100, 70),
+            (8, 300, 2100),
+            (40, 20, 4200),
         ] {
             for (ta, tb, accumulate) in [
                 (false, false, false),
