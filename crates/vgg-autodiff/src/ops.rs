@@ -275,6 +275,8 @@ impl<B: Backend> Tape<B> {
         let c = self.backend().matmul(&a.value, &bm.value, ta, tb)?;
         let (av, bv) = (a.value.clone(), bm.value.clone());
         let saved = av.bytes() + bv.bytes();
+        // A parameter's gradient lives to the end of backward (`Matmul::matmul_gradient`).
+        let (a_param, b_param) = (self.is_param(a), self.is_param(bm));
         self.record(
             "matmul",
             &[a, bm],
@@ -282,19 +284,26 @@ impl<B: Backend> Tape<B> {
             saved,
             Box::new(move |b, dc, needs| {
                 let (a, bm) = (&av, &bv);
+                let product = |param: bool, x: &Value<B>, y: &Value<B>, tx: bool, ty: bool| {
+                    if param {
+                        b.matmul_gradient(x, y, tx, ty)
+                    } else {
+                        b.matmul(x, y, tx, ty)
+                    }
+                };
                 // C = op(A) op(B): dA and dB as products of dC with the other operand.
                 Ok(vec![
                     when(needs[0], || match (ta, tb) {
-                        (false, false) => b.matmul(dc, bm, false, true),
-                        (false, true) => b.matmul(dc, bm, false, false),
-                        (true, false) => b.matmul(bm, dc, false, true),
-                        (true, true) => b.matmul(bm, dc, true, true),
+                        (false, false) => product(a_param, dc, bm, false, true),
+                        (false, true) => product(a_param, dc, bm, false, false),
+                        (true, false) => product(a_param, bm, dc, false, true),
+                        (true, true) => product(a_param, bm, dc, true, true),
                     })?,
                     when(needs[1], || match (ta, tb) {
-                        (false, false) => b.matmul(a, dc, true, false),
-                        (false, true) => b.matmul(dc, a, true, false),
-                        (true, false) => b.matmul(a, dc, false, false),
-                        (true, true) => b.matmul(dc, a, true, true),
+                        (false, false) => product(b_param, a, dc, true, false),
+                        (false, true) => product(b_param, dc, a, true, false),
+                        (true, false) => product(b_param, a, dc, false, false),
+                        (true, true) => product(b_param, dc, a, true, true),
                     })?,
                 ])
             }),

@@ -232,6 +232,11 @@ impl<B: Backend> Tape<B> {
         }
     }
 
+    /// Whether `v` is a parameter of this tape (its gradient lives to the end of backward).
+    pub(crate) fn is_param(&self, v: &Var<B>) -> bool {
+        v.tape == self.id && self.state.borrow().params.contains_key(&v.id)
+    }
+
     pub(crate) fn check(&self, op: &'static str, v: &Var<B>) -> Result<()> {
         if v.tape == self.id {
             Ok(())

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::arena::{self, Memory};
+use crate::arena::{self, Memory, Pool};
 
 /// Bytes in use and held, as counted by a backend's accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,9 +84,14 @@ pub(crate) struct Buffer {
 impl Buffer {
     /// A buffer of `len` values whose contents are unspecified (the caller overwrites them all).
     pub(crate) fn uninit(accounting: &Arc<Accounting>, len: usize) -> Buffer {
+        Buffer::uninit_in(accounting, len, Pool::Transient)
+    }
+
+    /// `Buffer::uninit` from `pool`'s region of the arena.
+    pub(crate) fn uninit_in(accounting: &Arc<Accounting>, len: usize, pool: Pool) -> Buffer {
         accounting.count_new(len);
         Buffer {
-            data: Memory::uninit(len),
+            data: Memory::uninit_in(len, pool),
             accounting: accounting.clone(),
             derived: Mutex::default(),
         }

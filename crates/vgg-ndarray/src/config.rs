@@ -264,6 +264,14 @@ impl Tuning {
         }
     }
 
+    /// The precision of the products this tuning computes.
+    pub fn precision(&self) -> Precision {
+        match self.bf16 {
+            None => Precision::F32,
+            Some(_) => Precision::Bf16,
+        }
+    }
+
     /// This machine's tuning for `threads` workers (for kernels called outside a backend).
     pub fn detect(threads: usize) -> Tuning {
         Tuning::of(&CpuConfig::detect(threads))

@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 
 use crate::config::Precision;
+use crate::simd;
 use crate::skinny::{LANES, MAX_ROWS};
 
 /// Products whose result holds fewer values stay with the GEMM: below 4 MiB it lives in the
@@ -74,26 +75,12 @@ fn at_b_rows<const G: usize>(
     }
 }
 
-/// `dst` = `values`, with non-temporal stores when `streaming` and `dst` is 16-byte aligned:
-/// no read of the destination's lines first, and no eviction of what the caches hold.
+/// `dst` = `values`, with non-temporal stores when `streaming` (where `simd::stream_store` can).
 #[inline(always)]
 fn write_lanes(dst: &mut [f32], values: &[f32; LANES], streaming: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if streaming && dst.as_ptr() as usize % 16 == 0 {
-        for (quad, out) in values.chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
-            // SAFETY: SSE is part of x86_64; `out` is 4 values, 16-byte aligned (checked above,
-            // LANES is a multiple of 4), inside `dst`.
-            unsafe {
-                std::arch::x86_64::_mm_stream_ps(
-                    out.as_mut_ptr(),
-                    std::arch::x86_64::_mm_loadu_ps(quad.as_ptr()),
-                )
-            };
-        }
-        return;
+    if !(streaming && simd::stream_store(dst, values)) {
+        dst.copy_from_slice(values);
     }
-    let _ = streaming;
-    dst.copy_from_slice(values);
 }
 
 /// C's rows `first..first + rows.len() / n`.
@@ -118,11 +105,7 @@ fn at_b_task_generic(
     if streaming {
         // This thread's non-temporal stores before the task's completion, which the caller
         // waits for before it reads C.
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: SSE is part of x86_64.
-        unsafe {
-            std::arch::x86_64::_mm_sfence()
-        };
+        simd::store_fence();
     }
 }
 

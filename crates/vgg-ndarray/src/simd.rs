@@ -42,6 +42,40 @@ pub(crate) fn prefetch(values: &[f32]) {
     let _ = values;
 }
 
+/// `dst` = `values` with non-temporal stores (no read of the destination's lines first, and no
+/// eviction of what the caches hold), where `dst` is 16-byte aligned and a multiple of 4 long;
+/// false, with nothing written, elsewhere. The writer calls `store_fence` before others read.
+#[inline(always)]
+pub(crate) fn stream_store(dst: &mut [f32], values: &[f32]) -> bool {
+    assert_eq!(dst.len(), values.len(), "as many values as places");
+    #[cfg(target_arch = "x86_64")]
+    if dst.as_ptr() as usize % 16 == 0 && dst.len() % 4 == 0 {
+        for (quad, out) in values.chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
+            // SAFETY: SSE is part of x86_64; `out` is 4 values inside `dst`, 16-byte aligned
+            // (its start is, and every quad after it).
+            unsafe {
+                std::arch::x86_64::_mm_stream_ps(
+                    out.as_mut_ptr(),
+                    std::arch::x86_64::_mm_loadu_ps(quad.as_ptr()),
+                )
+            };
+        }
+        return true;
+    }
+    false
+}
+
+/// Orders this thread's non-temporal stores (`stream_store`) before its later stores, such as
+/// the completion of its task, which the thread joining the tasks waits on.
+#[inline(always)]
+pub(crate) fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of x86_64.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
 /// `$vis fn $name(args)` that calls `$generic(args)` (an `#[inline(always)]` function) compiled
 /// for AVX-512 or AVX2+FMA where `level` allows, and as it is otherwise.
 macro_rules! dispatch_simd {

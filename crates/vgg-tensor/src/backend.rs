@@ -164,6 +164,19 @@ pub trait Matmul: Device {
         transpose_a: bool,
         transpose_b: bool,
     ) -> Result<Self::Tensor>;
+
+    /// `matmul` for a parameter's gradient (a linear layer's `dY^T X`), a result that lives to
+    /// the end of the step: a backend may keep it apart from the step's short-lived buffers,
+    /// whose free memory it would otherwise split. By default `matmul`.
+    fn matmul_gradient(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        transpose_a: bool,
+        transpose_b: bool,
+    ) -> Result<Self::Tensor> {
+        self.matmul(a, b, transpose_a, transpose_b)
+    }
 }
 
 /// 2-D convolution (NCHW input, OIHW weight), any stride and padding.

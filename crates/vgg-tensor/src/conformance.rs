@@ -450,6 +450,12 @@ impl<B: Backend> Suite<'_, B> {
                     self.r.matmul(&a.r, &b.r, ta, tb),
                     tol,
                 );
+                self.same(
+                    &format!("matmul_gradient {m}x{k} by {k}x{n} (transposed: a {ta}, b {tb})"),
+                    self.b.matmul_gradient(&a.b, &b.b, ta, tb),
+                    self.r.matmul(&a.r, &b.r, ta, tb),
+                    tol,
+                );
             }
         }
         let (Some(a), Some(b)) = (self.pair(&[3, 5], 13), self.pair(&[4, 2], 14)) else {

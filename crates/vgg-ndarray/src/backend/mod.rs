@@ -19,6 +19,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use vgg_tensor::{Result, Shape, TensorError};
 
+use crate::arena::Pool;
 use crate::buffer::MemoryStats;
 use crate::buffer::{Accounting, Buffer};
 use crate::config::{CpuConfig, Isa, Tuning};
@@ -179,7 +180,17 @@ impl CpuBackend {
 
     /// A tensor of `shape` whose values `fill` writes, all of them.
     fn build(&self, shape: Shape, fill: impl FnOnce(&mut [f32]) + Send) -> CpuTensor {
-        let mut buf = Buffer::uninit(&self.buffers, shape.elements());
+        self.build_in(Pool::Transient, shape, fill)
+    }
+
+    /// `build`, the storage from `pool`'s region of the arena.
+    fn build_in(
+        &self,
+        pool: Pool,
+        shape: Shape,
+        fill: impl FnOnce(&mut [f32]) + Send,
+    ) -> CpuTensor {
+        let mut buf = Buffer::uninit_in(&self.buffers, shape.elements(), pool);
         self.run(|| fill(buf.as_mut_slice()));
         CpuTensor {
             shape,

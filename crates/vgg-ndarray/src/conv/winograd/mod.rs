@@ -166,7 +166,7 @@ pub(crate) fn forward_transformed(
             simd::input(x, g, rows.clone(), v);
             position_products(u, v, mm, 0..k, (k, c), tiles, t);
             simd::output(mm, g, rows, 0..k, bias, relu, out);
-            store_fence();
+            crate::simd::store_fence();
         })
     });
 }
@@ -209,7 +209,7 @@ fn forward_by_channels(
             position_products(u, &v, m, channels.clone(), (k, c), tiles, t);
             // Each share writes only its own channels' planes.
             simd::output(m, g, rows.clone(), channels, bias, relu, out);
-            store_fence();
+            crate::simd::store_fence();
         });
 }
 
