@@ -9,12 +9,14 @@ use vgg_ndarray::{CpuBackend, CpuPoolIndices, CpuTensor};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{Conv2dParams, Pool2dParams, Result};
 
-/// The CPU backend's primitives, counting the input-gradient convolutions it is asked for; every
-/// composite comes from `Backend`'s defaults.
+/// The CPU backend's primitives, counting the input-gradient convolutions and the products for
+/// parameters' gradients it is asked for; every composite comes from `Backend`'s defaults.
 #[derive(Clone, Debug)]
 struct Spy {
     cpu: CpuBackend,
     input_grads: Arc<AtomicUsize>,
+    /// Calls of `matmul_gradient`.
+    param_products: Arc<AtomicUsize>,
     /// The input gradients it returns are this many times the true ones (1: right).
     skew: f32,
 }
@@ -68,6 +70,17 @@ impl Layout for Spy {
 }
 
 impl Matmul for Spy {
+    fn matmul_gradient(
+        &self,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        ta: bool,
+        tb: bool,
+    ) -> Result<CpuTensor> {
+        self.param_products.fetch_add(1, Ordering::SeqCst);
+        self.cpu.matmul_gradient(a, b, ta, tb)
+    }
+
     delegate! {
         matmul(a: &CpuTensor, b: &CpuTensor, ta: bool, tb: bool) -> Result<CpuTensor>;
     }
@@ -150,6 +163,7 @@ fn constants_cost_no_gradient_work() {
     let spy = Spy {
         cpu: cpu(),
         input_grads: Arc::new(AtomicUsize::new(0)),
+        param_products: Arc::new(AtomicUsize::new(0)),
         skew: 1.0,
     };
     let tape = Tape::new(spy.clone());
@@ -164,6 +178,39 @@ fn constants_cost_no_gradient_work() {
     assert_eq!(spy.input_grads.load(Ordering::SeqCst), 2);
     assert_eq!(grads.len(), 6);
     assert!(matches!(grads.get(&x), Err(AutodiffError::Untracked(_))));
+}
+
+#[test]
+fn a_products_parameter_gets_its_gradient_from_matmul_gradient() {
+    let spy = Spy {
+        cpu: cpu(),
+        input_grads: Arc::new(AtomicUsize::new(0)),
+        param_products: Arc::new(AtomicUsize::new(0)),
+        skew: 1.0,
+    };
+    let upload = |dims: &[usize], seed| {
+        spy.random_normal(&Shape::from(dims), 0.0, 1.0, seed)
+            .unwrap()
+    };
+    let tape = Tape::new(spy.clone());
+    // x [2, 5] tracked but not a parameter (computed from one), w [3, 5] a parameter.
+    let x0 = tape.param("x0", upload(&[2, 5], 1));
+    let x = tape.scale(&x0, 2.0).unwrap();
+    let w = tape.param("w", upload(&[3, 5], 2));
+    let bias = tape.param("b", upload(&[3], 3));
+    let y = tape.linear(&x, &w, &bias).unwrap();
+    let loss = tape.l2_loss(&y).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    // One product for w's gradient; x's gradient is an ordinary one.
+    assert_eq!(spy.param_products.load(Ordering::SeqCst), 1);
+    let plain = |v: &Var<Spy>| spy.download(&grads.get(v).unwrap()).unwrap();
+    // The same values as the ordinary product: dW = dY^T x with dY = y.
+    let (dy, xv) = (y.value(), x.value());
+    let expected = spy
+        .download(&spy.matmul(dy, xv, true, false).unwrap())
+        .unwrap();
+    assert_eq!(plain(&w), expected);
+    assert_eq!(grads.len(), 3);
 }
 
 #[test]
@@ -365,6 +412,7 @@ fn the_gradient_suite_passes_a_right_backend_and_fails_a_wrong_input_gradient() 
     let spy = |skew| Spy {
         cpu: cpu(),
         input_grads: Arc::new(AtomicUsize::new(0)),
+        param_products: Arc::new(AtomicUsize::new(0)),
         skew,
     };
     // Every composite from the primitives: the suite checks the backward rules on its kernels.

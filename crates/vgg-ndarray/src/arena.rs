@@ -406,6 +406,34 @@ mod tests {
     }
 
     #[test]
+    fn the_regions_share_no_free_space() {
+        if !cfg!(unix) {
+            return;
+        }
+        // Freed in one region, a range is not handed out by the other: best fit in one region
+        // would give the gradient the activation's place back.
+        let len = 3 << 20;
+        let freed = Block::new(len, Pool::Transient).unwrap();
+        let (start, end) = (
+            freed.as_slice().as_ptr(),
+            freed.as_slice().as_ptr_range().end,
+        );
+        drop(freed);
+        let gradient = Block::new(len, Pool::Gradients).unwrap();
+        let at = gradient.as_slice().as_ptr();
+        assert!(
+            !(start..end).contains(&at),
+            "the gradients' region is apart"
+        );
+        let again = Block::new(len, Pool::Transient).unwrap();
+        assert_eq!(
+            again.as_slice().as_ptr(),
+            start,
+            "the freed range serves its own region"
+        );
+    }
+
+    #[test]
     fn blocks_are_disjoint_and_keep_their_values() {
         let mut blocks: Vec<Block> = (1..6)
             .filter_map(|i| Block::new(i * 5000, [Pool::Transient, Pool::Gradients][i % 2]))
