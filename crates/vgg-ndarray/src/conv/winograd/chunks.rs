@@ -30,8 +30,6 @@ pub(super) struct Chunks {
     pub(super) tiles_w: usize,
     /// Input and output channels.
     pub(super) channels: (usize, usize),
-    /// Scratch values one chunk needs: transformed input and output.
-    pub(super) scratch_len: usize,
 }
 
 impl Chunks {
@@ -56,7 +54,6 @@ impl Chunks {
             total_rows,
             tiles_w,
             channels: (c, k),
-            scratch_len: POSITIONS * (c + k) * rows_per_chunk * tiles_w,
         }
     }
 
@@ -65,30 +62,23 @@ impl Chunks {
         i * self.rows_per_chunk..((i + 1) * self.rows_per_chunk).min(self.total_rows)
     }
 
-    /// `f(rows, tiles, v, m)` for chunk `i`'s tile rows and tile count, with this thread's scratch
-    /// split into the chunk's transformed input (c values per position and tile) and output (k
-    /// values). Callers write every value before reading it, so stale values from an earlier call
-    /// are harmless.
+    /// `f(rows, tiles, v, m)` for chunk `i`'s tile rows and tile count, with scratch for the
+    /// chunk's transformed input (c values per position and tile) and output (k values), whose
+    /// contents are unspecified: callers write every value before reading it. The scratch comes
+    /// from the arena, so it reuses pages that are already resident (no faults after the first
+    /// step) and between calls the same pages serve activations: kept in each worker as a vector,
+    /// it held up to `Tuning::large_chunk_bytes` per thread (63 MiB on two threads) outside the
+    /// arena for the whole process.
     pub(super) fn with_scratch<R>(
         &self,
         i: usize,
         f: impl FnOnce(std::ops::Range<usize>, usize, &mut [f32], &mut [f32]) -> R,
     ) -> R {
         let (c, k) = self.channels;
-        SCRATCH.with_borrow_mut(|scratch| {
-            if scratch.len() < self.scratch_len {
-                scratch.resize(self.scratch_len, 0.0);
-            }
-            let rows = self.rows(i);
-            let tiles = rows.len() * self.tiles_w;
-            let (v, m) = scratch.split_at_mut(POSITIONS * c * tiles);
-            f(rows, tiles, v, &mut m[..POSITIONS * k * tiles])
-        })
+        let rows = self.rows(i);
+        let tiles = rows.len() * self.tiles_w;
+        let mut scratch = Memory::uninit(POSITIONS * (c + k) * tiles);
+        let (v, m) = scratch.split_at_mut(POSITIONS * c * tiles);
+        f(rows, tiles, v, m)
     }
-}
-
-thread_local! {
-    /// Each worker's transformed input and output, kept between calls: allocating and faulting in
-    /// megabytes per chunk cost more than the transforms.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
