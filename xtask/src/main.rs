@@ -493,13 +493,18 @@ fn figures() -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo xtask bench --help` asks for the usage, as `cargo xtask --help` does.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("test") => test::run(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("gpu-bundle") => gpu_bundle(args.get(1).map(String::as_str).unwrap_or(".device-bin")),
         Some("figures") => figures(),
-        Some("-h" | "--help") | None => {
+        None => {
             println!("{USAGE}");
             Ok(())
         }

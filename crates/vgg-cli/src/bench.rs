@@ -178,7 +178,7 @@ pub fn run<B: DeviceExchange>(backend: B, threads: Option<usize>, a: &BenchArgs)
                 e.seconds,
                 if e.burn_in { " (burn-in)" } else { "" }
             ));
-            if !e.burn_in && e.index % 10 == 0 {
+            if !e.burn_in && e.index.is_multiple_of(10) {
                 said = say(
                     &bar,
                     format!("{}: step {}, duration = {:.3}", now(), e.index, e.seconds),
@@ -314,7 +314,7 @@ fn run_parallel<B: DeviceExchange>(
     let mut bench = Bench::new(backend.clone(), config.clone())?;
     let mut said = Ok(());
     let mut on_step = |index: usize, burn_in: bool, seconds: f64| {
-        if root && !burn_in && index % 10 == 0 {
+        if root && !burn_in && index.is_multiple_of(10) {
             said = stdout::line(&format!("{}: step {index}, duration = {seconds:.3}", now()));
         }
         if signals::stop_requested() || said.is_err() {

@@ -356,7 +356,7 @@ fn the_bf16_mode_names_its_unit_and_its_precision_in_the_record() {
     let record: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     std::fs::remove_file(&json).unwrap();
     assert_eq!(record["precision"], "bf16");
-    // On the f32 units wherever the AVX-512 path is capped away (AMX comes with AVX-512).
+    // On the f32 units wherever the AVX-512 path is capped away (AMX and AVX512_BF16 come with it).
     let args = tiny(&["--mode", "forward", "--precision", "bf16", "--isa", "avx2"]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     #[cfg(target_arch = "x86_64")]

@@ -699,8 +699,8 @@ fn build_layers(model: VggConfig, o: &SpecOptions) -> Result<Option<Vec<LayerSpe
                     rf = rf.then(kernel, stride, 0)?;
                     let layer = LayerSpec {
                         receptive_field: Some(rf),
-                        floored: (input.height - kernel) % stride != 0
-                            || (input.width - kernel) % stride != 0,
+                        floored: !(input.height - kernel).is_multiple_of(stride)
+                            || !(input.width - kernel).is_multiple_of(stride),
                         torch_index,
                         ..LayerSpec::pool(
                             format!("pool{}", block + 1),

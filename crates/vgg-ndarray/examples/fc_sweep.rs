@@ -46,6 +46,9 @@ fn main() {
     if bf16::amx::available() {
         units.push(Bf16Unit::Amx);
     }
+    if bf16::vectors::available() {
+        units.push(Bf16Unit::Avx512Bf16);
+    }
     let streaming = 16 << 20;
     pool.install(|| {
         for (batch, outputs, inputs) in [

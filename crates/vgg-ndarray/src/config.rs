@@ -40,6 +40,9 @@ impl Precision {
 pub enum Bf16Unit {
     /// Intel AMX's tile unit (`tdpbf16ps`: Sapphire Rapids and later), with the OS's leave.
     Amx,
+    /// AVX512_BF16's `vdpbf16ps` on the operands packed as for AMX (AMD Zen 4 and later, Intel
+    /// Cooper Lake and later): two products per f32 lane per instruction.
+    Avx512Bf16,
     /// The f32 vector units, on the bf16-rounded operands: the same products on any CPU.
     F32Units,
 }
@@ -50,15 +53,23 @@ impl Bf16Unit {
     pub fn within(isa: Isa) -> Bf16Unit {
         if isa >= Isa::Avx512 && crate::bf16::amx::available() {
             Bf16Unit::Amx
+        } else if isa >= Isa::Avx512 && crate::bf16::vectors::available() {
+            Bf16Unit::Avx512Bf16
         } else {
             Bf16Unit::F32Units
         }
+    }
+
+    /// Whether it multiplies operands packed in AMX's tile layout (`bf16::amx`).
+    pub fn packs_tiles(self) -> bool {
+        matches!(self, Bf16Unit::Amx | Bf16Unit::Avx512Bf16)
     }
 
     /// Its usual name.
     pub fn name(self) -> &'static str {
         match self {
             Bf16Unit::Amx => "AMX",
+            Bf16Unit::Avx512Bf16 => "AVX512_BF16",
             Bf16Unit::F32Units => "f32 units",
         }
     }

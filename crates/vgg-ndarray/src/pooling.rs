@@ -54,7 +54,7 @@ fn unpool_row_2x2(dy: &[f32], arg: &[u8], top: &mut [f32], bottom: &mut [f32]) {
 /// VGG's 2x2/2 pool over even sizes: every pair of input rows of the whole tensor makes one
 /// output row, planes or not.
 fn is_even_2x2(g: &PoolGeometry) -> bool {
-    g.kernel == 2 && g.stride == 2 && g.in_h % 2 == 0 && g.in_w % 2 == 0
+    g.kernel == 2 && g.stride == 2 && g.in_h.is_multiple_of(2) && g.in_w.is_multiple_of(2)
 }
 
 /// Output rows per task, so that a task has at least `MIN_TASK` outputs.

@@ -49,7 +49,7 @@ pub(crate) fn prefetch(values: &[f32]) {
 pub(crate) fn stream_store(dst: &mut [f32], values: &[f32]) -> bool {
     assert_eq!(dst.len(), values.len(), "as many values as places");
     #[cfg(target_arch = "x86_64")]
-    if dst.as_ptr() as usize % 16 == 0 && dst.len() % 4 == 0 {
+    if (dst.as_ptr() as usize).is_multiple_of(16) && dst.len().is_multiple_of(4) {
         for (quad, out) in values.chunks_exact(4).zip(dst.chunks_exact_mut(4)) {
             // SAFETY: SSE is part of x86_64; `out` is 4 values inside `dst`, 16-byte aligned
             // (its start is, and every quad after it).

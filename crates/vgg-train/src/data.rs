@@ -232,7 +232,7 @@ fn load_cifar_file(path: &Path) -> Result<Dataset, DataError> {
 /// One file of CIFAR-10's binary version (records of a label byte and 3,072 pixel bytes);
 /// `path` names it in errors.
 pub fn parse_cifar_batch(bytes: &[u8], path: &Path) -> Result<Dataset, DataError> {
-    if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(CIFAR_RECORD) {
         return Err(DataError::Corrupt {
             path: path.to_path_buf(),
             problem: format!(

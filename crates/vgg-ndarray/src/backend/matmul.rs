@@ -65,15 +65,15 @@ impl CpuBackend {
                 }
                 // The weight converted to bf16 where it stays the same from call to call
                 // (inference: kept from the second call on), half the bytes to stream; otherwise
-                // (training) converted as it is read. Kept for the kernels that read it: AMX's
-                // GEMM, and on the f32 units the skinny kernel.
-                Some(unit) if linear && (unit == Bf16Unit::Amx || m <= skinny::MAX_ROWS) => {
+                // (training) converted as it is read. Kept for the kernels that read it: the packed
+                // tiles' GEMM (AMX, AVX512_BF16), and on the f32 units the skinny kernel.
+                Some(unit) if linear && (unit.packs_tiles() || m <= skinny::MAX_ROWS) => {
                     let kept = b.buf.derived((n, k, Some(unit)), true, |keep| {
                         if !keep {
                             return Memory::Heap(Vec::new());
                         }
                         match unit {
-                            Bf16Unit::Amx => {
+                            Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => {
                                 let mut words = Memory::lasting(amx::packed_rhs_len(k, n));
                                 amx::pack_rhs(rhs, &mut words);
                                 words
@@ -92,14 +92,14 @@ impl CpuBackend {
                         _ if kept.is_empty() => {
                             product(dst, lhs, rhs, false, self.threads, &self.tuning)
                         }
-                        Bf16Unit::Amx => {
+                        Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => {
                             let lhs = bf16::pack_lhs(unit, lhs, false).into_words();
                             let rhs = amx::Rhs::Packed {
                                 words: &kept,
                                 rows: k,
                                 cols: n,
                             };
-                            amx::gemm(dst, &lhs, m, k, rhs, false, self.threads)
+                            amx::gemm(dst, &lhs, m, k, rhs, false, self.threads, unit)
                         }
                         Bf16Unit::F32Units => {
                             let weight = &bf16::halves(bf16::words_of(&kept))[..n * k];

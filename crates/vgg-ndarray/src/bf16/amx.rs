@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::{interleave, pairs, words_mut, words_of};
+use crate::config::Bf16Unit;
 use crate::gemm::{Mat, MatMut};
 
 /// Rows of a tile, and f32 words in a tile's row (64 bytes).
@@ -437,7 +438,9 @@ fn pack_block(
 }
 
 /// dst (+)= A B for A packed by `pack_lhs` (`m` x `k`) and B = `rhs` (k x n), on `threads`
-/// threads.
+/// threads, on `unit`'s instructions (AMX's tiles or AVX512_BF16's vectors: the same packed
+/// operands).
+#[allow(clippy::too_many_arguments)]
 pub fn gemm(
     dst: MatMut<'_>,
     a: &[f32],
@@ -446,8 +449,18 @@ pub fn gemm(
     rhs: Rhs<'_>,
     accumulate: bool,
     threads: usize,
+    unit: Bf16Unit,
 ) {
-    assert!(available(), "AMX products asked for where the CPU has none");
+    let present = match unit {
+        Bf16Unit::Amx => available(),
+        Bf16Unit::Avx512Bf16 => super::vectors::available(),
+        Bf16Unit::F32Units => false,
+    };
+    assert!(
+        present,
+        "{} products asked for where the CPU has none",
+        unit.name()
+    );
     let (rhs_rows, n) = rhs.dims();
     assert_eq!(
         (rhs_rows, dst.rows, dst.cols),
@@ -493,7 +506,7 @@ pub fn gemm(
     let blocks = panels.div_ceil(blocking.panels);
     let run = |blocks: std::ops::Range<usize>| {
         let mut own = Vec::new();
-        with_tiles(|| {
+        let body = || {
             for block in blocks {
                 for first_tile in (0..k_tiles).step_by(blocking.tiles) {
                     let tiles = blocking.tiles.min(k_tiles - first_tile);
@@ -516,11 +529,17 @@ pub fn gemm(
                             } else {
                                 Start::Destination
                             };
-                            // SAFETY: the tiles are configured (with_tiles); the reads lie in
-                            // `a` and `panel` (asserted in `block`); tasks write disjoint
-                            // columns (their blocks), within the destination's bounds.
+                            // SAFETY: AMX's tiles are configured (with_tiles below), or the
+                            // CPU has AVX512_BF16 (asserted above); the reads lie in `a` and
+                            // `panel` (asserted in `block_sums`); tasks write disjoint columns
+                            // (their blocks), within the destination's bounds.
                             unsafe {
-                                block_sums(
+                                let sums = if unit == Bf16Unit::Amx {
+                                    block_sums
+                                } else {
+                                    super::vectors::block_sums
+                                };
+                                sums(
                                     a, k_tiles, first_tile, tiles, panel, pair, out, row, col,
                                     start,
                                 )
@@ -529,7 +548,12 @@ pub fn gemm(
                     }
                 }
             }
-        })
+        };
+        if unit == Bf16Unit::Amx {
+            with_tiles(body)
+        } else {
+            body()
+        }
     };
     let tasks = threads.max(1).min(blocks);
     if tasks == 1 {
@@ -544,7 +568,7 @@ pub fn gemm(
 
 /// How a block's sums start: from zero, or from what the destination holds.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Start {
+pub(super) enum Start {
     Zero,
     Destination,
 }
@@ -628,12 +652,12 @@ unsafe fn block_sums(
 
 /// The destination, written by several tasks at disjoint columns.
 #[derive(Clone, Copy)]
-struct Out {
-    ptr: *mut f32,
-    offset: usize,
-    row_stride: usize,
-    rows: usize,
-    cols: usize,
+pub(super) struct Out {
+    pub(super) ptr: *mut f32,
+    pub(super) offset: usize,
+    pub(super) row_stride: usize,
+    pub(super) rows: usize,
+    pub(super) cols: usize,
 }
 
 // SAFETY: tasks write disjoint elements (their own blocks' columns); the pointer outlives them.
@@ -656,7 +680,7 @@ impl Out {
     ///
     /// # Safety
     /// No other thread may write these elements meanwhile.
-    unsafe fn write(self, sums: &[[f32; TILE_WORDS]; 4], row: usize, col: usize) {
+    pub(super) unsafe fn write(self, sums: &[[f32; TILE_WORDS]; 4], row: usize, col: usize) {
         for (t, at, rows, cols) in self.parts(row, col) {
             for r in 0..rows {
                 // SAFETY: inside the destination, whose last index the caller checked; the
@@ -673,7 +697,7 @@ impl Out {
     ///
     /// # Safety
     /// No other thread may write these elements meanwhile.
-    unsafe fn read(self, sums: &mut [[f32; TILE_WORDS]; 4], row: usize, col: usize) {
+    pub(super) unsafe fn read(self, sums: &mut [[f32; TILE_WORDS]; 4], row: usize, col: usize) {
         *sums = [[0.0; TILE_WORDS]; 4];
         for (t, at, rows, cols) in self.parts(row, col) {
             for r in 0..rows {

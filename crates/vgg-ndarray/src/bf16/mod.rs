@@ -2,12 +2,14 @@
 //! products (exact in f32: 8 x 8 significant bits) summed in f32. Tensors stay f32; only the
 //! products' operands lose digits, as under PyTorch's autocast or OpenVINO's bf16 inference.
 //!
-//! Two units compute them (`Bf16Unit`): AMX's tiles where the CPU has them (`amx.rs`), and
-//! elsewhere the f32 GEMM on rounded copies, which gives the same products on any CPU; the two
+//! Three units compute them (`Bf16Unit`): AMX's tiles where the CPU has them (`amx.rs`),
+//! AVX512_BF16's `vdpbf16ps` on the same packed operands where it has that (`vectors.rs`), and
+//! elsewhere the f32 GEMM on rounded copies, which gives the same products on any CPU; they
 //! differ only in the order of the f32 sums.
 
 pub mod amx;
 pub mod direct;
+pub mod vectors;
 
 use crate::arena::Memory;
 use crate::config::Bf16Unit;
@@ -128,7 +130,7 @@ pub struct PackedLhs<S> {
 /// f32 words a `PackedLhs` of `rows` x `cols` takes on `unit`.
 pub fn packed_lhs_len(unit: Bf16Unit, rows: usize, cols: usize) -> usize {
     match unit {
-        Bf16Unit::Amx => amx::packed_lhs_len(rows, cols),
+        Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => amx::packed_lhs_len(rows, cols),
         Bf16Unit::F32Units => rows * cols,
     }
 }
@@ -137,7 +139,7 @@ pub fn packed_lhs_len(unit: Bf16Unit, rows: usize, cols: usize) -> usize {
 pub(crate) fn pack_lhs(unit: Bf16Unit, lhs: Mat<'_>, lasting: bool) -> PackedLhs<Memory> {
     let mut data = Memory::new(packed_lhs_len(unit, lhs.rows, lhs.cols), lasting);
     match unit {
-        Bf16Unit::Amx => amx::pack_lhs(lhs, &mut data),
+        Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => amx::pack_lhs(lhs, &mut data),
         Bf16Unit::F32Units => {
             for i in 0..lhs.rows {
                 for (j, o) in data[i * lhs.cols..(i + 1) * lhs.cols]
@@ -195,7 +197,7 @@ pub fn gemm_packed<S: std::ops::Deref<Target = [f32]>>(
         "bf16 gemm operand shapes"
     );
     match lhs.unit {
-        Bf16Unit::Amx => amx::gemm(
+        Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => amx::gemm(
             dst,
             &lhs.data,
             m,
@@ -203,6 +205,7 @@ pub fn gemm_packed<S: std::ops::Deref<Target = [f32]>>(
             amx::Rhs::Matrix(rhs),
             accumulate,
             threads,
+            lhs.unit,
         ),
         Bf16Unit::F32Units => {
             let n = rhs.cols;
@@ -246,11 +249,21 @@ mod tests {
         out
     }
 
-    /// The units this machine has: the f32 units always, AMX where present.
+    /// The units this machine has: the f32 units always, AMX and AVX512_BF16 where present.
     fn units() -> Vec<Bf16Unit> {
         let mut units = vec![Bf16Unit::F32Units];
+        units.extend(tile_units());
+        units
+    }
+
+    /// The units this machine has that multiply the packed tiles.
+    fn tile_units() -> Vec<Bf16Unit> {
+        let mut units = Vec::new();
         if amx::available() {
             units.push(Bf16Unit::Amx);
+        }
+        if vectors::available() {
+            units.push(Bf16Unit::Avx512Bf16);
         }
         units
     }
@@ -352,64 +365,88 @@ mod tests {
         }
     }
 
-    /// Where the CPU has AMX, its sums and the f32 units' differ only in their order: within a
-    /// few f32 ulps of the sum of magnitudes.
+    /// Where the CPU has AMX or AVX512_BF16, their sums and the f32 units' differ only in their
+    /// order: within a few f32 ulps of the sum of magnitudes. Shapes off every tile multiple, and
+    /// one row (a linear layer at batch 1), accumulating and not.
     #[test]
-    fn amx_agrees_with_the_f32_units() {
-        if !amx::available() {
-            // Nothing asks for AMX here: the mode falls back to the f32 units, checked above.
+    fn the_tile_units_agree_with_the_f32_units() {
+        let units = tile_units();
+        if units.is_empty() {
+            // Nothing asks for them here: the mode falls back to the f32 units, checked above.
             assert_eq!(
                 Bf16Unit::within(crate::config::Isa::detected()),
                 Bf16Unit::F32Units
             );
             return;
         }
-        let (m, k, n) = (70, 600, 90);
-        let (a, b) = (values(m * k, 4), values(k * n, 5));
-        let run = |unit| {
-            written(m, n, |dst| {
-                let (lhs, rhs) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
-                gemm(dst, lhs, rhs, false, 2, unit)
-            })
-        };
-        let (amx, f32_units) = (run(Bf16Unit::Amx), run(Bf16Unit::F32Units));
-        let worst = amx
-            .iter()
-            .zip(&f32_units)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        // Sums of 600 products of two N(0, 1): magnitudes near 600 * 0.64; a few ulps of that.
-        assert!(
-            worst <= 8.0 * f32::EPSILON * 400.0,
-            "AMX and f32 units differ by {worst}"
-        );
-        assert!(worst > 0.0 || amx == f32_units);
+        for (m, k, n) in [(70, 600, 90), (1, 100, 40), (33, 64, 32), (40, 31, 17)] {
+            for accumulate in [false, true] {
+                let (a, b) = (values(m * k, 4), values(k * n, 5));
+                let start = values(m * n, 6);
+                let run = |unit| {
+                    let mut out = start.clone();
+                    let dst = MatMut {
+                        data: &mut out,
+                        offset: 0,
+                        rows: m,
+                        cols: n,
+                        row_stride: n,
+                    };
+                    let (lhs, rhs) = (Mat::row_major(&a, m, k), Mat::row_major(&b, k, n));
+                    gemm(dst, lhs, rhs, accumulate, 2, unit);
+                    out
+                };
+                let f32_units = run(Bf16Unit::F32Units);
+                for &unit in &units {
+                    let tiles = run(unit);
+                    let worst = tiles
+                        .iter()
+                        .zip(&f32_units)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f32, f32::max);
+                    // Sums of k products of two N(0, 1): magnitudes near 0.64 k; a few ulps.
+                    assert!(
+                        worst <= 8.0 * f32::EPSILON * k as f32,
+                        "{} and f32 units differ by {worst} ({m} x {k} x {n})",
+                        unit.name()
+                    );
+                    assert!(worst > 0.0 || tiles == f32_units || k < 64);
+                }
+            }
+        }
     }
 
     #[test]
     fn a_packed_right_operand_gives_the_same_products() {
-        if !amx::available() {
+        let units = tile_units();
+        if units.is_empty() {
             assert_eq!(
                 Bf16Unit::within(crate::config::Isa::detected()),
                 Bf16Unit::F32Units
             );
             return;
         }
-        let (m, k, n) = (5, 1030, 300);
-        let (a, w) = (values(m * k, 6), values(n * k, 7));
-        let rhs = Mat::row_major(&w, n, k).t();
-        let lhs = pack_lhs(Bf16Unit::Amx, Mat::row_major(&a, m, k), false);
-        let mut packed = vec![0.0; amx::packed_rhs_len(k, n)];
-        amx::pack_rhs(rhs, &mut packed);
-        let run = |rhs| written(m, n, |dst| amx::gemm(dst, &lhs.data, m, k, rhs, false, 2));
-        assert_eq!(
-            run(amx::Rhs::Matrix(rhs)),
-            run(amx::Rhs::Packed {
-                words: &packed,
-                rows: k,
-                cols: n
-            })
-        );
+        for unit in units {
+            let (m, k, n) = (5, 1030, 300);
+            let (a, w) = (values(m * k, 6), values(n * k, 7));
+            let rhs = Mat::row_major(&w, n, k).t();
+            let lhs = pack_lhs(unit, Mat::row_major(&a, m, k), false);
+            let mut packed = vec![0.0; amx::packed_rhs_len(k, n)];
+            amx::pack_rhs(rhs, &mut packed);
+            let run = |rhs| {
+                written(m, n, |dst| {
+                    amx::gemm(dst, &lhs.data, m, k, rhs, false, 2, unit)
+                })
+            };
+            assert_eq!(
+                run(amx::Rhs::Matrix(rhs)),
+                run(amx::Rhs::Packed {
+                    words: &packed,
+                    rows: k,
+                    cols: n
+                })
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,161 @@
+//! bf16 products on AVX512_BF16 (AMD Zen 4 and later, Intel Cooper Lake and later), for CPUs
+//! without AMX: `vdpbf16ps` adds, in each of 16 f32 lanes, the products of two bf16 pairs, twice
+//! the multiply-adds of an f32 FMA per instruction.
+//!
+//! It reads the operands exactly as `amx.rs` packs them, so everything but the innermost block is
+//! shared: a right-operand panel holds, per pair of rows, 16 columns of words (two bf16 of one
+//! column), which is one vector; a left tile holds, per row, 16 words (pairs along the inner
+//! dimension), each broadcast to all lanes. A 32 x 32 block of sums is computed 8 rows at a
+//! time: 8 rows x 2 vectors of 16 columns, 16 accumulators of the 32 vector registers.
+
+use super::amx::{Out, Start, TILE, TILE_WORDS};
+
+/// Whether this CPU has AVX512_BF16 (with AVX-512 F).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Rows of the block computed together (16 accumulators).
+const GROUP: usize = 8;
+
+/// `amx::block_sums` on vectors: the 32 x 32 block of the destination at (`row`, `col`) plus row
+/// pair `pair` of the packed left operand times a packed 32-column panel, over `tiles` tiles of
+/// the inner dimension from `first_tile`. Groups of rows wholly past the destination's last row
+/// are skipped (a product of one row, as a linear layer at batch 1, computes one group of 8).
+///
+/// # Safety
+/// The CPU must have AVX512_BF16 (`available`); no other thread may write these destination
+/// elements meanwhile, and the destination's last element must lie inside it.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn block_sums(
+    a: &[f32],
+    k_tiles: usize,
+    first_tile: usize,
+    tiles: usize,
+    panel: &[u32],
+    pair: usize,
+    out: Out,
+    row: usize,
+    col: usize,
+    start: Start,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        sums_x86(
+            a, k_tiles, first_tile, tiles, panel, pair, out, row, col, start,
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (
+            a, k_tiles, first_tile, tiles, panel, pair, out, row, col, start,
+        );
+        unreachable!("AVX512_BF16 is x86's");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sums_x86(
+    a: &[f32],
+    k_tiles: usize,
+    first_tile: usize,
+    tiles: usize,
+    panel: &[u32],
+    pair: usize,
+    out: Out,
+    row: usize,
+    col: usize,
+    start: Start,
+) {
+    use std::arch::x86_64::*;
+    let top = (2 * pair * k_tiles + first_tile) * TILE_WORDS;
+    let bottom = top + k_tiles * TILE_WORDS;
+    assert!(bottom + tiles * TILE_WORDS <= a.len() && panel.len() >= 2 * tiles * TILE_WORDS);
+    const WIDTH: usize = 2 * TILE;
+    // A block wholly inside the destination is loaded and stored in place; one at its edges
+    // goes through `flat` (32 rows of 32, zeros beyond the edges).
+    let whole = row + WIDTH <= out.rows && col + WIDTH <= out.cols;
+    let mut flat = [0.0f32; WIDTH * WIDTH];
+    let mut tiled = [[0.0f32; TILE_WORDS]; 4];
+    if !whole && start == Start::Destination {
+        // SAFETY: the caller guarantees no other writer.
+        unsafe { out.read(&mut tiled, row, col) };
+        for r in 0..WIDTH {
+            for h in 0..2 {
+                flat[r * WIDTH + h * TILE..][..TILE]
+                    .copy_from_slice(&tiled[(r / TILE) * 2 + h][(r % TILE) * TILE..][..TILE]);
+            }
+        }
+    }
+    let (base, stride) = if whole {
+        // SAFETY: the block lies inside the destination (`whole`).
+        let base = unsafe { out.ptr.add(out.offset + row * out.row_stride + col) };
+        (base, out.row_stride)
+    } else {
+        (flat.as_mut_ptr(), WIDTH)
+    };
+    let words = a.as_ptr().cast::<u32>();
+    let (left, right) = (panel.as_ptr(), panel[tiles * TILE_WORDS..].as_ptr());
+    let groups = out.rows.saturating_sub(row).min(WIDTH).div_ceil(GROUP);
+    for group in 0..groups {
+        // Rows 0-15 of the block are the upper left tile's, 16-31 the lower's.
+        let tile_rows =
+            if group * GROUP < TILE { top } else { bottom } + (group * GROUP % TILE) * TILE;
+        // SAFETY (for the group): every load reads inside `a` or `panel` (asserted above) or
+        // inside the block (`base`, `stride`); the CPU has the instructions (the caller).
+        unsafe {
+            let sums_at = |i: usize, h: usize| base.add((group * GROUP + i) * stride + h * TILE);
+            let mut acc = [[_mm512_setzero_ps(); 2]; GROUP];
+            if start == Start::Destination {
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    for (h, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_loadu_ps(sums_at(i, h));
+                    }
+                }
+            }
+            for t in 0..tiles {
+                let at = t * TILE_WORDS;
+                let a_rows = words.add(tile_rows + at);
+                for p in 0..TILE {
+                    let b0: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(left.add(at + p * TILE).cast()));
+                    let b1: __m512bh =
+                        std::mem::transmute(_mm512_loadu_si512(right.add(at + p * TILE).cast()));
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        let w: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                            *a_rows.add(i * TILE + p) as i32,
+                        ));
+                        acc[0] = _mm512_dpbf16_ps(acc[0], w, b0);
+                        acc[1] = _mm512_dpbf16_ps(acc[1], w, b1);
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                for (h, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(sums_at(i, h), *acc);
+                }
+            }
+        }
+    }
+    if !whole {
+        for r in 0..WIDTH {
+            for h in 0..2 {
+                tiled[(r / TILE) * 2 + h][(r % TILE) * TILE..][..TILE]
+                    .copy_from_slice(&flat[r * WIDTH + h * TILE..][..TILE]);
+            }
+        }
+        // SAFETY: the caller guarantees no other writer; `write` cuts at the edges.
+        unsafe { out.write(&tiled, row, col) };
+    }
+}
