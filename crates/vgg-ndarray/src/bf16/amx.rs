@@ -539,10 +539,18 @@ pub fn gemm(
                                 } else {
                                     super::vectors::block_sums
                                 };
-                                sums(
-                                    a, k_tiles, first_tile, tiles, panel, pair, out, row, col,
+                                sums(BlockJob {
+                                    a,
+                                    k_tiles,
+                                    first_tile,
+                                    tiles,
+                                    panel,
+                                    pair,
+                                    out,
+                                    row,
+                                    col,
                                     start,
-                                )
+                                })
                             };
                         }
                     }
@@ -573,29 +581,45 @@ pub(super) enum Start {
     Destination,
 }
 
-/// The 32 x 32 block of the destination at (`row`, `col`) plus row pair `pair` of A times a
-/// 32-column panel, over `tiles` tiles of the inner dimension from `first_tile`.
+/// One 32 x 32 block's work: the destination's block at (`row`, `col`) plus row pair `pair` of
+/// the packed left operand `a` (`k_tiles` tiles deep) times a packed 32-column `panel`, over
+/// `tiles` tiles of the inner dimension from `first_tile`.
+#[derive(Clone, Copy)]
+pub(super) struct BlockJob<'a> {
+    pub(super) a: &'a [f32],
+    pub(super) k_tiles: usize,
+    pub(super) first_tile: usize,
+    pub(super) tiles: usize,
+    pub(super) panel: &'a [u32],
+    pub(super) pair: usize,
+    pub(super) out: Out,
+    pub(super) row: usize,
+    pub(super) col: usize,
+    pub(super) start: Start,
+}
+
+impl BlockJob<'_> {
+    /// Where the pass's upper and lower 16-row tiles of the left operand start in `a`; asserts
+    /// that the pass lies inside `a` and `panel`.
+    pub(super) fn left_tiles(&self) -> (usize, usize) {
+        let top = (2 * self.pair * self.k_tiles + self.first_tile) * TILE_WORDS;
+        let bottom = top + self.k_tiles * TILE_WORDS;
+        let words = self.tiles * TILE_WORDS;
+        assert!(bottom + words <= self.a.len() && self.panel.len() >= 2 * words);
+        (top, bottom)
+    }
+}
+
+/// `job` on the tiles.
 ///
 /// # Safety
 /// The tiles must be configured as `with_tiles` does; no other thread may write these
 /// destination elements meanwhile.
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_sums(
-    a: &[f32],
-    k_tiles: usize,
-    first_tile: usize,
-    tiles: usize,
-    panel: &[u32],
-    pair: usize,
-    out: Out,
-    row: usize,
-    col: usize,
-    start: Start,
-) {
+unsafe fn block_sums(job: BlockJob<'_>) {
+    let (top, bottom) = job.left_tiles();
+    let (a, tiles, panel, out) = (job.a, job.tiles, job.panel, job.out);
+    let (row, col, start) = (job.row, job.col, job.start);
     let stride = TILE * 4;
-    let top = (2 * pair * k_tiles + first_tile) * TILE_WORDS;
-    let bottom = top + k_tiles * TILE_WORDS;
-    assert!(bottom + tiles * TILE_WORDS <= a.len() && panel.len() >= 2 * tiles * TILE_WORDS);
     let left = panel.as_ptr();
     let right = panel[tiles * TILE_WORDS..].as_ptr();
     let mut scratch = [[0.0f32; TILE_WORDS]; 4];

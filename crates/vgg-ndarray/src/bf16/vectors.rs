@@ -8,7 +8,7 @@
 //! dimension), each broadcast to all lanes. A 32 x 32 block of sums is computed 8 rows at a
 //! time: 8 rows x 2 vectors of 16 columns, 16 accumulators of the 32 vector registers.
 
-use super::amx::{Out, Start, TILE, TILE_WORDS};
+use super::amx::{BlockJob, Start, TILE, TILE_WORDS};
 
 /// Whether this CPU has AVX512_BF16 (with AVX-512 F).
 pub fn available() -> bool {
@@ -26,62 +26,33 @@ pub fn available() -> bool {
 /// Rows of the block computed together (16 accumulators).
 const GROUP: usize = 8;
 
-/// `amx::block_sums` on vectors: the 32 x 32 block of the destination at (`row`, `col`) plus row
-/// pair `pair` of the packed left operand times a packed 32-column panel, over `tiles` tiles of
-/// the inner dimension from `first_tile`. Groups of rows wholly past the destination's last row
-/// are skipped (a product of one row, as a linear layer at batch 1, computes one group of 8).
+/// `amx::block_sums` on vectors: `job`'s 32 x 32 block. Groups of rows wholly past the
+/// destination's last row are skipped (a product of one row, as a linear layer at batch 1,
+/// computes one group of 8).
 ///
 /// # Safety
 /// The CPU must have AVX512_BF16 (`available`); no other thread may write these destination
 /// elements meanwhile, and the destination's last element must lie inside it.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn block_sums(
-    a: &[f32],
-    k_tiles: usize,
-    first_tile: usize,
-    tiles: usize,
-    panel: &[u32],
-    pair: usize,
-    out: Out,
-    row: usize,
-    col: usize,
-    start: Start,
-) {
+pub(super) unsafe fn block_sums(job: BlockJob<'_>) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as the caller guarantees.
     unsafe {
-        sums_x86(
-            a, k_tiles, first_tile, tiles, panel, pair, out, row, col, start,
-        )
+        sums_x86(job)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (
-            a, k_tiles, first_tile, tiles, panel, pair, out, row, col, start,
-        );
+        let _ = job;
         unreachable!("AVX512_BF16 is x86's");
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn sums_x86(
-    a: &[f32],
-    k_tiles: usize,
-    first_tile: usize,
-    tiles: usize,
-    panel: &[u32],
-    pair: usize,
-    out: Out,
-    row: usize,
-    col: usize,
-    start: Start,
-) {
+unsafe fn sums_x86(job: BlockJob<'_>) {
     use std::arch::x86_64::*;
-    let top = (2 * pair * k_tiles + first_tile) * TILE_WORDS;
-    let bottom = top + k_tiles * TILE_WORDS;
-    assert!(bottom + tiles * TILE_WORDS <= a.len() && panel.len() >= 2 * tiles * TILE_WORDS);
+    let (top, bottom) = job.left_tiles();
+    let (a, tiles, panel, out) = (job.a, job.tiles, job.panel, job.out);
+    let (row, col, start) = (job.row, job.col, job.start);
     const WIDTH: usize = 2 * TILE;
     // A block wholly inside the destination is loaded and stored in place; one at its edges
     // goes through `flat` (32 rows of 32, zeros beyond the edges).
