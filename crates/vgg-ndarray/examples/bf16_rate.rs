@@ -20,13 +20,8 @@ fn main() {
         .num_threads(2)
         .build()
         .expect("thread pool");
-    let mut units = vec![None, Some(Bf16Unit::F32Units)];
-    if bf16::amx::available() {
-        units.push(Some(Bf16Unit::Amx));
-    }
-    if bf16::vectors::available() {
-        units.push(Some(Bf16Unit::Avx512Bf16));
-    }
+    let mut units = vec![None];
+    units.extend(Bf16Unit::present_units().into_iter().map(Some));
     for (m, k, n) in [
         (512, 4608, 1568),
         (256, 2304, 6272),

@@ -42,13 +42,7 @@ fn main() {
         .num_threads(threads)
         .build()
         .expect("thread pool");
-    let mut units = vec![Bf16Unit::F32Units];
-    if bf16::amx::available() {
-        units.push(Bf16Unit::Amx);
-    }
-    if bf16::vectors::available() {
-        units.push(Bf16Unit::Avx512Bf16);
-    }
+    let units = Bf16Unit::present_units();
     let streaming = 16 << 20;
     pool.install(|| {
         for (batch, outputs, inputs) in [

@@ -51,13 +51,30 @@ impl Bf16Unit {
     /// The fastest this CPU has within `isa` (a cap below AVX-512 also leaves out AMX, so that
     /// `--isa avx2` runs the emulated path on any machine).
     pub fn within(isa: Isa) -> Bf16Unit {
-        if isa >= Isa::Avx512 && crate::bf16::amx::available() {
-            Bf16Unit::Amx
-        } else if isa >= Isa::Avx512 && crate::bf16::vectors::available() {
-            Bf16Unit::Avx512Bf16
-        } else {
-            Bf16Unit::F32Units
+        let native = [Bf16Unit::Amx, Bf16Unit::Avx512Bf16]
+            .into_iter()
+            .find(|unit| unit.present());
+        match native {
+            Some(unit) if isa >= Isa::Avx512 => unit,
+            _ => Bf16Unit::F32Units,
         }
+    }
+
+    /// Whether this CPU has it (the f32 units: every CPU).
+    pub fn present(self) -> bool {
+        match self {
+            Bf16Unit::Amx => crate::bf16::amx::available(),
+            Bf16Unit::Avx512Bf16 => crate::bf16::vectors::available(),
+            Bf16Unit::F32Units => true,
+        }
+    }
+
+    /// The units this CPU has, the f32 units first.
+    pub fn present_units() -> Vec<Bf16Unit> {
+        [Bf16Unit::F32Units, Bf16Unit::Amx, Bf16Unit::Avx512Bf16]
+            .into_iter()
+            .filter(|unit| unit.present())
+            .collect()
     }
 
     /// Whether it multiplies operands packed in AMX's tile layout (`bf16::amx`).

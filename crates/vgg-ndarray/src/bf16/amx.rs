@@ -451,14 +451,9 @@ pub fn gemm(
     threads: usize,
     unit: Bf16Unit,
 ) {
-    let present = match unit {
-        Bf16Unit::Amx => available(),
-        Bf16Unit::Avx512Bf16 => super::vectors::available(),
-        Bf16Unit::F32Units => false,
-    };
     assert!(
-        present,
-        "{} products asked for where the CPU has none",
+        unit.packs_tiles() && unit.present(),
+        "{} products on packed tiles asked for where the CPU has none",
         unit.name()
     );
     let (rhs_rows, n) = rhs.dims();

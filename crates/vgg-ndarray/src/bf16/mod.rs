@@ -249,23 +249,12 @@ mod tests {
         out
     }
 
-    /// The units this machine has: the f32 units always, AMX and AVX512_BF16 where present.
-    fn units() -> Vec<Bf16Unit> {
-        let mut units = vec![Bf16Unit::F32Units];
-        units.extend(tile_units());
-        units
-    }
-
     /// The units this machine has that multiply the packed tiles.
     fn tile_units() -> Vec<Bf16Unit> {
-        let mut units = Vec::new();
-        if amx::available() {
-            units.push(Bf16Unit::Amx);
-        }
-        if vectors::available() {
-            units.push(Bf16Unit::Avx512Bf16);
-        }
-        units
+        Bf16Unit::present_units()
+            .into_iter()
+            .filter(|unit| unit.packs_tiles())
+            .collect()
     }
 
     /// Every product of the rounded operands is exact in f32, so the only error against an f64
@@ -326,7 +315,7 @@ mod tests {
                         bound[i * n + j] = (k + 1) as f64 * f32::EPSILON as f64 * magnitude;
                     }
                 }
-                for unit in units() {
+                for unit in Bf16Unit::present_units() {
                     for threads in [1, 3] {
                         // A destination wider than the product, to catch writes past its columns.
                         let stride = n + 3;

@@ -55,43 +55,41 @@ unsafe fn sums_x86(job: BlockJob<'_>) {
     let (row, col, start) = (job.row, job.col, job.start);
     const WIDTH: usize = 2 * TILE;
     // A block wholly inside the destination is loaded and stored in place; one at its edges
-    // goes through `flat` (32 rows of 32, zeros beyond the edges).
+    // goes through `tiled` (its four 16 x 16 tiles, as `Out::read` and `Out::write` take them).
     let whole = row + WIDTH <= out.rows && col + WIDTH <= out.cols;
-    let mut flat = [0.0f32; WIDTH * WIDTH];
     let mut tiled = [[0.0f32; TILE_WORDS]; 4];
     if !whole && start == Start::Destination {
         // SAFETY: the caller guarantees no other writer.
         unsafe { out.read(&mut tiled, row, col) };
-        for r in 0..WIDTH {
-            for h in 0..2 {
-                flat[r * WIDTH + h * TILE..][..TILE]
-                    .copy_from_slice(&tiled[(r / TILE) * 2 + h][(r % TILE) * TILE..][..TILE]);
+    }
+    let in_tiles = tiled.as_mut_ptr().cast::<f32>();
+    // The 16 sums of the block's row `r`, columns 16 h.. 16 h + 15.
+    let sums_at = |r: usize, h: usize| -> *mut f32 {
+        // SAFETY: inside the destination's block (`whole`) or inside `tiled`.
+        unsafe {
+            if whole {
+                out.ptr
+                    .add(out.offset + (row + r) * out.row_stride + col + h * TILE)
+            } else {
+                in_tiles.add(((r / TILE) * 2 + h) * TILE_WORDS + (r % TILE) * TILE)
             }
         }
-    }
-    let (base, stride) = if whole {
-        // SAFETY: the block lies inside the destination (`whole`).
-        let base = unsafe { out.ptr.add(out.offset + row * out.row_stride + col) };
-        (base, out.row_stride)
-    } else {
-        (flat.as_mut_ptr(), WIDTH)
     };
     let words = a.as_ptr().cast::<u32>();
     let (left, right) = (panel.as_ptr(), panel[tiles * TILE_WORDS..].as_ptr());
     let groups = out.rows.saturating_sub(row).min(WIDTH).div_ceil(GROUP);
     for group in 0..groups {
         // Rows 0-15 of the block are the upper left tile's, 16-31 the lower's.
-        let tile_rows =
-            if group * GROUP < TILE { top } else { bottom } + (group * GROUP % TILE) * TILE;
+        let first = group * GROUP;
+        let tile_rows = if first < TILE { top } else { bottom } + (first % TILE) * TILE;
         // SAFETY (for the group): every load reads inside `a` or `panel` (asserted above) or
-        // inside the block (`base`, `stride`); the CPU has the instructions (the caller).
+        // the block's sums (`sums_at`); the CPU has the instructions (the caller).
         unsafe {
-            let sums_at = |i: usize, h: usize| base.add((group * GROUP + i) * stride + h * TILE);
             let mut acc = [[_mm512_setzero_ps(); 2]; GROUP];
             if start == Start::Destination {
                 for (i, acc) in acc.iter_mut().enumerate() {
                     for (h, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_loadu_ps(sums_at(i, h));
+                        *acc = _mm512_loadu_ps(sums_at(first + i, h));
                     }
                 }
             }
@@ -114,18 +112,12 @@ unsafe fn sums_x86(job: BlockJob<'_>) {
             }
             for (i, acc) in acc.iter().enumerate() {
                 for (h, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(sums_at(i, h), *acc);
+                    _mm512_storeu_ps(sums_at(first + i, h), *acc);
                 }
             }
         }
     }
     if !whole {
-        for r in 0..WIDTH {
-            for h in 0..2 {
-                tiled[(r / TILE) * 2 + h][(r % TILE) * TILE..][..TILE]
-                    .copy_from_slice(&flat[r * WIDTH + h * TILE..][..TILE]);
-            }
-        }
         // SAFETY: the caller guarantees no other writer; `write` cuts at the edges.
         unsafe { out.write(&tiled, row, col) };
     }
