@@ -68,10 +68,11 @@ enum Derived {
     Kept(DerivedKey, Arc<Memory>),
 }
 
-/// What a derived value depends on besides the contents: the shape it was derived for (a buffer
-/// can be shared by tensors of different shapes, through reshape), and the bf16 unit it was
-/// packed for (None: f32 products).
-pub(crate) type DerivedKey = (usize, usize, Option<crate::config::Bf16Unit>);
+/// What a derived value depends on besides the contents: its form (what made it: a buffer's
+/// weights could be derived in two forms, as by two convolution algorithms), the shape it was
+/// derived for (a buffer can be shared by tensors of different shapes, through reshape), and the
+/// bf16 unit it was packed for (None: f32 products).
+pub(crate) type DerivedKey = (&'static str, usize, usize, Option<crate::config::Bf16Unit>);
 
 /// One tensor's storage; counted by its accounting while alive.
 #[derive(Debug)]
@@ -189,7 +190,7 @@ mod tests {
         let mut buf = Buffer::from_vec(&accounting, vec![2.0; 4]);
         let calls = std::cell::Cell::new(0);
         let sum = |b: &Buffer| {
-            b.derived((1, 4, None), true, |_| {
+            b.derived(("sum", 1, 4, None), true, |_| {
                 calls.set(calls.get() + 1);
                 Memory::Heap(vec![b.as_slice().iter().sum()])
             })
@@ -202,7 +203,7 @@ mod tests {
         buf.as_mut_slice()[0] = 5.0;
         assert_eq!(sum(&buf)[0], 11.0, "a write forgets the kept value");
         assert_eq!(calls.get(), 3);
-        let other_key = buf.derived((4, 1, None), true, |_| Memory::Heap(vec![-1.0]));
+        let other_key = buf.derived(("sum", 4, 1, None), true, |_| Memory::Heap(vec![-1.0]));
         assert_eq!(other_key[0], -1.0, "another key is another value");
     }
 
@@ -212,7 +213,7 @@ mod tests {
         let buf = Buffer::from_vec(&accounting, vec![2.0; 4]);
         let calls = std::cell::Cell::new(0);
         let sum = |keep: bool| {
-            buf.derived((1, 4, None), keep, |lasting| {
+            buf.derived(("sum", 1, 4, None), keep, |lasting| {
                 assert!(!lasting || keep, "nothing kept where it is not worth it");
                 calls.set(calls.get() + 1);
                 Memory::Heap(vec![buf.as_slice().iter().sum()])

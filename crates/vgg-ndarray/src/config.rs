@@ -22,6 +22,8 @@ pub enum Precision {
     F32,
     /// Operands rounded to bfloat16 (8 significant bits, to nearest even), their products summed
     /// in f32: half the operand bytes, and the matrix units of CPUs that have them (`Bf16Unit`).
+    /// A convolution that f32 Winograd computes faster than the unit's products stays f32
+    /// (`Bf16Unit::outruns_winograd`), unless `ConvAlgorithm::Im2col` rules Winograd out.
     Bf16,
 }
 
@@ -80,6 +82,17 @@ impl Bf16Unit {
     /// Whether it multiplies operands packed in AMX's tile layout (`bf16::amx`).
     pub fn packs_tiles(self) -> bool {
         matches!(self, Bf16Unit::Amx | Bf16Unit::Avx512Bf16)
+    }
+
+    /// Whether its convolutions outrun f32 Winograd F(4x4, 3x3), which does a quarter of the
+    /// direct method's products. AMX's, at 12x the f32 rate, do. AVX512_BF16's, at 1.7x, do not:
+    /// on a 2-core Zen 4 (`examples/conv_layers`, VGG-16's shapes) bf16 im2col took 1.0-1.7x
+    /// f32 Winograd's time at batch 8 and 1.1-2.4x at batch 1, per layer and pass (and the f32
+    /// units' emulation is slower than f32). Rounding Winograd's transformed values instead
+    /// loses 10x the digits (`conv::use_winograd`), so where the unit does not outrun it, the
+    /// bf16 mode leaves the convolutions Winograd takes in f32.
+    pub fn outruns_winograd(self) -> bool {
+        self == Bf16Unit::Amx
     }
 
     /// Its usual name.

@@ -127,6 +127,8 @@ pub(crate) enum Lhs<'a> {
     F32(Mat<'a>),
     /// Packed for bf16 products.
     Bf16(crate::bf16::PackedLhs<crate::arena::Memory>),
+    /// Packed for bf16 products before, and kept (`Buffer::derived`).
+    KeptBf16(crate::bf16::PackedLhs<&'a [f32]>),
 }
 
 impl<'a> Lhs<'a> {
@@ -143,6 +145,7 @@ impl<'a> Lhs<'a> {
         match self {
             Lhs::F32(lhs) => sgemm(dst, *lhs, rhs, accumulate, threads),
             Lhs::Bf16(lhs) => crate::bf16::gemm_packed(dst, lhs, rhs, accumulate, threads),
+            Lhs::KeptBf16(lhs) => crate::bf16::gemm_packed(dst, lhs, rhs, accumulate, threads),
         }
     }
 }

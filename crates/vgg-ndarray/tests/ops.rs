@@ -222,6 +222,45 @@ fn kept_weight_transforms_follow_the_weights() {
     assert_close(&host(&b, &y), &want(&w_values), 1e-3, "after the update");
 }
 
+/// In bf16, fixed weights' packing for the im2col products is kept between calls: repeated
+/// calls, a reshaped view of the same buffer and an in-place update all give exactly what the
+/// weights packed for that call alone give (`conv2d`, which keeps nothing).
+#[test]
+fn kept_bf16_weights_follow_the_weights() {
+    let b = CpuBackend::with_config(vgg_ndarray::CpuConfig {
+        precision: vgg_ndarray::Precision::Bf16,
+        ..vgg_ndarray::CpuConfig::detect(2)
+    })
+    .unwrap();
+    let p = Conv2dParams {
+        stride: 1,
+        padding: 1,
+    };
+    // 8 input channels: too few for Winograd and for AMX's direct convolution, so im2col.
+    let x = tensor(&b, &[2, 8, 14, 14], &data(2 * 8 * 196, 21));
+    let mut w = tensor(&b, &[16, 8, 3, 3], &data(16 * 8 * 9, 22));
+    let bias = b.zeros(&Shape::from([16])).unwrap();
+    let same = |x: &CpuTensor, w: &CpuTensor, bias: &CpuTensor, what: &str| {
+        let fused = b.conv2d_bias_act(x, w, bias, p, false).unwrap();
+        let alone = b.conv2d(x, w, p).unwrap();
+        assert_eq!(host(&b, &fused), host(&b, &alone), "{what}");
+    };
+    for call in 0..3 {
+        same(&x, &w, &bias, &format!("call {call}"));
+    }
+    // The same buffer as [8, 16, 3, 3] weights (a reshape shares it) is another convolution.
+    let swapped = b.reshape(&w, &Shape::from([8, 16, 3, 3])).unwrap();
+    let x2 = tensor(&b, &[2, 16, 14, 14], &data(2 * 16 * 196, 23));
+    let bias2 = b.zeros(&Shape::from([8])).unwrap();
+    for call in 0..3 {
+        same(&x2, &swapped, &bias2, &format!("reshaped, call {call}"));
+    }
+    drop(swapped);
+    let w_copy = tensor(&b, &[16, 8, 3, 3], &data(16 * 8 * 9, 22));
+    b.axpy(&mut w, 0.5, &w_copy).unwrap();
+    same(&x, &w, &bias, "after the update");
+}
+
 /// The fused backward of bias and ReLU gives exactly what its two parts give.
 #[test]
 fn fused_bias_relu_backward_equals_its_parts() {

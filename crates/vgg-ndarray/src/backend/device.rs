@@ -24,7 +24,12 @@ impl Device for CpuBackend {
         };
         let precision = match self.tuning.bf16 {
             None => String::new(),
-            Some(unit) => format!(", bf16 products on {}", unit.name()),
+            Some(unit)
+                if unit.outruns_winograd() || self.config.convolution == ConvAlgorithm::Im2col =>
+            {
+                format!(", bf16 products on {}", unit.name())
+            }
+            Some(unit) => format!(", bf16 products on {}, Winograd in f32", unit.name()),
         };
         format!(
             "cpu ({} threads, {}{gemm}{algorithm}{precision})",

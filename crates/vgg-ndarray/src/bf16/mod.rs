@@ -166,6 +166,24 @@ impl<S> PackedLhs<S> {
     }
 }
 
+impl<'a> PackedLhs<&'a [f32]> {
+    /// The words of a `rows` x `cols` operand packed for `unit` earlier (`pack_lhs`'s
+    /// `into_words`, kept between calls).
+    pub(crate) fn of_words(unit: Bf16Unit, rows: usize, cols: usize, words: &'a [f32]) -> Self {
+        assert_eq!(
+            words.len(),
+            packed_lhs_len(unit, rows, cols),
+            "packed left operand length"
+        );
+        PackedLhs {
+            unit,
+            rows,
+            cols,
+            data: words,
+        }
+    }
+}
+
 /// dst = lhs x rhs (or += with `accumulate`) in bf16 products on `unit`.
 pub fn gemm(
     dst: MatMut<'_>,

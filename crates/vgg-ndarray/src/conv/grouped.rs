@@ -66,7 +66,7 @@ fn group_columns<'a>(
 /// `conv::forward_fused` in groups of `images_per_group` images.
 pub(super) fn forward(
     x: &[f32],
-    w: &[f32],
+    weights: &Lhs<'_>,
     bias: Option<&[f32]>,
     relu: bool,
     g: &ConvGeometry,
@@ -76,7 +76,6 @@ pub(super) fn forward(
     let per_group = images_per_group(g, t);
     let (k, hw) = (col_rows(g), g.out_h * g.out_w);
     let out_image = g.out_channels * hw;
-    let weights = Lhs::prepare(Mat::row_major(w, g.out_channels, k), t);
     let groups = g.batch.div_ceil(per_group);
     let gemm_threads = if groups >= t.threads { 1 } else { t.threads };
     let run = |(group, y): (usize, &mut [f32])| {

@@ -438,7 +438,7 @@ pub(super) fn flip_kernel(w: &[f32], g: &ConvGeometry) -> Vec<f32> {
 /// bias and ReLU applied while the tile is in cache.
 pub(super) fn forward_fused(
     x: &[f32],
-    w: &[f32],
+    weights: &Lhs<'_>,
     bias: Option<&[f32]>,
     relu: bool,
     g: &ConvGeometry,
@@ -446,7 +446,6 @@ pub(super) fn forward_fused(
     y: &mut [f32],
 ) {
     let (threads, tile_bytes) = (t.threads, t.im2col_tile_bytes);
-    let weights = Lhs::prepare(Mat::row_major(w, g.out_channels, col_rows(g)), t);
     let in_image = g.in_channels * g.in_h * g.in_w;
     let hw = g.out_h * g.out_w;
     per_image(y, g.batch, threads, |n, y, gemm_threads| {

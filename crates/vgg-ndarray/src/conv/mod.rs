@@ -11,9 +11,10 @@ use vgg_tensor::{ConvGeometry, ConvMethod, ConvPass};
 
 use std::sync::Arc;
 
-use crate::bf16::direct;
+use crate::bf16::{self, direct};
 use crate::buffer::Buffer;
 use crate::config::{Bf16Unit, ConvAlgorithm, Tuning};
+use crate::gemm::{Lhs, Mat};
 
 use im2col::*;
 pub use im2col::{scratch_elements, tile_rows};
@@ -35,8 +36,9 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// their inner dimension, too short to pay for the transforms on smaller images (batch 32 on an
 /// AVX2 Zen 3: 16->32 channels at 16x16 2.0-2.6 vs 0.8-1.0 ms, 32->32 at 32x32 8.8-11.7 vs
 /// 7.8-7.9 ms; equal at 64 channels and 28x28, at 128 channels and 16x16, and at 16 channels
-/// and 64x64). `ConvAlgorithm::Im2col` turns it off, for comparisons; so does bf16: rounding
-/// the transformed values to bf16 gave 10x the direct method's error (2.2e-2 against 2.3e-3,
+/// and 64x64). `ConvAlgorithm::Im2col` turns it off, for comparisons; so does bf16 on a unit
+/// that outruns it (AMX: `Bf16Unit::outruns_winograd`). Winograd is always f32: rounding the
+/// transformed values to bf16 gave 10x the direct method's error (2.2e-2 against 2.3e-3,
 /// tests/bf16_mode.rs), since each transformed value sums several products of the input.
 ///
 /// Below 28x28 the forward pass and the input gradient need enough images too, measured per
@@ -64,7 +66,7 @@ pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     };
     winograd::applies(g)
         && t.convolution == ConvAlgorithm::Auto
-        && t.bf16.is_none()
+        && t.bf16.is_none_or(|unit| !unit.outruns_winograd())
         && g.in_channels >= 16
         && area >= 14 * 14
         && enough_channels
@@ -175,9 +177,11 @@ pub(crate) fn forward_with(
         let (k, taps) = (g.out_channels, g.kernel_h * g.kernel_w);
         let packed = match weights {
             Weights::Slice(w) => Arc::new(direct::pack_weights(w, g, false)),
-            Weights::Kept(buf) => buf.derived((k, g.in_channels * taps, t.bf16), true, |lasting| {
-                direct::pack_weights(buf.as_slice(), g, lasting)
-            }),
+            Weights::Kept(buf) => buf.derived(
+                ("direct::pack_weights", k, g.in_channels * taps, t.bf16),
+                true,
+                |lasting| direct::pack_weights(buf.as_slice(), g, lasting),
+            ),
         };
         return direct::forward(x, &packed, bias, relu, g, t.threads, y);
     }
@@ -187,21 +191,39 @@ pub(crate) fn forward_with(
             Weights::Kept(buf) => {
                 let (k, c) = (g.out_channels, g.in_channels);
                 let keep = winograd::worth_keeping_weights(g);
-                let u = buf.derived((k, c, None), keep, |lasting| {
-                    winograd::transform_weights(buf.as_slice(), k, c, lasting)
-                });
+                let u = buf.derived(
+                    ("winograd::transform_weights", k, c, None),
+                    keep,
+                    |lasting| winograd::transform_weights(buf.as_slice(), k, c, lasting),
+                );
                 winograd::forward_transformed(x, &u, bias, relu, g, t, y)
             }
         };
     }
-    let w = match weights {
-        Weights::Slice(w) => w,
-        Weights::Kept(buf) => buf.as_slice(),
+    // The weights as the products' left operand: for bf16, packed (rounded) once per call, or
+    // once for all calls where they stay fixed (inference: VGG-16's conv5 at batch 1 spent a
+    // third of its time packing them).
+    let (rows, cols) = (g.out_channels, im2col::col_rows(g));
+    let kept;
+    let lhs = match (weights, t.bf16) {
+        (Weights::Kept(buf), Some(unit)) => {
+            kept = buf.derived(
+                ("bf16::pack_lhs", rows, cols, Some(unit)),
+                true,
+                |lasting| {
+                    let w = Mat::row_major(buf.as_slice(), rows, cols);
+                    bf16::pack_lhs(unit, w, lasting).into_words()
+                },
+            );
+            Lhs::KeptBf16(bf16::PackedLhs::of_words(unit, rows, cols, &kept))
+        }
+        (Weights::Kept(buf), None) => Lhs::prepare(Mat::row_major(buf.as_slice(), rows, cols), t),
+        (Weights::Slice(w), _) => Lhs::prepare(Mat::row_major(w, rows, cols), t),
     };
     if algorithm == Algorithm::Grouped {
-        return grouped::forward(x, w, bias, relu, g, t, y);
+        return grouped::forward(x, &lhs, bias, relu, g, t, y);
     }
-    im2col::forward_fused(x, w, bias, relu, g, t, y)
+    im2col::forward_fused(x, &lhs, bias, relu, g, t, y)
 }
 
 /// dx: the flipped-kernel convolution for stride 1; otherwise per tile

@@ -213,6 +213,13 @@ fn forward_by_channels(
         });
 }
 
+/// The products' tuning: f32 in either math mode. Rounding the transformed values to bf16 loses
+/// 10x the direct method's digits (`conv::use_winograd`), so the bf16 mode takes Winograd only
+/// where f32 Winograd outruns its unit (`Bf16Unit::outruns_winograd`), and then in f32.
+fn f32_products(t: &Tuning) -> Tuning {
+    Tuning { bf16: None, ..*t }
+}
+
 /// M[pos] = U[pos] V[pos] for the output channels `channels` (m holds their rows only), one
 /// thread's GEMM per position.
 fn position_products(
@@ -225,6 +232,7 @@ fn position_products(
     t: &Tuning,
 ) {
     let rows = channels.len();
+    let t = &f32_products(t);
     for pos in 0..POSITIONS {
         let at = (pos * k + channels.start) * c;
         product(
@@ -261,6 +269,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
     assert!(chunks.count > 0, "a convolution has at least one tile");
     let lanes = gradient_sum::lanes(chunks.count);
     let gemm_threads = gradient_sum::gemm_threads(t.threads, lanes);
+    let t = &f32_products(t);
     let partials: Vec<Memory> = (0..lanes)
         .into_par_iter()
         .map(|lane| {
