@@ -121,7 +121,8 @@ pub struct DeviceArgs {
     /// With --backend cpu: the arithmetic of convolutions and matrix products. f32; or bf16:
     /// operands rounded to bfloat16, products summed in f32 (as PyTorch's autocast and
     /// OpenVINO's bf16), on AMX or AVX512_BF16 where the CPU has them and on the f32 units
-    /// elsewhere
+    /// elsewhere; but for AMX, the convolutions Winograd takes stay f32, which is faster there
+    /// (with --conv-algorithm im2col, every convolution is rounded)
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: PrecisionChoice,
     /// With --backend cuda: which GPU, counting from 0 [default: 0; under mpirun, the rank's
