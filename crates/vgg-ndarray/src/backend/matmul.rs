@@ -68,25 +68,24 @@ impl CpuBackend {
                 // (training) converted as it is read. Kept for the kernels that read it: the packed
                 // tiles' GEMM (AMX, AVX512_BF16), and on the f32 units the skinny kernel.
                 Some(unit) if linear && (unit.packs_tiles() || m <= skinny::MAX_ROWS) => {
-                    let kept =
-                        b.buf
-                            .derived(("linear weights packed", n, k, Some(unit)), true, |keep| {
-                                if !keep {
-                                    return Memory::Heap(Vec::new());
-                                }
-                                match unit {
-                                    Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => {
-                                        let mut words = Memory::lasting(amx::packed_rhs_len(k, n));
-                                        amx::pack_rhs(rhs, &mut words);
-                                        words
-                                    }
-                                    Bf16Unit::F32Units => {
-                                        let mut words = Memory::lasting((n * k).div_ceil(2));
-                                        bf16_words(b.as_slice(), &mut words);
-                                        words
-                                    }
-                                }
-                            });
+                    let key = ("linear weights packed", n, k, Some(unit));
+                    let kept = b.buf.derived(key, true, |keep| {
+                        if !keep {
+                            return Memory::Heap(Vec::new());
+                        }
+                        match unit {
+                            Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => {
+                                let mut words = Memory::lasting(amx::packed_rhs_len(k, n));
+                                amx::pack_rhs(rhs, &mut words);
+                                words
+                            }
+                            Bf16Unit::F32Units => {
+                                let mut words = Memory::lasting((n * k).div_ceil(2));
+                                bf16_words(b.as_slice(), &mut words);
+                                words
+                            }
+                        }
+                    });
                     match unit {
                         _ if kept.is_empty() && m <= skinny::MAX_ROWS => {
                             skinny::a_bt_rounded(a.as_slice(), b.as_slice(), m, n, k, c)
