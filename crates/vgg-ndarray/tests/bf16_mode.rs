@@ -204,10 +204,14 @@ fn within_bounds(conv: Conv) {
                     );
                 }
             }
-            by_unit.push(got);
+            by_unit.push((got, winograd));
         }
-        if let [f32_units, amx] = &by_unit[..] {
+        if let [(f32_units, f32_winograd), (amx, amx_winograd)] = &by_unit[..] {
             for (i, (a, b)) in f32_units.iter().zip(amx).enumerate() {
+                // Where either kept f32 Winograd, one result is rounded and the other is not.
+                if f32_winograd[i] || amx_winograd[i] {
+                    continue;
+                }
                 let error = norm_relative(b, &wide(a));
                 assert!(
                     error <= UNITS_AGREE,
