@@ -17,7 +17,7 @@ pub(crate) const LANES: usize = 16;
 /// unrelated change in the crate), so AVX2 takes 4 x 2 blocks: 16 accumulators, fewer spills
 /// (4 x 1 blocks, with 8 accumulators, measured 4x slower: A is re-read for every row of B).
 /// The sums are the same either way: every dot product adds the same 16 lanes in the same order.
-const BLOCK: usize = 4;
+pub(crate) const BLOCK: usize = 4;
 /// Values of k per pass: a pass's slice of packed A (8 rows at batch 8: 512 KiB) stays in L2
 /// while the block's rows of B stream through (fc6 has k = 25088).
 pub(crate) const K_STEP: usize = 16384;
@@ -67,22 +67,32 @@ fn dots<const JB: usize, E: Element>(
     chunks: std::ops::Range<usize>,
 ) -> [[f32; JB]; BLOCK] {
     let mut acc = [[[0.0f32; LANES]; JB]; BLOCK];
+    // Checked once here, not per chunk: with a bounds check's panic branch inside the loop, the
+    // accumulators were stored to memory on every FMA.
+    assert!(
+        packed.len() >= chunks.end * BLOCK * LANES
+            && b.iter().all(|b| b.len() >= chunks.end * LANES),
+        "skinny operand lengths"
+    );
     for q in chunks {
-        let av: [&[f32; LANES]; BLOCK] = std::array::from_fn(|r| {
-            packed[(q * BLOCK + r) * LANES..(q * BLOCK + r + 1) * LANES]
-                .try_into()
-                .expect("LANES values")
+        // SAFETY: q < chunks.end, so every chunk lies within the lengths asserted above.
+        let av: [&[f32; LANES]; BLOCK] = std::array::from_fn(|r| unsafe {
+            &*packed
+                .as_ptr()
+                .add((q * BLOCK + r) * LANES)
+                .cast::<[f32; LANES]>()
         });
-        let bv: [[f32; LANES]; JB] = std::array::from_fn(|j| {
-            let lanes: &[E; LANES] = b[j][q * LANES..(q + 1) * LANES]
-                .try_into()
-                .expect("LANES values");
-            lanes.map(E::value)
-        });
+        // B's lanes converted where they are used (as `lone_rows` does), not first into an
+        // array: `[E; 16]::map` was left a call in the AVX-512 build, one per row of B and chunk
+        // with the accumulators spilled around it (fc6 at batch 8: 132 ms against 13-20), and
+        // other ways of filling an array lost AVX2's or bf16's vectorisation.
+        // SAFETY: as for `av`.
+        let bv: [&[E; LANES]; JB] =
+            std::array::from_fn(|j| unsafe { &*b[j].as_ptr().add(q * LANES).cast::<[E; LANES]>() });
         for i in 0..BLOCK {
             for j in 0..JB {
                 for l in 0..LANES {
-                    acc[i][j][l] = av[i][l].mul_add(bv[j][l], acc[i][j][l]);
+                    acc[i][j][l] = av[i][l].mul_add(bv[j][l].value(), acc[i][j][l]);
                 }
             }
         }

@@ -261,6 +261,55 @@ fn kept_bf16_weights_follow_the_weights() {
     same(&x, &w, &bias, "after the update");
 }
 
+/// In bf16, a linear layer's fixed weight is kept converted between calls, in rows of bf16 for
+/// 1-3 rows and in the tiles' layout for more (on units that have tiles): calls that switch
+/// between the two, and an in-place update, all give the products of the rounded operands (a
+/// stale or mixed-up copy is off by O(1)).
+#[test]
+fn kept_bf16_linear_weights_follow_the_rows_and_the_weights() {
+    let b = CpuBackend::with_config(vgg_ndarray::CpuConfig {
+        precision: vgg_ndarray::Precision::Bf16,
+        ..vgg_ndarray::CpuConfig::detect(2)
+    })
+    .unwrap();
+    let (n, k) = (40, 80);
+    let mut w_values = data(n * k, 31);
+    let mut w = tensor(&b, &[n, k], &w_values);
+    let rounded = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .map(|&x| vgg_ndarray::bf16::round(x as f32) as f64)
+            .collect()
+    };
+    let check = |w: &CpuTensor, w_values: &[f64], rows: usize, what: &str| {
+        let x_values = data(rows * k, 32 + rows as u64);
+        let x = tensor(&b, &[rows, k], &x_values);
+        let y = b.matmul(&x, w, false, true).unwrap();
+        let (x_r, w_r) = (rounded(&x_values), rounded(w_values));
+        let want: Vec<f64> = (0..rows * n)
+            .map(|at| {
+                (0..k)
+                    .map(|j| x_r[at / n * k + j] * w_r[at % n * k + j])
+                    .sum()
+            })
+            .collect();
+        assert_close(&host(&b, &y), &want, 1e-5, what);
+    };
+    for (call, rows) in [1, 1, 1, 8, 8, 8, 2, 2, 20, 20].into_iter().enumerate() {
+        check(&w, &w_values, rows, &format!("call {call}, {rows} rows"));
+    }
+    let w_copy = tensor(&b, &[n, k], &w_values);
+    b.axpy(&mut w, 0.5, &w_copy).unwrap();
+    w_values.iter_mut().for_each(|v| *v *= 1.5);
+    for rows in [1, 1, 8, 8] {
+        check(
+            &w,
+            &w_values,
+            rows,
+            &format!("after the update, {rows} rows"),
+        );
+    }
+}
+
 /// The fused backward of bias and ReLU gives exactly what its two parts give.
 #[test]
 fn fused_bias_relu_backward_equals_its_parts() {

@@ -7,7 +7,6 @@ use crate::gemm::{product, Mat, MatMut};
 
 use super::{CpuBackend, CpuTensor};
 use crate::bf16::amx;
-use crate::config::Bf16Unit;
 use crate::{bf16, linear_grad, skinny, CHUNK};
 use rayon::prelude::*;
 
@@ -65,47 +64,52 @@ impl CpuBackend {
                 }
                 // The weight converted to bf16 where it stays the same from call to call
                 // (inference: kept from the second call on), half the bytes to stream; otherwise
-                // (training) converted as it is read. Kept for the kernels that read it: the packed
-                // tiles' GEMM (AMX, AVX512_BF16), and on the f32 units the skinny kernel.
-                Some(unit) if linear && (unit.packs_tiles() || m <= skinny::MAX_ROWS) => {
+                // (training) converted as it is read. Kept in rows of bf16 for the skinny kernel
+                // where it runs: on the f32 units, and on every unit for 1-3 rows, where the
+                // weight's stream is the time and its row streams read it at the memory's rate
+                // (fc6 at batch 1 on AMX: 15.6-16.1 ms through the tiles, 10.5-10.8 here; at
+                // batch 8 its 4-row blocks took 108 against the tiles' 18). Else kept in the
+                // tiles' layout for their GEMM (AMX, AVX512_BF16).
+                Some(unit)
+                    if linear
+                        && (m < skinny::BLOCK || !unit.packs_tiles() && m <= skinny::MAX_ROWS) =>
+                {
+                    let key = ("linear weights in bf16", n, k, Some(unit));
+                    let kept = b.buf.derived(key, true, |keep| {
+                        if !keep {
+                            return Memory::Heap(Vec::new());
+                        }
+                        let mut words = Memory::lasting((n * k).div_ceil(2));
+                        bf16_words(b.as_slice(), &mut words);
+                        words
+                    });
+                    if kept.is_empty() {
+                        skinny::a_bt_rounded(a.as_slice(), b.as_slice(), m, n, k, c)
+                    } else {
+                        let weight = &bf16::halves(bf16::words_of(&kept))[..n * k];
+                        skinny::a_bt_bf16(a.as_slice(), weight, m, n, k, c)
+                    }
+                }
+                Some(unit) if linear && unit.packs_tiles() => {
                     let key = ("linear weights packed", n, k, Some(unit));
                     let kept = b.buf.derived(key, true, |keep| {
                         if !keep {
                             return Memory::Heap(Vec::new());
                         }
-                        match unit {
-                            Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => {
-                                let mut words = Memory::lasting(amx::packed_rhs_len(k, n));
-                                amx::pack_rhs(rhs, &mut words);
-                                words
-                            }
-                            Bf16Unit::F32Units => {
-                                let mut words = Memory::lasting((n * k).div_ceil(2));
-                                bf16_words(b.as_slice(), &mut words);
-                                words
-                            }
-                        }
+                        let mut words = Memory::lasting(amx::packed_rhs_len(k, n));
+                        amx::pack_rhs(rhs, &mut words);
+                        words
                     });
-                    match unit {
-                        _ if kept.is_empty() && m <= skinny::MAX_ROWS => {
-                            skinny::a_bt_rounded(a.as_slice(), b.as_slice(), m, n, k, c)
-                        }
-                        _ if kept.is_empty() => {
-                            product(dst, lhs, rhs, false, self.threads, &self.tuning)
-                        }
-                        Bf16Unit::Amx | Bf16Unit::Avx512Bf16 => {
-                            let lhs = bf16::pack_lhs(unit, lhs, false).into_words();
-                            let rhs = amx::Rhs::Packed {
-                                words: &kept,
-                                rows: k,
-                                cols: n,
-                            };
-                            amx::gemm(dst, &lhs, m, k, rhs, false, self.threads, unit)
-                        }
-                        Bf16Unit::F32Units => {
-                            let weight = &bf16::halves(bf16::words_of(&kept))[..n * k];
-                            skinny::a_bt_bf16(a.as_slice(), weight, m, n, k, c)
-                        }
+                    if kept.is_empty() {
+                        product(dst, lhs, rhs, false, self.threads, &self.tuning)
+                    } else {
+                        let lhs = bf16::pack_lhs(unit, lhs, false).into_words();
+                        let rhs = amx::Rhs::Packed {
+                            words: &kept,
+                            rows: k,
+                            cols: n,
+                        };
+                        amx::gemm(dst, &lhs, m, k, rhs, false, self.threads, unit)
                     }
                 }
                 // A linear layer's weight gradient (dY^T X) at a small batch: a large result
