@@ -68,7 +68,7 @@ impl CpuBackend {
                 // where it runs: on the f32 units, and on every unit for 1-3 rows, where the
                 // weight's stream is the time and its row streams read it at the memory's rate
                 // (fc6 at batch 1 on AMX: 15.6-16.1 ms through the tiles, 10.5-10.8 here; at
-                // batch 8 its 4-row blocks took 108 against the tiles' 18). Else kept in the
+                // batch 8 its 4-row blocks took 21-23 against the tiles' 18). Else kept in the
                 // tiles' layout for their GEMM (AMX, AVX512_BF16).
                 Some(unit)
                     if linear
