@@ -160,6 +160,28 @@ fn fused_conv_bias_relu_equals_its_parts() {
         1e-6,
         "conv2d_bias_act",
     );
+    // In bf16 too, where AMX's direct convolution writes whole 16-pixel runs of a row and the
+    // tiles at the rows' ends pixel by pixel (20 columns: one of each per row).
+    let b16 = CpuBackend::with_config(vgg_ndarray::CpuConfig {
+        precision: vgg_ndarray::Precision::Bf16,
+        ..vgg_ndarray::CpuConfig::detect(2)
+    })
+    .unwrap();
+    let x16 = tensor(&b16, &[2, 16, 9, 20], &data(2 * 16 * 180, 5));
+    let w16 = tensor(&b16, &[40, 16, 3, 3], &data(40 * 16 * 9, 6));
+    let bias16 = tensor(&b16, &[40], &data(40, 7));
+    for relu in [false, true] {
+        let fused = b16.conv2d_bias_act(&x16, &w16, &bias16, p, relu).unwrap();
+        let biased = b16
+            .add_channel_bias(&b16.conv2d(&x16, &w16, p).unwrap(), &bias16)
+            .unwrap();
+        let parts = if relu {
+            b16.relu(&biased).unwrap()
+        } else {
+            biased
+        };
+        assert_eq!(host(&b16, &fused), host(&b16, &parts), "bf16, relu {relu}");
+    }
     // A bias that is not [output channels] is named, with the weight's shape beside it.
     let wrong = tensor(&b, &[3], &data(3, 4));
     match b.conv2d_bias_act(&x, &w, &wrong, p, true) {

@@ -282,13 +282,36 @@ impl Out {
         for (t, tile) in sums.iter().enumerate() {
             let first_pixel = block * 2 * TILE + (t / 2) * TILE;
             let first_channel = (first_tile + t % 2) * TILE;
+            let channels = TILE.min(g.out_channels.saturating_sub(first_channel));
+            let (row, col) = (first_pixel / l.padded_w, first_pixel % l.padded_w);
+            if row < g.out_h && col + TILE <= g.out_w {
+                // All 16 pixels in one output row (most tiles): each channel's 16 sums, gathered
+                // from the tile's column, are 64 contiguous bytes of its plane, written as one run
+                // instead of 16 scattered stores.
+                let base = image + first_channel * plane + row * g.out_w + col;
+                assert!(channels == 0 || base + (channels - 1) * plane + TILE <= self.1);
+                for lane in 0..channels {
+                    let b = bias.map_or(0.0, |b| b[first_channel + lane]);
+                    let mut run = [0.0f32; TILE];
+                    for (r, v) in run.iter_mut().enumerate() {
+                        let v0 = tile[r * TILE + lane] + b;
+                        *v = if relu { v0.max(0.0) } else { v0 };
+                    }
+                    // SAFETY: inside the output (asserted above); the caller guarantees no
+                    // other writer.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(self.0.add(base + lane * plane), TILE)
+                    };
+                    dst.copy_from_slice(&run);
+                }
+                continue;
+            }
             // Each of the tile's 16 pixels' place in an output plane, or None past its edges.
             let places: [Option<usize>; TILE] = std::array::from_fn(|r| {
                 let q = first_pixel + r;
                 let (row, col) = (q / l.padded_w, q % l.padded_w);
                 (row < g.out_h && col < g.out_w).then_some(row * g.out_w + col)
             });
-            let channels = TILE.min(g.out_channels.saturating_sub(first_channel));
             assert!(image + (first_channel + channels) * plane <= self.1 || channels == 0);
             for lane in 0..channels {
                 let o = first_channel + lane;
