@@ -13,6 +13,15 @@ fn cpu() -> CpuBackend {
     CpuBackend::new(2).unwrap()
 }
 
+/// The backend in the bf16 math mode, on the fastest unit this CPU has.
+fn cpu_bf16() -> CpuBackend {
+    CpuBackend::with_config(vgg_ndarray::CpuConfig {
+        precision: vgg_ndarray::Precision::Bf16,
+        ..vgg_ndarray::CpuConfig::detect(2)
+    })
+    .unwrap()
+}
+
 fn data(n: usize, seed: u64) -> Vec<f64> {
     let mut v = vec![0.0f32; n];
     random::fill_normal(&mut v, seed, 0, 0.0, 1.0);
@@ -164,11 +173,7 @@ fn fused_conv_bias_relu_equals_its_parts() {
     );
     // In bf16 too, where AMX's direct convolution writes whole 16-pixel runs of a row and the
     // tiles at the rows' ends pixel by pixel (20 columns: one of each per row).
-    let b16 = CpuBackend::with_config(vgg_ndarray::CpuConfig {
-        precision: vgg_ndarray::Precision::Bf16,
-        ..vgg_ndarray::CpuConfig::detect(2)
-    })
-    .unwrap();
+    let b16 = cpu_bf16();
     let x16 = tensor(&b16, &[2, 16, 9, 20], &data(2 * 16 * 180, 5));
     let w16 = tensor(&b16, &[40, 16, 3, 3], &data(40 * 16 * 9, 6));
     let bias16 = tensor(&b16, &[40], &data(40, 7));
@@ -251,11 +256,7 @@ fn kept_weight_transforms_follow_the_weights() {
 /// weights packed for that call alone give (`conv2d`, which keeps nothing).
 #[test]
 fn kept_bf16_weights_follow_the_weights() {
-    let b = CpuBackend::with_config(vgg_ndarray::CpuConfig {
-        precision: vgg_ndarray::Precision::Bf16,
-        ..vgg_ndarray::CpuConfig::detect(2)
-    })
-    .unwrap();
+    let b = cpu_bf16();
     let p = Conv2dParams {
         stride: 1,
         padding: 1,
@@ -291,11 +292,7 @@ fn kept_bf16_weights_follow_the_weights() {
 /// stale or mixed-up copy is off by O(1)).
 #[test]
 fn kept_bf16_linear_weights_follow_the_rows_and_the_weights() {
-    let b = CpuBackend::with_config(vgg_ndarray::CpuConfig {
-        precision: vgg_ndarray::Precision::Bf16,
-        ..vgg_ndarray::CpuConfig::detect(2)
-    })
-    .unwrap();
+    let b = cpu_bf16();
     let (n, k) = (40, 80);
     let mut w_values = data(n * k, 31);
     let mut w = tensor(&b, &[n, k], &w_values);
