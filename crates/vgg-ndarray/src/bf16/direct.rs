@@ -15,6 +15,7 @@ use vgg_tensor::ConvGeometry;
 use super::amx::{load_sums, step, store_sums, with_tiles, zero_sums, TILE, TILE_K, TILE_WORDS};
 use super::{bits, interleave};
 use crate::arena::Memory;
+use crate::conv::store_epilogue;
 
 /// Channels in one tile's row (32 bf16: 64 bytes).
 const CHANNELS: usize = TILE_K;
@@ -291,18 +292,14 @@ impl Out {
                 let base = image + first_channel * plane + row * g.out_w + col;
                 assert!(channels == 0 || base + (channels - 1) * plane + TILE <= self.1);
                 for lane in 0..channels {
-                    let b = bias.map_or(0.0, |b| b[first_channel + lane]);
-                    let mut run = [0.0f32; TILE];
-                    for (r, v) in run.iter_mut().enumerate() {
-                        let v0 = tile[r * TILE + lane] + b;
-                        *v = if relu { v0.max(0.0) } else { v0 };
-                    }
+                    let run: [f32; TILE] = std::array::from_fn(|r| tile[r * TILE + lane]);
                     // SAFETY: inside the output (asserted above); the caller guarantees no
                     // other writer.
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(self.0.add(base + lane * plane), TILE)
                     };
-                    dst.copy_from_slice(&run);
+                    let b = bias.map(|b| b[first_channel + lane]);
+                    store_epilogue(dst, &run, b, relu);
                 }
                 continue;
             }
@@ -322,7 +319,9 @@ impl Out {
                     let v = tile[r * TILE + lane] + b;
                     // SAFETY: inside the output (asserted above: place < plane); the caller
                     // guarantees no other writer.
-                    unsafe { *self.0.add(base + place) = if relu { v.max(0.0) } else { v } };
+                    unsafe {
+                        *self.0.add(base + place) = if relu { vgg_tensor::relu(v) } else { v }
+                    };
                 }
             }
         }

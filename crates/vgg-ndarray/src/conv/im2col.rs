@@ -387,7 +387,7 @@ pub(super) fn epilogue(row: &mut [f32], bias: Option<f32>, relu: bool) {
 }
 
 /// `dst = src + bias`, then ReLU where `relu`: `epilogue` on the way from a scratch tile.
-pub(super) fn store_epilogue(dst: &mut [f32], src: &[f32], bias: Option<f32>, relu: bool) {
+pub(crate) fn store_epilogue(dst: &mut [f32], src: &[f32], bias: Option<f32>, relu: bool) {
     let b = bias.unwrap_or(0.0);
     if relu {
         dst.iter_mut()

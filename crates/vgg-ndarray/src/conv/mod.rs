@@ -16,6 +16,7 @@ use crate::buffer::Buffer;
 use crate::config::{Bf16Unit, ConvAlgorithm, Tuning};
 use crate::gemm::{Lhs, Mat};
 
+pub(crate) use im2col::store_epilogue;
 use im2col::*;
 pub use im2col::{scratch_elements, tile_rows};
 
