@@ -133,6 +133,18 @@ impl Isa {
         Isa::Portable
     }
 
+    /// The set of the GEMM crate's kernels, which choose it themselves from what the CPU has
+    /// (AVX-512 only with this crate's `avx512-gemm` feature, on by default): a cap in
+    /// `CpuConfig::isa` does not reach them, a build without the feature does.
+    pub fn of_gemm() -> Isa {
+        let widest = Isa::detected();
+        if cfg!(feature = "avx512-gemm") {
+            widest
+        } else {
+            widest.min(Isa::Avx2)
+        }
+    }
+
     /// Its usual name.
     pub fn name(self) -> &'static str {
         match self {
@@ -279,6 +291,9 @@ pub struct Tuning {
     pub streaming_bytes: usize,
     /// None: f32 products; otherwise bf16 products on this unit.
     pub bf16: Option<Bf16Unit>,
+    /// The GEMM crate's vector unit (`Isa::of_gemm`): where its products are narrower than
+    /// AVX-512, Winograd's fewer products win on smaller inputs (`conv::use_winograd`).
+    pub gemm_isa: Isa,
 }
 
 impl Tuning {
@@ -302,6 +317,7 @@ impl Tuning {
                     config.kernel_isa().unwrap_or_else(|_| Isa::detected()),
                 )),
             },
+            gemm_isa: Isa::of_gemm(),
         }
     }
 

@@ -4,7 +4,7 @@
 //! weight gradients), im2col, the skinny fully connected kernel, and the im2col-only setting.
 
 use vgg_ndarray::conv::use_winograd;
-use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa};
+use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa, Tuning};
 use vgg_tensor::prelude::*;
 use vgg_tensor::ConvPass as Pass;
 use vgg_tensor::{Conv2dParams, ConvGeometry, ConvMethod, Shape};
@@ -133,7 +133,9 @@ fn avx512_is_taken_where_the_cpu_has_it_and_refused_where_not() {
 }
 
 /// The weight gradient of a small image takes im2col at batch 1 (conv5 at batch 1: 21 against
-/// 33-39 ms for the layer's backward), while its forward stays on Winograd.
+/// 33-39 ms for the layer's backward), while its forward takes Winograd from 4 images on
+/// AVX-512's products and from one on AVX2's (each GEMM unit checked on every machine: the
+/// choice reads the tuning, not the CPU).
 #[test]
 fn few_tiles_keep_conv5_on_im2col() {
     let b = backend(Isa::detected(), ConvAlgorithm::Auto);
@@ -150,16 +152,25 @@ fn few_tiles_keep_conv5_on_im2col() {
         .unwrap()
     };
     // conv5's shape: the forward pass and the input gradient take Winograd from the batch where
-    // it measured faster (4 and 8 images), the weight gradient not at batch 1.
-    for (pass, from) in [(Pass::Forward, 4), (Pass::InputGradient, 8)] {
-        for batch in [1, 2, 4, 8, 16] {
-            assert_eq!(
-                use_winograd(&conv5(batch), pass, b.tuning()),
-                batch >= from,
-                "{pass:?} at batch {batch}"
-            );
+    // it measured faster, the weight gradient not at batch 1.
+    for (gemm_isa, forward_from) in [(Isa::Avx512, 4), (Isa::Avx2, 1), (Isa::Portable, 1)] {
+        let t = Tuning {
+            gemm_isa,
+            ..*b.tuning()
+        };
+        for (pass, from) in [(Pass::Forward, forward_from), (Pass::InputGradient, 8)] {
+            for batch in [1, 2, 3, 4, 8, 16] {
+                assert_eq!(
+                    use_winograd(&conv5(batch), pass, &t),
+                    batch >= from,
+                    "{pass:?} at batch {batch} on {gemm_isa:?} products"
+                );
+            }
         }
+        assert!(!use_winograd(&conv5(1), Pass::WeightGradient, &t));
     }
+    // This machine's own tuning names its GEMM's unit.
+    assert_eq!(b.tuning().gemm_isa, CpuBackend::gemm_isa());
     assert!(!use_winograd(&conv5(1), Pass::WeightGradient, b.tuning()));
     assert!(use_winograd(&conv5(8), Pass::Forward, b.tuning()));
     // The input gradient's choice is reported on the forward geometry too.

@@ -106,16 +106,9 @@ impl CpuBackend {
         self.isa
     }
 
-    /// The vector unit of the GEMM crate's kernels, which choose it themselves from what the CPU
-    /// has (AVX-512 only with this crate's `avx512-gemm` feature, on by default): a cap in
-    /// `CpuConfig::isa` does not reach them, a build without the feature does.
+    /// The vector unit of the GEMM crate's kernels (`Isa::of_gemm`).
     pub fn gemm_isa() -> Isa {
-        let widest = Isa::detected();
-        if cfg!(feature = "avx512-gemm") {
-            widest
-        } else {
-            widest.min(Isa::Avx2)
-        }
+        Isa::of_gemm()
     }
 
     /// The instruction set kernels see on this backend's workers (for tests of the cap).

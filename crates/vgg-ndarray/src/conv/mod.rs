@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::bf16::{self, direct};
 use crate::buffer::Buffer;
-use crate::config::{Bf16Unit, ConvAlgorithm, Tuning};
+use crate::config::{Bf16Unit, ConvAlgorithm, Isa, Tuning};
 use crate::gemm::{Lhs, Mat};
 
 pub(crate) use im2col::store_epilogue;
@@ -48,9 +48,16 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// Winograd and 4.0 on im2col at batch 1, 7.0 and 6.4 at batch 2, 8.8 and 12.4 at batch 4; the
 /// input gradient (`examples/conv_layers`) 11.5 and 6.2 ms at batch 1, 17.4 and 15.8 at batch 4,
 /// 24.6 and 26.9 at batch 8. The 4x-larger transformed weights are streamed for too few tiles.
+/// Where the GEMM's products are AVX2's (`Tuning::gemm_isa`), at half AVX-512's rate, the
+/// forward pass takes Winograd from one image: on a 2-core AVX2 Zen 3, conv5's forward with
+/// the weights kept took 5.2-7.7 ms against im2col's 7.8-10.5 at batch 1 and 7.5-10.0 against
+/// 12.3-13.3 at batch 2; the input and weight gradients at batch 1 stay faster on im2col there
+/// too (`examples/conv_layers`: 10-11 and 16-17 ms on Winograd, 7.5-11 and 12-15 on im2col).
 pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     // Images' worth of 14x14 outputs below which im2col wins, per pass.
     let min_pixels = match pass {
+        // The forward pass on AVX2's products takes Winograd from one image.
+        ConvPass::Forward if t.gemm_isa < Isa::Avx512 => 14 * 14,
         ConvPass::Forward => 4 * 14 * 14,
         ConvPass::InputGradient => 8 * 14 * 14,
         ConvPass::WeightGradient => 4 * 14 * 14,
