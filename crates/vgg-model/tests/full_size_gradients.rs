@@ -7,8 +7,11 @@
 //! enough to beat the noise also flip some of them: its single coordinates agreed only to 2-9%
 //! (depending on the GEMM's rounding). For that layer the test takes the derivative along the
 //! whole tensor's gradient direction instead, whose exact value is the gradient's norm: a signal
-//! many times larger against the same noise (measured: 0.3% off with step 1e-3). Exactness is shown elsewhere: small networks pass
-//! `check_gradients` and the PyTorch fixtures agree to ~1e-6.
+//! many times larger against the same noise (measured: 0.3% off with step 1e-3). conv3_3
+//! (features.14) is taken along its gradient too: its largest coordinate's differences moved with
+//! the forward's rounding, 2.8% off on an AVX2 Zen 3 with conv5 on im2col and 3.5% with conv5's
+//! forward on Winograd, against 1.5% along the gradient with step 1e-3. Exactness is shown
+//! elsewhere: small networks pass `check_gradients` and the PyTorch fixtures agree to ~1e-6.
 
 use vgg_autodiff::Tape;
 use vgg_model::{ModelSpec, SpecOptions, Vgg, VggConfig};
@@ -55,7 +58,7 @@ fn sampled_gradients_agree_with_finite_differences() {
         // ReLU, so a larger step is safe there and beats the noise.
         let samples = [
             ("features.0.weight", 1e-3, 0.02, true),
-            ("features.14.weight", 1e-2, 0.03, false),
+            ("features.14.weight", 1e-3, 0.03, true),
             ("features.28.weight", 1e-2, 0.03, false),
             ("classifier.0.weight", 5e-2, 0.02, false),
             ("classifier.6.weight", 1e-2, 0.02, false),
