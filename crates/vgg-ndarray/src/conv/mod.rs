@@ -56,7 +56,7 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     // Images' worth of 14x14 outputs below which im2col wins, per pass.
     let min_pixels = match pass {
-        // The forward pass on AVX2's products takes Winograd from one image.
+        // The forward pass on products narrower than AVX-512's takes Winograd from one image.
         ConvPass::Forward if t.gemm_isa < Isa::Avx512 => 14 * 14,
         ConvPass::Forward => 4 * 14 * 14,
         ConvPass::InputGradient => 8 * 14 * 14,
