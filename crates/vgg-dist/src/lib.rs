@@ -76,9 +76,13 @@ pub enum DistError {
         /// This rank's value.
         ours: String,
     },
-    /// This rank agrees with rank 0, but others do not.
+    /// This rank agrees with rank 0, but others do not. The first of them is named with its
+    /// value here, so that the job's output says how even where the launcher ends that rank
+    /// before it prints its own error.
     #[error(
-        "rank {rank}: {ranks} other rank(s) differ from rank 0 in {what}; their errors say how"
+        "rank {rank}: rank {first} differs from rank 0 in {what} ({ranks} rank(s) in all): every \
+         rank must be started with the same command, settings and files (rank 0: {root}; rank \
+         {first}: {theirs})"
     )]
     OtherMismatch {
         /// This rank.
@@ -87,6 +91,12 @@ pub enum DistError {
         what: &'static str,
         /// How many ranks differ.
         ranks: usize,
+        /// Rank 0's value.
+        root: String,
+        /// The lowest rank that differs.
+        first: usize,
+        /// Its value.
+        theirs: String,
     },
     /// The MPI library failed or could not start.
     #[error("MPI: {0}")]
@@ -271,8 +281,17 @@ pub trait Communicator: Send + Sync {
         }
         self.broadcast(&mut root, 0)?;
         let root = String::from_utf8_lossy(&root).into_owned();
-        let mut differing = [f64::from(u8::from(root != value))];
+        // One flag per rank, so that every rank learns which ones differ, not only how many.
+        let mut differing = vec![0.0f64; self.size()];
+        differing[self.rank()] = f64::from(u8::from(root != value));
         self.allreduce_f64(&mut differing)?;
+        let Some(first) = differing.iter().position(|&d| d > 0.0) else {
+            return Ok(());
+        };
+        // Every rank joins this broadcast, those that differ too, so that each rank that agrees
+        // can name the first that does not with its value: where the launcher ends the job at
+        // the first rank's exit, that rank may not live to print its own error.
+        let theirs = self.broadcast_bytes((self.rank() == first).then(|| value.into()), first)?;
         if root != value {
             return Err(DistError::Mismatch {
                 rank: self.rank(),
@@ -281,14 +300,14 @@ pub trait Communicator: Send + Sync {
                 ours: value.to_string(),
             });
         }
-        if differing[0] > 0.0 {
-            return Err(DistError::OtherMismatch {
-                rank: self.rank(),
-                what,
-                ranks: differing[0] as usize,
-            });
-        }
-        Ok(())
+        Err(DistError::OtherMismatch {
+            rank: self.rank(),
+            what,
+            ranks: differing.iter().filter(|&&d| d > 0.0).count(),
+            root,
+            first,
+            theirs: String::from_utf8_lossy(&theirs).into_owned(),
+        })
     }
 }
 

@@ -90,12 +90,49 @@ fn ranks_started_differently_are_named_on_every_rank() {
         }
         other => panic!("rank 2 should see the difference: {other:?}"),
     }
+    // Those that agree stop too, and name the rank that differs and both values themselves
+    // (under mpirun that rank may be ended before it prints its own error).
     for r in &results[..2] {
-        assert!(
-            matches!(r, Err(DistError::OtherMismatch { ranks: 1, .. })),
-            "ranks that agree with rank 0 must stop too: {r:?}"
-        );
+        match r {
+            Err(DistError::OtherMismatch {
+                ranks: 1,
+                first: 2,
+                root,
+                theirs,
+                ..
+            }) => assert_eq!((root.as_str(), theirs.as_str()), ("batch 32", "batch 16")),
+            other => panic!("ranks that agree with rank 0 must stop too: {other:?}"),
+        }
     }
+    // With several ranks that differ, the lowest is named and all are counted.
+    let results = on_ranks(4, |comm| {
+        let settings = format!(
+            "batch {}",
+            if comm.rank() == 0 {
+                32
+            } else {
+                8 * comm.rank()
+            }
+        );
+        comm.check_same("settings", &settings)
+    });
+    let named = results.iter().filter_map(|r| match r {
+        Err(DistError::OtherMismatch {
+            ranks,
+            first,
+            theirs,
+            ..
+        }) => Some((*ranks, *first, theirs.as_str())),
+        _ => None,
+    });
+    assert_eq!(
+        named.collect::<Vec<_>>(),
+        [(3, 1, "batch 8")],
+        "{results:?}"
+    );
+    assert!(results[1..]
+        .iter()
+        .all(|r| matches!(r, Err(DistError::Mismatch { .. }))));
     // Equal settings pass; so does one process.
     assert!(on_ranks(2, |c| c.check_same("s", "same"))
         .iter()
