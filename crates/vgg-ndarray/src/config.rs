@@ -294,6 +294,8 @@ pub struct Tuning {
     /// The GEMM crate's vector unit (`Isa::of_gemm`): where its products are narrower than
     /// AVX-512, Winograd's fewer products win on smaller inputs (`conv::use_winograd`).
     pub gemm_isa: Isa,
+    /// Our kernels' widest vector unit: the CPU's, lowered to `CpuConfig::isa`.
+    pub kernel_isa: Isa,
 }
 
 impl Tuning {
@@ -302,6 +304,8 @@ impl Tuning {
         let CacheSizes { l2, l3, .. } = config.caches;
         // A machine reporting no L3 has its L2 as its last level.
         let last = l3.max(l2);
+        // An instruction set the CPU lacks is refused by the backend.
+        let kernel_isa = config.kernel_isa().unwrap_or_else(|_| Isa::detected());
         Tuning {
             threads: config.threads.max(1),
             convolution: config.convolution,
@@ -312,12 +316,10 @@ impl Tuning {
             streaming_bytes: last / 2,
             bf16: match config.precision {
                 Precision::F32 => None,
-                // An instruction set the CPU lacks is refused by the backend (`kernel_isa`).
-                Precision::Bf16 => Some(Bf16Unit::within(
-                    config.kernel_isa().unwrap_or_else(|_| Isa::detected()),
-                )),
+                Precision::Bf16 => Some(Bf16Unit::within(kernel_isa)),
             },
             gemm_isa: Isa::of_gemm(),
+            kernel_isa,
         }
     }
 

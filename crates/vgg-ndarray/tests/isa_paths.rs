@@ -133,11 +133,12 @@ fn avx512_is_taken_where_the_cpu_has_it_and_refused_where_not() {
 }
 
 /// The weight gradient of a small image takes im2col at batch 1 (conv5 at batch 1: 21 against
-/// 33-39 ms for the layer's backward), while its forward takes Winograd from 4 images on
-/// AVX-512's products and from one on AVX2's (each GEMM unit checked on every machine: the
-/// choice reads the tuning, not the CPU).
+/// 33-39 ms for the layer's backward), while its forward takes Winograd from 4 images where both
+/// the GEMM's products and our kernels are AVX-512's but our kernels are capped lower, and from
+/// one on AVX2's products or where our AVX-512 kernel computes a few tiles' products (each pair
+/// of units checked on every machine: the choice reads the tuning, not the CPU).
 #[test]
-fn few_tiles_keep_conv5_on_im2col() {
+fn conv5_takes_winograd_where_it_measured_faster() {
     let b = backend(Isa::detected(), ConvAlgorithm::Auto);
     let p = Conv2dParams {
         stride: 1,
@@ -153,9 +154,17 @@ fn few_tiles_keep_conv5_on_im2col() {
     };
     // conv5's shape: the forward pass and the input gradient take Winograd from the batch where
     // it measured faster, the weight gradient not at batch 1.
-    for (gemm_isa, forward_from) in [(Isa::Avx512, 4), (Isa::Avx2, 1), (Isa::Portable, 1)] {
+    for (gemm_isa, kernel_isa, forward_from) in [
+        (Isa::Avx512, Isa::Avx512, 1),
+        (Isa::Avx512, Isa::Avx2, 4),
+        (Isa::Avx512, Isa::Portable, 4),
+        (Isa::Avx2, Isa::Avx2, 1),
+        (Isa::Avx2, Isa::Portable, 1),
+        (Isa::Portable, Isa::Portable, 1),
+    ] {
         let t = Tuning {
             gemm_isa,
+            kernel_isa,
             ..*b.tuning()
         };
         for (pass, from) in [(Pass::Forward, forward_from), (Pass::InputGradient, 8)] {
@@ -163,7 +172,7 @@ fn few_tiles_keep_conv5_on_im2col() {
                 assert_eq!(
                     use_winograd(&conv5(batch), pass, &t),
                     batch >= from,
-                    "{pass:?} at batch {batch} on {gemm_isa:?} products"
+                    "{pass:?} at batch {batch} on {gemm_isa:?} products, {kernel_isa:?} kernels"
                 );
             }
         }

@@ -6,12 +6,18 @@ use vgg_tensor::ConvGeometry;
 use super::*;
 
 crate::simd::dispatch_simd! {
-    pub(super) fn input(
+    pub(super) fn input_channels(
         x: &[f32],
         g: &ConvGeometry,
         rows: std::ops::Range<usize>,
+        channels: std::ops::Range<usize>,
         v: &mut [f32],
     ) => transform_input_generic
+}
+
+/// V[c][pos][t] for the tile rows `rows`, every input channel.
+pub(super) fn input(x: &[f32], g: &ConvGeometry, rows: std::ops::Range<usize>, v: &mut [f32]) {
+    input_channels(x, g, rows, 0..g.in_channels, v)
 }
 
 crate::simd::dispatch_simd! {

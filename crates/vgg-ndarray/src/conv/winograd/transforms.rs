@@ -130,13 +130,14 @@ pub(super) fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
     r
 }
 
-/// V[c][pos][t] for the tile rows `rows` (global indices over batch x tile rows), t counting
-/// tiles in order across those rows.
+/// V[c][pos][t] for the tile rows `rows` (global indices over batch x tile rows) and the input
+/// channels `channels` (c counting from their first), t counting tiles in order across those rows.
 #[inline(always)]
 pub(super) fn transform_input_generic(
     x: &[f32],
     g: &ConvGeometry,
     rows: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
     v: &mut [f32],
 ) {
     let (tiles_h, tiles_w) = tile_grid(g);
@@ -150,7 +151,7 @@ pub(super) fn transform_input_generic(
     let mut phases = vec![0.0f32; A * M * quads];
     for (ri, row) in rows.clone().enumerate() {
         let (n, th) = (row / tiles_h, row % tiles_h);
-        for ci in 0..c_count {
+        for ci in channels.clone() {
             let src = &x[(n * c_count + ci) * plane..][..plane];
             for (i, split) in phases.chunks_exact_mut(M * quads).enumerate() {
                 let ih = (th * M + i) as isize - g.padding as isize;
@@ -177,7 +178,7 @@ pub(super) fn transform_input_generic(
                     }
                 }
                 let lanes = LANES.min(tiles_w - t0);
-                let at = ci * POSITIONS * tiles + ri * tiles_w + t0;
+                let at = (ci - channels.start) * POSITIONS * tiles + ri * tiles_w + t0;
                 store_positions(&transform_2d(&d, bt6), v, tiles, at, lanes);
             }
         }
