@@ -6,8 +6,9 @@
 //! row, and broadcast into the FMAs of all the tiles (conv5 at batch 1 on a Zen 4: 5.6-7.3 ms by
 //! im2col, 2.9-3.1 here; docs/performance.md).
 //!
-//! Every output value is the sum of its c products in order, from zero, in one lane: the same
-//! for any split of the rows over threads (`thread_independence`).
+//! Every output value is the sum of its c products in order, from zero, in one lane (a tile past
+//! whole vectors: in 16 lanes of 16-channel steps, then the lanes in order): the same for any
+//! split of the rows over threads (`thread_independence`).
 
 use super::*;
 
@@ -64,19 +65,26 @@ fn products_generic(
         m.len() >= channels.len() * POSITIONS * tiles,
         "position products length"
     );
-    match tiles.div_ceil(LANES) {
-        1 => all_positions::<1>(u, v, m, channels, (k, c), tiles),
-        2 => all_positions::<2>(u, v, m, channels, (k, c), tiles),
-        3 => all_positions::<3>(u, v, m, channels, (k, c), tiles),
-        _ => all_positions::<4>(u, v, m, channels, (k, c), tiles),
+    // One tile past whole vectors (conv4 at batch 1: 49 = 3 x 16 + 1) is summed over c, 16
+    // input channels per vector, beside them, rather than taking a fourth vector 15/16 idle.
+    let extra = tiles > LANES && tiles % LANES == 1 && c.is_multiple_of(LANES);
+    match (tiles.div_ceil(LANES), extra) {
+        (2, true) => all_positions::<1, true>(u, v, m, channels, (k, c), tiles),
+        (3, true) => all_positions::<2, true>(u, v, m, channels, (k, c), tiles),
+        (4, true) => all_positions::<3, true>(u, v, m, channels, (k, c), tiles),
+        (1, _) => all_positions::<1, false>(u, v, m, channels, (k, c), tiles),
+        (2, _) => all_positions::<2, false>(u, v, m, channels, (k, c), tiles),
+        (3, _) => all_positions::<3, false>(u, v, m, channels, (k, c), tiles),
+        _ => all_positions::<4, false>(u, v, m, channels, (k, c), tiles),
     }
 }
 
-/// Every position with `COLS` vectors of tiles: each position's [c, tiles] block is first copied
-/// into a panel of whole vectors (zeros past the last tile), so the loop loads whole aligned
-/// vectors; the copy is c x tiles values against the products' rows x c x tiles.
+/// Every position with `COLS` vectors of tiles, and with `EXTRA` one tile more (`products`):
+/// each position's [c, tiles] block is first copied into a panel of whole vectors (zeros past the
+/// last tile), so the loop loads whole aligned vectors, and the extra tile's c values into a row
+/// of their own; the copy is c x tiles values against the products' rows x c x tiles.
 #[inline(always)]
-fn all_positions<const COLS: usize>(
+fn all_positions<const COLS: usize, const EXTRA: bool>(
     u: &[f32],
     v: &[f32],
     m: &mut [f32],
@@ -85,17 +93,20 @@ fn all_positions<const COLS: usize>(
     tiles: usize,
 ) {
     let width = COLS * LANES;
+    let in_vectors = if EXTRA { tiles - 1 } else { tiles };
     // From the arena (resident pages); zeroed once: the lanes past `tiles` are never written, and
     // their sums never stored.
-    let mut panel = Memory::uninit(c * width);
+    let mut panel = Memory::uninit(c * width + if EXTRA { c } else { 0 });
     panel.fill(0.0);
+    let (panel, extra) = panel.split_at_mut(c * width);
     let rows = channels.len();
     for pos in 0..POSITIONS {
         for (ci, lanes) in panel.chunks_exact_mut(width).enumerate() {
-            copy_lanes(
-                &mut lanes[..tiles],
-                &v[ci * POSITIONS * tiles + pos * tiles..][..tiles],
-            );
+            let tiles_of_ci = &v[ci * POSITIONS * tiles + pos * tiles..][..tiles];
+            copy_lanes(&mut lanes[..in_vectors], tiles_of_ci);
+            if EXTRA {
+                extra[ci] = tiles_of_ci[in_vectors];
+            }
         }
         let weights = &u[(pos * k + channels.start) * c..][..rows * c];
         let mut row = 0;
@@ -103,17 +114,82 @@ fn all_positions<const COLS: usize>(
             let block = ROWS.min(rows - row);
             let at = row * POSITIONS * tiles + pos * tiles;
             if block == ROWS {
-                let sums = block_sums::<ROWS, COLS>(&weights[row * c..][..ROWS * c], &panel, c);
-                store_rows(&sums, m, at, tiles);
+                let w = &weights[row * c..][..ROWS * c];
+                if EXTRA {
+                    let (sums, last) = block_sums_and_one::<ROWS, COLS>(w, panel, extra, c);
+                    store_rows(&sums, m, at, in_vectors, POSITIONS * tiles);
+                    store_one(&last, m, at + in_vectors, POSITIONS * tiles);
+                } else {
+                    let sums = block_sums::<ROWS, COLS>(w, panel, c);
+                    store_rows(&sums, m, at, tiles, POSITIONS * tiles);
+                }
             } else {
                 for r in row..row + block {
-                    let sums = block_sums::<1, COLS>(&weights[r * c..][..c], &panel, c);
-                    store_rows(&sums, m, at + (r - row) * POSITIONS * tiles, tiles);
+                    let w = &weights[r * c..][..c];
+                    let at = at + (r - row) * POSITIONS * tiles;
+                    if EXTRA {
+                        let (sums, last) = block_sums_and_one::<1, COLS>(w, panel, extra, c);
+                        store_rows(&sums, m, at, in_vectors, POSITIONS * tiles);
+                        store_one(&last, m, at + in_vectors, POSITIONS * tiles);
+                    } else {
+                        let sums = block_sums::<1, COLS>(w, panel, c);
+                        store_rows(&sums, m, at, tiles, POSITIONS * tiles);
+                    }
                 }
             }
             row += block;
         }
     }
+}
+
+/// `block_sums`, and beside it each row's sum with one tile more (`extra`: its c values), taken
+/// 16 input channels at a time in the lanes of one vector per row, the lanes added in order at
+/// the end: c / 16 more FMAs per row where a fourth vector of tiles would take c. `c` is a
+/// multiple of 16.
+#[inline(always)]
+fn block_sums_and_one<const R: usize, const COLS: usize>(
+    w: &[f32],
+    panel: &[f32],
+    extra: &[f32],
+    c: usize,
+) -> ([[Lanes; COLS]; R], [f32; R]) {
+    assert!(
+        w.len() >= R * c
+            && panel.len() >= c * COLS * LANES
+            && extra.len() >= c
+            && c.is_multiple_of(LANES),
+        "few-tile block lengths"
+    );
+    let mut acc = [[[0.0f32; LANES]; COLS]; R];
+    let mut one = [[0.0f32; LANES]; R];
+    for c0 in (0..c).step_by(LANES) {
+        // SAFETY: c0 + LANES <= c (c is a multiple of LANES), so these vectors lie within
+        // extra[..c] and each row's w[r * c..][..c]; the panel's as in `block_sums`.
+        let last = unsafe { *extra.as_ptr().add(c0).cast::<Lanes>() };
+        for (r, one_r) in one.iter_mut().enumerate() {
+            // SAFETY: as above.
+            let w_r = unsafe { *w.as_ptr().add(r * c + c0).cast::<Lanes>() };
+            for ((o, &x), &y) in one_r.iter_mut().zip(&w_r).zip(&last) {
+                *o = y.mul_add(x, *o);
+            }
+        }
+        for ci in c0..c0 + LANES {
+            // SAFETY: as in `block_sums`.
+            let tiles: [Lanes; COLS] = std::array::from_fn(|j| unsafe {
+                *panel.as_ptr().add((ci * COLS + j) * LANES).cast::<Lanes>()
+            });
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let weight = unsafe { *w.get_unchecked(r * c + ci) };
+                for (a, t) in acc_r.iter_mut().zip(&tiles) {
+                    for (a, &t) in a.iter_mut().zip(t) {
+                        *a = weight.mul_add(t, *a);
+                    }
+                }
+            }
+        }
+    }
+    (acc, one.map(|lanes| lanes.iter().sum()))
 }
 
 /// sums[r][j] = sum over ci of w[r][ci] * panel[ci][j], in the order of ci: `R` rows of weights
@@ -149,18 +225,27 @@ fn block_sums<const R: usize, const COLS: usize>(
     acc
 }
 
-/// Stores R rows of sums at m[at + r * POSITIONS * tiles..][..tiles].
+/// Stores R rows of sums' first `tiles` values at m[at + r * stride..].
 #[inline(always)]
 fn store_rows<const R: usize, const COLS: usize>(
     sums: &[[Lanes; COLS]; R],
     m: &mut [f32],
     at: usize,
     tiles: usize,
+    stride: usize,
 ) {
     for (r, row) in sums.iter().enumerate() {
         copy_lanes(
-            &mut m[at + r * POSITIONS * tiles..][..tiles],
+            &mut m[at + r * stride..][..tiles],
             &row.as_flattened()[..tiles],
         );
+    }
+}
+
+/// Stores R rows' one value each at m[at + r * stride].
+#[inline(always)]
+fn store_one<const R: usize>(values: &[f32; R], m: &mut [f32], at: usize, stride: usize) {
+    for (r, &value) in values.iter().enumerate() {
+        m[at + r * stride] = value;
     }
 }

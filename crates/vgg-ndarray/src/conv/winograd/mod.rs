@@ -580,6 +580,14 @@ mod tests {
             ([2, 16, 16, 16], 23, 32),
             ([3, 24, 14, 14], 25, 48),
             ([1, 40, 28, 28], 64, 49),
+            // One tile past whole vectors, summed beside them where c is a multiple of 16.
+            ([1, 48, 28, 28], 13, 49),
+            ([1, 32, 44, 12], 7, 33),
+            ([1, 16, 4, 68], 8, 17),
+            // Not there: c off 16, or more than one tile past.
+            ([1, 20, 4, 68], 8, 17),
+            ([1, 64, 36, 8], 9, 18),
+            ([1, 16, 12, 20], 6, 15),
             ([4, 17, 14, 14], 6, 64),
         ] {
             let g = ConvGeometry::new(
