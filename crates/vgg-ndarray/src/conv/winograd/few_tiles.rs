@@ -115,30 +115,38 @@ fn all_positions<const COLS: usize, const EXTRA: bool>(
             let at = row * POSITIONS * tiles + pos * tiles;
             if block == ROWS {
                 let w = &weights[row * c..][..ROWS * c];
-                if EXTRA {
-                    let (sums, last) = block_sums_and_one::<ROWS, COLS>(w, panel, extra, c);
-                    store_rows(&sums, m, at, in_vectors, POSITIONS * tiles);
-                    store_one(&last, m, at + in_vectors, POSITIONS * tiles);
-                } else {
-                    let sums = block_sums::<ROWS, COLS>(w, panel, c);
-                    store_rows(&sums, m, at, tiles, POSITIONS * tiles);
-                }
+                rows_block::<ROWS, COLS, EXTRA>(w, panel, extra, c, m, at, tiles);
             } else {
-                for r in row..row + block {
-                    let w = &weights[r * c..][..c];
-                    let at = at + (r - row) * POSITIONS * tiles;
-                    if EXTRA {
-                        let (sums, last) = block_sums_and_one::<1, COLS>(w, panel, extra, c);
-                        store_rows(&sums, m, at, in_vectors, POSITIONS * tiles);
-                        store_one(&last, m, at + in_vectors, POSITIONS * tiles);
-                    } else {
-                        let sums = block_sums::<1, COLS>(w, panel, c);
-                        store_rows(&sums, m, at, tiles, POSITIONS * tiles);
-                    }
+                for r in 0..block {
+                    let w = &weights[(row + r) * c..][..c];
+                    let at = at + r * POSITIONS * tiles;
+                    rows_block::<1, COLS, EXTRA>(w, panel, extra, c, m, at, tiles);
                 }
             }
             row += block;
         }
+    }
+}
+
+/// The sums of `R` output channels (`w`: R x c) at one position, stored from m[at], a row every
+/// POSITIONS x tiles values: with `EXTRA`, the last tile summed beside the vectors.
+#[inline(always)]
+fn rows_block<const R: usize, const COLS: usize, const EXTRA: bool>(
+    w: &[f32],
+    panel: &[f32],
+    extra: &[f32],
+    c: usize,
+    m: &mut [f32],
+    at: usize,
+    tiles: usize,
+) {
+    let stride = POSITIONS * tiles;
+    if EXTRA {
+        let (sums, last) = block_sums_and_one::<R, COLS>(w, panel, extra, c);
+        store_rows(&sums, m, at, tiles - 1, stride);
+        store_one(&last, m, at + tiles - 1, stride);
+    } else {
+        store_rows(&block_sums::<R, COLS>(w, panel, c), m, at, tiles, stride);
     }
 }
 
@@ -174,19 +182,8 @@ fn block_sums_and_one<const R: usize, const COLS: usize>(
             }
         }
         for ci in c0..c0 + LANES {
-            // SAFETY: as in `block_sums`.
-            let tiles: [Lanes; COLS] = std::array::from_fn(|j| unsafe {
-                *panel.as_ptr().add((ci * COLS + j) * LANES).cast::<Lanes>()
-            });
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                // SAFETY: as above.
-                let weight = unsafe { *w.get_unchecked(r * c + ci) };
-                for (a, t) in acc_r.iter_mut().zip(&tiles) {
-                    for (a, &t) in a.iter_mut().zip(t) {
-                        *a = weight.mul_add(t, *a);
-                    }
-                }
-            }
+            // SAFETY: ci < c and the lengths asserted above are `add_channel`'s.
+            unsafe { add_channel(&mut acc, w, panel, c, ci) };
         }
     }
     (acc, one.map(|lanes| lanes.iter().sum()))
@@ -206,23 +203,40 @@ fn block_sums<const R: usize, const COLS: usize>(
     );
     let mut acc = [[[0.0f32; LANES]; COLS]; R];
     for ci in 0..c {
-        // SAFETY: ci < c and j < COLS, so the vector ends at or before c * COLS * LANES <=
-        // panel.len(); r < R, so r * c + ci < R * c <= w.len() (asserted above). A Lanes is
-        // f32s, so any f32's address is aligned for it.
-        let tiles: [Lanes; COLS] = std::array::from_fn(|j| unsafe {
-            *panel.as_ptr().add((ci * COLS + j) * LANES).cast::<Lanes>()
-        });
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            // SAFETY: as above.
-            let weight = unsafe { *w.get_unchecked(r * c + ci) };
-            for (a, t) in acc_r.iter_mut().zip(&tiles) {
-                for (a, &t) in a.iter_mut().zip(t) {
-                    *a = weight.mul_add(t, *a);
-                }
+        // SAFETY: ci < c and the lengths asserted above are `add_channel`'s.
+        unsafe { add_channel(&mut acc, w, panel, c, ci) };
+    }
+    acc
+}
+
+/// acc[r][j] += w[r][ci] * panel[ci][j]: input channel `ci`'s step of `block_sums`.
+///
+/// # Safety
+/// ci < c, w.len() >= R * c and panel.len() >= c * COLS * LANES (checked by the callers once,
+/// outside their loops: a bounds check's panic branch inside would keep the accumulators in
+/// memory).
+#[inline(always)]
+unsafe fn add_channel<const R: usize, const COLS: usize>(
+    acc: &mut [[Lanes; COLS]; R],
+    w: &[f32],
+    panel: &[f32],
+    c: usize,
+    ci: usize,
+) {
+    // SAFETY: j < COLS, so the vector ends at or before c * COLS * LANES <= panel.len(); a Lanes
+    // is f32s, so any f32's address is aligned for it.
+    let tiles: [Lanes; COLS] = std::array::from_fn(|j| unsafe {
+        *panel.as_ptr().add((ci * COLS + j) * LANES).cast::<Lanes>()
+    });
+    for (r, acc_r) in acc.iter_mut().enumerate() {
+        // SAFETY: r < R, so r * c + ci < R * c <= w.len().
+        let weight = unsafe { *w.get_unchecked(r * c + ci) };
+        for (a, t) in acc_r.iter_mut().zip(&tiles) {
+            for (a, &t) in a.iter_mut().zip(t) {
+                *a = weight.mul_add(t, *a);
             }
         }
     }
-    acc
 }
 
 /// Stores R rows of sums' first `tiles` values at m[at + r * stride..].

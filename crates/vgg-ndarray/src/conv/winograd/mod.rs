@@ -601,6 +601,12 @@ mod tests {
             .unwrap();
             let (tiles_h, tiles_w) = tile_grid(&g);
             assert_eq!(g.batch * tiles_h * tiles_w, tiles, "{dims:?}");
+            // The GEMM crate's sums, for comparison: the same on any thread count.
+            let gemm = Tuning {
+                kernel_isa: crate::config::Isa::Avx2,
+                ..Tuning::detect(1)
+            };
+            let (gemm_err, _) = forward_against_direct(dims, k, 1, false, &gemm);
             let mut first = None;
             for threads in [1, 2, 3] {
                 let t = Tuning {
@@ -609,11 +615,6 @@ mod tests {
                 };
                 assert!(few_tiles::applies(tiles, &t));
                 let (err, y) = forward_against_direct(dims, k, 1, false, &t);
-                let gemm = Tuning {
-                    kernel_isa: crate::config::Isa::Avx2,
-                    ..t
-                };
-                let (gemm_err, _) = forward_against_direct(dims, k, 1, false, &gemm);
                 eprintln!("{dims:?} k {k}: few tiles {err:.2e} gemm {gemm_err:.2e}");
                 // The bound of `stays_within_1e_4_of_direct_on_vgg_channel_counts`; and no worse
                 // than the GEMM's sums (the same to the bit on the shapes measured).
