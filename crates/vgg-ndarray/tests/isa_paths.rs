@@ -1,13 +1,14 @@
 //! Every instruction-set path of the kernels, on whatever this machine has: a backend capped at
 //! each set up to the CPU's widest runs its kernels at that set (on its own workers), and gives
 //! the portable path's results to rounding. Covers the Winograd transforms (forward, input and
-//! weight gradients), im2col, the skinny fully connected kernel, and the im2col-only setting.
+//! weight gradients), im2col, the skinny fully connected kernel, max pooling and its gradient, and
+//! the im2col-only setting.
 
 use vgg_ndarray::conv::use_winograd;
 use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa, Tuning};
 use vgg_tensor::prelude::*;
 use vgg_tensor::ConvPass as Pass;
-use vgg_tensor::{Conv2dParams, ConvGeometry, ConvMethod, Shape};
+use vgg_tensor::{Conv2dParams, ConvGeometry, ConvMethod, Pool2dParams, Shape};
 
 fn backend(isa: Isa, convolution: ConvAlgorithm) -> CpuBackend {
     CpuBackend::with_config(CpuConfig {
@@ -20,7 +21,7 @@ fn backend(isa: Isa, convolution: ConvAlgorithm) -> CpuBackend {
 
 /// Forward, input and weight gradient of a Winograd-sized convolution (16 -> 32 channels at
 /// 56x56: every one of them on the Winograd path, unless the backend is im2col-only) and a
-/// skinny linear layer (4 rows).
+/// skinny linear layer (4 rows), and a 2x2 max pool of the convolution's output with its gradient.
 fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
     b.clone().execute(|| {
         let p = Conv2dParams {
@@ -65,7 +66,19 @@ fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
             .random_normal(&Shape::from([70, 300]), 0.0, 0.1, 6)
             .unwrap();
         let h = b.matmul(&a, &fc, false, true).unwrap();
-        [y, dx, dw, h]
+        // The ReLU's zeros make ties, which go to each window's first maximum on every path.
+        let (pooled, at) = b
+            .max_pool2d(
+                &y,
+                Pool2dParams {
+                    kernel: 2,
+                    stride: 2,
+                },
+            )
+            .unwrap();
+        let dpooled = b.random_normal(pooled.shape(), 0.0, 1.0, 7).unwrap();
+        let unpooled = b.max_pool2d_backward(&dpooled, &at, y.shape()).unwrap();
+        [y, dx, dw, h, pooled, unpooled]
             .iter()
             .map(|t| b.download(t).unwrap())
             .collect()
