@@ -285,6 +285,12 @@ impl Memory {
     }
 }
 
+impl From<Vec<f32>> for Memory {
+    fn from(values: Vec<f32>) -> Memory {
+        Memory::Heap(values)
+    }
+}
+
 impl std::ops::Deref for Memory {
     type Target = [f32];
     fn deref(&self) -> &[f32] {

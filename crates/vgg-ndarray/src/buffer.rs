@@ -98,11 +98,12 @@ impl Buffer {
         }
     }
 
-    /// Adopts a vector built elsewhere.
-    pub(crate) fn from_vec(accounting: &Arc<Accounting>, data: Vec<f32>) -> Buffer {
+    /// Adopts values computed elsewhere (a vector, or memory from the arena).
+    pub(crate) fn adopt(accounting: &Arc<Accounting>, data: impl Into<Memory>) -> Buffer {
+        let data = data.into();
         accounting.count_new(data.len());
         Buffer {
-            data: Memory::Heap(data),
+            data,
             accounting: accounting.clone(),
             derived: Mutex::default(),
         }
@@ -173,7 +174,7 @@ mod tests {
         let accounting = Accounting::new();
         let len = 100_000;
         let a = Buffer::uninit(&accounting, len);
-        let b = Buffer::from_vec(&accounting, vec![1.0; 10]);
+        let b = Buffer::adopt(&accounting, vec![1.0; 10]);
         assert_eq!(accounting.stats().live_bytes, len * 4 + 40);
         assert_eq!(accounting.stats().live_buffers, 2);
         drop(a);
@@ -187,7 +188,7 @@ mod tests {
     #[test]
     fn derived_values_are_kept_from_the_second_request_until_a_write() {
         let accounting = Accounting::new();
-        let mut buf = Buffer::from_vec(&accounting, vec![2.0; 4]);
+        let mut buf = Buffer::adopt(&accounting, vec![2.0; 4]);
         let calls = std::cell::Cell::new(0);
         let sum = |b: &Buffer| {
             b.derived(("sum", 1, 4, None), true, |_| {
@@ -210,7 +211,7 @@ mod tests {
     #[test]
     fn derived_values_not_worth_keeping_are_made_each_time() {
         let accounting = Accounting::new();
-        let buf = Buffer::from_vec(&accounting, vec![2.0; 4]);
+        let buf = Buffer::adopt(&accounting, vec![2.0; 4]);
         let calls = std::cell::Cell::new(0);
         let sum = |keep: bool| {
             buf.derived(("sum", 1, 4, None), keep, |lasting| {

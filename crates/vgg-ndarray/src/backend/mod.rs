@@ -19,7 +19,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use vgg_tensor::{Result, Shape, TensorError};
 
-use crate::arena::Pool;
+use crate::arena::{Memory, Pool};
 use crate::buffer::MemoryStats;
 use crate::buffer::{Accounting, Buffer};
 use crate::config::{CpuConfig, Isa, Tuning};
@@ -191,11 +191,12 @@ impl CpuBackend {
         }
     }
 
-    fn adopt(&self, shape: Shape, data: Vec<f32>) -> CpuTensor {
+    fn adopt(&self, shape: Shape, data: impl Into<Memory>) -> CpuTensor {
+        let data = data.into();
         debug_assert_eq!(shape.elements(), data.len());
         CpuTensor {
             shape,
-            buf: Arc::new(Buffer::from_vec(&self.buffers, data)),
+            buf: Arc::new(Buffer::adopt(&self.buffers, data)),
         }
     }
 

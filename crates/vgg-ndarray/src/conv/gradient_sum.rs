@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::arena::Memory;
+use crate::arena::{Memory, Pool};
 
 /// The most output pixels one f32 GEMM sums over before its part joins the f64 total.
 pub const PIXELS_PER_PART: usize = 4096;
@@ -39,11 +39,46 @@ pub fn gemm_threads(threads: usize, lanes: usize) -> usize {
     (threads / lanes.max(1)).max(1)
 }
 
+/// f64 values in the arena: a weight gradient's running total. From the allocator, conv5's
+/// (2.4M values, 19 MB) came as fresh pages on every call, faulted in one by one: the first weight
+/// gradient after the classifier's took twice its siblings' time at batch 1 (docs/performance.md).
+struct Totals {
+    /// Twice as many f32 values and one more, so that an 8-byte-aligned run of `len` f64 fits
+    /// (arena blocks are page-aligned; small ones come from the allocator, 4-byte-aligned).
+    memory: Memory,
+    len: usize,
+}
+
+impl Totals {
+    /// `len` values, unspecified until written.
+    fn uninit(len: usize) -> Totals {
+        Totals {
+            memory: Memory::uninit(2 * len + 1),
+            len,
+        }
+    }
+
+    fn values(&self) -> &[f64] {
+        // SAFETY: every bit pattern is a valid f64, and the aligned middle of 2 len + 1 f32
+        // values holds at least len f64 values.
+        let (_, aligned, _) = unsafe { self.memory.align_to::<f64>() };
+        &aligned[..self.len]
+    }
+
+    fn values_mut(&mut self) -> &mut [f64] {
+        // SAFETY: as in `values`.
+        let (_, aligned, _) = unsafe { self.memory.align_to_mut::<f64>() };
+        &mut aligned[..self.len]
+    }
+}
+
 /// One worker's running weight gradient: the part the next GEMM writes and, from the second part
 /// on, the f64 total (a worker with one part never needs it).
 pub struct GradientSum {
+    /// In the parameters' gradients' region of the arena: where a worker's one part is the
+    /// whole gradient, it is the result as it is.
     part: Memory,
-    total: Option<Vec<f64>>,
+    total: Option<Totals>,
     parts: usize,
 }
 
@@ -51,7 +86,7 @@ impl GradientSum {
     /// A zero total of `len` values.
     pub fn new(len: usize) -> GradientSum {
         GradientSum {
-            part: Memory::uninit(len),
+            part: Memory::uninit_in(len, Pool::Gradients),
             total: None,
             parts: 0,
         }
@@ -61,7 +96,7 @@ impl GradientSum {
     pub fn part(&mut self) -> &mut [f32] {
         if self.parts == 1 && self.total.is_none() {
             // The first part is about to be overwritten: it starts the total.
-            self.total = Some(self.part.iter().map(|&p| f64::from(p)).collect());
+            add_or_start(&mut self.total, &self.part, |&p| f64::from(p));
         }
         &mut self.part
     }
@@ -71,44 +106,71 @@ impl GradientSum {
         self.parts += 1;
         if let Some(total) = &mut self.total {
             total
+                .values_mut()
                 .iter_mut()
                 .zip(self.part.iter())
                 .for_each(|(t, &p)| *t += f64::from(p));
         }
     }
 
-    fn into_total(self) -> Vec<f64> {
-        match self.total {
-            Some(total) => total,
-            None if self.parts == 0 => vec![0.0; self.part.len()],
-            None => self.part.iter().map(|&p| f64::from(p)).collect(),
+    /// The workers' totals added, rounded once to f32, in the parameters' gradients' region.
+    pub(crate) fn finish(sums: Vec<GradientSum>) -> Memory {
+        let len = sums.first().map_or(0, |s| s.part.len());
+        if sums.len() == 1 && sums[0].total.is_none() {
+            // One worker, at most one part: the GEMM's own f32 result.
+            let GradientSum {
+                mut part, parts, ..
+            } = sums.into_iter().next().expect("one worker");
+            if parts == 0 {
+                part.fill(0.0);
+            }
+            return part;
         }
-    }
-
-    /// The workers' totals added, rounded once to f32.
-    pub fn finish(sums: Vec<GradientSum>) -> Vec<f32> {
-        if let [one] = &sums[..] {
-            if one.total.is_none() {
-                // One worker, one part: the GEMM's own f32 result.
-                return match one.parts {
-                    0 => vec![0.0; one.part.len()],
-                    _ => one.part.to_vec(),
-                };
+        let mut total: Option<Totals> = None;
+        for s in sums {
+            match (s.total, &total) {
+                (Some(first), None) => total = Some(first),
+                (Some(other), Some(_)) => add_or_start(&mut total, other.values(), |&v| v),
+                // A worker with one part: the part itself joins the total.
+                (None, _) if s.parts > 0 => add_or_start(&mut total, &s.part, |&p| f64::from(p)),
+                (None, _) => {}
             }
         }
-        let mut sums = sums.into_iter();
-        let Some(first) = sums.next() else {
-            return Vec::new();
-        };
-        let mut total = first.into_total();
-        for s in sums {
-            let other = s.into_total();
-            total
+        // Made once the workers' parts are given back.
+        let mut dw = Memory::uninit_in(len, Pool::Gradients);
+        match total {
+            Some(total) => dw
                 .par_iter_mut()
-                .zip(other.par_iter())
-                .for_each(|(a, b)| *a += b);
+                .zip(total.values().par_iter())
+                .for_each(|(d, &t)| *d = t as f32),
+            None => dw.fill(0.0),
         }
-        total.par_iter().map(|&v| v as f32).collect()
+        dw
+    }
+}
+
+/// `total += values`, each widened to f64 by `widen`; where there is no total yet, it starts as
+/// `values` widened.
+fn add_or_start<T: Sync>(
+    total: &mut Option<Totals>,
+    values: &[T],
+    widen: impl Fn(&T) -> f64 + Sync + Send,
+) {
+    match total {
+        Some(total) => total
+            .values_mut()
+            .par_iter_mut()
+            .zip(values.par_iter())
+            .for_each(|(t, v)| *t += widen(v)),
+        None => {
+            let mut start = Totals::uninit(values.len());
+            start
+                .values_mut()
+                .par_iter_mut()
+                .zip(values.par_iter())
+                .for_each(|(t, v)| *t = widen(v));
+            *total = Some(start);
+        }
     }
 }
 
@@ -140,12 +202,15 @@ mod tests {
         let mut one = GradientSum::new(3);
         one.part().copy_from_slice(&[1.0, -2.0, 0.5]);
         one.add_part();
-        assert_eq!(GradientSum::finish(vec![one]), [1.0, -2.0, 0.5]);
-        assert_eq!(GradientSum::finish(vec![GradientSum::new(2)]), [0.0, 0.0]);
+        assert_eq!(GradientSum::finish(vec![one])[..], [1.0, -2.0, 0.5]);
+        assert_eq!(
+            GradientSum::finish(vec![GradientSum::new(2)])[..],
+            [0.0, 0.0]
+        );
         let mut a = GradientSum::new(1);
         a.part()[0] = 3.0;
         a.add_part();
-        assert_eq!(GradientSum::finish(vec![a, GradientSum::new(1)]), [3.0]);
+        assert_eq!(GradientSum::finish(vec![a, GradientSum::new(1)])[..], [3.0]);
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub(super) fn forward(
 
 /// `conv::backward_weight` in groups of `images_per_group` images: each worker sums its groups'
 /// dY[Cout, cols] x col[K, cols]^T into a dW of its own.
-pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
+pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Memory {
     let (k, hw) = (col_rows(g), g.out_h * g.out_w);
     // Groups of at most PIXELS_PER_PART pixels: each GEMM's f32 sum stays short, and the groups'
     // parts are added in f64 (gradient_sum.rs).

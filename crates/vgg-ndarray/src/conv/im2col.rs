@@ -461,7 +461,9 @@ pub(super) fn forward_fused(
     let in_image = g.in_channels * g.in_h * g.in_w;
     let hw = g.out_h * g.out_w;
     per_image(y, g.batch, threads, |n, y, gemm_threads| {
-        let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
+        // From the arena, whose pages stay mapped between calls; every value used is written
+        // (`im2col`) before it is read.
+        let mut col = Memory::uninit(scratch_elements(g, tile_bytes));
         for (r0, r1) in tiles(g, tile_bytes) {
             let cols = columns(image(x, n, in_image), g, r0, r1, &mut col, gemm_threads > 1);
             weights.times(output_tile(y, g, r0, r1), cols, false, gemm_threads);
@@ -487,7 +489,8 @@ pub(super) fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning
     let weights_t = Lhs::prepare(Mat::row_major(w, g.out_channels, col_rows(g)).t(), t);
     per_image(dx, g.batch, threads, |n, dx, gemm_threads| {
         let dy = image(dy, n, out_image);
-        let mut dcol = vec![0.0; col_rows(g) * tile_rows(g, tile_bytes) * g.out_w];
+        // Overwritten by each tile's GEMM (accumulate false) before col2im reads it.
+        let mut dcol = Memory::uninit(col_rows(g) * tile_rows(g, tile_bytes) * g.out_w);
         for (r0, r1) in tiles(g, tile_bytes) {
             let tile = (r1 - r0) * g.out_w;
             let dst = MatMut {
@@ -505,7 +508,7 @@ pub(super) fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning
 
 /// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
 /// many images as threads, each worker sums a contiguous group of images into its own dW.
-pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
+pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Memory {
     let threads = t.threads;
     let k = col_rows(g);
     // Tiles of at most PIXELS_PER_PART output pixels: each GEMM's f32 sum stays short, and the
@@ -523,7 +526,7 @@ pub(super) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
         .into_par_iter()
         .map(|lane| {
             let mut sum = GradientSum::new(g.out_channels * k);
-            let mut col = vec![0.0; scratch_elements(g, tile_bytes)];
+            let mut col = Memory::uninit(scratch_elements(g, tile_bytes));
             let images = gradient_sum::lane_parts(lane, lanes, g.batch);
             for n in images {
                 for (r0, r1) in tiles(g, tile_bytes) {

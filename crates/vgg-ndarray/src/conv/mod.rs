@@ -11,6 +11,7 @@ use vgg_tensor::{ConvGeometry, ConvMethod, ConvPass};
 
 use std::sync::Arc;
 
+use crate::arena::Memory;
 use crate::bf16::{self, direct};
 use crate::buffer::Buffer;
 use crate::config::{Bf16Unit, ConvAlgorithm, Isa, Tuning};
@@ -259,9 +260,9 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
 
 /// dW[Cout, K] = sum over images and tiles of dY[Cout, tile] x col[K, tile]^T. With at least as
 /// many images as threads, each worker sums a contiguous group of images into its own dW.
-pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
+pub(crate) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Memory {
     match algorithm(g, ConvPass::WeightGradient, t) {
-        Algorithm::DirectBf16 => direct::backward_weight(x, dy, g),
+        Algorithm::DirectBf16 => direct::backward_weight(x, dy, g).into(),
         Algorithm::Winograd => winograd::backward_weight(x, dy, g, t),
         Algorithm::Grouped => grouped::backward_weight(x, dy, g, t),
         Algorithm::Im2col => im2col::backward_weight(x, dy, g, t),

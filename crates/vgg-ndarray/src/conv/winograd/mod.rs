@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use vgg_tensor::ConvGeometry;
 
 use super::gradient_sum::{self, REDUCTION_LANES};
-use crate::arena::Memory;
+use crate::arena::{Memory, Pool};
 use crate::config::Tuning;
 use crate::gemm::{product, Mat, MatMut};
 
@@ -272,7 +272,7 @@ fn position_products(
 /// dW for a 3x3 stride-1 convolution (`applies`): per chunk, `dU[pos] += dM[pos] V[pos]^T` with
 /// dM = A dY At and V = Bt x B as in the forward pass; then dW = Gt dU G. Each thread sums its
 /// own chunks (a fixed split, so the result does not depend on scheduling).
-pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Vec<f32> {
+pub(crate) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> Memory {
     check_lengths(g, x, dy, "conv output-gradient");
     let (k, c) = (g.out_channels, g.in_channels);
     // Chunks and lanes fixed by the geometry, not the thread count, so neither is the sum
@@ -326,8 +326,8 @@ pub fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tuning) -> V
             .zip(p.par_chunks(1 << 15))
             .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
     }
-    // dW[k][c] = Gt dU[k][c] G, 16 input channels at a time.
-    let mut dw = vec![0.0f32; k * c * 9];
+    // dW[k][c] = Gt dU[k][c] G, 16 input channels at a time (every value written).
+    let mut dw = Memory::uninit_in(k * c * 9, Pool::Gradients);
     dw.par_chunks_mut(c * 9).enumerate().for_each(|(ko, dw_k)| {
         for c0 in (0..c).step_by(LANES) {
             let lanes = LANES.min(c - c0);
