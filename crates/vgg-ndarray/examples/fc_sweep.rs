@@ -64,6 +64,9 @@ fn main() {
             time("dX = dY W, f32 GEMM", || {
                 sgemm(row_major(&mut dx, batch, inputs), dy_m, w_m, false, threads)
             });
+            time("dX = dY W, a_b", || {
+                linear_grad::a_b(&dy, &w, (batch, inputs, outputs), &mut dx)
+            });
             for &unit in &units {
                 time(&format!("dX = dY W, bf16 on {unit:?}"), || {
                     bf16::gemm(

@@ -1,5 +1,5 @@
-//! A linear layer's weight gradient at a small batch, dW = dY^T X (`at_b`), where the time is
-//! writing the result: fc6's is 411 MB for 8 values summed per entry at batch 8. The GEMM took
+//! A linear layer's gradients at a small batch. The weight gradient dW = dY^T X (`at_b`), where
+//! the time is writing the result: fc6's is 411 MB for 8 values summed per entry at batch 8. The GEMM took
 //! 31 ms at batch 8 and 50 at batch 1 (every line of the result read before it is written);
 //! written once here, with non-temporal stores, 26 and 16 ms (`examples/fc_sweep`).
 //!
@@ -7,15 +7,18 @@
 //! thread computes it and however the work is split, so results do not depend on the thread
 //! count.
 //!
-//! Tried for the input gradient dX = dY W (a 411 MB read at batch 8) and dropped: a kernel
-//! streaming W's rows into column blocks of dX took 35-40 ms at batch 8 and 30 at batch 1,
-//! against the GEMM's 52 and 31-35 and the AMX GEMM's 27-30 (bf16), for 16-128 KiB blocks and
-//! 4 or 8 rows of W a pass, with software prefetches or without.
+//! The input gradient dX = dY W at batch 1-3 (`a_b`): each thread adds W's rows, four at a
+//! time, into its own run of dX's columns, so W is read once at the memory's rate: fc6 at batch 1
+//! on a Zen 5, 20 ms by the GEMM, 10 here (`examples/fc_sweep`). An earlier try with 16-128 KiB
+//! column blocks took 35-40 ms at batch 8 and 30 at batch 1 against the GEMM's 52 and 31-35 on
+//! an older machine; at batch 8 on the Zen 5 the GEMM and this kernel were level (21 and 19 ms),
+//! so larger batches keep the GEMM.
 
 use rayon::prelude::*;
 
 use std::borrow::Cow;
 
+use crate::arena::Memory;
 use crate::config::Precision;
 use crate::simd;
 use crate::skinny::{LANES, MAX_ROWS};
@@ -156,6 +159,89 @@ pub fn at_b(
         .for_each(|(t, rows)| at_b_task(&a, &b, (m, n, k), t * per_task, rows, streaming));
 }
 
+/// Whether `a_b` takes C [m, n] = A B for A [m, k], B [k, n]: a linear layer's input gradient
+/// (dY W) at a small batch, where reading the weight is the time.
+pub fn a_b_applies(m: usize, n: usize, k: usize) -> bool {
+    m <= MAX_ROWS && k * n >= LARGE
+}
+
+/// Rows of B read at once: as many streams from memory per thread (as `lone_rows` reads fc6 in
+/// the forward pass). `a_b_columns_generic` names them one by one.
+const B_STREAMS: usize = 4;
+
+/// C's columns `cols` (`acc` holds them: m rows of `cols.len()` values) = A B: each of B's rows
+/// read once, in order, `B_STREAMS` at a time, and added into every row of C weighted by A; each
+/// value's multiply-adds in the order of B's rows.
+#[inline(always)]
+fn a_b_columns_generic(
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    cols: std::ops::Range<usize>,
+    acc: &mut [f32],
+) {
+    let width = cols.len();
+    acc.fill(0.0);
+    let b_row = |r: usize| &b[r * n + cols.start..][..width];
+    let whole = k / B_STREAMS * B_STREAMS;
+    for r0 in (0..whole).step_by(B_STREAMS) {
+        let [b0, b1, b2, b3] = std::array::from_fn(|s| b_row(r0 + s));
+        for (i, row) in acc.chunks_exact_mut(width).enumerate().take(m) {
+            let [w0, w1, w2, w3] = std::array::from_fn(|s| a[i * k + r0 + s]);
+            // Equal lengths, so that the loop compiles to whole vectors of FMAs.
+            let lanes = row.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3);
+            for ((((c, &b0), &b1), &b2), &b3) in lanes {
+                *c = w3.mul_add(b3, w2.mul_add(b2, w1.mul_add(b1, w0.mul_add(b0, *c))));
+            }
+        }
+    }
+    for r in whole..k {
+        let b = b_row(r);
+        for (i, row) in acc.chunks_exact_mut(width).enumerate().take(m) {
+            let w = a[i * k + r];
+            for (c, &b) in row.iter_mut().zip(b) {
+                *c = w.mul_add(b, *c);
+            }
+        }
+    }
+}
+
+crate::simd::dispatch_simd! {
+    /// `a_b_columns_generic`, for the widest vector unit the CPU has.
+    fn a_b_columns(a: &[f32], b: &[f32], dims: (usize, usize, usize), cols: std::ops::Range<usize>, acc: &mut [f32]) => a_b_columns_generic
+}
+
+/// C [m, n] = A B for A [m, k] and B [k, n], all row-major, for few rows of A (`a_b_applies`): a
+/// linear layer's input gradient dY W, where the weight B is read once from memory. The threads
+/// split C's columns, so every value is one chain of multiply-adds in the order of B's rows,
+/// whatever the thread count.
+pub fn a_b(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), c: &mut [f32]) {
+    assert!(
+        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
+        "a_b operand lengths"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // A contiguous run of columns per thread: each reads a long run of every row of B.
+    let threads = rayon::current_num_threads().max(1);
+    let width = n.div_ceil(threads).next_multiple_of(LANES);
+    let parts: Vec<(std::ops::Range<usize>, Memory)> = (0..n.div_ceil(width))
+        .into_par_iter()
+        .map(|t| {
+            let cols = t * width..((t + 1) * width).min(n);
+            let mut acc = Memory::uninit(m * cols.len());
+            a_b_columns(a, b, (m, n, k), cols.clone(), &mut acc);
+            (cols, acc)
+        })
+        .collect();
+    for (cols, acc) in parts {
+        for (i, row) in acc.chunks_exact(cols.len()).enumerate() {
+            c[i * n + cols.start..i * n + cols.end].copy_from_slice(row);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +280,37 @@ mod tests {
             .num_threads(threads)
             .build()
             .expect("pool")
+    }
+
+    #[test]
+    fn a_b_matches_the_f64_product_on_any_thread_count() {
+        // Rows of B past whole groups of 4 (k % 4), columns past whole vectors, one to three
+        // rows of A, and fc7's input gradient's shape at batch 1.
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (2, 37, 3),
+            (3, 2100, 9),
+            (1, 20000, 6),
+            (2, 4096, 4096),
+        ] {
+            let (a, b) = (values(m * k, 5), values(k * n, 6));
+            let (want, bound) = reference(|i, l| a[i * k + l], |l, j| b[l * n + j], (m, n, k));
+            let mut first: Option<Vec<f32>> = None;
+            for threads in [1, 2, 3] {
+                let mut c = vec![f32::NAN; m * n];
+                pool(threads).install(|| a_b(&a, &b, (m, n, k), &mut c));
+                for (i, (&got, (&w, &e))) in c.iter().zip(want.iter().zip(&bound)).enumerate() {
+                    assert!(
+                        (got as f64 - w).abs() <= e,
+                        "{m}x{n}x{k} on {threads} threads, value {i}: {got} vs {w}"
+                    );
+                }
+                match &first {
+                    None => first = Some(c),
+                    Some(f) => assert_eq!(f, &c, "{m}x{n}x{k} on {threads} threads"),
+                }
+            }
+        }
     }
 
     #[test]

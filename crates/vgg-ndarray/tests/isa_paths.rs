@@ -1,8 +1,8 @@
 //! Every instruction-set path of the kernels, on whatever this machine has: a backend capped at
 //! each set up to the CPU's widest runs its kernels at that set (on its own workers), and gives
 //! the portable path's results to rounding. Covers the Winograd transforms (forward, input and
-//! weight gradients), im2col, the skinny fully connected kernel, max pooling and its gradient, and
-//! the im2col-only setting.
+//! weight gradients), im2col, the skinny fully connected kernel and the input gradient's stream
+//! kernel, max pooling and its gradient, and the im2col-only setting.
 
 use vgg_ndarray::conv::use_winograd;
 use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa, Tuning};
@@ -21,7 +21,8 @@ fn backend(isa: Isa, convolution: ConvAlgorithm) -> CpuBackend {
 
 /// Forward, input and weight gradient of a Winograd-sized convolution (16 -> 32 channels at
 /// 56x56: every one of them on the Winograd path, unless the backend is im2col-only) and a
-/// skinny linear layer (4 rows), and a 2x2 max pool of the convolution's output with its gradient.
+/// skinny linear layer (4 rows) and a linear layer's input gradient at batch 2, and a 2x2 max pool
+/// of the convolution's output with its gradient.
 fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
     b.clone().execute(|| {
         let p = Conv2dParams {
@@ -66,6 +67,14 @@ fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
             .random_normal(&Shape::from([70, 300]), 0.0, 0.1, 6)
             .unwrap();
         let h = b.matmul(&a, &fc, false, true).unwrap();
+        // A linear layer's input gradient at batch 2 (dY W, the weight's stream kernel).
+        let dy_fc = b
+            .random_normal(&Shape::from([2, 1100]), 0.0, 1.0, 8)
+            .unwrap();
+        let w_fc = b
+            .random_normal(&Shape::from([1100, 1000]), 0.0, 0.1, 9)
+            .unwrap();
+        let dx_fc = b.matmul(&dy_fc, &w_fc, false, false).unwrap();
         // The ReLU's zeros make ties, which go to each window's first maximum on every path.
         let (pooled, at) = b
             .max_pool2d(
@@ -78,7 +87,7 @@ fn outputs(b: &CpuBackend) -> Vec<Vec<f32>> {
             .unwrap();
         let dpooled = b.random_normal(pooled.shape(), 0.0, 1.0, 7).unwrap();
         let unpooled = b.max_pool2d_backward(&dpooled, &at, y.shape()).unwrap();
-        [y, dx, dw, h, pooled, unpooled]
+        [y, dx, dw, h, dx_fc, pooled, unpooled]
             .iter()
             .map(|t| b.download(t).unwrap())
             .collect()
