@@ -1,7 +1,7 @@
 //! A linear layer's gradients at a small batch. The weight gradient dW = dY^T X (`at_b`), where
-//! the time is writing the result: fc6's is 411 MB for 8 values summed per entry at batch 8. The GEMM took
-//! 31 ms at batch 8 and 50 at batch 1 (every line of the result read before it is written);
-//! written once here, with non-temporal stores, 26 and 16 ms (`examples/fc_sweep`).
+//! the time is writing the result: fc6's is 411 MB for 8 values summed per entry at batch 8. The
+//! GEMM took 31 ms at batch 8 and 50 at batch 1 (every line of the result read before it is
+//! written); written once here, with non-temporal stores, 26 and 16 ms (`examples/fc_sweep`).
 //!
 //! Each result value is one chain of fused multiply-adds in the order of the batch, whichever
 //! thread computes it and however the work is split, so results do not depend on the thread
