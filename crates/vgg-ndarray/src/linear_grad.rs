@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use crate::arena::Memory;
 use crate::config::Precision;
 use crate::simd;
-use crate::skinny::{LANES, MAX_ROWS};
+use crate::skinny::{BLOCK, LANES, MAX_ROWS};
 
 /// Products whose result holds fewer values stay with the GEMM: below 4 MiB it lives in the
 /// caches, and the small networks keep the arithmetic they were measured with.
@@ -160,9 +160,9 @@ pub fn at_b(
 }
 
 /// Whether `a_b` takes C [m, n] = A B for A [m, k], B [k, n]: a linear layer's input gradient
-/// (dY W) at a small batch, where reading the weight is the time.
+/// (dY W) at batch 1-3, where reading the weight is the time (at batch 8 the GEMM was level).
 pub fn a_b_applies(m: usize, n: usize, k: usize) -> bool {
-    m <= MAX_ROWS && k * n >= LARGE
+    m < BLOCK && k * n >= LARGE
 }
 
 /// Rows of B read at once: as many streams from memory per thread (as `lone_rows` reads fc6 in
@@ -285,7 +285,7 @@ mod tests {
     #[test]
     fn a_b_matches_the_f64_product_on_any_thread_count() {
         // Rows of B past whole groups of 4 (k % 4), columns past whole vectors, one to three
-        // rows of A, and fc7's input gradient's shape at batch 1.
+        // rows of A, and fc7's input gradient's shape at batch 2.
         for &(m, n, k) in &[
             (1, 1, 1),
             (2, 37, 3),

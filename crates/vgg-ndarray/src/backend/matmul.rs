@@ -122,7 +122,7 @@ impl CpuBackend {
                 }
                 // A linear layer's input gradient (dY W) at batch 1-3: the weight read once, at
                 // the memory's rate (fc6 at batch 1 on a Zen 5: 20 ms by the GEMM, 10 here).
-                None if !ta && !tb && m < skinny::BLOCK && linear_grad::a_b_applies(m, n, k) => {
+                None if !ta && !tb && linear_grad::a_b_applies(m, n, k) => {
                     linear_grad::a_b(a.as_slice(), b.as_slice(), (m, n, k), c)
                 }
                 _ => product(dst, lhs, rhs, false, self.threads, &self.tuning),
