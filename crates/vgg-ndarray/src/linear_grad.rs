@@ -282,6 +282,26 @@ mod tests {
             .expect("pool")
     }
 
+    /// `c` within `bound` of `want` value by value, and the same bits as the first result of the
+    /// shape (`first`: on another thread count), which the first one becomes.
+    fn check(
+        c: Vec<f32>,
+        (want, bound): (&[f64], &[f64]),
+        first: &mut Option<Vec<f32>>,
+        what: &str,
+    ) {
+        for (i, (&got, (&w, &e))) in c.iter().zip(want.iter().zip(bound)).enumerate() {
+            assert!(
+                (got as f64 - w).abs() <= e,
+                "{what}, value {i}: {got} vs {w}"
+            );
+        }
+        match first {
+            None => *first = Some(c),
+            Some(f) => assert_eq!(f, &c, "{what}"),
+        }
+    }
+
     #[test]
     fn a_b_matches_the_f64_product_on_any_thread_count() {
         // Rows of B past whole groups of 4 (k % 4), columns past whole vectors, one to three
@@ -299,16 +319,8 @@ mod tests {
             for threads in [1, 2, 3] {
                 let mut c = vec![f32::NAN; m * n];
                 pool(threads).install(|| a_b(&a, &b, (m, n, k), &mut c));
-                for (i, (&got, (&w, &e))) in c.iter().zip(want.iter().zip(&bound)).enumerate() {
-                    assert!(
-                        (got as f64 - w).abs() <= e,
-                        "{m}x{n}x{k} on {threads} threads, value {i}: {got} vs {w}"
-                    );
-                }
-                match &first {
-                    None => first = Some(c),
-                    Some(f) => assert_eq!(f, &c, "{m}x{n}x{k} on {threads} threads"),
-                }
+                let what = format!("{m}x{n}x{k} on {threads} threads");
+                check(c, (&want, &bound), &mut first, &what);
             }
         }
     }
@@ -340,16 +352,8 @@ mod tests {
                     };
                     pool(threads)
                         .install(|| at_b(&a, &b, (m, n, k), &mut c, streaming_bytes, precision));
-                    for (i, (&got, (&w, &e))) in c.iter().zip(want.iter().zip(&bound)).enumerate() {
-                        assert!(
-                            (got as f64 - w).abs() <= e,
-                            "{m}x{n}x{k} rounded {rounded}, value {i}: {got} vs {w}"
-                        );
-                    }
-                    match &first {
-                        None => first = Some(c),
-                        Some(f) => assert_eq!(f, &c, "{threads} threads"),
-                    }
+                    let what = format!("{m}x{n}x{k} rounded {rounded} on {threads} threads");
+                    check(c, (&want, &bound), &mut first, &what);
                 }
             }
         }
