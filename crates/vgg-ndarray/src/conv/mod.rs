@@ -59,8 +59,14 @@ pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     let min_pixels = match pass {
         // The forward pass takes Winograd from one image where the GEMM's products are narrower
         // than AVX-512's, or where a few tiles' products run on our own AVX-512 kernel
-        // (`winograd::few_tile_products`: conv5 at batch 1, 5.6-7.3 -> 2.9-3.1 ms on a Zen 4).
-        ConvPass::Forward if t.gemm_isa < Isa::Avx512 || winograd::few_tile_products(t) => 14 * 14,
+        // (`winograd::few_tile_products`: conv5 at batch 1, 5.6-7.3 -> 2.9-3.1 ms on a Zen 4;
+        // AVX2's blocking of them was never measured against AVX-512's im2col).
+        ConvPass::Forward
+            if t.gemm_isa < Isa::Avx512
+                || (t.kernel_isa >= Isa::Avx512 && winograd::few_tile_products(t)) =>
+        {
+            14 * 14
+        }
         ConvPass::Forward => 4 * 14 * 14,
         ConvPass::InputGradient => 8 * 14 * 14,
         ConvPass::WeightGradient => 4 * 14 * 14,

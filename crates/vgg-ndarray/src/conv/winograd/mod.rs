@@ -246,7 +246,8 @@ fn position_products(
     t: &Tuning,
 ) {
     if few_tiles::applies(whole, t) {
-        return few_tiles::products(u, v, m, channels, (k, c), tiles);
+        let held = few_tiles::vectors_held(t);
+        return few_tiles::products(u, v, m, channels, (k, c), tiles, held);
     }
     let rows = channels.len();
     let t = &f32_products(t);
@@ -566,11 +567,12 @@ mod tests {
         (worst / scale, y)
     }
 
-    /// Calls with at most 64 tiles take the few-tile products where our kernels are AVX-512's
-    /// (`few_tiles`; forced here, so that every machine runs the kernel, compiled for its widest
-    /// unit): against the direct method in f64 for 1 to 4 vectors of tiles, full and part vectors,
-    /// output channels off its 6-row blocks, the threads' shares of channels; and the same values
-    /// to the bit on 1, 2 and 3 threads (each sum is in one order whatever the split).
+    /// Calls with at most 64 tiles take the few-tile products where our kernels are AVX-512's or
+    /// AVX2's (`few_tiles`; both blockings forced here, so that every machine runs them, compiled
+    /// for its widest unit): against the direct method in f64 for 1 to 4 vectors of tiles, full
+    /// and part vectors, output channels off its 6-row blocks, the threads' shares of channels;
+    /// and the same values to the bit for either blocking on 1, 2 and 3 threads (each sum is in
+    /// one order whatever the split).
     #[test]
     fn few_tile_products_match_direct_convolution() {
         for (dims, k, tiles) in [
@@ -603,51 +605,55 @@ mod tests {
             assert_eq!(g.batch * tiles_h * tiles_w, tiles, "{dims:?}");
             // The GEMM crate's sums, for comparison: the same on any thread count.
             let gemm = Tuning {
-                kernel_isa: crate::config::Isa::Avx2,
+                kernel_isa: crate::config::Isa::Portable,
                 ..Tuning::detect(1)
             };
             let (gemm_err, _) = forward_against_direct(dims, k, 1, false, &gemm);
             let mut first = None;
-            for threads in [1, 2, 3] {
-                let t = Tuning {
-                    kernel_isa: crate::config::Isa::Avx512,
-                    ..Tuning::detect(threads)
-                };
-                assert!(few_tiles::applies(tiles, &t));
-                let (err, y) = forward_against_direct(dims, k, 1, false, &t);
-                eprintln!("{dims:?} k {k}: few tiles {err:.2e} gemm {gemm_err:.2e}");
-                // The bound of `stays_within_1e_4_of_direct_on_vgg_channel_counts`; and no worse
-                // than the GEMM's sums (the same to the bit on the shapes measured).
-                assert!(
-                    err < 1e-4 && err <= 1.5 * gemm_err.max(1e-7),
-                    "{dims:?} k {k}: relative error {err:e} (the GEMM's: {gemm_err:e})"
-                );
-                let bits: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
-                match &first {
-                    None => first = Some(bits),
-                    Some(first) => assert!(
-                        *first == bits,
-                        "{dims:?} k {k}: {threads} threads give other values"
-                    ),
+            // AVX-512's blocking (every tile in registers) and AVX2's (a vector of tiles at a
+            // time), each compiled for this machine's widest unit.
+            for isa in [crate::config::Isa::Avx512, crate::config::Isa::Avx2] {
+                for threads in [1, 2, 3] {
+                    let t = Tuning {
+                        kernel_isa: isa,
+                        ..Tuning::detect(threads)
+                    };
+                    assert!(few_tiles::applies(tiles, &t));
+                    let (err, y) = forward_against_direct(dims, k, 1, false, &t);
+                    eprintln!("{dims:?} k {k} {isa:?}: few tiles {err:.2e} gemm {gemm_err:.2e}");
+                    // The bound of `stays_within_1e_4_of_direct_on_vgg_channel_counts`; and no
+                    // worse than the GEMM's sums (the same to the bit on the shapes measured).
+                    assert!(
+                        err < 1e-4 && err <= 1.5 * gemm_err.max(1e-7),
+                        "{dims:?} k {k}: relative error {err:e} (the GEMM's: {gemm_err:e})"
+                    );
+                    let bits: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                    match &first {
+                        None => first = Some(bits),
+                        Some(first) => assert!(
+                            *first == bits,
+                            "{dims:?} k {k}: {isa:?} on {threads} threads gives other values"
+                        ),
+                    }
                 }
             }
         }
-        // More tiles, or our kernels below AVX-512, take the GEMM.
+        // More tiles, or the portable build of our kernels, take the GEMM.
         let t = Tuning::detect(1);
-        for isa in [crate::config::Isa::Avx2, crate::config::Isa::Portable] {
-            assert!(!few_tiles::applies(
-                16,
-                &Tuning {
-                    kernel_isa: isa,
-                    ..t
-                }
-            ));
+        assert!(!few_tiles::applies(
+            16,
+            &Tuning {
+                kernel_isa: crate::config::Isa::Portable,
+                ..t
+            }
+        ));
+        for isa in [crate::config::Isa::Avx512, crate::config::Isa::Avx2] {
+            let t = Tuning {
+                kernel_isa: isa,
+                ..t
+            };
+            assert!(!few_tiles::applies(few_tiles::MAX_TILES + 1, &t));
         }
-        let avx512 = Tuning {
-            kernel_isa: crate::config::Isa::Avx512,
-            ..t
-        };
-        assert!(!few_tiles::applies(few_tiles::MAX_TILES + 1, &avx512));
     }
 
     /// Odd sizes, partial tiles, every padding, channel counts off the lane width, one and two
