@@ -151,14 +151,26 @@ fn all_positions<const COLS: usize, const EXTRA: bool, const HELD: usize>(
         while row < rows {
             let block = ROWS.min(rows - row);
             let at = row * POSITIONS * tiles + pos * tiles;
+            // The weights the next block reads, asked for ahead while this one runs.
+            let next_row = if row + ROWS < rows {
+                Some(pos * k + channels.start + row + ROWS)
+            } else if pos + 1 < POSITIONS {
+                Some((pos + 1) * k + channels.start)
+            } else {
+                None
+            };
+            let next = match next_row {
+                Some(r) => &u[r * c..][..(ROWS * c).min(u.len() - r * c)],
+                None => &[][..],
+            };
             if block == ROWS {
                 let w = &weights[row * c..][..ROWS * c];
-                rows_block::<ROWS, COLS, EXTRA, HELD>(w, panel, extra, c, m, at, tiles);
+                rows_block::<ROWS, COLS, EXTRA, HELD>((w, next), panel, extra, c, m, at, tiles);
             } else {
                 for r in 0..block {
                     let w = &weights[(row + r) * c..][..c];
                     let at = at + r * POSITIONS * tiles;
-                    rows_block::<1, COLS, EXTRA, HELD>(w, panel, extra, c, m, at, tiles);
+                    rows_block::<1, COLS, EXTRA, HELD>((w, &[]), panel, extra, c, m, at, tiles);
                 }
             }
             row += block;
@@ -169,9 +181,10 @@ fn all_positions<const COLS: usize, const EXTRA: bool, const HELD: usize>(
 /// The sums of `R` output channels (`w`: R x c) at one position, stored from m[at], a row every
 /// POSITIONS x tiles values, a panel of `HELD` vectors at a time (`all_positions`): with
 /// `EXTRA`, the last tile summed beside the one panel where it is the only one, else after them.
+/// `next`: the weights the next block reads, asked for meanwhile (`ask_ahead`).
 #[inline(always)]
 fn rows_block<const R: usize, const COLS: usize, const EXTRA: bool, const HELD: usize>(
-    w: &[f32],
+    (w, next): (&[f32], &[f32]),
     panel: &[f32],
     extra: &[f32],
     c: usize,
@@ -182,7 +195,7 @@ fn rows_block<const R: usize, const COLS: usize, const EXTRA: bool, const HELD: 
     let stride = POSITIONS * tiles;
     let in_vectors = if EXTRA { tiles - 1 } else { tiles };
     if EXTRA && HELD == COLS {
-        let (sums, last) = block_sums_and_one::<R, HELD>(w, panel, extra, c);
+        let (sums, last) = block_sums_and_one::<R, HELD>(w, panel, extra, c, next);
         store_rows(&sums, m, at, in_vectors, stride);
         store_one(&last, m, at + in_vectors, stride);
         return;
@@ -192,7 +205,8 @@ fn rows_block<const R: usize, const COLS: usize, const EXTRA: bool, const HELD: 
         .step_by(width)
         .zip(panel.chunks_exact(c * width))
     {
-        let sums = block_sums::<R, HELD>(w, group, c);
+        let next = if first == 0 { next } else { &[] };
+        let sums = block_sums::<R, HELD>(w, group, c, next);
         store_rows(&sums, m, at + first, width.min(in_vectors - first), stride);
     }
     if EXTRA {
@@ -210,6 +224,7 @@ fn block_sums_and_one<const R: usize, const COLS: usize>(
     panel: &[f32],
     extra: &[f32],
     c: usize,
+    next: &[f32],
 ) -> ([[Lanes; COLS]; R], [f32; R]) {
     assert!(
         w.len() >= R * c
@@ -221,6 +236,7 @@ fn block_sums_and_one<const R: usize, const COLS: usize>(
     let mut acc = [[[0.0f32; LANES]; COLS]; R];
     let mut one = [[0.0f32; LANES]; R];
     for c0 in (0..c).step_by(LANES) {
+        ask_ahead::<R>(next, c0);
         // SAFETY: c0 + LANES <= c, with the lengths asserted above.
         unsafe { add_one_step(&mut one, w, extra, c, c0) };
         for ci in c0..c0 + LANES {
@@ -278,17 +294,33 @@ fn block_sums<const R: usize, const COLS: usize>(
     w: &[f32],
     panel: &[f32],
     c: usize,
+    next: &[f32],
 ) -> [[Lanes; COLS]; R] {
     assert!(
         w.len() >= R * c && panel.len() >= c * COLS * LANES,
         "few-tile block lengths"
     );
     let mut acc = [[[0.0f32; LANES]; COLS]; R];
-    for ci in 0..c {
-        // SAFETY: ci < c and the lengths asserted above are `add_channel`'s.
-        unsafe { add_channel(&mut acc, w, panel, c, ci) };
+    for c0 in (0..c).step_by(LANES) {
+        ask_ahead::<R>(next, c0);
+        for ci in c0..(c0 + LANES).min(c) {
+            // SAFETY: ci < c and the lengths asserted above are `add_channel`'s.
+            unsafe { add_channel(&mut acc, w, panel, c, ci) };
+        }
     }
     acc
+}
+
+/// Asks the caches for the next block's weights (`next`: R x c values, or none) while this block
+/// runs, R lines for every 16 of this block's c channels, so that all of them are on their way by
+/// its end: each block's weights are read once, from memory, and the hardware's prefetchers
+/// did not keep ahead of the six rows read side by side (docs/performance.md).
+#[inline(always)]
+fn ask_ahead<const R: usize>(next: &[f32], c0: usize) {
+    let at = c0 / LANES * R * LANES;
+    if at < next.len() {
+        crate::simd::prefetch(&next[at..(at + R * LANES).min(next.len())]);
+    }
 }
 
 /// acc[r][j] += w[r][ci] * panel[ci][j]: input channel `ci`'s step of `block_sums`.
