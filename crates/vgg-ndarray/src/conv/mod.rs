@@ -58,15 +58,10 @@ pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     // Images' worth of 14x14 outputs below which im2col wins, per pass.
     let min_pixels = match pass {
         // The forward pass takes Winograd from one image where the GEMM's products are narrower
-        // than AVX-512's, or where a few tiles' products run on our own AVX-512 kernel
-        // (`winograd::few_tile_products`: conv5 at batch 1, 5.6-7.3 -> 2.9-3.1 ms on a Zen 4;
-        // AVX2's blocking of them was never measured against AVX-512's im2col).
-        ConvPass::Forward
-            if t.gemm_isa < Isa::Avx512
-                || (t.kernel_isa >= Isa::Avx512 && winograd::few_tile_products(t)) =>
-        {
-            14 * 14
-        }
+        // than AVX-512's, or where our kernels are AVX-512's, so a few tiles' products run on
+        // its blocking (`winograd` few-tile products: conv5 at batch 1, 5.6-7.3 -> 2.9-3.1 ms
+        // on a Zen 4; AVX2's blocking of them was never measured against AVX-512's im2col).
+        ConvPass::Forward if t.gemm_isa < Isa::Avx512 || t.kernel_isa >= Isa::Avx512 => 14 * 14,
         ConvPass::Forward => 4 * 14 * 14,
         ConvPass::InputGradient => 8 * 14 * 14,
         ConvPass::WeightGradient => 4 * 14 * 14,

@@ -33,7 +33,7 @@ pub(super) fn applies(tiles: usize, t: &Tuning) -> bool {
 /// Whether this tuning runs the few-tile products (`applies`) at all: a vector unit of our
 /// kernels' (the portable build keeps the GEMM crate's). The products are f32 in either math
 /// mode, as all of Winograd's are.
-pub(crate) fn runs_here(t: &Tuning) -> bool {
+pub(super) fn runs_here(t: &Tuning) -> bool {
     t.kernel_isa >= Isa::Avx2
 }
 
@@ -87,25 +87,33 @@ fn products_generic(
     // input channels per vector, beside them, rather than taking a fourth vector 15/16 idle.
     let extra = tiles > LANES && tiles % LANES == 1 && c.is_multiple_of(LANES);
     let kc = (k, c);
-    if held == 1 {
-        return match (tiles.div_ceil(LANES), extra) {
-            (2, true) => all_positions::<1, true, 1>(u, v, m, channels, kc, tiles),
-            (3, true) => all_positions::<2, true, 1>(u, v, m, channels, kc, tiles),
-            (4, true) => all_positions::<3, true, 1>(u, v, m, channels, kc, tiles),
-            (1, _) => all_positions::<1, false, 1>(u, v, m, channels, kc, tiles),
-            (2, _) => all_positions::<2, false, 1>(u, v, m, channels, kc, tiles),
-            (3, _) => all_positions::<3, false, 1>(u, v, m, channels, kc, tiles),
-            _ => all_positions::<4, false, 1>(u, v, m, channels, kc, tiles),
-        };
-    }
     match (tiles.div_ceil(LANES), extra) {
-        (2, true) => all_positions::<1, true, 1>(u, v, m, channels, kc, tiles),
-        (3, true) => all_positions::<2, true, 2>(u, v, m, channels, kc, tiles),
-        (4, true) => all_positions::<3, true, 3>(u, v, m, channels, kc, tiles),
-        (1, _) => all_positions::<1, false, 1>(u, v, m, channels, kc, tiles),
-        (2, _) => all_positions::<2, false, 2>(u, v, m, channels, kc, tiles),
-        (3, _) => all_positions::<3, false, 3>(u, v, m, channels, kc, tiles),
-        _ => all_positions::<4, false, 4>(u, v, m, channels, kc, tiles),
+        (2, true) => blocked::<1, true>(u, v, m, channels, kc, tiles, held),
+        (3, true) => blocked::<2, true>(u, v, m, channels, kc, tiles, held),
+        (4, true) => blocked::<3, true>(u, v, m, channels, kc, tiles, held),
+        (1, _) => blocked::<1, false>(u, v, m, channels, kc, tiles, held),
+        (2, _) => blocked::<2, false>(u, v, m, channels, kc, tiles, held),
+        (3, _) => blocked::<3, false>(u, v, m, channels, kc, tiles, held),
+        _ => blocked::<4, false>(u, v, m, channels, kc, tiles, held),
+    }
+}
+
+/// `all_positions` for `COLS` vectors of tiles with `held` of them in registers at once: one
+/// (AVX2), or all of them (`held` covers every `COLS` on AVX-512).
+#[inline(always)]
+fn blocked<const COLS: usize, const EXTRA: bool>(
+    u: &[f32],
+    v: &[f32],
+    m: &mut [f32],
+    channels: std::ops::Range<usize>,
+    kc: (usize, usize),
+    tiles: usize,
+    held: usize,
+) {
+    if held == 1 {
+        all_positions::<COLS, EXTRA, 1>(u, v, m, channels, kc, tiles)
+    } else {
+        all_positions::<COLS, EXTRA, COLS>(u, v, m, channels, kc, tiles)
     }
 }
 

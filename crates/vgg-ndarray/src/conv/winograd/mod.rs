@@ -24,7 +24,6 @@ mod transforms;
 
 pub(crate) use chunks::large_chunks;
 use chunks::*;
-pub(crate) use few_tiles::runs_here as few_tile_products;
 use layout::*;
 use store::*;
 use transforms::*;
