@@ -18,18 +18,19 @@ pub(super) fn split_phases(row: &[f32], split: &mut [f32], quads: usize) {
     }
 }
 
-/// Stores position (a, b) of `t` at dst[(a * A + b) * stride + at..][..lanes] (see `position`
-/// for the layout).
+/// Stores row a of a transformed block, positions (a, b), at dst[(a * A + b) * stride + at..]
+/// [..lanes] (see `position` for the layout).
 #[inline(always)]
-pub(super) fn store_positions(
-    t: &[[Lanes; A]; A],
+pub(super) fn store_row(
+    row: &[Lanes; A],
+    a: usize,
     dst: &mut [f32],
     stride: usize,
     at: usize,
     lanes: usize,
 ) {
-    for (pos, values) in t.iter().flatten().enumerate() {
-        copy_lanes(&mut dst[pos * stride + at..][..lanes], values);
+    for (b, values) in row.iter().enumerate() {
+        copy_lanes(&mut dst[(a * A + b) * stride + at..][..lanes], values);
     }
 }
 
@@ -46,19 +47,20 @@ pub(super) fn position(data: &[f32], pos: usize, rows: usize, tiles: usize) -> M
     }
 }
 
-/// The inverse of `store_positions`: lanes beyond `lanes` are zero.
+/// src[from..][..lanes] as one lane vector: what `store_row` stored. The lanes past `lanes` hold
+/// whatever follows in `src` (zero at its end), for callers that discard them: a whole vector is
+/// read as one where it lies inside `src`, since copied in parts into a vector on the stack and
+/// read back at once, the read waited for the parts' stores (no store forwarding).
 #[inline(always)]
-pub(super) fn load_positions(
-    src: &[f32],
-    stride: usize,
-    at: usize,
-    lanes: usize,
-) -> [[Lanes; A]; A] {
-    let mut t = [[[0.0f32; LANES]; A]; A];
-    for (pos, values) in t.iter_mut().flatten().enumerate() {
-        copy_lanes(&mut values[..lanes], &src[pos * stride + at..][..lanes]);
+pub(super) fn load_lanes(src: &[f32], from: usize, lanes: usize) -> Lanes {
+    match src.get(from..from + LANES) {
+        Some(whole) => *<&Lanes>::try_from(whole).expect("LANES values"),
+        None => {
+            let mut values = [0.0f32; LANES];
+            copy_lanes(&mut values[..lanes], &src[from..][..lanes]);
+            values
+        }
     }
-    t
 }
 
 /// dst = src[..dst.len()]. Copied in fixed-size pieces (16, then 8, 4, 2, 1 values), which

@@ -76,20 +76,13 @@ pub(crate) fn transform_weights(w: &[f32], k: usize, c: usize, lasting: bool) ->
             let mut block = [0.0f32; LANES * 9];
             block[..lanes * 9].copy_from_slice(&filters[c0 * 9..(c0 + lanes) * 9]);
             // g[i][j][l]: tap (i, j) of input channel c0 + l.
-            let mut g = [[[0.0f32; LANES]; 3]; 3];
-            for (i, gi) in g.iter_mut().enumerate() {
-                for (j, gij) in gi.iter_mut().enumerate() {
-                    for (l, v) in gij.iter_mut().enumerate() {
-                        *v = block[l * 9 + i * 3 + j];
-                    }
-                }
-            }
-            for (a, row) in transform_2d(&g, g3).iter().enumerate() {
+            let tap = |i: usize, j: usize| std::array::from_fn(|l| block[l * 9 + i * 3 + j]);
+            transform_2d(tap, g3, |a, row| {
                 for (b, values) in row.iter().enumerate() {
                     // SAFETY: inside u; only this output channel's task writes row ko.
                     unsafe { out.write_slice(((a * A + b) * k + ko) * c + c0, &values[..lanes]) };
                 }
-            }
+            });
         }
     });
     u
@@ -331,15 +324,16 @@ pub(crate) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
     dw.par_chunks_mut(c * 9).enumerate().for_each(|(ko, dw_k)| {
         for c0 in (0..c).step_by(LANES) {
             let lanes = LANES.min(c - c0);
-            let u = load_positions(&du, k * c, ko * c + c0, lanes);
+            let at = ko * c + c0;
+            let element = |i: usize, j: usize| load_lanes(&du, (i * A + j) * k * c + at, lanes);
             let mut block = [0.0f32; LANES * 9];
-            for (i, row) in transform_2d(&u, gt6).iter().enumerate() {
+            transform_2d(element, gt6, |i, row| {
                 for (j, values) in row.iter().enumerate() {
                     for (l, &v) in values.iter().enumerate() {
                         block[l * 9 + i * 3 + j] = v;
                     }
                 }
-            }
+            });
             dw_k[c0 * 9..(c0 + lanes) * 9].copy_from_slice(&block[..lanes * 9]);
         }
     });
