@@ -70,20 +70,7 @@ pub(crate) fn transform_weights(w: &[f32], k: usize, c: usize, lasting: bool) ->
         streaming: false,
     };
     (0..k).into_par_iter().for_each(|ko| {
-        let filters = &w[ko * c * 9..(ko + 1) * c * 9];
-        for c0 in (0..c).step_by(LANES) {
-            let lanes = LANES.min(c - c0);
-            let mut block = [0.0f32; LANES * 9];
-            block[..lanes * 9].copy_from_slice(&filters[c0 * 9..(c0 + lanes) * 9]);
-            // g[i][j][l]: tap (i, j) of input channel c0 + l.
-            let tap = |i: usize, j: usize| std::array::from_fn(|l| block[l * 9 + i * 3 + j]);
-            transform_2d(tap, g3, |a, row| {
-                for (b, values) in row.iter().enumerate() {
-                    // SAFETY: inside u; only this output channel's task writes row ko.
-                    unsafe { out.write_slice(((a * A + b) * k + ko) * c + c0, &values[..lanes]) };
-                }
-            });
-        }
+        simd::filters(&w[ko * c * 9..(ko + 1) * c * 9], ko, k, c, out);
     });
     u
 }
@@ -322,20 +309,7 @@ pub(crate) fn backward_weight(x: &[f32], dy: &[f32], g: &ConvGeometry, t: &Tunin
     // dW[k][c] = Gt dU[k][c] G, 16 input channels at a time (every value written).
     let mut dw = Memory::uninit_in(k * c * 9, Pool::Gradients);
     dw.par_chunks_mut(c * 9).enumerate().for_each(|(ko, dw_k)| {
-        for c0 in (0..c).step_by(LANES) {
-            let lanes = LANES.min(c - c0);
-            let at = ko * c + c0;
-            let element = |i: usize, j: usize| load_lanes(&du, (i * A + j) * k * c + at, lanes);
-            let mut block = [0.0f32; LANES * 9];
-            transform_2d(element, gt6, |i, row| {
-                for (j, values) in row.iter().enumerate() {
-                    for (l, &v) in values.iter().enumerate() {
-                        block[l * 9 + i * 3 + j] = v;
-                    }
-                }
-            });
-            dw_k[c0 * 9..(c0 + lanes) * 9].copy_from_slice(&block[..lanes * 9]);
-        }
+        simd::weight_grad(&du, ko, k, c, dw_k);
     });
     dw
 }

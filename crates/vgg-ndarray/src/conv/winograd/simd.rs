@@ -40,3 +40,13 @@ crate::simd::dispatch_simd! {
         y: OutPtr,
     ) => transform_output_generic
 }
+
+crate::simd::dispatch_simd! {
+    pub(super) fn filters(filters: &[f32], ko: usize, k: usize, c: usize, u: OutPtr)
+        => transform_filters_generic
+}
+
+crate::simd::dispatch_simd! {
+    pub(super) fn weight_grad(du: &[f32], ko: usize, k: usize, c: usize, dw_k: &mut [f32])
+        => transform_weight_grad_generic
+}

@@ -333,3 +333,66 @@ pub(super) fn transform_output_generic(
         }
     }
 }
+
+/// Row `ko` of U (`transform_weights`): U[pos][ko][c] = (G w[ko][c] Gt)[pos], from output channel
+/// ko's filters (c x 3 x 3), 16 input channels at a time.
+#[inline(always)]
+pub(super) fn transform_filters_generic(filters: &[f32], ko: usize, k: usize, c: usize, u: OutPtr) {
+    for c0 in (0..c).step_by(LANES) {
+        let lanes = LANES.min(c - c0);
+        let mut block = [0.0f32; LANES * 9];
+        block[..lanes * 9].copy_from_slice(&filters[c0 * 9..(c0 + lanes) * 9]);
+        // g[i][j][l]: tap (i, j) of input channel c0 + l.
+        let mut g = [[[0.0f32; LANES]; 3]; 3];
+        for (i, gi) in g.iter_mut().enumerate() {
+            for (j, gij) in gi.iter_mut().enumerate() {
+                for (l, v) in gij.iter_mut().enumerate() {
+                    *v = block[l * 9 + i * 3 + j];
+                }
+            }
+        }
+        transform_2d(
+            #[inline(always)]
+            |i, j| g[i][j],
+            g3,
+            #[inline(always)]
+            |a, row| {
+                for (b, values) in row.iter().enumerate() {
+                    // SAFETY: inside u; only the task of output channel ko writes its row.
+                    unsafe { u.write_slice(((a * A + b) * k + ko) * c + c0, &values[..lanes]) };
+                }
+            },
+        );
+    }
+}
+
+/// dW[ko][c] = Gt dU[ko][c] G into `dw_k` (c x 3 x 3), from dU [pos][k][c], 16 input channels at a
+/// time.
+#[inline(always)]
+pub(super) fn transform_weight_grad_generic(
+    du: &[f32],
+    ko: usize,
+    k: usize,
+    c: usize,
+    dw_k: &mut [f32],
+) {
+    for c0 in (0..c).step_by(LANES) {
+        let lanes = LANES.min(c - c0);
+        let at = ko * c + c0;
+        let mut block = [0.0f32; LANES * 9];
+        transform_2d(
+            #[inline(always)]
+            |i, j| load_lanes(du, (i * A + j) * k * c + at, lanes),
+            gt6,
+            #[inline(always)]
+            |i, row| {
+                for (j, values) in row.iter().enumerate() {
+                    for (l, &v) in values.iter().enumerate() {
+                        block[l * 9 + i * 3 + j] = v;
+                    }
+                }
+            },
+        );
+        dw_k[c0 * 9..(c0 + lanes) * 9].copy_from_slice(&block[..lanes * 9]);
+    }
+}
