@@ -192,10 +192,7 @@ pub(super) fn transform_input_generic(
                 transform_2d(
                     // Element (i, j) of tiles t0.., one per lane.
                     #[inline(always)]
-                    |i, j| {
-                        let start = (i * M + j % M) * quads + t0 + j / M;
-                        *<&Lanes>::try_from(&phases[start..start + LANES]).expect("LANES values")
-                    },
+                    |i, j| load_lanes(&phases, (i * M + j % M) * quads + t0 + j / M, LANES),
                     bt6,
                     #[inline(always)]
                     |a, row| store_row(row, a, v, tiles, at, lanes),
@@ -242,10 +239,7 @@ pub(super) fn transform_output_grad_generic(
                 let at = ko * POSITIONS * tiles + ri * tiles_w + t0;
                 transform_2d(
                     #[inline(always)]
-                    |i, j| {
-                        let start = (i * M + j) * quads + t0;
-                        *<&Lanes>::try_from(&phases[start..start + LANES]).expect("LANES values")
-                    },
+                    |i, j| load_lanes(&phases, (i * M + j) * quads + t0, LANES),
                     a4,
                     #[inline(always)]
                     |a, row| store_row(row, a, dm, tiles, at, lanes),
