@@ -268,6 +268,12 @@ pub(super) fn transform_output_generic(
     let plane = g.out_h * g.out_w;
     // An output far larger than the caches is not read back from them: store it around them.
     let streaming = y.streaming;
+    let groups = Groups {
+        tiles_w,
+        tiles,
+        channels: channels.clone(),
+        rows: rows.len(),
+    };
     for (ri, row) in rows.clone().enumerate() {
         let (n, th) = (row / tiles_h, row % tiles_h);
         for ko in channels.clone() {
@@ -275,14 +281,9 @@ pub(super) fn transform_output_generic(
             let out_plane = (n * k_count + ko) * plane;
             for t0 in (0..tiles_w).step_by(LANES) {
                 let lanes = LANES.min(tiles_w - t0);
-                let base = ri * tiles_w + t0;
-                let at = (ko - channels.start) * POSITIONS * tiles + base;
+                let at = groups.at(ri, ko, t0);
                 let width = (g.out_w - t0 * M).min(LANES * M);
-                ask_ahead(
-                    m,
-                    tiles,
-                    next_group(tiles_w, tiles, &channels, ri, rows.len(), ko, t0),
-                );
+                ask_ahead(m, tiles, groups.next(ri, ko, t0));
                 // Read in the order of the layout, one position after another: read
                 // column by column as the transform takes them, 256-channel layers on large
                 // chunks (M from the L3) ran slower. Not zero-filled first: that memset was 7%
@@ -333,32 +334,39 @@ pub(super) fn transform_output_generic(
     }
 }
 
-/// Where the output transform's next group of 16 tiles starts in its m (channels counted from
-/// `channels.start`): the next tiles of the row, else the next channel's first, else the next
-/// tile row's first channel; None after the last.
-#[inline(always)]
-fn next_group(
+/// The output transform's groups of 16 tiles in m, in the order its loop takes them: tile rows,
+/// then output channels (counted from `channels.start`), then 16 tiles of the row at a time.
+struct Groups {
     tiles_w: usize,
     tiles: usize,
-    channels: &std::ops::Range<usize>,
-    ri: usize,
+    channels: std::ops::Range<usize>,
     rows: usize,
-    ko: usize,
-    t0: usize,
-) -> Option<usize> {
-    let at = |ko: usize, t0: usize| (ko - channels.start) * POSITIONS * tiles + ri * tiles_w + t0;
-    if t0 + LANES < tiles_w {
-        Some(at(ko, t0 + LANES))
-    } else if ko + 1 < channels.end {
-        Some(at(ko + 1, 0))
-    } else if ri + 1 < rows {
-        Some((ri + 1) * tiles_w)
-    } else {
-        None
+}
+
+impl Groups {
+    /// Where the group of tile row `ri`, channel `ko` and tiles `t0..` starts in m.
+    #[inline(always)]
+    fn at(&self, ri: usize, ko: usize, t0: usize) -> usize {
+        (ko - self.channels.start) * POSITIONS * self.tiles + ri * self.tiles_w + t0
+    }
+
+    /// Where the group after that one starts: the next tiles of the row, else the next
+    /// channel's first, else the next tile row's first channel; None after the last.
+    #[inline(always)]
+    fn next(&self, ri: usize, ko: usize, t0: usize) -> Option<usize> {
+        if t0 + LANES < self.tiles_w {
+            Some(self.at(ri, ko, t0 + LANES))
+        } else if ko + 1 < self.channels.end {
+            Some(self.at(ri, ko + 1, 0))
+        } else if ri + 1 < self.rows {
+            Some(self.at(ri + 1, self.channels.start, 0))
+        } else {
+            None
+        }
     }
 }
 
-/// Asks the caches for the 36 positions of the group of tiles at `at` in m (`next_group`) while
+/// Asks the caches for the 36 positions of the group of tiles at `at` in m (`Groups::next`) while
 /// this group is transformed: M was written by 36 GEMMs and lies in the L3 or memory, and the
 /// transform's loads of it, 36 streams a group, held ~40% of its samples at batch 8 (perf annotate).
 /// A hint only: no value changes.
@@ -441,19 +449,28 @@ pub(super) fn transform_weight_grad_generic(
 mod tests {
     use super::*;
 
-    /// The group asked for ahead is the one the output transform takes next, in its loop's order.
+    /// The group asked for ahead is the one the output transform takes next, in its loop's order,
+    /// and the groups tile m without gaps or overlaps.
     #[test]
     fn next_group_is_the_loops_next() {
         for (tiles_w, rows, channels) in [(56, 2, 3..7), (4, 3, 0..2), (16, 1, 5..6), (17, 2, 1..3)]
         {
             let tiles = rows * tiles_w;
+            let groups = Groups {
+                tiles_w,
+                tiles,
+                channels: channels.clone(),
+                rows,
+            };
             let mut order = Vec::new();
+            let mut starts = Vec::new();
             for ri in 0..rows {
                 for ko in channels.clone() {
                     for t0 in (0..tiles_w).step_by(LANES) {
-                        let at = (ko - channels.start) * POSITIONS * tiles + ri * tiles_w + t0;
-                        let next = next_group(tiles_w, tiles, &channels, ri, rows, ko, t0);
-                        order.push((at, next));
+                        order.push((groups.at(ri, ko, t0), groups.next(ri, ko, t0)));
+                        // Position 0's tiles of the group, as the transform reads them.
+                        let lanes = LANES.min(tiles_w - t0);
+                        starts.extend(groups.at(ri, ko, t0)..groups.at(ri, ko, t0) + lanes);
                     }
                 }
             }
@@ -464,6 +481,12 @@ mod tests {
                     "{tiles_w} {rows} {i}"
                 );
             }
+            // Every channel's position-0 row of m ([channel][POSITIONS][tiles]) read once.
+            starts.sort_unstable();
+            let want: Vec<usize> = (0..channels.len())
+                .flat_map(|c| c * POSITIONS * tiles..c * POSITIONS * tiles + tiles)
+                .collect();
+            assert_eq!(starts, want, "{tiles_w} {rows}");
         }
     }
 }
