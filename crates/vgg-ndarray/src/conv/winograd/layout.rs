@@ -4,13 +4,21 @@
 use super::*;
 use crate::gemm::Mat;
 
-/// Splits a row into its 4 column phases: split[p * quads + q] = row[4 q + p].
+/// Splits a row into its 4 column phases, each `stride` values after the last and starting at
+/// `at`: split[p * stride + at + q] = row[4 q + p].
 #[inline(always)]
-pub(super) fn split_phases(row: &[f32], split: &mut [f32], quads: usize) {
-    let (p0, rest) = split.split_at_mut(quads);
-    let (p1, rest) = rest.split_at_mut(quads);
-    let (p2, p3) = rest.split_at_mut(quads);
-    for ((((q, a), b), c), d) in row.chunks_exact(M).zip(p0).zip(p1).zip(p2).zip(p3) {
+pub(super) fn split_phases(row: &[f32], split: &mut [f32], stride: usize, at: usize) {
+    let quads = row.len() / M;
+    let (p0, rest) = split[at..].split_at_mut(stride);
+    let (p1, rest) = rest.split_at_mut(stride);
+    let (p2, p3) = rest.split_at_mut(stride);
+    for ((((q, a), b), c), d) in row
+        .chunks_exact(M)
+        .zip(&mut p0[..quads])
+        .zip(&mut p1[..quads])
+        .zip(&mut p2[..quads])
+        .zip(&mut p3[..quads])
+    {
         *a = q[0];
         *b = q[1];
         *c = q[2];
@@ -18,8 +26,8 @@ pub(super) fn split_phases(row: &[f32], split: &mut [f32], quads: usize) {
     }
 }
 
-/// Stores row a of a transformed block, positions (a, b), at dst[(a * A + b) * stride + at..]
-/// [..lanes] (see `position` for the layout).
+/// Stores lanes `lanes` of row a of a transformed block, positions (a, b), at
+/// dst[(a * A + b) * stride + at..] (see `position` for the layout).
 #[inline(always)]
 pub(super) fn store_row(
     row: &[Lanes; A],
@@ -27,10 +35,13 @@ pub(super) fn store_row(
     dst: &mut [f32],
     stride: usize,
     at: usize,
-    lanes: usize,
+    lanes: std::ops::Range<usize>,
 ) {
     for (b, values) in row.iter().enumerate() {
-        copy_lanes(&mut dst[(a * A + b) * stride + at..][..lanes], values);
+        copy_lanes(
+            &mut dst[(a * A + b) * stride + at..][..lanes.len()],
+            &values[lanes.clone()],
+        );
     }
 }
 

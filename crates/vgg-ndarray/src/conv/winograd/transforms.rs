@@ -149,6 +149,45 @@ pub(super) fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
     r
 }
 
+/// How the output and output-gradient transforms take a chunk's tiles, 16 lanes at a time: a
+/// tile row of 8 tiles or more in runs of 16 (the last one shorter), shorter rows several at once,
+/// side by side (by rows, conv5's 4 tiles a row filled 4 of the 16 lanes, conv4's 7 filled 7).
+/// The tiles of consecutive rows are consecutive in V and M, so a group is one run of them.
+#[derive(Clone, Copy)]
+struct Lanesets {
+    tiles_w: usize,
+    /// Tile rows side by side in one group of lanes.
+    rows: usize,
+}
+
+impl Lanesets {
+    fn new(tiles_w: usize) -> Lanesets {
+        Lanesets {
+            tiles_w,
+            rows: (LANES / tiles_w).max(1),
+        }
+    }
+
+    /// `f(lanes, row, column)` for each run of the `lanes` lanes from tile t0 (counted from the
+    /// group's first) that holds tiles of one row: lanes `lanes` hold the group's tile row
+    /// `row`'s tiles from column `column` on.
+    #[inline(always)]
+    fn each_run(
+        &self,
+        t0: usize,
+        lanes: usize,
+        mut f: impl FnMut(std::ops::Range<usize>, usize, usize),
+    ) {
+        let mut l = 0;
+        while l < lanes {
+            let (row, column) = ((t0 + l) / self.tiles_w, (t0 + l) % self.tiles_w);
+            let run = (self.tiles_w - column).min(lanes - l);
+            f(l..l + run, row, column);
+            l += run;
+        }
+    }
+}
+
 /// V[c][pos][t] for the tile rows `rows` (global indices over batch x tile rows) and the input
 /// channels `channels` (c counting from their first), t counting tiles in order across those rows.
 #[inline(always)]
@@ -184,7 +223,7 @@ pub(super) fn transform_input_generic(
                 padded[..g.padding].fill(0.0);
                 padded[g.padding..end].copy_from_slice(&line[..end - g.padding]);
                 padded[end..].fill(0.0);
-                split_phases(&padded, split, quads);
+                split_phases(&padded, split, quads, 0);
             }
             for t0 in (0..tiles_w).step_by(LANES) {
                 let lanes = LANES.min(tiles_w - t0);
@@ -195,7 +234,7 @@ pub(super) fn transform_input_generic(
                     |i, j| load_lanes(&phases, (i * M + j % M) * quads + t0 + j / M, LANES),
                     bt6,
                     #[inline(always)]
-                    |a, row| store_row(row, a, v, tiles, at, lanes),
+                    |a, row| store_row(row, a, v, tiles, at, 0..lanes),
                 );
             }
         }
@@ -215,34 +254,41 @@ pub(super) fn transform_output_grad_generic(
     let tiles = rows.len() * tiles_w;
     let k_count = g.out_channels;
     let plane = g.out_h * g.out_w;
-    // The 4 output-gradient rows of a tile row, zero beyond the edges, split by column phase
-    // (see `transform_input_generic`): column j of the tiles t0.. is at [j][t0..].
-    let quads = tiles_w.next_multiple_of(LANES);
-    let mut padded = vec![0.0f32; M * quads];
-    let mut phases = vec![0.0f32; M * M * quads];
-    for (ri, row) in rows.clone().enumerate() {
-        let (n, th) = (row / tiles_h, row % tiles_h);
+    // The 4 output-gradient rows of a group of tile rows (`Lanesets`), zero beyond the edges,
+    // split by column phase (see `transform_input_generic`; blocks do not overlap, so no extra
+    // slot): column j of the tiles t0.. of the group is at [j][t0..].
+    let sets = Lanesets::new(tiles_w);
+    let stride = sets.rows * tiles_w + LANES;
+    let mut padded = vec![0.0f32; M * tiles_w];
+    let mut phases = vec![0.0f32; M * M * stride];
+    let row_list: Vec<usize> = rows.collect();
+    for (gi, group) in row_list.chunks(sets.rows).enumerate() {
+        let first_tile = gi * sets.rows * tiles_w;
+        let group_tiles = group.len() * tiles_w;
         for ko in 0..k_count {
-            let src = &dy[(n * k_count + ko) * plane..][..plane];
-            for (i, split) in phases.chunks_exact_mut(M * quads).enumerate() {
-                let oh = th * M + i;
-                if oh >= g.out_h {
-                    split.fill(0.0);
-                    continue;
+            for (r, &row) in group.iter().enumerate() {
+                let (n, th) = (row / tiles_h, row % tiles_h);
+                let src = &dy[(n * k_count + ko) * plane..][..plane];
+                for (i, split) in phases.chunks_exact_mut(M * stride).enumerate() {
+                    let oh = th * M + i;
+                    if oh >= g.out_h {
+                        padded.fill(0.0);
+                    } else {
+                        padded[..g.out_w].copy_from_slice(&src[oh * g.out_w..(oh + 1) * g.out_w]);
+                        padded[g.out_w..].fill(0.0);
+                    }
+                    split_phases(&padded, split, stride, r * tiles_w);
                 }
-                padded[..g.out_w].copy_from_slice(&src[oh * g.out_w..(oh + 1) * g.out_w]);
-                padded[g.out_w..].fill(0.0);
-                split_phases(&padded, split, quads);
             }
-            for t0 in (0..tiles_w).step_by(LANES) {
-                let lanes = LANES.min(tiles_w - t0);
-                let at = ko * POSITIONS * tiles + ri * tiles_w + t0;
+            let at = ko * POSITIONS * tiles + first_tile;
+            for t0 in (0..group_tiles).step_by(LANES) {
+                let lanes = LANES.min(group_tiles - t0);
                 transform_2d(
                     #[inline(always)]
-                    |i, j| load_lanes(&phases, (i * M + j) * quads + t0, LANES),
+                    |i, j| load_lanes(&phases, (i * M + j) * stride + t0, LANES),
                     a4,
                     #[inline(always)]
-                    |a, row| store_row(row, a, dm, tiles, at, lanes),
+                    |a, values| store_row(values, a, dm, tiles, at + t0, 0..lanes),
                 );
             }
         }
@@ -268,21 +314,28 @@ pub(super) fn transform_output_generic(
     let plane = g.out_h * g.out_w;
     // An output far larger than the caches is not read back from them: store it around them.
     let streaming = y.streaming;
+    let sets = Lanesets::new(tiles_w);
     let groups = Groups {
-        tiles_w,
+        sets,
         tiles,
         channels: channels.clone(),
         rows: rows.len(),
     };
-    for (ri, row) in rows.clone().enumerate() {
-        let (n, th) = (row / tiles_h, row % tiles_h);
+    let row_list: Vec<usize> = rows.collect();
+    for (gi, group) in row_list.chunks(sets.rows).enumerate() {
+        let ri = gi * sets.rows;
+        let group_tiles = group.len() * tiles_w;
+        // Where each row's output row 0 starts in channel 0's plane, and that row.
+        let mut row_starts = [(0, 0); LANES];
+        for (start, &row) in row_starts.iter_mut().zip(group) {
+            let (n, th) = (row / tiles_h, row % tiles_h);
+            *start = (n * k_count * plane + th * M * g.out_w, th * M);
+        }
         for ko in channels.clone() {
             let b = bias.map_or(0.0, |b| b[ko]);
-            let out_plane = (n * k_count + ko) * plane;
-            for t0 in (0..tiles_w).step_by(LANES) {
-                let lanes = LANES.min(tiles_w - t0);
+            for t0 in (0..group_tiles).step_by(LANES) {
+                let lanes = LANES.min(group_tiles - t0);
                 let at = groups.at(ri, ko, t0);
-                let width = (g.out_w - t0 * M).min(LANES * M);
                 ask_ahead(m, tiles, groups.next(ri, ko, t0));
                 // Read in the order of the layout, one position after another: read
                 // column by column as the transform takes them, 256-channel layers on large
@@ -300,17 +353,33 @@ pub(super) fn transform_output_generic(
                 }
                 // SAFETY: every position was written above.
                 let s = unsafe { s.assume_init_ref() };
+                // The group's runs of tiles by tile row, found once for its 4 output rows: the
+                // run's first lane, where its output row 0 starts, that row, and its width.
+                let mut runs = [(0, 0, 0, 0); LANES];
+                let mut count = 0;
+                sets.each_run(
+                    t0,
+                    lanes,
+                    #[inline(always)]
+                    |lanes, r, column| {
+                        let (start, first_row) = row_starts[r];
+                        let width = (g.out_w - column * M).min(lanes.len() * M);
+                        runs[count] = (
+                            lanes.start,
+                            start + ko * plane + column * M,
+                            first_row,
+                            width,
+                        );
+                        count += 1;
+                    },
+                );
                 transform_2d(
                     #[inline(always)]
                     |i, j| s[i * A + j],
                     at6,
                     #[inline(always)]
                     |a, out| {
-                        let oh = th * M + a;
-                        if oh >= g.out_h {
-                            return;
-                        }
-                        // Interleave the lanes' 4 columns into one output row segment.
+                        // Interleave the lanes' 4 columns into output row segments.
                         let mut line = [0.0f32; LANES * M];
                         for (bcol, ob) in out.iter().enumerate() {
                             for (l, &v) in ob.iter().enumerate() {
@@ -318,15 +387,20 @@ pub(super) fn transform_output_generic(
                                 line[l * M + bcol] = if relu { vgg_tensor::relu(v) } else { v };
                             }
                         }
-                        // SAFETY: the segment lies inside row oh of plane (n, ko), and only
-                        // the chunk owning tile row `row` writes it.
-                        unsafe {
-                            y.write_row(
-                                out_plane + oh * g.out_w + t0 * M,
-                                &line[..width],
-                                streaming,
-                            )
-                        };
+                        for &(lane, start, first_row, width) in &runs[..count] {
+                            if first_row + a >= g.out_h {
+                                continue;
+                            }
+                            // SAFETY: the segment lies inside row first_row + a of its plane,
+                            // and only the chunk owning the run's tile row writes it.
+                            unsafe {
+                                y.write_row(
+                                    start + a * g.out_w,
+                                    &line[lane * M..][..width],
+                                    streaming,
+                                )
+                            };
+                        }
                     },
                 );
             }
@@ -334,32 +408,35 @@ pub(super) fn transform_output_generic(
     }
 }
 
-/// The output transform's groups of 16 tiles in m, in the order its loop takes them: tile rows,
-/// then output channels (counted from `channels.start`), then 16 tiles of the row at a time.
+/// The output transform's groups of 16 tiles in m, in the order its loop takes them: groups of
+/// tile rows (`Lanesets`), then output channels (counted from `channels.start`), then 16 tiles of
+/// the rows at a time.
 struct Groups {
-    tiles_w: usize,
+    sets: Lanesets,
     tiles: usize,
     channels: std::ops::Range<usize>,
     rows: usize,
 }
 
 impl Groups {
-    /// Where the group of tile row `ri`, channel `ko` and tiles `t0..` starts in m.
+    /// Where the group of the rows from tile row `ri`, channel `ko` and tiles `t0..` (counted
+    /// from the rows' first) starts in m.
     #[inline(always)]
     fn at(&self, ri: usize, ko: usize, t0: usize) -> usize {
-        (ko - self.channels.start) * POSITIONS * self.tiles + ri * self.tiles_w + t0
+        (ko - self.channels.start) * POSITIONS * self.tiles + ri * self.sets.tiles_w + t0
     }
 
-    /// Where the group after that one starts: the next tiles of the row, else the next
-    /// channel's first, else the next tile row's first channel; None after the last.
+    /// Where the group after that one starts: the next tiles of the rows, else the next
+    /// channel's first, else the next rows' first channel; None after the last.
     #[inline(always)]
     fn next(&self, ri: usize, ko: usize, t0: usize) -> Option<usize> {
-        if t0 + LANES < self.tiles_w {
+        let rows = self.sets.rows.min(self.rows - ri);
+        if t0 + LANES < rows * self.sets.tiles_w {
             Some(self.at(ri, ko, t0 + LANES))
         } else if ko + 1 < self.channels.end {
             Some(self.at(ri, ko + 1, 0))
-        } else if ri + 1 < self.rows {
-            Some(self.at(ri + 1, self.channels.start, 0))
+        } else if ri + rows < self.rows {
+            Some(self.at(ri + rows, self.channels.start, 0))
         } else {
             None
         }
@@ -453,23 +530,31 @@ mod tests {
     /// and the groups tile m without gaps or overlaps.
     #[test]
     fn next_group_is_the_loops_next() {
-        for (tiles_w, rows, channels) in [(56, 2, 3..7), (4, 3, 0..2), (16, 1, 5..6), (17, 2, 1..3)]
-        {
+        for (tiles_w, rows, channels) in [
+            (56, 2, 3..7),
+            (4, 3, 0..2),
+            (4, 9, 0..2),
+            (7, 5, 1..3),
+            (16, 1, 5..6),
+            (17, 2, 1..3),
+        ] {
             let tiles = rows * tiles_w;
+            let sets = Lanesets::new(tiles_w);
             let groups = Groups {
-                tiles_w,
+                sets,
                 tiles,
                 channels: channels.clone(),
                 rows,
             };
             let mut order = Vec::new();
             let mut starts = Vec::new();
-            for ri in 0..rows {
+            for ri in (0..rows).step_by(sets.rows) {
+                let group_tiles = sets.rows.min(rows - ri) * tiles_w;
                 for ko in channels.clone() {
-                    for t0 in (0..tiles_w).step_by(LANES) {
+                    for t0 in (0..group_tiles).step_by(LANES) {
                         order.push((groups.at(ri, ko, t0), groups.next(ri, ko, t0)));
                         // Position 0's tiles of the group, as the transform reads them.
-                        let lanes = LANES.min(tiles_w - t0);
+                        let lanes = LANES.min(group_tiles - t0);
                         starts.extend(groups.at(ri, ko, t0)..groups.at(ri, ko, t0) + lanes);
                     }
                 }
@@ -488,5 +573,34 @@ mod tests {
                 .collect();
             assert_eq!(starts, want, "{tiles_w} {rows}");
         }
+    }
+
+    /// Short tile rows share the 16 lanes; the runs name every tile of the rows once, in order.
+    #[test]
+    fn lane_runs_cover_every_tile_once() {
+        for (tiles_w, rows) in [(4, 4), (4, 2), (7, 2), (1, 8), (14, 1), (56, 1), (15, 1)] {
+            let sets = Lanesets::new(tiles_w);
+            // One group of rows: as many as the lanes take, or fewer (a chunk's last).
+            let rows = rows.min(sets.rows);
+            let mut seen = Vec::new();
+            for t0 in (0..rows * tiles_w).step_by(LANES) {
+                let lanes = LANES.min(rows * tiles_w - t0);
+                let mut next_lane = 0;
+                sets.each_run(t0, lanes, |run, r, column| {
+                    assert_eq!(run.start, next_lane, "{tiles_w} {rows}");
+                    assert!(column + run.len() <= tiles_w, "{tiles_w} {rows}");
+                    next_lane = run.end;
+                    seen.extend((column..column + run.len()).map(|q| r * tiles_w + q));
+                });
+                assert_eq!(next_lane, lanes, "{tiles_w} {rows}");
+            }
+            assert_eq!(seen, (0..rows * tiles_w).collect::<Vec<_>>(), "{tiles_w}");
+        }
+        // conv5's rows of 4 tiles: 4 rows to the 16 lanes; conv4's 7: 2; conv3's 14 and longer
+        // rows: 1.
+        assert_eq!(Lanesets::new(4).rows, 4);
+        assert_eq!(Lanesets::new(7).rows, 2);
+        assert_eq!(Lanesets::new(14).rows, 1);
+        assert_eq!(Lanesets::new(56).rows, 1);
     }
 }
