@@ -168,22 +168,30 @@ impl Lanesets {
         }
     }
 
-    /// `f(lanes, row, column)` for each run of the `lanes` lanes from tile t0 (counted from the
-    /// group's first) that holds tiles of one row: lanes `lanes` hold the group's tile row
-    /// `row`'s tiles from column `column` on.
+    /// Tile t0 of a group (counted from its first) as (row in the group, column).
+    #[inline(always)]
+    fn position(&self, t0: usize) -> (usize, usize) {
+        (t0 / self.tiles_w, t0 % self.tiles_w)
+    }
+
+    /// `f(lanes, row, column)` for each run of `lanes` lanes, the first holding the tile at
+    /// `first` (`position`), that holds tiles of one row: lanes `lanes` hold the group's tile row
+    /// `row`'s tiles from column `column` on. Called for each output row of a group, so the
+    /// division is the caller's, once.
     #[inline(always)]
     fn each_run(
         &self,
-        t0: usize,
+        (mut row, mut column): (usize, usize),
         lanes: usize,
         mut f: impl FnMut(std::ops::Range<usize>, usize, usize),
     ) {
         let mut l = 0;
         while l < lanes {
-            let (row, column) = ((t0 + l) / self.tiles_w, (t0 + l) % self.tiles_w);
             let run = (self.tiles_w - column).min(lanes - l);
             f(l..l + run, row, column);
             l += run;
+            row += 1;
+            column = 0;
         }
     }
 }
@@ -353,26 +361,7 @@ pub(super) fn transform_output_generic(
                 }
                 // SAFETY: every position was written above.
                 let s = unsafe { s.assume_init_ref() };
-                // The group's runs of tiles by tile row, found once for its 4 output rows: the
-                // run's first lane, where its output row 0 starts, that row, and its width.
-                let mut runs = [(0, 0, 0, 0); LANES];
-                let mut count = 0;
-                sets.each_run(
-                    t0,
-                    lanes,
-                    #[inline(always)]
-                    |lanes, r, column| {
-                        let (start, first_row) = row_starts[r];
-                        let width = (g.out_w - column * M).min(lanes.len() * M);
-                        runs[count] = (
-                            lanes.start,
-                            start + ko * plane + column * M,
-                            first_row,
-                            width,
-                        );
-                        count += 1;
-                    },
-                );
+                let first = sets.position(t0);
                 transform_2d(
                     #[inline(always)]
                     |i, j| s[i * A + j],
@@ -387,20 +376,25 @@ pub(super) fn transform_output_generic(
                                 line[l * M + bcol] = if relu { vgg_tensor::relu(v) } else { v };
                             }
                         }
-                        for &(lane, start, first_row, width) in &runs[..count] {
-                            if first_row + a >= g.out_h {
-                                continue;
-                            }
-                            // SAFETY: the segment lies inside row first_row + a of its plane,
-                            // and only the chunk owning the run's tile row writes it.
-                            unsafe {
-                                y.write_row(
-                                    start + a * g.out_w,
-                                    &line[lane * M..][..width],
-                                    streaming,
-                                )
-                            };
-                        }
+                        sets.each_run(
+                            first,
+                            lanes,
+                            #[inline(always)]
+                            |run, r, column| {
+                                let (start, first_row) = row_starts[r];
+                                if first_row + a >= g.out_h {
+                                    return;
+                                }
+                                let width = (g.out_w - column * M).min(run.len() * M);
+                                let at = start + ko * plane + a * g.out_w + column * M;
+                                // SAFETY: the segment lies inside output row first_row + a of
+                                // channel ko's plane, and only the chunk owning the run's tile
+                                // row writes it.
+                                unsafe {
+                                    y.write_row(at, &line[run.start * M..][..width], streaming)
+                                };
+                            },
+                        );
                     },
                 );
             }
@@ -586,7 +580,7 @@ mod tests {
             for t0 in (0..rows * tiles_w).step_by(LANES) {
                 let lanes = LANES.min(rows * tiles_w - t0);
                 let mut next_lane = 0;
-                sets.each_run(t0, lanes, |run, r, column| {
+                sets.each_run(sets.position(t0), lanes, |run, r, column| {
                     assert_eq!(run.start, next_lane, "{tiles_w} {rows}");
                     assert!(column + run.len() <= tiles_w, "{tiles_w} {rows}");
                     next_lane = run.end;
