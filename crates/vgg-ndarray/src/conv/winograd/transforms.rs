@@ -154,15 +154,15 @@ pub(super) fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
 /// side by side (by rows, conv5's 4 tiles a row filled 4 of the 16 lanes, conv4's 7 filled 7).
 /// The tiles of consecutive rows are consecutive in V and M, so a group is one run of them.
 #[derive(Clone, Copy)]
-struct Lanesets {
+struct RowGroups {
     tiles_w: usize,
     /// Tile rows side by side in one group of lanes.
     rows: usize,
 }
 
-impl Lanesets {
-    fn new(tiles_w: usize) -> Lanesets {
-        Lanesets {
+impl RowGroups {
+    fn new(tiles_w: usize) -> RowGroups {
+        RowGroups {
             tiles_w,
             rows: (LANES / tiles_w).max(1),
         }
@@ -262,19 +262,19 @@ pub(super) fn transform_output_grad_generic(
     let tiles = rows.len() * tiles_w;
     let k_count = g.out_channels;
     let plane = g.out_h * g.out_w;
-    // The 4 output-gradient rows of a group of tile rows (`Lanesets`), zero beyond the edges,
+    // The 4 output-gradient rows of a group of tile rows (`RowGroups`), zero beyond the edges,
     // split by column phase (see `transform_input_generic`; blocks do not overlap, so no extra
     // slot): column j of the tiles t0.. of the group is at [j][t0..].
-    let sets = Lanesets::new(tiles_w);
+    let sets = RowGroups::new(tiles_w);
     let stride = sets.rows * tiles_w + LANES;
     let mut padded = vec![0.0f32; M * tiles_w];
     let mut phases = vec![0.0f32; M * M * stride];
-    let row_list: Vec<usize> = rows.collect();
-    for (gi, group) in row_list.chunks(sets.rows).enumerate() {
-        let first_tile = gi * sets.rows * tiles_w;
+    for first in (rows.start..rows.end).step_by(sets.rows) {
+        let group = first..(first + sets.rows).min(rows.end);
+        let first_tile = (first - rows.start) * tiles_w;
         let group_tiles = group.len() * tiles_w;
         for ko in 0..k_count {
-            for (r, &row) in group.iter().enumerate() {
+            for (r, row) in group.clone().enumerate() {
                 let (n, th) = (row / tiles_h, row % tiles_h);
                 let src = &dy[(n * k_count + ko) * plane..][..plane];
                 for (i, split) in phases.chunks_exact_mut(M * stride).enumerate() {
@@ -322,20 +322,20 @@ pub(super) fn transform_output_generic(
     let plane = g.out_h * g.out_w;
     // An output far larger than the caches is not read back from them: store it around them.
     let streaming = y.streaming;
-    let sets = Lanesets::new(tiles_w);
+    let sets = RowGroups::new(tiles_w);
     let groups = Groups {
         sets,
         tiles,
         channels: channels.clone(),
         rows: rows.len(),
     };
-    let row_list: Vec<usize> = rows.collect();
-    for (gi, group) in row_list.chunks(sets.rows).enumerate() {
-        let ri = gi * sets.rows;
+    for first in (rows.start..rows.end).step_by(sets.rows) {
+        let group = first..(first + sets.rows).min(rows.end);
+        let ri = first - rows.start;
         let group_tiles = group.len() * tiles_w;
         // Where each row's output row 0 starts in channel 0's plane, and that row.
         let mut row_starts = [(0, 0); LANES];
-        for (start, &row) in row_starts.iter_mut().zip(group) {
+        for (start, row) in row_starts.iter_mut().zip(group) {
             let (n, th) = (row / tiles_h, row % tiles_h);
             *start = (n * k_count * plane + th * M * g.out_w, th * M);
         }
@@ -403,10 +403,10 @@ pub(super) fn transform_output_generic(
 }
 
 /// The output transform's groups of 16 tiles in m, in the order its loop takes them: groups of
-/// tile rows (`Lanesets`), then output channels (counted from `channels.start`), then 16 tiles of
+/// tile rows (`RowGroups`), then output channels (counted from `channels.start`), then 16 tiles of
 /// the rows at a time.
 struct Groups {
-    sets: Lanesets,
+    sets: RowGroups,
     tiles: usize,
     channels: std::ops::Range<usize>,
     rows: usize,
@@ -533,7 +533,7 @@ mod tests {
             (17, 2, 1..3),
         ] {
             let tiles = rows * tiles_w;
-            let sets = Lanesets::new(tiles_w);
+            let sets = RowGroups::new(tiles_w);
             let groups = Groups {
                 sets,
                 tiles,
@@ -573,7 +573,7 @@ mod tests {
     #[test]
     fn lane_runs_cover_every_tile_once() {
         for (tiles_w, rows) in [(4, 4), (4, 2), (7, 2), (1, 8), (14, 1), (56, 1), (15, 1)] {
-            let sets = Lanesets::new(tiles_w);
+            let sets = RowGroups::new(tiles_w);
             // One group of rows: as many as the lanes take, or fewer (a chunk's last).
             let rows = rows.min(sets.rows);
             let mut seen = Vec::new();
@@ -592,9 +592,9 @@ mod tests {
         }
         // conv5's rows of 4 tiles: 4 rows to the 16 lanes; conv4's 7: 2; conv3's 14 and longer
         // rows: 1.
-        assert_eq!(Lanesets::new(4).rows, 4);
-        assert_eq!(Lanesets::new(7).rows, 2);
-        assert_eq!(Lanesets::new(14).rows, 1);
-        assert_eq!(Lanesets::new(56).rows, 1);
+        assert_eq!(RowGroups::new(4).rows, 4);
+        assert_eq!(RowGroups::new(7).rows, 2);
+        assert_eq!(RowGroups::new(14).rows, 1);
+        assert_eq!(RowGroups::new(56).rows, 1);
     }
 }
