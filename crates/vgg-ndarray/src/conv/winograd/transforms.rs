@@ -150,7 +150,7 @@ pub(super) fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
 }
 
 /// How the output and output-gradient transforms take a chunk's tiles, 16 lanes at a time: a
-/// tile row of 8 tiles or more in runs of 16 (the last one shorter), shorter rows several at once,
+/// tile row of more than 8 tiles in runs of 16 (the last one shorter), shorter rows several at once,
 /// side by side (by rows, conv5's 4 tiles a row filled 4 of the 16 lanes, conv4's 7 filled 7).
 /// The tiles of consecutive rows are consecutive in V and M, so a group is one run of them.
 #[derive(Clone, Copy)]
@@ -166,6 +166,20 @@ impl RowGroups {
             tiles_w,
             rows: (LANES / tiles_w).max(1),
         }
+    }
+
+    /// The group of tile rows from `first`, before `end`: as many as the lanes take, or fewer at
+    /// the end.
+    fn group(&self, first: usize, end: usize) -> std::ops::Range<usize> {
+        first..(first + self.rows).min(end)
+    }
+
+    /// The groups of tile rows `rows`, in order.
+    fn of(&self, rows: std::ops::Range<usize>) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let groups = *self;
+        (rows.start..rows.end)
+            .step_by(self.rows)
+            .map(move |first| groups.group(first, rows.end))
     }
 
     /// Tile t0 of a group (counted from its first) as (row in the group, column).
@@ -264,14 +278,13 @@ pub(super) fn transform_output_grad_generic(
     let plane = g.out_h * g.out_w;
     // The 4 output-gradient rows of a group of tile rows (`RowGroups`), zero beyond the edges,
     // split by column phase (see `transform_input_generic`; blocks do not overlap, so no extra
-    // slot): column j of the tiles t0.. of the group is at [j][t0..].
-    let sets = RowGroups::new(tiles_w);
-    let stride = sets.rows * tiles_w + LANES;
+    // quad): column j of the tiles t0.. of the group is at [j][t0..].
+    let row_groups = RowGroups::new(tiles_w);
+    let stride = row_groups.rows * tiles_w + LANES;
     let mut padded = vec![0.0f32; M * tiles_w];
     let mut phases = vec![0.0f32; M * M * stride];
-    for first in (rows.start..rows.end).step_by(sets.rows) {
-        let group = first..(first + sets.rows).min(rows.end);
-        let first_tile = (first - rows.start) * tiles_w;
+    for group in row_groups.of(rows.clone()) {
+        let first_tile = (group.start - rows.start) * tiles_w;
         let group_tiles = group.len() * tiles_w;
         for ko in 0..k_count {
             for (r, row) in group.clone().enumerate() {
@@ -322,16 +335,15 @@ pub(super) fn transform_output_generic(
     let plane = g.out_h * g.out_w;
     // An output far larger than the caches is not read back from them: store it around them.
     let streaming = y.streaming;
-    let sets = RowGroups::new(tiles_w);
+    let row_groups = RowGroups::new(tiles_w);
     let groups = Groups {
-        sets,
+        row_groups,
         tiles,
         channels: channels.clone(),
         rows: rows.len(),
     };
-    for first in (rows.start..rows.end).step_by(sets.rows) {
-        let group = first..(first + sets.rows).min(rows.end);
-        let ri = first - rows.start;
+    for group in row_groups.of(rows.clone()) {
+        let ri = group.start - rows.start;
         let group_tiles = group.len() * tiles_w;
         // Where each row's output row 0 starts in channel 0's plane, and that row.
         let mut row_starts = [(0, 0); LANES];
@@ -361,7 +373,7 @@ pub(super) fn transform_output_generic(
                 }
                 // SAFETY: every position was written above.
                 let s = unsafe { s.assume_init_ref() };
-                let first = sets.position(t0);
+                let first = row_groups.position(t0);
                 transform_2d(
                     #[inline(always)]
                     |i, j| s[i * A + j],
@@ -376,7 +388,7 @@ pub(super) fn transform_output_generic(
                                 line[l * M + bcol] = if relu { vgg_tensor::relu(v) } else { v };
                             }
                         }
-                        sets.each_run(
+                        row_groups.each_run(
                             first,
                             lanes,
                             #[inline(always)]
@@ -406,7 +418,7 @@ pub(super) fn transform_output_generic(
 /// tile rows (`RowGroups`), then output channels (counted from `channels.start`), then 16 tiles of
 /// the rows at a time.
 struct Groups {
-    sets: RowGroups,
+    row_groups: RowGroups,
     tiles: usize,
     channels: std::ops::Range<usize>,
     rows: usize,
@@ -417,15 +429,15 @@ impl Groups {
     /// from the rows' first) starts in m.
     #[inline(always)]
     fn at(&self, ri: usize, ko: usize, t0: usize) -> usize {
-        (ko - self.channels.start) * POSITIONS * self.tiles + ri * self.sets.tiles_w + t0
+        (ko - self.channels.start) * POSITIONS * self.tiles + ri * self.row_groups.tiles_w + t0
     }
 
     /// Where the group after that one starts: the next tiles of the rows, else the next
     /// channel's first, else the next rows' first channel; None after the last.
     #[inline(always)]
     fn next(&self, ri: usize, ko: usize, t0: usize) -> Option<usize> {
-        let rows = self.sets.rows.min(self.rows - ri);
-        if t0 + LANES < rows * self.sets.tiles_w {
+        let rows = self.row_groups.group(ri, self.rows).len();
+        if t0 + LANES < rows * self.row_groups.tiles_w {
             Some(self.at(ri, ko, t0 + LANES))
         } else if ko + 1 < self.channels.end {
             Some(self.at(ri, ko + 1, 0))
@@ -533,17 +545,17 @@ mod tests {
             (17, 2, 1..3),
         ] {
             let tiles = rows * tiles_w;
-            let sets = RowGroups::new(tiles_w);
+            let row_groups = RowGroups::new(tiles_w);
             let groups = Groups {
-                sets,
+                row_groups,
                 tiles,
                 channels: channels.clone(),
                 rows,
             };
             let mut order = Vec::new();
             let mut starts = Vec::new();
-            for ri in (0..rows).step_by(sets.rows) {
-                let group_tiles = sets.rows.min(rows - ri) * tiles_w;
+            for group in row_groups.of(0..rows) {
+                let (ri, group_tiles) = (group.start, group.len() * tiles_w);
                 for ko in channels.clone() {
                     for t0 in (0..group_tiles).step_by(LANES) {
                         order.push((groups.at(ri, ko, t0), groups.next(ri, ko, t0)));
@@ -573,14 +585,14 @@ mod tests {
     #[test]
     fn lane_runs_cover_every_tile_once() {
         for (tiles_w, rows) in [(4, 4), (4, 2), (7, 2), (1, 8), (14, 1), (56, 1), (15, 1)] {
-            let sets = RowGroups::new(tiles_w);
+            let row_groups = RowGroups::new(tiles_w);
             // One group of rows: as many as the lanes take, or fewer (a chunk's last).
-            let rows = rows.min(sets.rows);
+            let rows = row_groups.group(0, rows).len();
             let mut seen = Vec::new();
             for t0 in (0..rows * tiles_w).step_by(LANES) {
                 let lanes = LANES.min(rows * tiles_w - t0);
                 let mut next_lane = 0;
-                sets.each_run(sets.position(t0), lanes, |run, r, column| {
+                row_groups.each_run(row_groups.position(t0), lanes, |run, r, column| {
                     assert_eq!(run.start, next_lane, "{tiles_w} {rows}");
                     assert!(column + run.len() <= tiles_w, "{tiles_w} {rows}");
                     next_lane = run.end;
