@@ -115,7 +115,9 @@ pub struct DeviceArgs {
     #[arg(long, value_enum, default_value = "native")]
     pub isa: IsaChoice,
     /// With --backend cpu: the convolution algorithm (auto: Winograd F(4x4, 3x3) where it
-    /// measured faster, im2col elsewhere; im2col: everywhere)
+    /// measured faster, im2col elsewhere; winograd6: as auto, with F(6x6, 3x3) for the forward
+    /// pass of images of 28x28 and larger, fewer products but slower on our kernels today;
+    /// im2col: everywhere)
     #[arg(long, value_enum, default_value = "auto")]
     pub conv_algorithm: ConvChoice,
     /// With --backend cpu: the arithmetic of convolutions and matrix products. f32; or bf16:
@@ -158,6 +160,7 @@ pub enum PrecisionChoice {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ConvChoice {
     Auto,
+    Winograd6,
     Im2col,
 }
 
@@ -172,6 +175,7 @@ impl DeviceArgs {
         };
         let convolution = match self.conv_algorithm {
             ConvChoice::Auto => ConvAlgorithm::Auto,
+            ConvChoice::Winograd6 => ConvAlgorithm::WinogradF6,
             ConvChoice::Im2col => ConvAlgorithm::Im2col,
         };
         let config = CpuConfig {

@@ -316,6 +316,11 @@ fn the_cpu_kernels_can_be_capped_and_the_algorithm_chosen() {
         first.contains("portable") && first.contains("im2col only"),
         "{first}"
     );
+    // F(6x6) Winograd for the forward pass, on request; the backend's name says so.
+    let args = tiny(&["--mode", "forward", "--conv-algorithm", "winograd6"]);
+    let six = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let first = six.lines().next().unwrap();
+    assert!(first.contains("Winograd F(6x6) forward"), "{first}");
     // The of-peak column and its footnote come with every run.
     assert!(
         out.contains("of peak") && out.contains("matrix product"),

@@ -1,10 +1,11 @@
 //! Times every VGG-16 convolution shape's forward, input gradient and weight gradient (batch 8
-//! by default), median of 5 runs each; `im2col` as a second argument for the im2col path, `small`
+//! by default), median of 5 runs each; `im2col` as a second argument for the im2col path (`f6`
+//! for the forward pass on Winograd F(6x6, 3x3) tiles where it applies), `small`
 //! as a third for the layers of `vgg train`'s network instead (VGG-11 at width 1/4 on 32x32
 //! digits, where per-call overhead rather than arithmetic shows), `quarter` for VGG-16's at width
 //! 1/4 (few channels, large images), or shapes of one's own as cin:cout:size,...; and `bf16`
 //! anywhere for the bf16 math mode:
-//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|im2col] [small|quarter|16:32:16,...] [bf16]
+//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|f6|im2col] [small|quarter|16:32:16,...] [bf16]
 
 use std::time::Instant;
 
@@ -32,6 +33,7 @@ fn main() {
         .unwrap_or(8);
     let convolution = match std::env::args().nth(2).as_deref() {
         Some("im2col") => ConvAlgorithm::Im2col,
+        Some("f6") => ConvAlgorithm::WinogradF6,
         _ => ConvAlgorithm::Auto,
     };
     let precision = if std::env::args().any(|a| a == "bf16") {

@@ -10,6 +10,10 @@ pub enum ConvAlgorithm {
     /// Winograd F(4x4, 3x3) where it measured faster (`conv::use_winograd`), im2col elsewhere.
     #[default]
     Auto,
+    /// As `Auto`, with F(6x6, 3x3) for the forward pass of images of 28x28 and larger: 9-18%
+    /// fewer products than F(4x4), about 1.5x its rounding error, and slower on our kernels as
+    /// they stand (docs/performance.md, "F(6x6, 3x3)"); for comparisons.
+    WinogradF6,
     /// im2col and GEMM everywhere, for comparisons.
     Im2col,
 }

@@ -77,8 +77,34 @@ pub(crate) fn store_fence() {
 }
 
 /// `$vis fn $name(args)` that calls `$generic(args)` (an `#[inline(always)]` function) compiled
-/// for AVX-512 or AVX2+FMA where `level` allows, and as it is otherwise.
+/// for AVX-512 or AVX2+FMA where `level` allows, and as it is otherwise. The second form takes a
+/// type and two sizes as generic parameters (`fn name<T: Bound, const M: usize, const A: usize>`,
+/// T bounded by `Bound<M, A>`: the Winograd tile sizes) and passes them on.
 macro_rules! dispatch_simd {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident<$t:ident: $bound:ident, const $m:ident: usize, const $a:ident: usize>($($arg:ident: $ty:ty),* $(,)?) => $generic:ident) => {
+        $(#[$doc])*
+        $vis fn $name<$t: $bound<$m, $a>, const $m: usize, const $a: usize>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512<$t: $bound<$m, $a>, const $m: usize, const $a: usize>($($arg: $ty),*) {
+                    $generic::<$t, $m, $a>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<$t: $bound<$m, $a>, const $m: usize, const $a: usize>($($arg: $ty),*) {
+                    $generic::<$t, $m, $a>($($arg),*)
+                }
+                match $crate::simd::level() {
+                    // SAFETY: `level` never exceeds what the CPU has (`Isa::detected`).
+                    $crate::config::Isa::Avx512 => return unsafe { avx512::<$t, $m, $a>($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::config::Isa::Avx2 => return unsafe { avx2::<$t, $m, $a>($($arg),*) },
+                    $crate::config::Isa::Portable => {}
+                }
+            }
+            $generic::<$t, $m, $a>($($arg),*)
+        }
+    };
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $generic:path) => {
         $(#[$doc])*
         $vis fn $name($($arg: $ty),*) {

@@ -21,6 +21,7 @@ impl Device for CpuBackend {
         let algorithm = match self.config.convolution {
             ConvAlgorithm::Auto => "",
             ConvAlgorithm::Im2col => ", im2col only",
+            ConvAlgorithm::WinogradF6 => ", Winograd F(6x6) forward",
         };
         let precision = match self.tuning.bf16 {
             None => String::new(),

@@ -1,5 +1,5 @@
 //! Convolution: the one dispatcher that chooses, per layer and pass, among Winograd F(4x4, 3x3)
-//! (`winograd/`), im2col over groups of images (`grouped.rs`) and per-image tiled im2col
+//! and F(6x6, 3x3) (`winograd/`), im2col over groups of images (`grouped.rs`) and per-image tiled im2col
 //! (`im2col.rs`), and sums long weight-gradient reductions in parts (`gradient_sum.rs`).
 
 pub mod gradient_sum;
@@ -71,13 +71,14 @@ pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     let large_enough = if area < 28 * 28 {
         // Each thread sums its tiles' products into 36 k x c values: with few tiles (conv5 at
         // batch 1: 16) that sum and its output transform cost more than im2col's one GEMM.
-        let chunks = pass != ConvPass::WeightGradient || winograd::large_chunks(g, t);
+        let chunks = pass != ConvPass::WeightGradient
+            || winograd::large_chunks(g, t, winograd::tile_size(g, pass, t));
         chunks && g.batch * area >= min_pixels
     } else {
         true
     };
     winograd::applies(g)
-        && t.convolution == ConvAlgorithm::Auto
+        && t.convolution != ConvAlgorithm::Im2col
         && t.bf16.is_none_or(|unit| !unit.outruns_winograd())
         && g.in_channels >= 16
         && area >= 14 * 14
@@ -120,7 +121,7 @@ pub(crate) enum Weights<'a> {
 enum Algorithm {
     /// bf16 products on AMX, no column matrix (`bf16/direct.rs`).
     DirectBf16,
-    /// Winograd F(4x4, 3x3) (`winograd/`).
+    /// Winograd F(4x4, 3x3) or F(6x6, 3x3) (`winograd/`).
     Winograd,
     /// im2col over groups of images (`grouped.rs`).
     Grouped,
@@ -158,7 +159,7 @@ pub fn method(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> ConvMethod {
     };
     match algorithm(&runs_on, pass, t) {
         Algorithm::Winograd => ConvMethod::Winograd {
-            output: winograd::OUTPUT_BLOCK,
+            output: winograd::tile_size(&runs_on, pass, t).output(),
             kernel: 3,
         },
         Algorithm::DirectBf16 | Algorithm::Grouped | Algorithm::Im2col => ConvMethod::Direct,
@@ -198,17 +199,20 @@ pub(crate) fn forward_with(
         return direct::forward(x, &packed, bias, relu, g, t.threads, y);
     }
     if algorithm == Algorithm::Winograd {
+        let size = winograd::tile_size(g, pass, t);
         return match weights {
-            Weights::Slice(w) => winograd::forward(x, w, bias, relu, g, t, y),
+            Weights::Slice(w) => winograd::forward(x, w, bias, relu, g, t, size, y),
             Weights::Kept(buf) => {
                 let (k, c) = (g.out_channels, g.in_channels);
-                let keep = winograd::worth_keeping_weights(g);
-                let u = buf.derived(
-                    ("winograd::transform_weights", k, c, None),
-                    keep,
-                    |lasting| winograd::transform_weights(buf.as_slice(), k, c, lasting),
-                );
-                winograd::forward_transformed(x, &u, bias, relu, g, t, y)
+                let keep = winograd::worth_keeping_weights(g, size);
+                let name = match size {
+                    winograd::TileSize::Four => "winograd::transform_weights F(4x4)",
+                    winograd::TileSize::Six => "winograd::transform_weights F(6x6)",
+                };
+                let u = buf.derived((name, k, c, None), keep, |lasting| {
+                    winograd::transform_weights(buf.as_slice(), k, c, lasting, size)
+                });
+                winograd::forward_transformed(x, &u, bias, relu, g, t, size, y)
             }
         };
     }

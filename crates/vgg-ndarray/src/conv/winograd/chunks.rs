@@ -8,16 +8,16 @@ use crate::config::Tuning;
 /// Tiles a chunk's GEMMs need at least (see `Chunks`; its byte sizes come from `Tuning`).
 pub(super) const MIN_TILES: usize = 64;
 
-/// Whether the transformed weights are too large to stay in cache, so chunks are large
-/// (`Chunks`).
-pub(crate) fn large_chunks(g: &ConvGeometry, t: &Tuning) -> bool {
-    POSITIONS * g.out_channels * g.in_channels * 4 > t.cached_weight_bytes
+/// Whether the transformed weights (of tile size `size`) are too large to stay in cache, so chunks
+/// are large (`Chunks`).
+pub(crate) fn large_chunks(g: &ConvGeometry, t: &Tuning, size: TileSize) -> bool {
+    size.positions() * g.out_channels * g.in_channels * 4 > t.cached_weight_bytes
 }
 
 /// How a convolution's tile rows (over batch x tile rows) are cut into chunks. Every chunk's
-/// GEMMs read all the transformed weights (36 k x c values). Where those stay in cache
+/// GEMMs read all the transformed weights (36 or 64 k x c values: `TileSize::positions`). Where those stay in cache
 /// (`Tuning::cached_weight_bytes`), chunks are small,
-/// so their transformed input and output (36 (c + k) values per tile) stay near the core's L2
+/// so their transformed input and output (positions x (c + k) values per tile) stay near the core's L2
 /// (`Tuning::chunk_bytes`, at least `MIN_TILES` for the GEMMs). Where they do not (256 channels and
 /// more: 9-36 MiB), each chunk streams them from memory, so chunks grow to the L3
 /// (`Tuning::large_chunk_bytes`)
@@ -30,16 +30,17 @@ pub(super) struct Chunks {
     pub(super) tiles_w: usize,
     /// Input and output channels.
     pub(super) channels: (usize, usize),
+    pub(super) size: TileSize,
 }
 
 impl Chunks {
-    pub(super) fn new(g: &ConvGeometry, t: &Tuning) -> Chunks {
+    pub(super) fn new(g: &ConvGeometry, t: &Tuning, size: TileSize) -> Chunks {
         let threads = t.threads;
-        let (tiles_h, tiles_w) = tile_grid(g);
+        let (tiles_h, tiles_w) = size.grid(g);
         let total_rows = g.batch * tiles_h;
         let (c, k) = (g.in_channels, g.out_channels);
-        let row_bytes = (POSITIONS * (c + k) * tiles_w * 4).max(1);
-        let rows = if large_chunks(g, t) {
+        let row_bytes = (size.positions() * (c + k) * tiles_w * 4).max(1);
+        let rows = if large_chunks(g, t, size) {
             t.large_chunk_bytes / row_bytes
         } else {
             (t.chunk_bytes / row_bytes).max(MIN_TILES.div_ceil(tiles_w))
@@ -54,6 +55,7 @@ impl Chunks {
             total_rows,
             tiles_w,
             channels: (c, k),
+            size,
         }
     }
 
@@ -77,8 +79,9 @@ impl Chunks {
         let (c, k) = self.channels;
         let rows = self.rows(i);
         let tiles = rows.len() * self.tiles_w;
-        let mut scratch = Memory::uninit(POSITIONS * (c + k) * tiles);
-        let (v, m) = scratch.split_at_mut(POSITIONS * c * tiles);
+        let positions = self.size.positions();
+        let mut scratch = Memory::uninit(positions * (c + k) * tiles);
+        let (v, m) = scratch.split_at_mut(positions * c * tiles);
         f(rows, tiles, v, m)
     }
 }

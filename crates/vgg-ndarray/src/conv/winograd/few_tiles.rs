@@ -1,4 +1,4 @@
-//! The 36 position products of a call with few tiles (VGG-16's conv4 and conv5 at batch 1: 49
+//! The position products (36 or 64 per tile: `TileSize`) of a call with few tiles (VGG-16's conv4
 //! and 16), on AVX-512 and AVX2. There each position's product is a [rows, c] block of
 //! transformed weights (1 MiB for 512 channels, read from memory: 36 MiB per layer) times a
 //! [c, tiles] block no wider than four 16-lane vectors. The GEMM crate packs both operands on
@@ -51,14 +51,14 @@ pub(super) fn vectors_held(t: &Tuning) -> usize {
 crate::simd::dispatch_simd! {
     /// M[pos] = U[pos] V[pos] for the output channels `channels` (m holds their rows only), as
     /// `position_products` lays them out, every position in turn, holding `held` vectors of
-    /// tiles in registers at once (`vectors_held`).
+    /// tiles in registers at once (`vectors_held`); `shape`: (tiles, positions per tile).
     pub(super) fn products(
         u: &[f32],
         v: &[f32],
         m: &mut [f32],
         channels: std::ops::Range<usize>,
         kc: (usize, usize),
-        tiles: usize,
+        shape: (usize, usize),
         held: usize,
     ) => products_generic
 }
@@ -70,17 +70,17 @@ fn products_generic(
     m: &mut [f32],
     channels: std::ops::Range<usize>,
     (k, c): (usize, usize),
-    tiles: usize,
+    (tiles, positions): (usize, usize),
     held: usize,
 ) {
     assert!(
         (1..=MAX_TILES).contains(&tiles) && channels.end <= k,
         "few-tile products: {tiles} tiles, channels {channels:?} of {k}"
     );
-    assert_eq!(u.len(), POSITIONS * k * c, "transformed weights length");
-    assert!(v.len() >= POSITIONS * c * tiles, "transformed input length");
+    assert_eq!(u.len(), positions * k * c, "transformed weights length");
+    assert!(v.len() >= positions * c * tiles, "transformed input length");
     assert!(
-        m.len() >= channels.len() * POSITIONS * tiles,
+        m.len() >= channels.len() * positions * tiles,
         "position products length"
     );
     // One tile past whole vectors (conv4 at batch 1: 49 = 3 x 16 + 1) is summed over c, 16
@@ -88,13 +88,13 @@ fn products_generic(
     let extra = tiles > LANES && tiles % LANES == 1 && c.is_multiple_of(LANES);
     let kc = (k, c);
     match (tiles.div_ceil(LANES), extra) {
-        (2, true) => blocked::<1, true>(u, v, m, channels, kc, tiles, held),
-        (3, true) => blocked::<2, true>(u, v, m, channels, kc, tiles, held),
-        (4, true) => blocked::<3, true>(u, v, m, channels, kc, tiles, held),
-        (1, _) => blocked::<1, false>(u, v, m, channels, kc, tiles, held),
-        (2, _) => blocked::<2, false>(u, v, m, channels, kc, tiles, held),
-        (3, _) => blocked::<3, false>(u, v, m, channels, kc, tiles, held),
-        _ => blocked::<4, false>(u, v, m, channels, kc, tiles, held),
+        (2, true) => blocked::<1, true>(u, v, m, channels, kc, (tiles, positions), held),
+        (3, true) => blocked::<2, true>(u, v, m, channels, kc, (tiles, positions), held),
+        (4, true) => blocked::<3, true>(u, v, m, channels, kc, (tiles, positions), held),
+        (1, _) => blocked::<1, false>(u, v, m, channels, kc, (tiles, positions), held),
+        (2, _) => blocked::<2, false>(u, v, m, channels, kc, (tiles, positions), held),
+        (3, _) => blocked::<3, false>(u, v, m, channels, kc, (tiles, positions), held),
+        _ => blocked::<4, false>(u, v, m, channels, kc, (tiles, positions), held),
     }
 }
 
@@ -107,7 +107,7 @@ fn blocked<const COLS: usize, const EXTRA: bool>(
     m: &mut [f32],
     channels: std::ops::Range<usize>,
     kc: (usize, usize),
-    tiles: usize,
+    tiles: (usize, usize),
     held: usize,
 ) {
     if held == 1 {
@@ -130,7 +130,7 @@ fn all_positions<const COLS: usize, const EXTRA: bool, const HELD: usize>(
     m: &mut [f32],
     channels: std::ops::Range<usize>,
     (k, c): (usize, usize),
-    tiles: usize,
+    (tiles, positions): (usize, usize),
 ) {
     let width = HELD * LANES;
     let in_vectors = if EXTRA { tiles - 1 } else { tiles };
@@ -140,9 +140,9 @@ fn all_positions<const COLS: usize, const EXTRA: bool, const HELD: usize>(
     panel.fill(0.0);
     let (panel, extra) = panel.split_at_mut(c * COLS * LANES);
     let rows = channels.len();
-    for pos in 0..POSITIONS {
+    for pos in 0..positions {
         for ci in 0..c {
-            let tiles_of_ci = &v[ci * POSITIONS * tiles + pos * tiles..][..tiles];
+            let tiles_of_ci = &v[ci * positions * tiles + pos * tiles..][..tiles];
             for (first, group) in (0..in_vectors)
                 .step_by(width)
                 .zip(panel.chunks_exact_mut(c * width))
@@ -158,11 +158,11 @@ fn all_positions<const COLS: usize, const EXTRA: bool, const HELD: usize>(
         let mut row = 0;
         while row < rows {
             let block = ROWS.min(rows - row);
-            let at = row * POSITIONS * tiles + pos * tiles;
+            let at = row * positions * tiles + pos * tiles;
             // The weights the next block reads, asked for ahead while this one runs.
             let next_row = if row + ROWS < rows {
                 Some(pos * k + channels.start + row + ROWS)
-            } else if pos + 1 < POSITIONS {
+            } else if pos + 1 < positions {
                 Some((pos + 1) * k + channels.start)
             } else {
                 None
@@ -173,12 +173,28 @@ fn all_positions<const COLS: usize, const EXTRA: bool, const HELD: usize>(
             };
             if block == ROWS {
                 let w = &weights[row * c..][..ROWS * c];
-                rows_block::<ROWS, COLS, EXTRA, HELD>((w, next), panel, extra, c, m, at, tiles);
+                rows_block::<ROWS, COLS, EXTRA, HELD>(
+                    (w, next),
+                    panel,
+                    extra,
+                    c,
+                    m,
+                    at,
+                    (tiles, positions),
+                );
             } else {
                 for r in 0..block {
                     let w = &weights[(row + r) * c..][..c];
-                    let at = at + r * POSITIONS * tiles;
-                    rows_block::<1, COLS, EXTRA, HELD>((w, &[]), panel, extra, c, m, at, tiles);
+                    let at = at + r * positions * tiles;
+                    rows_block::<1, COLS, EXTRA, HELD>(
+                        (w, &[]),
+                        panel,
+                        extra,
+                        c,
+                        m,
+                        at,
+                        (tiles, positions),
+                    );
                 }
             }
             row += block;
@@ -187,7 +203,7 @@ fn all_positions<const COLS: usize, const EXTRA: bool, const HELD: usize>(
 }
 
 /// The sums of `R` output channels (`w`: R x c) at one position, stored from m[at], a row every
-/// POSITIONS x tiles values, a panel of `HELD` vectors at a time (`all_positions`): with
+/// positions x tiles values, a panel of `HELD` vectors at a time (`all_positions`): with
 /// `EXTRA`, the last tile summed beside the one panel where it is the only one, else after them.
 /// `next`: the weights the next block reads, asked for meanwhile (`ask_ahead`).
 #[inline(always)]
@@ -198,9 +214,9 @@ fn rows_block<const R: usize, const COLS: usize, const EXTRA: bool, const HELD: 
     c: usize,
     m: &mut [f32],
     at: usize,
-    tiles: usize,
+    (tiles, positions): (usize, usize),
 ) {
-    let stride = POSITIONS * tiles;
+    let stride = positions * tiles;
     let in_vectors = if EXTRA { tiles - 1 } else { tiles };
     if EXTRA && HELD == COLS {
         let (sums, last) = block_sums_and_one::<R, HELD>(w, panel, extra, c, next);

@@ -1,19 +1,45 @@
-//! Where transformed tiles live: each row's 36 positions together, [rows][POSITIONS][tiles], and
+//! Where transformed tiles live: each row's positions together, [rows][positions][tiles], and
 //! the fixed-size copies that move lanes in and out of that layout.
 
 use super::*;
 use crate::gemm::Mat;
 
-/// Splits a row into its 4 column phases, each `stride` values after the last and starting at
-/// `at`: split[p * stride + at + q] = row[4 q + p].
+/// Splits a row into its M column phases (M: the output block side), each `stride` values after
+/// the last and starting at `at`: split[p * stride + at + q] = row[M q + p].
 #[inline(always)]
-pub(super) fn split_phases(row: &[f32], split: &mut [f32], stride: usize, at: usize) {
+pub(super) fn split_phases<const M: usize>(
+    row: &[f32],
+    split: &mut [f32],
+    stride: usize,
+    at: usize,
+) {
+    if M == 4 {
+        return split_four_phases(row, split, stride, at);
+    }
     let quads = row.len() / M;
+    if quads == 0 {
+        return;
+    }
+    // One pass over the row; the bounds checked here once, for the compiler to drop the loop's.
+    let split = &mut split[at..][..(M - 1) * stride + quads];
+    for (q, block) in row.chunks_exact(M).enumerate() {
+        for (p, &value) in block.iter().enumerate() {
+            split[p * stride + q] = value;
+        }
+    }
+}
+
+/// `split_phases` for M = 4, each phase a slice of its own: 5% fewer instructions in F(4x4)'s
+/// input transform than the general loop (callgrind, 64 -> 64 channels at 56x56: 69.9M against
+/// 73.3M; an array of M such slices, built by `array::from_fn`, took 82.2M).
+#[inline(always)]
+fn split_four_phases(row: &[f32], split: &mut [f32], stride: usize, at: usize) {
+    let quads = row.len() / 4;
     let (p0, rest) = split[at..].split_at_mut(stride);
     let (p1, rest) = rest.split_at_mut(stride);
     let (p2, p3) = rest.split_at_mut(stride);
     for ((((q, a), b), c), d) in row
-        .chunks_exact(M)
+        .chunks_exact(4)
         .zip(&mut p0[..quads])
         .zip(&mut p1[..quads])
         .zip(&mut p2[..quads])
@@ -29,7 +55,7 @@ pub(super) fn split_phases(row: &[f32], split: &mut [f32], stride: usize, at: us
 /// Stores lanes `lanes` of row a of a transformed block, positions (a, b), at
 /// dst[(a * A + b) * stride + at..] (see `position` for the layout).
 #[inline(always)]
-pub(super) fn store_row(
+pub(super) fn store_row<const A: usize>(
     row: &[Lanes; A],
     a: usize,
     dst: &mut [f32],
@@ -45,15 +71,21 @@ pub(super) fn store_row(
     }
 }
 
-/// Position `pos`'s [rows, tiles] matrix of transformed tiles stored as [rows][POSITIONS][tiles]
-/// (each row's 36 positions together, so a transform reads or writes one region, not 36 streams).
-pub(super) fn position(data: &[f32], pos: usize, rows: usize, tiles: usize) -> Mat<'_> {
+/// Position `pos`'s [rows, tiles] matrix of transformed tiles stored as [rows][positions][tiles]
+/// (each row's positions together, so a transform reads or writes one region, not 36 or 64
+/// streams).
+pub(super) fn position(
+    data: &[f32],
+    (pos, positions): (usize, usize),
+    rows: usize,
+    tiles: usize,
+) -> Mat<'_> {
     Mat {
         data,
         offset: pos * tiles,
         rows,
         cols: tiles,
-        row_stride: POSITIONS * tiles,
+        row_stride: positions * tiles,
         col_stride: 1,
     }
 }

@@ -1,100 +1,9 @@
-//! The Winograd F(4x4, 3x3) transforms: the matrices (Bt, G, At) applied to 16 tiles at a time,
-//! one per SIMD lane, and the passes that transform a chunk's input, output gradient and output.
+//! The passes that transform a chunk's input, output gradient and output, and a layer's weights
+//! and weight gradient, 16 tiles at a time, one per SIMD lane, for either tile size (`Tile`).
 
 use vgg_tensor::ConvGeometry;
 
 use super::*;
-
-#[cfg(test)]
-pub(super) const BT: [[f32; A]; A] = [
-    [4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
-    [0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
-    [0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
-    [0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
-    [0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
-    [0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
-];
-
-#[cfg(test)]
-pub(super) const G: [[f32; 3]; A] = [
-    [1.0 / 4.0, 0.0, 0.0],
-    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-    [0.0, 0.0, 1.0],
-];
-
-#[cfg(test)]
-pub(super) const AT: [[f32; A]; M] = [
-    [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
-    [0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
-    [0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
-    [0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
-];
-
-/// Bt d for six lane vectors (Bt's zeros skipped).
-#[inline(always)]
-pub(super) fn bt6(d: &[Lanes; A]) -> [Lanes; A] {
-    let mut r = [[0.0f32; LANES]; A];
-    for l in 0..LANES {
-        let [d0, d1, d2, d3, d4, d5] = [d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]];
-        r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
-        r[1][l] = -4.0 * (d1 + d2) + d3 + d4;
-        r[2][l] = 4.0 * (d1 - d2) - d3 + d4;
-        r[3][l] = 2.0 * (d3 - d1) - d2 + d4;
-        r[4][l] = 2.0 * (d1 - d3) - d2 + d4;
-        r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
-    }
-    r
-}
-
-/// At s for six lane vectors.
-#[inline(always)]
-pub(super) fn at6(s: &[Lanes; A]) -> [Lanes; M] {
-    let mut r = [[0.0f32; LANES]; M];
-    for l in 0..LANES {
-        let [s0, s1, s2, s3, s4, s5] = [s[0][l], s[1][l], s[2][l], s[3][l], s[4][l], s[5][l]];
-        let (p12, m12, p34, m34) = (s1 + s2, s1 - s2, s3 + s4, s3 - s4);
-        r[0][l] = s0 + p12 + p34;
-        r[1][l] = m12 + 2.0 * m34;
-        r[2][l] = p12 + 4.0 * p34;
-        r[3][l] = m12 + 8.0 * m34 + s5;
-    }
-    r
-}
-
-/// A y for four lane vectors (A = At transposed): an output gradient block into transform space.
-#[inline(always)]
-pub(super) fn a4(y: &[Lanes; M]) -> [Lanes; A] {
-    let mut r = [[0.0f32; LANES]; A];
-    for l in 0..LANES {
-        let [y0, y1, y2, y3] = [y[0][l], y[1][l], y[2][l], y[3][l]];
-        let (even, odd) = (y0 + y2, y1 + y3);
-        let (even4, odd2) = (y0 + 4.0 * y2, 2.0 * y1 + 8.0 * y3);
-        r[0][l] = y0;
-        r[1][l] = even + odd;
-        r[2][l] = even - odd;
-        r[3][l] = even4 + odd2;
-        r[4][l] = even4 - odd2;
-        r[5][l] = y3;
-    }
-    r
-}
-
-/// Gt u for six lane vectors: a weight gradient out of transform space.
-#[inline(always)]
-pub(super) fn gt6(u: &[Lanes; A]) -> [Lanes; 3] {
-    let mut r = [[0.0f32; LANES]; 3];
-    for l in 0..LANES {
-        let [u0, u1, u2, u3, u4, u5] = [u[0][l], u[1][l], u[2][l], u[3][l], u[4][l], u[5][l]];
-        let (p12, m12, p34, m34) = (u1 + u2, u2 - u1, u3 + u4, u3 - u4);
-        r[0][l] = u0 * (1.0 / 4.0) - p12 * (1.0 / 6.0) + p34 * (1.0 / 24.0);
-        r[1][l] = m12 * (1.0 / 6.0) + m34 * (1.0 / 12.0);
-        r[2][l] = -p12 * (1.0 / 6.0) + p34 * (1.0 / 6.0) + u5;
-    }
-    r
-}
 
 /// The 2-D transform F d Ft of an N x N block of lane vectors, given F as `f` (N values in, P
 /// out): F applied to every column, then to every row of the result. Element (i, j) comes from
@@ -130,23 +39,6 @@ pub(super) fn transform_2d<const N: usize, const P: usize>(
         }
         row_out(a, &f(&row));
     }
-}
-
-/// G g for three lane vectors.
-#[inline(always)]
-pub(super) fn g3(x: &[Lanes; 3]) -> [Lanes; A] {
-    let mut r = [[0.0f32; LANES]; A];
-    for l in 0..LANES {
-        let [x0, x1, x2] = [x[0][l], x[1][l], x[2][l]];
-        let (outer, middle) = (x0 + x2, x1);
-        r[0][l] = x0 * (1.0 / 4.0);
-        r[1][l] = -(outer + middle) * (1.0 / 6.0);
-        r[2][l] = -(outer - middle) * (1.0 / 6.0);
-        r[3][l] = x0 * (1.0 / 24.0) + x1 * (1.0 / 12.0) + x2 * (1.0 / 6.0);
-        r[4][l] = x0 * (1.0 / 24.0) - x1 * (1.0 / 12.0) + x2 * (1.0 / 6.0);
-        r[5][l] = x2;
-    }
-    r
 }
 
 /// How the output and output-gradient transforms take a chunk's tiles, 16 lanes at a time: a
@@ -213,19 +105,21 @@ impl RowGroups {
 /// V[c][pos][t] for the tile rows `rows` (global indices over batch x tile rows) and the input
 /// channels `channels` (c counting from their first), t counting tiles in order across those rows.
 #[inline(always)]
-pub(super) fn transform_input_generic(
+pub(super) fn transform_input_generic<T: Tile<M, A>, const M: usize, const A: usize>(
     x: &[f32],
     g: &ConvGeometry,
     rows: std::ops::Range<usize>,
     channels: std::ops::Range<usize>,
     v: &mut [f32],
 ) {
-    let (tiles_h, tiles_w) = tile_grid(g);
+    let (tiles_h, tiles_w) = T::SIZE.grid(g);
+    let positions = A * A;
     let tiles = rows.len() * tiles_w;
     let c_count = g.in_channels;
     let plane = g.in_h * g.in_w;
-    // The A input rows one tile row reads, zero-padded, split by column phase: column 4q + p at
-    // [p][q], so that column j of the tiles t0.. is one contiguous load at [j % 4][t0 + j / 4..].
+    // The A input rows one tile row reads, zero-padded, split by column phase: column M q + p at
+    // [p][q], so that column j of the tiles t0.. is one contiguous load at [j % M][t0 + j / M..]
+    // (j / M is 0 or 1: one quad past the tiles).
     let quads = tiles_w.next_multiple_of(LANES) + 1;
     let mut padded = vec![0.0f32; M * quads];
     let mut phases = vec![0.0f32; A * M * quads];
@@ -245,16 +139,16 @@ pub(super) fn transform_input_generic(
                 padded[..g.padding].fill(0.0);
                 padded[g.padding..end].copy_from_slice(&line[..end - g.padding]);
                 padded[end..].fill(0.0);
-                split_phases(&padded, split, quads, 0);
+                split_phases::<M>(&padded, split, quads, 0);
             }
             for t0 in (0..tiles_w).step_by(LANES) {
                 let lanes = LANES.min(tiles_w - t0);
-                let at = (ci - channels.start) * POSITIONS * tiles + ri * tiles_w + t0;
+                let at = (ci - channels.start) * positions * tiles + ri * tiles_w + t0;
                 transform_2d(
                     // Element (i, j) of tiles t0.., one per lane.
                     #[inline(always)]
                     |i, j| load_lanes(&phases, (i * M + j % M) * quads + t0 + j / M, LANES),
-                    bt6,
+                    T::bt,
                     #[inline(always)]
                     |a, row| store_row(row, a, v, tiles, at, 0..lanes),
                 );
@@ -263,20 +157,21 @@ pub(super) fn transform_input_generic(
     }
 }
 
-/// dM[k][pos][t] = (A dY At)[pos] for the 4x4 output-gradient blocks of the tile rows `rows`
+/// dM[k][pos][t] = (A dY At)[pos] for the M x M output-gradient blocks of the tile rows `rows`
 /// (blocks cut by the output's edge read zeros beyond it).
 #[inline(always)]
-pub(super) fn transform_output_grad_generic(
+pub(super) fn transform_output_grad_generic<T: Backward<M, A>, const M: usize, const A: usize>(
     dy: &[f32],
     g: &ConvGeometry,
     rows: std::ops::Range<usize>,
     dm: &mut [f32],
 ) {
-    let (tiles_h, tiles_w) = tile_grid(g);
+    let (tiles_h, tiles_w) = T::SIZE.grid(g);
+    let positions = A * A;
     let tiles = rows.len() * tiles_w;
     let k_count = g.out_channels;
     let plane = g.out_h * g.out_w;
-    // The 4 output-gradient rows of a group of tile rows (`RowGroups`), zero beyond the edges,
+    // The M output-gradient rows of a group of tile rows (`RowGroups`), zero beyond the edges,
     // split by column phase (see `transform_input_generic`; blocks do not overlap, so no extra
     // quad): column j of the tiles t0.. of the group is at [j][t0..].
     let row_groups = RowGroups::new(tiles_w);
@@ -298,16 +193,16 @@ pub(super) fn transform_output_grad_generic(
                         padded[..g.out_w].copy_from_slice(&src[oh * g.out_w..(oh + 1) * g.out_w]);
                         padded[g.out_w..].fill(0.0);
                     }
-                    split_phases(&padded, split, stride, r * tiles_w);
+                    split_phases::<M>(&padded, split, stride, r * tiles_w);
                 }
             }
-            let at = ko * POSITIONS * tiles + first_tile;
+            let at = ko * positions * tiles + first_tile;
             for t0 in (0..group_tiles).step_by(LANES) {
                 let lanes = LANES.min(group_tiles - t0);
                 transform_2d(
                     #[inline(always)]
                     |i, j| load_lanes(&phases, (i * M + j) * stride + t0, LANES),
-                    a4,
+                    T::a,
                     #[inline(always)]
                     |a, values| store_row(values, a, dm, tiles, at + t0, 0..lanes),
                 );
@@ -320,7 +215,7 @@ pub(super) fn transform_output_grad_generic(
 /// rows only), plus bias and ReLU, into the output.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn transform_output_generic(
+pub(super) fn transform_output_generic<T: Tile<M, A>, const M: usize, const A: usize>(
     m: &[f32],
     g: &ConvGeometry,
     rows: std::ops::Range<usize>,
@@ -329,7 +224,8 @@ pub(super) fn transform_output_generic(
     relu: bool,
     y: OutPtr,
 ) {
-    let (tiles_h, tiles_w) = tile_grid(g);
+    let (tiles_h, tiles_w) = T::SIZE.grid(g);
+    let positions = A * A;
     let tiles = rows.len() * tiles_w;
     let k_count = g.out_channels;
     let plane = g.out_h * g.out_w;
@@ -341,6 +237,7 @@ pub(super) fn transform_output_generic(
         tiles,
         channels: channels.clone(),
         rows: rows.len(),
+        positions,
     };
     for group in row_groups.of(rows.clone()) {
         let ri = group.start - rows.start;
@@ -356,15 +253,15 @@ pub(super) fn transform_output_generic(
             for t0 in (0..group_tiles).step_by(LANES) {
                 let lanes = LANES.min(group_tiles - t0);
                 let at = groups.at(ri, ko, t0);
-                ask_ahead(m, tiles, groups.next(ri, ko, t0));
+                ask_ahead(m, (tiles, positions), groups.next(ri, ko, t0));
                 // Read in the order of the layout, one position after another: read
                 // column by column as the transform takes them, 256-channel layers on large
                 // chunks (M from the L3) ran slower. Not zero-filled first: that memset was 7%
                 // of conv1_2's instructions at batch 1.
-                let mut s = std::mem::MaybeUninit::<[Lanes; POSITIONS]>::uninit();
+                let mut s = std::mem::MaybeUninit::<[[Lanes; A]; A]>::uninit();
                 let position_out = s.as_mut_ptr().cast::<Lanes>();
-                for pos in 0..POSITIONS {
-                    // SAFETY: pos < POSITIONS, inside `s`.
+                for pos in 0..positions {
+                    // SAFETY: pos < A x A, inside `s`.
                     unsafe {
                         position_out
                             .add(pos)
@@ -376,18 +273,25 @@ pub(super) fn transform_output_generic(
                 let first = row_groups.position(t0);
                 transform_2d(
                     #[inline(always)]
-                    |i, j| s[i * A + j],
-                    at6,
+                    |i, j| s[i][j],
+                    T::at,
                     #[inline(always)]
                     |a, out| {
-                        // Interleave the lanes' 4 columns into output row segments.
-                        let mut line = [0.0f32; LANES * M];
-                        for (bcol, ob) in out.iter().enumerate() {
-                            for (l, &v) in ob.iter().enumerate() {
-                                let v = v + b;
-                                line[l * M + bcol] = if relu { vgg_tensor::relu(v) } else { v };
+                        // Bias and ReLU on whole vectors, then the lanes' M columns interleaved
+                        // into output row segments. Done per value in one loop, the ReLU's
+                        // select became a branch per value for M = 6 (a third of F(6x6)'s
+                        // output transform in mispredictions).
+                        let mut cols = *out;
+                        for v in cols.as_flattened_mut() {
+                            *v += b;
+                        }
+                        if relu {
+                            for v in cols.as_flattened_mut() {
+                                *v = vgg_tensor::relu(*v);
                             }
                         }
+                        let line = interleave(&cols);
+                        let line = line.as_flattened();
                         row_groups.each_run(
                             first,
                             lanes,
@@ -414,6 +318,35 @@ pub(super) fn transform_output_generic(
     }
 }
 
+/// Lane l's M values (one per column vector) side by side: line[l] = [cols[0][l], ...]. Every
+/// value is written. Transposed as 8 x 16 (M <= 8; the columns past M zero), whose power-of-two
+/// shape the compiler turns into shuffles, then cut to M per lane.
+#[inline(always)]
+fn interleave<const M: usize>(cols: &[Lanes; M]) -> [[f32; M]; LANES] {
+    if M == 4 {
+        let mut line = [[0.0f32; M]; LANES];
+        for (l, values) in line.iter_mut().enumerate() {
+            for (value, col) in values.iter_mut().zip(cols) {
+                *value = col[l];
+            }
+        }
+        return line;
+    }
+    let mut wide = [[0.0f32; LANES]; 8];
+    wide[..M].copy_from_slice(cols);
+    let mut square = [[0.0f32; 8]; LANES];
+    for (l, values) in square.iter_mut().enumerate() {
+        for (value, col) in values.iter_mut().zip(&wide) {
+            *value = col[l];
+        }
+    }
+    let mut line = [[0.0f32; M]; LANES];
+    for (out, values) in line.iter_mut().zip(&square) {
+        out.copy_from_slice(&values[..M]);
+    }
+    line
+}
+
 /// The output transform's groups of 16 tiles in m, in the order its loop takes them: groups of
 /// tile rows (`RowGroups`), then output channels (counted from `channels.start`), then 16 tiles of
 /// the rows at a time.
@@ -422,6 +355,8 @@ struct Groups {
     tiles: usize,
     channels: std::ops::Range<usize>,
     rows: usize,
+    /// Transformed positions per tile (`TileSize::positions`).
+    positions: usize,
 }
 
 impl Groups {
@@ -429,7 +364,7 @@ impl Groups {
     /// from the rows' first) starts in m.
     #[inline(always)]
     fn at(&self, ri: usize, ko: usize, t0: usize) -> usize {
-        (ko - self.channels.start) * POSITIONS * self.tiles + ri * self.row_groups.tiles_w + t0
+        (ko - self.channels.start) * self.positions * self.tiles + ri * self.row_groups.tiles_w + t0
     }
 
     /// Where the group after that one starts: the next tiles of the rows, else the next
@@ -449,14 +384,15 @@ impl Groups {
     }
 }
 
-/// Asks the caches for the 36 positions of the group of tiles at `at` in m (`Groups::next`) while
-/// this group is transformed: M was written by 36 GEMMs and lies in the L3 or memory, and the
+/// Asks the caches for the positions (`positions` of them, stored `tiles` apart) of the group of
+/// tiles at `at` in m (`Groups::next`) while this group is transformed: M was written by a GEMM per
+/// position and lies in the L3 or memory, and the
 /// transform's loads of it, 36 streams a group, held ~40% of its samples at batch 8 (perf annotate).
 /// A hint only: no value changes.
 #[inline(always)]
-fn ask_ahead(m: &[f32], tiles: usize, at: Option<usize>) {
+fn ask_ahead(m: &[f32], (tiles, positions): (usize, usize), at: Option<usize>) {
     let Some(at) = at else { return };
-    for pos in 0..POSITIONS {
+    for pos in 0..positions {
         let from = pos * tiles + at;
         let last = (from + LANES).min(m.len()) - 1;
         // The group's first and last values: its 64 bytes span at most these two lines.
@@ -468,7 +404,13 @@ fn ask_ahead(m: &[f32], tiles: usize, at: Option<usize>) {
 /// Row `ko` of U (`transform_weights`): U[pos][ko][c] = (G w[ko][c] Gt)[pos], from output channel
 /// ko's filters (c x 3 x 3), 16 input channels at a time.
 #[inline(always)]
-pub(super) fn transform_filters_generic(filters: &[f32], ko: usize, k: usize, c: usize, u: OutPtr) {
+pub(super) fn transform_filters_generic<T: Tile<M, A>, const M: usize, const A: usize>(
+    filters: &[f32],
+    ko: usize,
+    k: usize,
+    c: usize,
+    u: OutPtr,
+) {
     for c0 in (0..c).step_by(LANES) {
         let lanes = LANES.min(c - c0);
         let mut block = [0.0f32; LANES * 9];
@@ -485,7 +427,7 @@ pub(super) fn transform_filters_generic(filters: &[f32], ko: usize, k: usize, c:
         transform_2d(
             #[inline(always)]
             |i, j| g[i][j],
-            g3,
+            T::g,
             #[inline(always)]
             |a, row| {
                 for (b, values) in row.iter().enumerate() {
@@ -500,7 +442,7 @@ pub(super) fn transform_filters_generic(filters: &[f32], ko: usize, k: usize, c:
 /// dW[ko][c] = Gt dU[ko][c] G into `dw_k` (c x 3 x 3), from dU [pos][k][c], 16 input channels at a
 /// time.
 #[inline(always)]
-pub(super) fn transform_weight_grad_generic(
+pub(super) fn transform_weight_grad_generic<T: Backward<M, A>, const M: usize, const A: usize>(
     du: &[f32],
     ko: usize,
     k: usize,
@@ -514,7 +456,7 @@ pub(super) fn transform_weight_grad_generic(
         transform_2d(
             #[inline(always)]
             |i, j| load_lanes(du, (i * A + j) * k * c + at, lanes),
-            gt6,
+            T::gt,
             #[inline(always)]
             |i, row| {
                 for (j, values) in row.iter().enumerate() {
@@ -551,6 +493,7 @@ mod tests {
                 tiles,
                 channels: channels.clone(),
                 rows,
+                positions: TileSize::Four.positions(),
             };
             let mut order = Vec::new();
             let mut starts = Vec::new();
@@ -572,10 +515,11 @@ mod tests {
                     "{tiles_w} {rows} {i}"
                 );
             }
-            // Every channel's position-0 row of m ([channel][POSITIONS][tiles]) read once.
+            // Every channel's position-0 row of m ([channel][positions][tiles]) read once.
             starts.sort_unstable();
+            let positions = groups.positions;
             let want: Vec<usize> = (0..channels.len())
-                .flat_map(|c| c * POSITIONS * tiles..c * POSITIONS * tiles + tiles)
+                .flat_map(|c| c * positions * tiles..c * positions * tiles + tiles)
                 .collect();
             assert_eq!(starts, want, "{tiles_w} {rows}");
         }
