@@ -116,8 +116,8 @@ pub struct DeviceArgs {
     pub isa: IsaChoice,
     /// With --backend cpu: the convolution algorithm (auto: Winograd F(4x4, 3x3) where it
     /// measured faster, im2col elsewhere; winograd6: as auto, with F(6x6, 3x3) for the forward
-    /// pass of images of 28x28 and larger, fewer products but slower on our kernels today;
-    /// im2col: everywhere)
+    /// pass of images of 112x112 and larger, 18% fewer products but no faster on our kernels
+    /// today; im2col: everywhere)
     #[arg(long, value_enum, default_value = "auto")]
     pub conv_algorithm: ConvChoice,
     /// With --backend cpu: the arithmetic of convolutions and matrix products. f32; or bf16:

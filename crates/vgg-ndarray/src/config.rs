@@ -10,9 +10,10 @@ pub enum ConvAlgorithm {
     /// Winograd F(4x4, 3x3) where it measured faster (`conv::use_winograd`), im2col elsewhere.
     #[default]
     Auto,
-    /// As `Auto`, with F(6x6, 3x3) for the forward pass of images of 28x28 and larger: 9-18%
-    /// fewer products than F(4x4), about 1.5x its rounding error, and slower on our kernels as
-    /// they stand (docs/performance.md, "F(6x6, 3x3)"); for comparisons.
+    /// As `Auto`, with F(6x6, 3x3) for the forward pass where it has at most 85% of F(4x4)'s
+    /// products (images of 112x112 and larger: VGG's conv1 and conv2, 18% fewer): about 1.5x
+    /// F(4x4)'s rounding error, and level with it or slower on our kernels as they stand
+    /// (docs/performance.md, "Winograd's tile size a parameter"); for comparisons.
     WinogradF6,
     /// im2col and GEMM everywhere, for comparisons.
     Im2col,

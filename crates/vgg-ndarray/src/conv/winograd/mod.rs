@@ -47,9 +47,10 @@ pub fn applies(g: &ConvGeometry) -> bool {
 /// The tile size `pass` takes on `g` (where `applies`): F(4x4), but with
 /// `ConvAlgorithm::WinogradF6` F(6x6) for the forward pass where its products are fewer than
 /// F(4x4)'s by a margin (`six_pays`). The gradients keep F(4x4), whose error goals they were met
-/// on. F(6x6) is not the default: its fewer products measured slower than F(4x4) on every VGG-16
-/// layer (its 8x8 transforms and the GEMMs' shorter tile runs cost more than the products
-/// saved: docs/performance.md, "F(6x6, 3x3)").
+/// on. F(6x6) is not the default: on an AVX2 Zen 3 it measured level with F(4x4) on VGG-16's
+/// conv1 and conv2 and slower on conv3 and conv4, its transforms taking 40-50% more instructions
+/// for the same outputs than the GEMMs' 20% they save (docs/performance.md, "Winograd's tile size
+/// a parameter").
 pub(crate) fn tile_size(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> TileSize {
     if pass == ConvPass::Forward && t.convolution == ConvAlgorithm::WinogradF6 && six_pays(g) {
         TileSize::Six
