@@ -41,27 +41,55 @@ pub(super) fn transform_2d<const N: usize, const P: usize>(
     }
 }
 
-/// How the output and output-gradient transforms take a chunk's tiles, 16 lanes at a time: a
-/// tile row of more than 8 tiles in runs of 16 (the last one shorter), shorter rows several at once,
-/// side by side (by rows, conv5's 4 tiles a row filled 4 of the 16 lanes, conv4's 7 filled 7).
-/// The tiles of consecutive rows are consecutive in V and M, so a group is one run of them.
+/// How the output and output-gradient transforms take a chunk's tiles, 16 lanes at a time, in
+/// groups of consecutive tile rows. The tiles of consecutive rows are consecutive in V and M, so a
+/// group is one run of them, and a vector's lanes may take the end of one row and the start of the
+/// next. Taken one row a vector, conv5's 4 tiles a row filled 4 of the 16 lanes, conv4's 7 filled
+/// 7, and rows of 14 to 56 tiles (conv1-conv3 on F(4x4)) left 12.5% of the lanes idle, F(6x6)'s 19
+/// and 38 41% and 21%.
 #[derive(Clone, Copy)]
 struct RowGroups {
     tiles_w: usize,
-    /// Tile rows side by side in one group of lanes.
+    /// Tile rows in one group.
     rows: usize,
 }
 
 impl RowGroups {
-    fn new(tiles_w: usize) -> RowGroups {
+    /// The fewest rows whose tiles are whole vectors (16 / gcd(tiles a row, 16): 4 tiles a row 4
+    /// rows, 7 16, 14 8, 28 4, 56 2, 19 16): for the output-gradient transform, which stores any
+    /// 16 tiles alike (callgrind, 64 -> 64 channels at 56x56: 17.9M -> 16.1M instructions;
+    /// 16 -> 16 at 112x112: 15.6M -> 14.6M).
+    fn whole_vectors(tiles_w: usize) -> RowGroups {
+        let gcd = |mut a: usize, mut b: usize| {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        };
         RowGroups {
             tiles_w,
-            rows: (LANES / tiles_w).max(1),
+            rows: LANES / gcd(tiles_w.max(1), LANES),
         }
     }
 
-    /// The group of tile rows from `first`, before `end`: as many as the lanes take, or fewer at
-    /// the end.
+    /// For the output transform, which writes each row's run of a vector to the image on its own:
+    /// rows of up to 16 tiles whole, several to a vector (4 tiles a row 4, 7 2, 14 1), longer rows
+    /// in whole vectors (at most one row's end in each). Across rows of 14 tiles nearly every
+    /// vector held two rows' ends, and the extra writes cost more than the idle lanes (callgrind,
+    /// 64 -> 64 channels at 56x56: 30.4M -> 31.8M instructions), while rows of 28 gained (16 -> 16
+    /// channels at 112x112: 30.1M -> 27.9M).
+    fn for_output(tiles_w: usize) -> RowGroups {
+        if tiles_w > LANES {
+            RowGroups::whole_vectors(tiles_w)
+        } else {
+            RowGroups {
+                tiles_w,
+                rows: (LANES / tiles_w.max(1)).max(1),
+            }
+        }
+    }
+
+    /// The group of tile rows from `first`, before `end`: `rows` of them, or fewer at the end.
     fn group(&self, first: usize, end: usize) -> std::ops::Range<usize> {
         first..(first + self.rows).min(end)
     }
@@ -174,7 +202,7 @@ pub(super) fn transform_output_grad_generic<T: Backward<M, A>, const M: usize, c
     // The M output-gradient rows of a group of tile rows (`RowGroups`), zero beyond the edges,
     // split by column phase (see `transform_input_generic`; blocks do not overlap, so no extra
     // quad): column j of the tiles t0.. of the group is at [j][t0..].
-    let row_groups = RowGroups::new(tiles_w);
+    let row_groups = RowGroups::whole_vectors(tiles_w);
     let stride = row_groups.rows * tiles_w + LANES;
     let mut padded = vec![0.0f32; M * tiles_w];
     let mut phases = vec![0.0f32; M * M * stride];
@@ -231,7 +259,7 @@ pub(super) fn transform_output_generic<T: Tile<M, A>, const M: usize, const A: u
     let plane = g.out_h * g.out_w;
     // An output far larger than the caches is not read back from them: store it around them.
     let streaming = y.streaming;
-    let row_groups = RowGroups::new(tiles_w);
+    let row_groups = RowGroups::for_output(tiles_w);
     let groups = Groups {
         row_groups,
         tiles,
@@ -487,7 +515,7 @@ mod tests {
             (17, 2, 1..3),
         ] {
             let tiles = rows * tiles_w;
-            let row_groups = RowGroups::new(tiles_w);
+            let row_groups = RowGroups::for_output(tiles_w);
             let groups = Groups {
                 row_groups,
                 tiles,
@@ -525,32 +553,71 @@ mod tests {
         }
     }
 
-    /// Short tile rows share the 16 lanes; the runs name every tile of the rows once, in order.
+    /// The tiles of a group of rows share the 16 lanes, a vector's lanes across rows where they
+    /// end mid-vector; the runs name every tile of the rows once, in order.
     #[test]
     fn lane_runs_cover_every_tile_once() {
-        for (tiles_w, rows) in [(4, 4), (4, 2), (7, 2), (1, 8), (14, 1), (56, 1), (15, 1)] {
-            let row_groups = RowGroups::new(tiles_w);
-            // One group of rows: as many as the lanes take, or fewer (a chunk's last).
-            let rows = row_groups.group(0, rows).len();
-            let mut seen = Vec::new();
-            for t0 in (0..rows * tiles_w).step_by(LANES) {
-                let lanes = LANES.min(rows * tiles_w - t0);
-                let mut next_lane = 0;
-                row_groups.each_run(row_groups.position(t0), lanes, |run, r, column| {
-                    assert_eq!(run.start, next_lane, "{tiles_w} {rows}");
-                    assert!(column + run.len() <= tiles_w, "{tiles_w} {rows}");
-                    next_lane = run.end;
-                    seen.extend((column..column + run.len()).map(|q| r * tiles_w + q));
-                });
-                assert_eq!(next_lane, lanes, "{tiles_w} {rows}");
+        for (tiles_w, rows) in [
+            (4, 4),
+            (4, 2),
+            (7, 2),
+            (1, 8),
+            (14, 1),
+            (28, 4),
+            (28, 3),
+            (56, 2),
+            (56, 1),
+            (15, 1),
+            (19, 16),
+            (38, 3),
+        ] {
+            for row_groups in [
+                RowGroups::for_output(tiles_w),
+                RowGroups::whole_vectors(tiles_w),
+            ] {
+                // One group of rows: as many as the lanes take, or fewer (a chunk's last).
+                let rows = row_groups.group(0, rows).len();
+                let mut seen = Vec::new();
+                for t0 in (0..rows * tiles_w).step_by(LANES) {
+                    let lanes = LANES.min(rows * tiles_w - t0);
+                    let mut next_lane = 0;
+                    row_groups.each_run(row_groups.position(t0), lanes, |run, r, column| {
+                        assert_eq!(run.start, next_lane, "{tiles_w} {rows}");
+                        assert!(column + run.len() <= tiles_w, "{tiles_w} {rows}");
+                        next_lane = run.end;
+                        seen.extend((column..column + run.len()).map(|q| r * tiles_w + q));
+                    });
+                    assert_eq!(next_lane, lanes, "{tiles_w} {rows}");
+                }
+                assert_eq!(seen, (0..rows * tiles_w).collect::<Vec<_>>(), "{tiles_w}");
             }
-            assert_eq!(seen, (0..rows * tiles_w).collect::<Vec<_>>(), "{tiles_w}");
         }
-        // conv5's rows of 4 tiles: 4 rows to the 16 lanes; conv4's 7: 2; conv3's 14 and longer
-        // rows: 1.
-        assert_eq!(RowGroups::new(4).rows, 4);
-        assert_eq!(RowGroups::new(7).rows, 2);
-        assert_eq!(RowGroups::new(14).rows, 1);
-        assert_eq!(RowGroups::new(56).rows, 1);
+        // The output transform: short rows whole, several to a vector (conv5's 4 tiles a row 4
+        // rows, conv4's 7 2, conv3's 14 and rows of 16 1), longer ones in whole vectors (conv2's
+        // 28 4 rows, conv1's 56 2; F(6x6)'s 19 and 38 16 and 8).
+        for (tiles_w, rows) in [
+            (4, 4),
+            (7, 2),
+            (14, 1),
+            (16, 1),
+            (28, 4),
+            (56, 2),
+            (19, 16),
+            (38, 8),
+        ] {
+            assert_eq!(RowGroups::for_output(tiles_w).rows, rows, "{tiles_w}");
+        }
+        // The output gradient's: whole vectors always.
+        for tiles_w in [1, 4, 7, 14, 15, 16, 17, 19, 28, 38, 56] {
+            let rows = RowGroups::whole_vectors(tiles_w).rows;
+            assert!(
+                (rows * tiles_w).is_multiple_of(LANES) && rows <= LANES,
+                "{tiles_w}"
+            );
+            assert!(
+                (1..rows).all(|r| r * tiles_w % LANES != 0),
+                "{tiles_w}: the fewest"
+            );
+        }
     }
 }
