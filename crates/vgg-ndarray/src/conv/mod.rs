@@ -1,6 +1,6 @@
 //! Convolution: the one dispatcher that chooses, per layer and pass, among Winograd F(4x4, 3x3)
-//! and F(6x6, 3x3) (`winograd/`), im2col over groups of images (`grouped.rs`) and per-image tiled im2col
-//! (`im2col.rs`), and sums long weight-gradient reductions in parts (`gradient_sum.rs`).
+//! and F(6x6, 3x3) (`winograd/`), im2col over groups of images (`grouped.rs`) and per-image tiled
+//! im2col (`im2col.rs`), and sums long weight-gradient reductions in parts (`gradient_sum.rs`).
 
 pub mod gradient_sum;
 mod grouped;

@@ -15,13 +15,12 @@ pub(crate) fn large_chunks(g: &ConvGeometry, t: &Tuning, size: TileSize) -> bool
 }
 
 /// How a convolution's tile rows (over batch x tile rows) are cut into chunks. Every chunk's
-/// GEMMs read all the transformed weights (36 or 64 k x c values: `TileSize::positions`). Where those stay in cache
-/// (`Tuning::cached_weight_bytes`), chunks are small,
-/// so their transformed input and output (positions x (c + k) values per tile) stay near the core's L2
+/// GEMMs read all the transformed weights (36 or 64 k x c values: `TileSize::positions`). Where
+/// those stay in cache (`Tuning::cached_weight_bytes`), chunks are small, so their transformed
+/// input and output (positions x (c + k) values per tile) stay near the core's L2
 /// (`Tuning::chunk_bytes`, at least `MIN_TILES` for the GEMMs). Where they do not (256 channels and
 /// more: 9-36 MiB), each chunk streams them from memory, so chunks grow to the L3
-/// (`Tuning::large_chunk_bytes`)
-/// to read them fewer times. The count is a multiple of the threads, so none waits on another's
+/// (`Tuning::large_chunk_bytes`) to read them fewer times. The count is a multiple of the threads, so none waits on another's
 /// extra chunk. Measured per layer: docs/performance.md.
 pub(super) struct Chunks {
     pub(super) rows_per_chunk: usize,

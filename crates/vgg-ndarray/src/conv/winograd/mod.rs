@@ -225,8 +225,8 @@ fn forward_on<T: Tile<M, A>, const M: usize, const A: usize>(layer: &Layer, y: &
     });
 }
 
-/// Whether the threads share the tiles and split the output channels instead (`forward_by_channels`):
-/// where the whole call has few tiles (VGG-16's conv4 at batch 1: 49), splitting the tiles leaves
+/// Whether the threads share the tiles and split the output channels instead
+/// (`forward_by_channels`): where the whole call has few tiles (VGG-16's conv4 at batch 1: 49), splitting the tiles leaves
 /// each thread 21-28 of them for every transformed weight it streams from memory. At batch 2 (98
 /// tiles) the split measured slower (conv4_2 13.6-14.8 -> 17.1-17.7 ms): docs/performance.md.
 fn split_channels(chunks: &Chunks, t: &Tuning) -> bool {

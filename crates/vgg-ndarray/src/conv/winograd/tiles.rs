@@ -343,25 +343,22 @@ mod tests {
             random::fill_normal(&mut values, 3, 0, 0.0, 1.0);
             let d = |i: usize, j: usize| values[i * A + j] as f64;
             let w = |i: usize, j: usize| values[A * A + i * 3 + j] as f64;
+            // (F x Ft)[a][b] at every position p = a A + b, for F with `inner` columns.
+            let two_sided =
+                |f: &dyn Fn(usize, usize) -> f64, inner: usize, x: &dyn Fn(usize, usize) -> f64| {
+                    (0..A * A)
+                        .map(|p| {
+                            let (a, b) = (p / A, p % A);
+                            (0..inner)
+                                .flat_map(|i| (0..inner).map(move |j| (i, j)))
+                                .map(|(i, j)| f(a, i) * x(i, j) * f(b, j))
+                                .sum()
+                        })
+                        .collect::<Vec<f64>>()
+                };
             // U = G w Gt, V = Bt d B, then Y = At (U * V) A.
-            let u: Vec<f64> = (0..A * A)
-                .map(|p| {
-                    let (a, b) = (p / A, p % A);
-                    (0..3)
-                        .flat_map(|i| (0..3).map(move |j| (i, j)))
-                        .map(|(i, j)| g[a][i] as f64 * w(i, j) * g[b][j] as f64)
-                        .sum()
-                })
-                .collect();
-            let v: Vec<f64> = (0..A * A)
-                .map(|p| {
-                    let (a, b) = (p / A, p % A);
-                    (0..A)
-                        .flat_map(|i| (0..A).map(move |j| (i, j)))
-                        .map(|(i, j)| bt[a][i] as f64 * d(i, j) * bt[b][j] as f64)
-                        .sum()
-                })
-                .collect();
+            let u = two_sided(&|a, i| g[a][i] as f64, 3, &w);
+            let v = two_sided(&|a, i| bt[a][i] as f64, A, &d);
             for (y0, y1) in (0..M).flat_map(|y0| (0..M).map(move |y1| (y0, y1))) {
                 let got: f64 = (0..A * A)
                     .map(|p| at[y0][p / A] as f64 * u[p] * v[p] * at[y1][p % A] as f64)
