@@ -64,9 +64,11 @@ fn main() {
             time("dX = dY W, f32 GEMM", || {
                 sgemm(row_major(&mut dx, batch, inputs), dy_m, w_m, false, threads)
             });
-            time("dX = dY W, a_b", || {
-                linear_grad::a_b(&dy, &w, (batch, inputs, outputs), &mut dx)
-            });
+            for precision in [Precision::F32, Precision::Bf16] {
+                time(&format!("dX = dY W, a_b in {}", precision.name()), || {
+                    linear_grad::a_b(&dy, &w, (batch, inputs, outputs), &mut dx, precision)
+                });
+            }
             for &unit in &units {
                 time(&format!("dX = dY W, bf16 on {unit:?}"), || {
                     bf16::gemm(

@@ -89,6 +89,26 @@ impl Bf16Unit {
         matches!(self, Bf16Unit::Amx | Bf16Unit::Avx512Bf16)
     }
 
+    /// Whether the bf16 mode leaves the products it could compute to the f32 units' f32
+    /// arithmetic, keeping bf16 only where a product streams its weight from memory (a linear
+    /// layer's forward at batch 1-3, from weights kept in bf16 rows: half the bytes): a native
+    /// unit slower than the f32 products. Intel's AVX512_BF16 without AMX (its tiles hidden, as
+    /// by the hypervisor of the 2-core Emerald Rapids VM measured on 2026-12-08, or absent, as
+    /// on Cooper Lake) multiplies at about half the f32 GEMM's rate: 137-157 GFLOP/s against
+    /// 282-294 (`examples/bf16_rate`), so that VGG-16's batch-1 forward-backward took 1.3x f32's
+    /// time in bf16 (docs/performance.md, "bf16 where AVX512_BF16 trails f32"). AMD's (Zen 4 and 5)
+    /// runs at 1.6-1.8x the f32 rate and AMX's at 12x; the f32 units round the operands
+    /// whatever it costs, so that the mode gives the same products on every CPU.
+    pub fn products_stay_f32(self) -> bool {
+        self == Bf16Unit::Avx512Bf16 && cpu_vendor_is_intel()
+    }
+
+    /// Whether the bf16 mode's products run on this unit, one of the CPU's own bf16 units (AMX,
+    /// AMD's AVX512_BF16), rather than on the f32 units, rounded or not.
+    pub fn multiplies_in_bf16(self) -> bool {
+        self != Bf16Unit::F32Units && !self.products_stay_f32()
+    }
+
     /// Whether its convolutions outrun f32 Winograd F(4x4, 3x3), which does a quarter of the
     /// direct method's products. AMX's, at 12x the f32 rate, do. AVX512_BF16's, at 1.7x, do not:
     /// on a 2-core Zen 4 (`examples/conv_layers`, VGG-16's shapes) bf16 im2col took 1.0-1.7x
@@ -107,6 +127,23 @@ impl Bf16Unit {
             Bf16Unit::Avx512Bf16 => "AVX512_BF16",
             Bf16Unit::F32Units => "f32 units",
         }
+    }
+}
+
+/// Whether CPUID names the vendor GenuineIntel.
+fn cpu_vendor_is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // `__cpuid` became a safe function after our minimum Rust version (1.89).
+        #[allow(unused_unsafe)]
+        // SAFETY: CPUID leaf 0 exists on every x86-64 CPU.
+        let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+        // "GenuineIntel" in EBX, EDX, ECX.
+        [leaf.ebx, leaf.edx, leaf.ecx] == [0x756e_6547, 0x4965_6e69, 0x6c65_746e]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -296,6 +333,10 @@ pub struct Tuning {
     pub streaming_bytes: usize,
     /// None: f32 products; otherwise bf16 products on this unit.
     pub bf16: Option<Bf16Unit>,
+    /// A linear layer's forward at batch 1-3 reads its weight kept in rows of bf16, half the
+    /// bytes of the stream that is its time. In `Precision::Bf16`, with or without `bf16`'s
+    /// products (`Bf16Unit::products_stay_f32`).
+    pub bf16_weight_rows: bool,
     /// The GEMM crate's vector unit (`Isa::of_gemm`): where its products are narrower than
     /// AVX-512, Winograd's fewer products win on smaller inputs (`conv::use_winograd`).
     pub gemm_isa: Isa,
@@ -321,8 +362,11 @@ impl Tuning {
             streaming_bytes: last / 2,
             bf16: match config.precision {
                 Precision::F32 => None,
-                Precision::Bf16 => Some(Bf16Unit::within(kernel_isa)),
+                Precision::Bf16 => {
+                    Some(Bf16Unit::within(kernel_isa)).filter(|unit| !unit.products_stay_f32())
+                }
             },
+            bf16_weight_rows: config.precision == Precision::Bf16,
             gemm_isa: Isa::of_gemm(),
             kernel_isa,
         }

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use crate::arena::Memory;
 use crate::config::Precision;
 use crate::simd;
-use crate::skinny::{BLOCK, LANES, MAX_ROWS};
+use crate::skinny::{Element, Rounded, BLOCK, LANES, MAX_ROWS};
 
 /// Products whose result holds fewer values stay with the GEMM: below 4 MiB it lives in the
 /// caches, and the small networks keep the arithmetic they were measured with.
@@ -173,9 +173,9 @@ const B_STREAMS: usize = 4;
 /// read once, in order, `B_STREAMS` at a time, and added into every row of C weighted by A; each
 /// value's multiply-adds in the order of B's rows.
 #[inline(always)]
-fn a_b_columns_generic(
+fn a_b_columns_generic<E: Element>(
     a: &[f32],
-    b: &[f32],
+    b: &[E],
     (m, n, k): (usize, usize, usize),
     cols: std::ops::Range<usize>,
     acc: &mut [f32],
@@ -190,7 +190,8 @@ fn a_b_columns_generic(
             let [w0, w1, w2, w3] = std::array::from_fn(|s| a[i * k + r0 + s]);
             // Equal lengths, so that the loop compiles to whole vectors of FMAs.
             let lanes = row.iter_mut().zip(b0).zip(b1).zip(b2).zip(b3);
-            for ((((c, &b0), &b1), &b2), &b3) in lanes {
+            for ((((c, b0), b1), b2), b3) in lanes {
+                let [b0, b1, b2, b3] = [b0, b1, b2, b3].map(|b| b.value());
                 *c = w3.mul_add(b3, w2.mul_add(b2, w1.mul_add(b1, w0.mul_add(b0, *c))));
             }
         }
@@ -199,8 +200,8 @@ fn a_b_columns_generic(
         let b = b_row(r);
         for (i, row) in acc.chunks_exact_mut(width).enumerate().take(m) {
             let w = a[i * k + r];
-            for (c, &b) in row.iter_mut().zip(b) {
-                *c = w.mul_add(b, *c);
+            for (c, b) in row.iter_mut().zip(b) {
+                *c = w.mul_add(b.value(), *c);
             }
         }
     }
@@ -211,11 +212,23 @@ crate::simd::dispatch_simd! {
     fn a_b_columns(a: &[f32], b: &[f32], dims: (usize, usize, usize), cols: std::ops::Range<usize>, acc: &mut [f32]) => a_b_columns_generic
 }
 
+crate::simd::dispatch_simd! {
+    /// `a_b_columns_generic` on B's values rounded to bf16 as they are read.
+    fn a_b_columns_rounded(a: &[f32], b: &[Rounded], dims: (usize, usize, usize), cols: std::ops::Range<usize>, acc: &mut [f32]) => a_b_columns_generic
+}
+
 /// C [m, n] = A B for A [m, k] and B [k, n], all row-major, for few rows of A (`a_b_applies`): a
 /// linear layer's input gradient dY W, where the weight B is read once from memory. The threads
 /// split C's columns, so every value is one chain of multiply-adds in the order of B's rows,
-/// whatever the thread count.
-pub fn a_b(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), c: &mut [f32]) {
+/// whatever the thread count. In `Precision::Bf16`, A is rounded to bf16 first and B as it is
+/// read (a weight that changes every step: converting it first would read it twice).
+pub fn a_b(
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    c: &mut [f32],
+    precision: Precision,
+) {
     assert!(
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
         "a_b operand lengths"
@@ -223,6 +236,15 @@ pub fn a_b(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), c: &mut [f32]
     if m == 0 || n == 0 {
         return;
     }
+    let a = match precision {
+        Precision::F32 => Cow::Borrowed(a),
+        Precision::Bf16 => {
+            let mut rounded = a[..m * k].to_vec();
+            crate::bf16::round_slice(&mut rounded);
+            Cow::Owned(rounded)
+        }
+    };
+    let a = &a[..];
     // A contiguous run of columns per thread: each reads a long run of every row of B.
     let threads = rayon::current_num_threads().max(1);
     let width = n.div_ceil(threads).next_multiple_of(LANES);
@@ -231,7 +253,14 @@ pub fn a_b(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), c: &mut [f32]
         .map(|t| {
             let cols = t * width..((t + 1) * width).min(n);
             let mut acc = Memory::uninit(m * cols.len());
-            a_b_columns(a, b, (m, n, k), cols.clone(), &mut acc);
+            match precision {
+                Precision::F32 => a_b_columns(a, b, (m, n, k), cols.clone(), &mut acc),
+                Precision::Bf16 => {
+                    // SAFETY: `Rounded` is a transparent f32.
+                    let b = unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len()) };
+                    a_b_columns_rounded(a, b, (m, n, k), cols.clone(), &mut acc)
+                }
+            }
             (cols, acc)
         })
         .collect();
@@ -314,13 +343,23 @@ mod tests {
             (2, 4096, 4096),
         ] {
             let (a, b) = (values(m * k, 5), values(k * n, 6));
-            let (want, bound) = reference(|i, l| a[i * k + l], |l, j| b[l * n + j], (m, n, k));
-            let mut first: Option<Vec<f32>> = None;
-            for threads in [1, 2, 3] {
-                let mut c = vec![f32::NAN; m * n];
-                pool(threads).install(|| a_b(&a, &b, (m, n, k), &mut c));
-                let what = format!("{m}x{n}x{k} on {threads} threads");
-                check(c, (&want, &bound), &mut first, &what);
+            for precision in [Precision::F32, Precision::Bf16] {
+                let round = |x: f32| match precision {
+                    Precision::F32 => x,
+                    Precision::Bf16 => crate::bf16::round(x),
+                };
+                let (want, bound) = reference(
+                    |i, l| round(a[i * k + l]),
+                    |l, j| round(b[l * n + j]),
+                    (m, n, k),
+                );
+                let mut first: Option<Vec<f32>> = None;
+                for threads in [1, 2, 3] {
+                    let mut c = vec![f32::NAN; m * n];
+                    pool(threads).install(|| a_b(&a, &b, (m, n, k), &mut c, precision));
+                    let what = format!("{m}x{n}x{k} {precision:?} on {threads} threads");
+                    check(c, (&want, &bound), &mut first, &what);
+                }
             }
         }
     }

@@ -46,8 +46,8 @@ type Conv = (usize, usize, usize, usize);
 const CONVS: [Conv; 3] = [(1, 16, 32, 56), (4, 16, 32, 16), (3, 32, 48, 8)];
 
 /// Forward, input gradient and weight gradient of `conv`, a linear layer's forward on 3 rows
-/// and 20 rows (the skinny kernel and the GEMM), and its weight gradient at batch 2 with over a
-/// million values (written once: `linear_grad`).
+/// and 20 rows (the skinny kernel and the GEMM), and its weight gradient (written once) and input
+/// gradient (the weight read once) at batch 2 with over a million values (`linear_grad`).
 fn outputs(b: &CpuBackend, (n, c, k, side): Conv) -> Vec<Vec<f32>> {
     let (xd, wd) = ((n, c, side, side), (k, c, 3, 3));
     let p = Conv2dParams {
@@ -64,7 +64,11 @@ fn outputs(b: &CpuBackend, (n, c, k, side): Conv) -> Vec<Vec<f32>> {
         data(20 * 300, 5, 0.3),
         data(70 * 300, 6, 0.0),
     );
-    let (g2, x2) = (data(2 * 1000, 7, 0.1), data(2 * 1100, 8, 0.3));
+    let (g2, x2, w2) = (
+        data(2 * 1000, 7, 0.1),
+        data(2 * 1100, 8, 0.3),
+        data(1000 * 1100, 9, 0.0),
+    );
     b.clone().execute(|| {
         let up = |v: &[f32], s: &[usize]| b.upload(&Shape::from(s), v).unwrap();
         let x = up(&x, &[xd.0, xd.1, xd.2, xd.3]);
@@ -78,7 +82,10 @@ fn outputs(b: &CpuBackend, (n, c, k, side): Conv) -> Vec<Vec<f32>> {
         let h20 = b.matmul(&up(&a20, &[20, 300]), &fc, false, true).unwrap();
         let (g2, x2) = (up(&g2, &[2, 1000]), up(&x2, &[2, 1100]));
         let dw_linear = b.matmul(&g2, &x2, true, false).unwrap();
-        [y, dx, dw, h3, h20, dw_linear]
+        let dx_linear = b
+            .matmul(&g2, &up(&w2, &[1000, 1100]), false, false)
+            .unwrap();
+        [y, dx, dw, h3, h20, dw_linear, dx_linear]
             .iter()
             .map(|t| b.download(t).unwrap())
             .collect()
@@ -87,7 +94,7 @@ fn outputs(b: &CpuBackend, (n, c, k, side): Conv) -> Vec<Vec<f32>> {
 
 /// Whether each of `outputs`' results comes from Winograd on `b` (the convolution's three
 /// passes; never the linear layers).
-fn on_winograd(b: &CpuBackend, (n, c, k, side): Conv) -> [bool; 6] {
+fn on_winograd(b: &CpuBackend, (n, c, k, side): Conv) -> [bool; 7] {
     let g = ConvGeometry::new(
         &Shape::from([n, c, side, side]),
         &Shape::from([k, c, 3, 3]),
@@ -129,16 +136,24 @@ fn reference((n, c, k, side): Conv) -> Vec<Vec<f64>> {
             2,
             1100,
         ),
+        naive::matmul(
+            &wide(&data(2 * 1000, 7, 0.1)),
+            &wide(&data(1000 * 1100, 9, 0.0)),
+            2,
+            1000,
+            1100,
+        ),
     ]
 }
 
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "forward",
     "input gradient",
     "weight gradient",
     "linear 3 rows",
     "linear 20 rows",
     "linear weight gradient, batch 2",
+    "linear input gradient, batch 2",
 ];
 
 #[test]
@@ -151,7 +166,7 @@ fn bf16_products_stay_within_their_bounds_on_every_unit_and_algorithm() {
 fn within_bounds(conv: Conv) {
     let want = reference(conv);
     let mut units = vec![Some(Isa::Avx2)];
-    if Bf16Unit::within(Isa::detected()) != Bf16Unit::F32Units {
+    if Bf16Unit::within(Isa::detected()).multiplies_in_bf16() {
         units.push(None);
     }
     // Capped below AVX-512, the mode always runs on the f32 units (so every machine tests them).
@@ -229,14 +244,15 @@ fn within_bounds(conv: Conv) {
 fn winograd_stays_f32_where_the_unit_does_not_outrun_it() {
     let conv = CONVS[0];
     let mut units = vec![Some(Isa::Avx2)];
-    if Bf16Unit::within(Isa::detected()) == Bf16Unit::Avx512Bf16 {
+    let native = Bf16Unit::within(Isa::detected());
+    if native == Bf16Unit::Avx512Bf16 && native.multiplies_in_bf16() {
         units.push(None);
     }
     for isa in units {
         let f32_mode = backend(ConvAlgorithm::Auto, isa, Precision::F32);
         assert_eq!(
             on_winograd(&f32_mode, conv),
-            [true, true, true, false, false, false]
+            [true, true, true, false, false, false, false]
         );
         let b = backend(ConvAlgorithm::Auto, isa, Precision::Bf16);
         assert!(b.name().ends_with(", Winograd in f32)"), "{}", b.name());
@@ -247,7 +263,56 @@ fn winograd_stays_f32_where_the_unit_does_not_outrun_it() {
             b.name()
         );
         let im2col = backend(ConvAlgorithm::Im2col, isa, Precision::Bf16);
-        assert_eq!(on_winograd(&im2col, conv), [false; 6], "{}", im2col.name());
+        assert_eq!(on_winograd(&im2col, conv), [false; 7], "{}", im2col.name());
         assert!(!im2col.name().contains("Winograd"), "{}", im2col.name());
+    }
+}
+
+/// Where the CPU's own bf16 unit multiplies more slowly than the f32 units (Intel's AVX512_BF16
+/// without AMX: `Bf16Unit::products_stay_f32`), the mode gives f32's very results, except a
+/// linear layer's forward at batch 1-3, which reads its weight in bf16 (the f32 units' bf16
+/// result, to the order of its sums). Elsewhere, the rule itself: only that unit, only on Intel.
+#[test]
+fn a_unit_slower_than_f32_keeps_bf16_for_the_weight_streams_only() {
+    let intel = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| info.contains("GenuineIntel"))
+        .unwrap_or(false);
+    for unit in Bf16Unit::present_units() {
+        assert_eq!(
+            unit.products_stay_f32(),
+            unit == Bf16Unit::Avx512Bf16 && intel,
+            "{unit:?}"
+        );
+    }
+    if !Bf16Unit::within(Isa::detected()).products_stay_f32() {
+        eprintln!(
+            "this CPU's bf16 products outrun f32's (or are the f32 units'): rule checked only"
+        );
+        return;
+    }
+    let linear_forward = NAMES.iter().position(|&n| n == "linear 3 rows").unwrap();
+    for conv in CONVS {
+        let want = reference(conv);
+        let f32_outputs = outputs(&backend(ConvAlgorithm::Auto, None, Precision::F32), conv);
+        let f32_units = outputs(
+            &backend(ConvAlgorithm::Auto, Some(Isa::Avx2), Precision::Bf16),
+            conv,
+        );
+        let b = backend(ConvAlgorithm::Auto, None, Precision::Bf16);
+        assert!(b.name().contains("weights' streams only"), "{}", b.name());
+        for (i, got) in outputs(&b, conv).iter().enumerate() {
+            if i != linear_forward {
+                assert_eq!(got, &f32_outputs[i], "{}", NAMES[i]);
+                continue;
+            }
+            let error = norm_relative(got, &want[i]);
+            assert!(error <= BOUND, "{}: {error:.2e}", NAMES[i]);
+            assert!(
+                error > 30.0 * norm_relative(&f32_outputs[i], &want[i]),
+                "not rounded"
+            );
+            let apart = norm_relative(got, &wide(&f32_units[i]));
+            assert!(apart <= UNITS_AGREE, "against the f32 units: {apart:.2e}");
+        }
     }
 }

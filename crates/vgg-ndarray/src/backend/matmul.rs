@@ -58,23 +58,24 @@ impl CpuBackend {
             // A linear layer's forward (x W^T) reads a large weight; on a small batch, that read
             // is the time.
             let linear = !ta && tb && k > 0;
+            // The weight converted to bf16 where it stays the same from call to call
+            // (inference: kept from the second call on), half the bytes to stream; otherwise
+            // (training) converted as it is read. Kept in rows of bf16 for the skinny kernel
+            // where it runs: on the f32 units, and in the bf16 mode for 1-3 rows whatever the
+            // unit, where the weight's stream is the time and its row streams read it at the
+            // memory's rate (fc6 at batch 1 on AMX: 15.6-16.1 ms through the tiles, 10.5-10.8
+            // here; at batch 8 its 4-row blocks took 21-23 against the tiles' 18). Else kept in
+            // the tiles' layout for their GEMM (AMX, AVX512_BF16).
+            let bf16_rows = linear
+                && self.tuning.bf16_weight_rows
+                && (m < skinny::BLOCK
+                    || self
+                        .tuning
+                        .bf16
+                        .is_some_and(|unit| !unit.packs_tiles() && m <= skinny::MAX_ROWS));
             match self.tuning.bf16 {
-                None if linear && m <= skinny::MAX_ROWS => {
-                    skinny::a_bt(a.as_slice(), b.as_slice(), m, n, k, c)
-                }
-                // The weight converted to bf16 where it stays the same from call to call
-                // (inference: kept from the second call on), half the bytes to stream; otherwise
-                // (training) converted as it is read. Kept in rows of bf16 for the skinny kernel
-                // where it runs: on the f32 units, and on every unit for 1-3 rows, where the
-                // weight's stream is the time and its row streams read it at the memory's rate
-                // (fc6 at batch 1 on AMX: 15.6-16.1 ms through the tiles, 10.5-10.8 here; at
-                // batch 8 its 4-row blocks took 21-23 against the tiles' 18). Else kept in the
-                // tiles' layout for their GEMM (AMX, AVX512_BF16).
-                Some(unit)
-                    if linear
-                        && (m < skinny::BLOCK || !unit.packs_tiles() && m <= skinny::MAX_ROWS) =>
-                {
-                    let key = ("linear weights in bf16", n, k, Some(unit));
+                unit if bf16_rows => {
+                    let key = ("linear weights in bf16", n, k, unit);
                     let kept = b.buf.derived(key, true, |keep| {
                         if !keep {
                             return Memory::Heap(Vec::new());
@@ -89,6 +90,9 @@ impl CpuBackend {
                         let weight = &bf16::halves(bf16::words_of(&kept))[..n * k];
                         skinny::a_bt_bf16(a.as_slice(), weight, m, n, k, c)
                     }
+                }
+                None if linear && m <= skinny::MAX_ROWS => {
+                    skinny::a_bt(a.as_slice(), b.as_slice(), m, n, k, c)
                 }
                 Some(unit) if linear && unit.packs_tiles() => {
                     let key = ("linear weights packed", n, k, Some(unit));
@@ -121,9 +125,11 @@ impl CpuBackend {
                     linear_grad::at_b(a, b, (m, n, k), c, streaming, precision)
                 }
                 // A linear layer's input gradient (dY W) at batch 1-3: the weight read once, at
-                // the memory's rate (fc6 at batch 1 on a Zen 5: 20 ms by the GEMM, 10 here).
-                None if !ta && !tb && linear_grad::a_b_applies(m, n, k) => {
-                    linear_grad::a_b(a.as_slice(), b.as_slice(), (m, n, k), c)
+                // the memory's rate (fc6 at batch 1 on a Zen 5: 20 ms by the GEMM, 10 here; in
+                // bf16 on Emerald Rapids' AVX512_BF16 the tiles took 105-113 ms).
+                _ if !ta && !tb && linear_grad::a_b_applies(m, n, k) => {
+                    let (a, b) = (a.as_slice(), b.as_slice());
+                    linear_grad::a_b(a, b, (m, n, k), c, self.tuning.precision())
                 }
                 _ => product(dst, lhs, rhs, false, self.threads, &self.tuning),
             }
