@@ -289,6 +289,8 @@ mod tests {
         g: &[[f32; 3]; A],
         at: &[[f32; A]; M],
     ) {
+        // The run-time sizes the chunks and layouts take are the type's.
+        assert_eq!((T::SIZE.output(), T::SIZE.positions()), (M, A * A));
         let mut x = [[0.0f32; LANES]; A];
         random::fill_normal(x.as_flattened_mut(), 1, 0, 0.0, 1.0);
         let (got_bt, got_at) = (T::bt(&x), T::at(&x));
