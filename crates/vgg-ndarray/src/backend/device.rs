@@ -24,10 +24,10 @@ impl Device for CpuBackend {
             ConvAlgorithm::WinogradF6 => ", Winograd F(6x6) forward",
         };
         let precision = match self.tuning.bf16 {
-            None if self.tuning.bf16_weight_rows => {
-                let unit = Bf16Unit::within(self.isa).name();
-                format!(", bf16 in fully connected weights' streams only: {unit}'s products trail f32's")
-            }
+            None if self.tuning.bf16_weight_rows => format!(
+                ", bf16 in fully connected weights' streams only: {}'s products trail f32's",
+                Bf16Unit::within(self.isa).name()
+            ),
             None => String::new(),
             Some(unit)
                 if unit.outruns_winograd() || self.config.convolution == ConvAlgorithm::Im2col =>
