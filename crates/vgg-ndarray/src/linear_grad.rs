@@ -27,6 +27,14 @@ use crate::skinny::{Element, Rounded, BLOCK, LANES, MAX_ROWS};
 /// caches, and the small networks keep the arithmetic they were measured with.
 pub const LARGE: usize = 1 << 20;
 
+/// `values` as `precision`'s products take them: as they are, or rounded to bf16 (`bf16::round`).
+fn operand(values: &[f32], precision: Precision) -> Cow<'_, [f32]> {
+    match precision {
+        Precision::F32 => Cow::Borrowed(values),
+        Precision::Bf16 => Cow::Owned(crate::bf16::rounded(values)),
+    }
+}
+
 /// Whether `at_b` takes C [m, n] = A^T B for A [k, m], B [k, n].
 pub fn at_b_applies(m: usize, n: usize, k: usize) -> bool {
     k <= MAX_ROWS && m * n >= LARGE
@@ -137,18 +145,10 @@ pub fn at_b(
     if n == 0 {
         return;
     }
-    let rounded = |values: &[f32]| {
-        let mut values = values.to_vec();
-        crate::bf16::round_slice(&mut values);
-        values
-    };
-    let (a, b) = match precision {
-        Precision::F32 => (Cow::Borrowed(&a[..k * m]), Cow::Borrowed(&b[..k * n])),
-        Precision::Bf16 => (
-            Cow::Owned(rounded(&a[..k * m])),
-            Cow::Owned(rounded(&b[..k * n])),
-        ),
-    };
+    let (a, b) = (
+        operand(&a[..k * m], precision),
+        operand(&b[..k * n], precision),
+    );
     let streaming = m * n * 4 > streaming_bytes;
     // Rows per task: several tasks a thread, in groups of C_ROWS.
     let threads = rayon::current_num_threads().max(1);
@@ -236,15 +236,7 @@ pub fn a_b(
     if m == 0 || n == 0 {
         return;
     }
-    let a = match precision {
-        Precision::F32 => Cow::Borrowed(a),
-        Precision::Bf16 => {
-            let mut rounded = a[..m * k].to_vec();
-            crate::bf16::round_slice(&mut rounded);
-            Cow::Owned(rounded)
-        }
-    };
-    let a = &a[..];
+    let a = &operand(&a[..m * k], precision)[..];
     // A contiguous run of columns per thread: each reads a long run of every row of B.
     let threads = rayon::current_num_threads().max(1);
     let width = n.div_ceil(threads).next_multiple_of(LANES);

@@ -265,16 +265,14 @@ pub fn a_bt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
 
 /// `a_bt` in bf16 products: A is rounded here, B is given as bf16 (`bf16::bits`, [n, k]).
 pub fn a_bt_bf16(a: &[f32], b: &[u16], m: usize, n: usize, k: usize, c: &mut [f32]) {
-    let mut rounded = a.to_vec();
-    crate::bf16::round_slice(&mut rounded);
+    let rounded = crate::bf16::rounded(a);
     a_bt_of(&rounded, b, m, n, k, c)
 }
 
 /// `a_bt` in bf16 products with B in f32, rounded as it is read (weights that change every
 /// step, which are not worth converting first).
 pub fn a_bt_rounded(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, c: &mut [f32]) {
-    let mut rounded = a.to_vec();
-    crate::bf16::round_slice(&mut rounded);
+    let rounded = crate::bf16::rounded(a);
     // SAFETY: `Rounded` is a transparent f32.
     let b = unsafe { std::slice::from_raw_parts(b.as_ptr().cast::<Rounded>(), b.len()) };
     a_bt_of(&rounded, b, m, n, k, c)

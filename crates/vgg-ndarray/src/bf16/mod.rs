@@ -116,6 +116,13 @@ pub fn round_slice(values: &mut [f32]) {
     }
 }
 
+/// A copy of `values`, rounded (`round`).
+pub fn rounded(values: &[f32]) -> Vec<f32> {
+    let mut copy = values.to_vec();
+    round_slice(&mut copy);
+    copy
+}
+
 /// A matrix product's left operand prepared once for many products (a convolution's weights):
 /// in `Bf16Unit::Amx`'s tile layout, or rounded and row-major for `Bf16Unit::F32Units`. Its
 /// storage is f32 words either way (AMX's hold two bf16 each), so it can be kept where f32
