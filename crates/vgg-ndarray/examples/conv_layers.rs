@@ -3,13 +3,13 @@
 //! for the forward pass on Winograd F(6x6, 3x3) tiles where it applies), `small`
 //! as a third for the layers of `vgg train`'s network instead (VGG-11 at width 1/4 on 32x32
 //! digits, where per-call overhead rather than arithmetic shows), `quarter` for VGG-16's at width
-//! 1/4 (few channels, large images), or shapes of one's own as cin:cout:size,...; and `bf16`
-//! anywhere for the bf16 math mode:
-//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|f6|im2col] [small|quarter|16:32:16,...] [bf16]
+//! 1/4 (few channels, large images), or shapes of one's own as cin:cout:size,...; `bf16`
+//! anywhere for the bf16 math mode, `avx2` for our kernels on AVX2 (as `vgg --isa avx2`):
+//!   cargo run --release -p vgg-ndarray --example conv_layers [batch] [auto|f6|im2col] [small|quarter|16:32:16,...] [bf16] [avx2]
 
 use std::time::Instant;
 
-use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Precision};
+use vgg_ndarray::{ConvAlgorithm, CpuBackend, CpuConfig, Isa, Precision};
 use vgg_tensor::prelude::*;
 use vgg_tensor::{Backend, Conv2dParams, ConvGeometry, Shape};
 
@@ -41,9 +41,14 @@ fn main() {
     } else {
         Precision::F32
     };
+    let isa = std::env::args()
+        .any(|a| a == "avx2")
+        .then_some(Isa::Avx2)
+        .or(CpuConfig::detect(0).isa);
     let b = CpuBackend::with_config(CpuConfig {
         convolution,
         precision,
+        isa,
         ..CpuConfig::detect(0)
     })
     .expect("a CPU backend");

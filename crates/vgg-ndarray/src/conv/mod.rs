@@ -26,14 +26,8 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
     forward_fused(x, w, None, false, g, t, y)
 }
 
-/// Whether a convolution (or, with `weight_grad`, its weight gradient) takes the Winograd path:
-/// where it measured faster (examples/conv_layers): not with few input channels (conv1_1), nor
-/// below 14x14 outputs. Below 28x28 the weight gradient takes it only where the transformed
-/// weights are streamed in large chunks (`winograd::large_chunks`, as for conv5: 17.2-17.6 vs
-/// 20.2-21.7 ms at batch 8, 53 vs 74-94 ms at batch 32); with small chunks each thread's sums
-/// over few tiles cost more than im2col (conv5 before large chunks: 42.9 vs 22.0 ms), and so
-/// they do under 4 images' worth of 14x14 pixels (conv5 at batch 1: backward 21 ms on im2col,
-/// 33-39 with the weight gradient on Winograd).
+/// Whether a convolution's pass `pass` takes the Winograd path: where it measured faster
+/// (examples/conv_layers): not with few input channels (conv1_1), nor below 14x14 outputs.
 /// Under 128 input channels it also needs 56x56 outputs: its 36 GEMMs have the input channels as
 /// their inner dimension, too short to pay for the transforms on smaller images (batch 32 on an
 /// AVX2 Zen 3: 16->32 channels at 16x16 2.0-2.6 vs 0.8-1.0 ms, 32->32 at 32x32 8.8-11.7 vs
@@ -43,18 +37,33 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 /// transformed values to bf16 gave 10x the direct method's error (2.2e-2 against 2.3e-3,
 /// tests/bf16_mode.rs), since each transformed value sums several products of the input.
 ///
-/// Below 28x28 the forward pass and the input gradient need enough images too, measured per
-/// layer on conv5's shape (512 -> 512 channels, 14x14) on a 2-core Sapphire Rapids-class VM: the
-/// forward pass with the transformed weights kept (`vgg bench --per-layer`) took 6.4 ms on
-/// Winograd and 4.0 on im2col at batch 1, 7.0 and 6.4 at batch 2, 8.8 and 12.4 at batch 4; the
-/// input gradient (`examples/conv_layers`) 11.5 and 6.2 ms at batch 1, 17.4 and 15.8 at batch 4,
-/// 24.6 and 26.9 at batch 8. The 4x-larger transformed weights are streamed for too few tiles.
-/// Where the GEMM's products are AVX2's (`Tuning::gemm_isa`), at half AVX-512's rate, the
-/// forward pass takes Winograd from one image: on a 2-core AVX2 Zen 3, conv5's forward with
-/// the weights kept took 5.2-7.7 ms against im2col's 7.8-10.5 at batch 1 and 7.5-10.0 against
-/// 12.3-13.3 at batch 2; the input and weight gradients at batch 1 stay faster on im2col there
-/// too (`examples/conv_layers`: 10-11 and 16-17 ms on Winograd, 7.5-11 and 12-15 on im2col).
+/// Below 28x28 each pass needs enough images, measured on conv5's shape (512 -> 512 channels,
+/// 14x14). The 4x-larger transformed weights are streamed for too few tiles at batch 1.
+/// - The forward pass, with the transformed weights kept (`vgg bench --per-layer`, a 2-core
+///   Sapphire Rapids-class VM): 6.4 ms on Winograd and 4.0 on im2col at batch 1, 7.0 and 6.4 at
+///   batch 2, 8.8 and 12.4 at batch 4. Where the GEMM's products are AVX2's
+///   (`Tuning::gemm_isa`), at half AVX-512's rate, it takes Winograd from one image: on a 2-core
+///   AVX2 Zen 3, 5.2-7.7 ms against im2col's 7.8-10.5 at batch 1, 7.5-10.0 against 12.3-13.3 at
+///   batch 2.
+/// - The gradients, from two images (a 2-core Emerald Rapids VM, Winograd against im2col):
+///   the input gradient 5.3-5.9 against 5.2-5.4 ms at batch 1, 6.1-6.7 against 7.8-9.3 at 2,
+///   9.9-11.0 against 14.9-15.4 at 4; the weight gradient 5.2-5.6 against 3.1-3.2 at batch 1,
+///   7.0-7.7 against 8.4-8.5 at 2, 11.4-11.5 against 19.4-21.8 at 4, 18.2-18.6 against
+///   31.5-33.3 at 8. With our kernels on AVX2 (`--isa avx2`) the input gradient is level at 2
+///   and 4 images (8.1 and 18.4 against 8.2 and 19.1), the weight gradient 6.1 against 8.3 and
+///   11.3 against 22.5; with the GEMM on AVX2 too, 8.5 against 13.4 and 14.4 against 25.7, 7.9
+///   against 13.4 and 17.0 against 38.5. (The input gradient had taken Winograd from 8 images,
+///   measured with a flipped copy of the weights made before their transform: 17.4 against
+///   15.8 ms at batch 4 on a Sapphire Rapids-class VM. Not measured on AMD.)
+/// - The weight gradient takes the few-tile path there (at most 256 tiles, conv5 up to batch
+///   16: `winograd::weight_grad_has_few_tiles`). With more tiles each lane sums its tiles'
+///   products into 36 k x c values, which pays only where the transformed weights stream in
+///   large chunks (`winograd::large_chunks`, as for conv5: 53 vs 74-94 ms at batch 32), from 4
+///   images; with small chunks those sums cost more than im2col (conv5 before large chunks:
+///   42.9 vs 22.0 ms).
 pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
+    let few_tiles = pass == ConvPass::WeightGradient
+        && winograd::weight_grad_has_few_tiles(g, winograd::tile_size(g, pass, t));
     // Images' worth of 14x14 outputs below which im2col wins, per pass.
     let min_pixels = match pass {
         // The forward pass takes Winograd from one image where the GEMM's products are narrower
@@ -63,15 +72,15 @@ pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
         // on a Zen 4; AVX2's blocking of them was never measured against AVX-512's im2col).
         ConvPass::Forward if t.gemm_isa < Isa::Avx512 || t.kernel_isa >= Isa::Avx512 => 14 * 14,
         ConvPass::Forward => 4 * 14 * 14,
-        ConvPass::InputGradient => 8 * 14 * 14,
+        ConvPass::InputGradient => 2 * 14 * 14,
+        ConvPass::WeightGradient if few_tiles => 2 * 14 * 14,
         ConvPass::WeightGradient => 4 * 14 * 14,
     };
     let area = g.out_h * g.out_w;
     let enough_channels = g.in_channels >= 128 || area >= 56 * 56;
     let large_enough = if area < 28 * 28 {
-        // Each thread sums its tiles' products into 36 k x c values: with few tiles (conv5 at
-        // batch 1: 16) that sum and its output transform cost more than im2col's one GEMM.
         let chunks = pass != ConvPass::WeightGradient
+            || few_tiles
             || winograd::large_chunks(g, t, winograd::tile_size(g, pass, t));
         chunks && g.batch * area >= min_pixels
     } else {
@@ -210,7 +219,8 @@ pub(crate) fn forward_with(
                     winograd::TileSize::Six => "winograd::transform_weights F(6x6)",
                 };
                 let u = buf.derived((name, k, c, None), keep, |lasting| {
-                    winograd::transform_weights(buf.as_slice(), k, c, lasting, size)
+                    let w = buf.as_slice();
+                    winograd::transform_weights(w, winograd::Kernel::AsGiven, k, c, lasting, size)
                 });
                 winograd::forward_transformed(x, &u, bias, relu, g, t, size, y)
             }
@@ -248,6 +258,14 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
     let in_image = g.in_channels * g.in_h * g.in_w;
     assert_eq!(dx.len(), g.batch * in_image, "conv input-gradient length");
     if let Some(flipped) = flipped_geometry(g) {
+        let pass = ConvPass::InputGradient;
+        if algorithm(&flipped, pass, t) == Algorithm::Winograd {
+            // The transform flips the weights as it reads them (`winograd::Kernel::Flipped`).
+            let size = winograd::tile_size(&flipped, pass, t);
+            let (k, c) = (flipped.out_channels, flipped.in_channels);
+            let u = winograd::transform_weights(w, winograd::Kernel::Flipped, k, c, false, size);
+            return winograd::forward_transformed(dy, &u, None, false, &flipped, t, size, dx);
+        }
         let flipped_w = flip_kernel(w, g);
         return forward_with(
             dy,
@@ -256,7 +274,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, dx: &
             false,
             &flipped,
             t,
-            ConvPass::InputGradient,
+            pass,
             dx,
         );
     }
@@ -283,6 +301,41 @@ mod tests {
         let mut v = vec![0.0; n];
         random::fill_normal(&mut v, seed, 0, 0.0, 1.0);
         v
+    }
+
+    /// The input gradient's weight transform, which flips the kernel as it reads it, gives the
+    /// same bits as the transform of a flipped copy, for channel counts off the blocks of 16
+    /// (output and input channels) and both tile sizes.
+    #[test]
+    fn flipped_transform_is_the_transform_of_the_flipped_kernel() {
+        for (k, c) in [(1, 1), (5, 20), (20, 7), (33, 18)] {
+            let w_shape = Shape::from([k, c, 3, 3]);
+            let g = ConvGeometry::new(
+                &Shape::from([1, c, 6, 6]),
+                &w_shape,
+                Conv2dParams {
+                    stride: 1,
+                    padding: 1,
+                },
+            )
+            .unwrap();
+            let w = values(w_shape.elements(), 7);
+            let flipped = flip_kernel(&w, &g);
+            for size in [winograd::TileSize::Four, winograd::TileSize::Six] {
+                let fused =
+                    winograd::transform_weights(&w, winograd::Kernel::Flipped, c, k, false, size);
+                let copied = winograd::transform_weights(
+                    &flipped,
+                    winograd::Kernel::AsGiven,
+                    c,
+                    k,
+                    false,
+                    size,
+                );
+                let bits = |u: &[f32]| u.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fused), bits(&copied), "{k} -> {c}, {size:?}");
+            }
+        }
     }
 
     /// Splitting the image into one-row tiles must not change any result.

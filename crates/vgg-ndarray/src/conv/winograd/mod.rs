@@ -85,24 +85,42 @@ pub(crate) fn worth_keeping_weights(g: &ConvGeometry, size: TileSize) -> bool {
     g.batch * tiles_h * tiles_w * size.positions() < KEEP_BELOW_PRODUCTS
 }
 
-/// U[pos][k][c] = (G w[k][c] Gt)[pos] for OIHW 3x3 weights, 16 input channels at a time: the
-/// weights as `forward_transformed` takes them for tile size `size` (`lasting`: see
-/// `Memory::new`).
+/// Which convolution's filters a weight transform makes from OIHW weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// The weights' own convolution: the forward pass.
+    AsGiven,
+    /// The flipped-kernel convolution (input and output channels swapped, taps reversed) that
+    /// gives a stride-1 convolution's input gradient.
+    Flipped,
+}
+
+/// Output channels of the flipped-kernel convolution whose filters a task flips at once into
+/// its own cache-sized buffer (16 x 512 x 9 values for conv4 and conv5, 288 KiB).
+const FLIPPED_CHANNELS: usize = 16;
+
+/// U[pos][k][c] = (G f[k][c] Gt)[pos], 16 input channels at a time, for the convolution with k
+/// output and c input channels whose filters f `kernel` names on the OIHW 3x3 weights `w` (as
+/// given, w is [k][c][3][3]; flipped, [c][k][3][3], read with taps reversed): the weights as
+/// `forward_transformed` takes them for tile size `size` (`lasting`: see `Memory::new`).
 pub(crate) fn transform_weights(
     w: &[f32],
+    kernel: Kernel,
     k: usize,
     c: usize,
     lasting: bool,
     size: TileSize,
 ) -> Memory {
+    assert_eq!(w.len(), k * c * 9, "conv weights length");
     match size {
-        TileSize::Four => transform_weights_for::<F4, 4, 6>(w, k, c, lasting),
-        TileSize::Six => transform_weights_for::<F6, 6, 8>(w, k, c, lasting),
+        TileSize::Four => transform_weights_for::<F4, 4, 6>(w, kernel, k, c, lasting),
+        TileSize::Six => transform_weights_for::<F6, 6, 8>(w, kernel, k, c, lasting),
     }
 }
 
 fn transform_weights_for<T: Tile<M, A>, const M: usize, const A: usize>(
     w: &[f32],
+    kernel: Kernel,
     k: usize,
     c: usize,
     lasting: bool,
@@ -114,9 +132,38 @@ fn transform_weights_for<T: Tile<M, A>, const M: usize, const A: usize>(
         len: u.len(),
         streaming: false,
     };
-    (0..k).into_par_iter().for_each(|ko| {
-        simd::filters::<T, M, A>(&w[ko * c * 9..(ko + 1) * c * 9], ko, k, c, out);
-    });
+    match kernel {
+        Kernel::AsGiven => (0..k).into_par_iter().for_each(|ko| {
+            simd::filters::<T, M, A>(&w[ko * c * 9..(ko + 1) * c * 9], ko, k, c, out);
+        }),
+        // A flipped copy of all the weights, written and read back, took 0.5 ms (2 ms cold) of
+        // conv4's input gradient at batch 1, beside the transform's 2; flipped a block of
+        // output channels at a time, it stays in cache.
+        Kernel::Flipped => (0..k.div_ceil(FLIPPED_CHANNELS))
+            .into_par_iter()
+            .for_each_init(
+                || vec![0.0f32; FLIPPED_CHANNELS * c * 9],
+                |filters, block| {
+                    let first = block * FLIPPED_CHANNELS;
+                    let count = FLIPPED_CHANNELS.min(k - first);
+                    for ci in 0..c {
+                        // Input channel ci's filters for this block: contiguous in `w`.
+                        let sources = &w[(ci * k + first) * 9..][..count * 9];
+                        for (i, source) in sources.chunks_exact(9).enumerate() {
+                            let source: &[f32; 9] = source.try_into().expect("nine taps");
+                            let flipped: &mut [f32; 9] = (&mut filters[(i * c + ci) * 9..][..9])
+                                .try_into()
+                                .expect("nine taps");
+                            *flipped = std::array::from_fn(|tap| source[8 - tap]);
+                        }
+                    }
+                    for i in 0..count {
+                        let ko = first + i;
+                        simd::filters::<T, M, A>(&filters[i * c * 9..][..c * 9], ko, k, c, out);
+                    }
+                },
+            ),
+    }
     u
 }
 
@@ -148,12 +195,14 @@ pub fn forward(
     size: TileSize,
     y: &mut [f32],
 ) {
-    assert_eq!(
-        w.len(),
-        g.out_channels * g.in_channels * 9,
-        "conv weights length"
+    let u = transform_weights(
+        w,
+        Kernel::AsGiven,
+        g.out_channels,
+        g.in_channels,
+        false,
+        size,
     );
-    let u = transform_weights(w, g.out_channels, g.in_channels, false, size);
     forward_transformed(x, &u, bias, relu, g, t, size, y);
 }
 
@@ -341,6 +390,9 @@ fn backward_weight_on<T: Backward<M, A>, const M: usize, const A: usize>(
     t: &Tuning,
 ) -> Memory {
     check_lengths(g, x, dy, "conv output-gradient");
+    if weight_grad_has_few_tiles(g, T::SIZE) {
+        return backward_weight_few_tiles::<T, M, A>(x, dy, g, t);
+    }
     let (k, c) = (g.out_channels, g.in_channels);
     let positions = A * A;
     // Chunks and lanes fixed by the geometry, not the thread count, so neither is the sum
@@ -399,6 +451,107 @@ fn backward_weight_on<T: Backward<M, A>, const M: usize, const A: usize>(
     dw.par_chunks_mut(c * 9).enumerate().for_each(|(ko, dw_k)| {
         simd::weight_grad::<T, M, A>(&du, ko, k, c, dw_k);
     });
+    dw
+}
+
+/// Tiles up to which a weight gradient is summed whole, per block of output channels
+/// (`backward_weight_few_tiles`): each value's sum runs over at most 256 tiles (4096 pixels, as
+/// `gradient_sum::PIXELS_PER_PART`).
+const FEW_TILES: usize = 256;
+
+/// Whether the weight gradient of `g` on tiles of `size` has few enough tiles to be summed whole
+/// (`backward_weight_few_tiles`).
+pub(crate) fn weight_grad_has_few_tiles(g: &ConvGeometry, size: TileSize) -> bool {
+    let (tiles_h, tiles_w) = size.grid(g);
+    g.batch * tiles_h * tiles_w <= FEW_TILES
+}
+
+/// `f(channels, values)` in parallel for each block of 16 channels of `data`, which holds
+/// `per_channel` values a channel.
+fn by_channel_blocks(
+    data: &mut [f32],
+    per_channel: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
+) {
+    data.par_chunks_mut(LANES * per_channel)
+        .enumerate()
+        .for_each(|(block, values)| {
+            let first = block * LANES;
+            f(first..first + values.len() / per_channel, values)
+        });
+}
+
+/// The weight gradient where the tiles are few (conv4 and conv5 at batch 1: 49 and 16): every
+/// tile transformed first (V and dM, 36 (c + k) values a tile), then per block of output
+/// channels, dU = dM V^T summed over all the tiles at once and transformed straight into dW's
+/// rows. Cut by tiles as the large path is, each of the two lanes wrote a whole dU (36 k c
+/// values: 38 MB for conv4), and the two were added and read again for the transform (conv4 at
+/// batch 1: 9.6-9.9 ms, now 8.0-8.5; conv5 at batch 8, which took im2col: 31.7-33.3, now
+/// 18.2-18.6). Each value is one GEMM's sum over the tiles, cut by the geometry alone, so it
+/// does not depend on the thread count.
+fn backward_weight_few_tiles<T: Backward<M, A>, const M: usize, const A: usize>(
+    x: &[f32],
+    dy: &[f32],
+    g: &ConvGeometry,
+    t: &Tuning,
+) -> Memory {
+    let (k, c) = (g.out_channels, g.in_channels);
+    let positions = A * A;
+    let (tiles_h, tiles_w) = T::SIZE.grid(g);
+    let rows = 0..g.batch * tiles_h;
+    let tiles = rows.len() * tiles_w;
+    let mut scratch = Memory::uninit(positions * (c + k) * tiles);
+    let (v, dm) = scratch.split_at_mut(positions * c * tiles);
+    let per_channel = positions * tiles;
+    rayon::join(
+        || {
+            by_channel_blocks(v, per_channel, |channels, v| {
+                simd::input_channels::<T, M, A>(x, g, rows.clone(), channels, v)
+            })
+        },
+        || {
+            by_channel_blocks(dm, per_channel, |channels, dm| {
+                simd::output_grad_channels::<T, M, A>(dy, g, rows.clone(), channels, dm)
+            })
+        },
+    );
+    let (v, dm) = (&*v, &*dm);
+    let t = &f32_products(t);
+    // As many blocks as lanes, from the geometry alone: larger blocks measured faster (the
+    // GEMMs' shared operand V packed fewer times; conv4 at batch 1: 8.5-8.7 ms in blocks of 128
+    // channels, 7.4-7.6 in two of 256, 9.7-10.3 in blocks of 64).
+    let block = k.div_ceil(REDUCTION_LANES).next_multiple_of(LANES);
+    let gemm_threads = gradient_sum::gemm_threads(t.threads, k.div_ceil(block));
+    let mut dw = Memory::uninit_in(k * c * 9, Pool::Gradients);
+    dw.par_chunks_mut(block * c * 9)
+        .enumerate()
+        .for_each(|(index, dw_block)| {
+            let first = index * block;
+            let kb = dw_block.len() / (c * 9);
+            let mut du = Memory::uninit(positions * kb * c);
+            for pos in 0..positions {
+                let mut lhs = position(dm, (pos, positions), k, tiles);
+                lhs.offset += first * lhs.row_stride;
+                lhs.rows = kb;
+                product(
+                    MatMut {
+                        data: &mut du[pos * kb * c..(pos + 1) * kb * c],
+                        offset: 0,
+                        rows: kb,
+                        cols: c,
+                        row_stride: c,
+                    },
+                    lhs,
+                    position(v, (pos, positions), c, tiles).t(),
+                    false,
+                    gemm_threads,
+                    t,
+                );
+            }
+            for (ko, dw_k) in dw_block.chunks_exact_mut(c * 9).enumerate() {
+                simd::weight_grad::<T, M, A>(&du, ko, kb, c, dw_k);
+            }
+        });
     dw
 }
 

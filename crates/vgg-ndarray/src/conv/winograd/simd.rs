@@ -26,12 +26,23 @@ pub(super) fn input<T: Tile<M, A>, const M: usize, const A: usize>(
 }
 
 crate::simd::dispatch_simd! {
-    pub(super) fn output_grad<T: Backward, const M: usize, const A: usize>(
+    pub(super) fn output_grad_channels<T: Backward, const M: usize, const A: usize>(
         dy: &[f32],
         g: &ConvGeometry,
         rows: std::ops::Range<usize>,
+        channels: std::ops::Range<usize>,
         dm: &mut [f32],
     ) => transform_output_grad_generic
+}
+
+/// dM[k][pos][t] for the tile rows `rows`, every output channel.
+pub(super) fn output_grad<T: Backward<M, A>, const M: usize, const A: usize>(
+    dy: &[f32],
+    g: &ConvGeometry,
+    rows: std::ops::Range<usize>,
+    dm: &mut [f32],
+) {
+    output_grad_channels::<T, M, A>(dy, g, rows, 0..g.out_channels, dm)
 }
 
 crate::simd::dispatch_simd! {

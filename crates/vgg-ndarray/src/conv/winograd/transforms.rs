@@ -186,12 +186,14 @@ pub(super) fn transform_input_generic<T: Tile<M, A>, const M: usize, const A: us
 }
 
 /// dM[k][pos][t] = (A dY At)[pos] for the M x M output-gradient blocks of the tile rows `rows`
-/// (blocks cut by the output's edge read zeros beyond it).
+/// and the output channels `channels` (k counting from their first; blocks cut by the output's
+/// edge read zeros beyond it).
 #[inline(always)]
 pub(super) fn transform_output_grad_generic<T: Backward<M, A>, const M: usize, const A: usize>(
     dy: &[f32],
     g: &ConvGeometry,
     rows: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
     dm: &mut [f32],
 ) {
     let (tiles_h, tiles_w) = T::SIZE.grid(g);
@@ -209,7 +211,7 @@ pub(super) fn transform_output_grad_generic<T: Backward<M, A>, const M: usize, c
     for group in row_groups.of(rows.clone()) {
         let first_tile = (group.start - rows.start) * tiles_w;
         let group_tiles = group.len() * tiles_w;
-        for ko in 0..k_count {
+        for ko in channels.clone() {
             for (r, row) in group.clone().enumerate() {
                 let (n, th) = (row / tiles_h, row % tiles_h);
                 let src = &dy[(n * k_count + ko) * plane..][..plane];
@@ -224,7 +226,7 @@ pub(super) fn transform_output_grad_generic<T: Backward<M, A>, const M: usize, c
                     split_phases::<M>(&padded, split, stride, r * tiles_w);
                 }
             }
-            let at = ko * positions * tiles + first_tile;
+            let at = (ko - channels.start) * positions * tiles + first_tile;
             for t0 in (0..group_tiles).step_by(LANES) {
                 let lanes = LANES.min(group_tiles - t0);
                 transform_2d(
