@@ -62,8 +62,9 @@ pub fn forward(x: &[f32], w: &[f32], g: &ConvGeometry, t: &Tuning, y: &mut [f32]
 ///   images; with small chunks those sums cost more than im2col (conv5 before large chunks:
 ///   42.9 vs 22.0 ms).
 pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
-    let few_tiles = pass == ConvPass::WeightGradient
-        && winograd::weight_grad_has_few_tiles(g, winograd::tile_size(g, pass, t));
+    let size = winograd::tile_size(g, pass, t);
+    let few_tiles =
+        pass == ConvPass::WeightGradient && winograd::weight_grad_has_few_tiles(g, size);
     // Images' worth of 14x14 outputs below which im2col wins, per pass.
     let min_pixels = match pass {
         // The forward pass takes Winograd from one image where the GEMM's products are narrower
@@ -79,9 +80,8 @@ pub fn use_winograd(g: &ConvGeometry, pass: ConvPass, t: &Tuning) -> bool {
     let area = g.out_h * g.out_w;
     let enough_channels = g.in_channels >= 128 || area >= 56 * 56;
     let large_enough = if area < 28 * 28 {
-        let chunks = pass != ConvPass::WeightGradient
-            || few_tiles
-            || winograd::large_chunks(g, t, winograd::tile_size(g, pass, t));
+        let chunks =
+            pass != ConvPass::WeightGradient || few_tiles || winograd::large_chunks(g, t, size);
         chunks && g.batch * area >= min_pixels
     } else {
         true
